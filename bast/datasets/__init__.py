@@ -1,0 +1,1 @@
+"""Sound corpora (recipes). Not built yet: see issue 3."""

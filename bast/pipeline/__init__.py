@@ -1,0 +1,1 @@
+"""The data pipeline: impulse responses, rendering (Stage 1) and features (Stage 2)."""

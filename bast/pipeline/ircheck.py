@@ -1,0 +1,136 @@
+"""Measure an HRIR or BRIR set and draw it: what `bast-cli irs` shows a user before
+rendering with a set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bast.pipeline import acoustics
+from bast.pipeline.sofa import IRSet
+
+CARDINAL = (0.0, 90.0, 180.0, 270.0)
+
+
+def is_reverberant(irs: IRSet) -> bool:
+    """A set with energy well after its direct sound (more than 5% past 50 ms) is a room."""
+    cut = int(0.05 * irs.fs)
+    if irs.ir.shape[-1] <= cut:
+        return False
+    e = np.sum(irs.ir.astype(float) ** 2, axis=-1)
+    late = np.sum(irs.ir[..., cut:].astype(float) ** 2, axis=-1)
+    return bool(np.median(late / np.maximum(e, 1e-30)) > 0.05)
+
+
+def measure(irs: IRSet, expected_drr_db: float | None = None) -> dict:
+    """The figures of a set on its horizontal plane: ITD/ILD per azimuth and, for a room,
+    RT60 per octave (T20), DRR and the late tail's interaural coherence per octave, each
+    averaged over azimuths (and ears)."""
+    fs = irs.fs
+    az = irs.horizontal_azimuths()
+    if az.size == 0:
+        raise ValueError(f"{irs.source}: no impulse responses at elevation 0")
+    pairs = irs.select(az)
+    out: dict = {
+        "source": irs.source,
+        "conventions": irs.conventions,
+        "fs": fs,
+        "directions": len(irs),
+        "taps": int(irs.ir.shape[-1]),
+        "horizontal_azimuths": az.tolist(),
+        "itd_ms": [acoustics.itd_ms(p, fs) for p in pairs],
+        "ild_db": [acoustics.ild_db(p, fs) for p in pairs],
+        "reverberant": is_reverberant(irs),
+    }
+    if out["reverberant"]:
+        bands = acoustics.OCTAVES_HZ
+        rt = np.array([[acoustics.rt60(p[c], fs)[fc] for fc in bands] for p in pairs for c in (0, 1)])
+        coh = np.array([[acoustics.interaural_coherence(p, fs, fc) for fc in bands] for p in pairs])
+        out.update(
+            rt60_s={str(int(fc)): float(np.nanmean(rt[:, i])) for i, fc in enumerate(bands)},
+            drr_db=acoustics.drr_db(pairs, fs),
+            coherence={str(int(fc)): float(np.nanmean(coh[:, i])) for i, fc in enumerate(bands)},
+        )
+        if expected_drr_db is not None:
+            out["drr_predicted_db"] = expected_drr_db
+    return out
+
+
+def cardinal_rows(m: dict) -> list[tuple[float, float, float]]:
+    """(azimuth, ITD ms, ILD dB) at 0, 90, 180 and 270 deg where the set has them."""
+    az = np.asarray(m["horizontal_azimuths"])
+    rows = []
+    for a in CARDINAL:
+        hit = np.flatnonzero(np.isclose(az, a, atol=1e-3))
+        if hit.size:
+            rows.append((a, m["itd_ms"][hit[0]], m["ild_db"][hit[0]]))
+    return rows
+
+
+def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
+    """A 2 x 2 PNG: the IR pair at 90 deg, ITD/ILD against azimuth, and either the
+    magnitude responses (anechoic) or the energy decay and interaural coherence (room)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fs = irs.fs
+    az = np.asarray(m["horizontal_azimuths"])
+    probe = float(az[np.argmin(np.abs(((az - 90.0) + 180) % 360 - 180))])
+    pair = irs.select([probe])[0].astype(float)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig.suptitle(f"{title}\nazimuth: 0 deg ahead, 90 deg left (SOFA convention); channel L = left ear")
+
+    ax = axes[0, 0]
+    span = int(0.012 * fs) if not m["reverberant"] else int(0.08 * fs)
+    t = np.arange(min(span, pair.shape[-1])) / fs * 1000
+    ax.plot(t, pair[0, : t.size], label="left ear", lw=1)
+    ax.plot(t, pair[1, : t.size], label="right ear", lw=1, alpha=0.8)
+    ax.set(title=f"Impulse responses at azimuth {probe:g} deg", xlabel="time (ms)", ylabel="amplitude")
+    ax.legend()
+
+    ax = axes[0, 1]
+    ax.plot(az, m["itd_ms"], "o-", ms=3, color="C0")
+    ax.set(title="Direct sound: ITD and ILD", xlabel="azimuth (deg)", ylabel="ITD (ms), + = left ear leads")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks(np.arange(0, 361, 45))
+    ax2 = ax.twinx()
+    ax2.plot(az, m["ild_db"], "s-", ms=3, color="C3")
+    ax2.set_ylabel("ILD (dB), + = left ear louder", color="C3")
+
+    if not m["reverberant"]:
+        nfft = 1024
+        f = np.fft.rfftfreq(nfft, 1 / fs)
+        for c, name in ((0, "left ear"), (1, "right ear")):
+            mag = 20 * np.log10(np.abs(np.fft.rfft(pair[c], nfft)) + 1e-12)
+            axes[1, 0].semilogx(f[1:], mag[1:], label=name)
+        axes[1, 0].set(title=f"Magnitude responses at azimuth {probe:g} deg", xlabel="frequency (Hz)", ylabel="dB")
+        axes[1, 0].legend()
+        axes[1, 1].axis("off")
+        axes[1, 1].text(0.0, 0.5, "Anechoic set: no reverberation to measure.\n"
+                        f"{m['directions']} directions, {m['taps']} taps at {fs} Hz.", fontsize=11)
+    else:
+        ax = axes[1, 0]
+        for i, fc in enumerate(acoustics.OCTAVES_HZ):
+            edc = acoustics.schroeder_db(acoustics.octave_filter(pair[0], fc, fs))
+            ax.plot(np.arange(edc.size) / fs, edc, label=f"{int(fc)} Hz: T20 {m['rt60_s'][str(int(fc))]:.2f} s", lw=1)
+        ax.set(title=f"Energy decay (Schroeder), left ear, azimuth {probe:g} deg", xlabel="time (s)",
+               ylabel="level (dB)", ylim=(-70, 2))
+        ax.legend(fontsize=8)
+        ax = axes[1, 1]
+        labels = list(m["coherence"].keys())
+        ax.bar(labels, [m["coherence"][k] for k in labels], color="C2")
+        ax.set(title="Late tail (after 80 ms): interaural coherence (IACC)", xlabel="octave band (Hz)",
+               ylabel="IACC, mean over azimuths", ylim=(0, 1))
+        drr = f"DRR {m['drr_db']:.1f} dB"
+        if "drr_predicted_db" in m:
+            drr += f" (diffuse-field theory {m['drr_predicted_db']:.1f} dB)"
+        ax.text(0.98, 0.95, drr, transform=ax.transAxes, ha="right", va="top")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

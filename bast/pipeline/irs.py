@@ -1,0 +1,83 @@
+"""Impulse responses per environment: what the renderer convolves each clip with.
+
+`anechoic` uses an HRIR set (the bundled MIT KEMAR unless the user brings a SOFA file);
+`hall` uses the simulated lecture hall heard through that HRIR set, or a measured BRIR
+SOFA file the user brings. Both give one (2, N) pair per requested azimuth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from bast.pipeline.hall import HallSpec, hall_brirs
+from bast.pipeline.sofa import IRSet, read_sofa
+
+ENVIRONMENTS = ("anechoic", "hall")
+# The paper's data names: RI01 anechoic, RI02 the hall, RI both.
+ALIASES = {"anechoic": ("anechoic",), "ri01": ("anechoic",), "hall": ("hall",), "ri02": ("hall",),
+           "ri": ENVIRONMENTS, "both": ENVIRONMENTS, "all": ENVIRONMENTS}
+DEFAULT_AZIMUTHS = np.arange(0.0, 360.0, 10.0)
+
+
+def default_hrir_path() -> Path:
+    return Path(str(files("bast") / "data" / "mit_kemar_normal_pinna_16k.sofa"))
+
+
+def load_hrirs(path=None) -> IRSet:
+    """The HRIR set at `path`, or the bundled MIT KEMAR set."""
+    return read_sofa(path or default_hrir_path())
+
+
+def parse_environments(names) -> tuple[str, ...]:
+    """Environment names (or the paper's aliases RI01/RI02/RI) to canonical names, in order."""
+    if isinstance(names, str):
+        names = [n for n in names.replace(",", " ").split() if n]
+    out: list[str] = []
+    for name in names:
+        key = name.strip().lower()
+        if key not in ALIASES:
+            raise ValueError(f"unknown environment {name!r}; choose from anechoic, hall, RI01, RI02, RI")
+        out += [e for e in ALIASES[key] if e not in out]
+    return tuple(out)
+
+
+def parse_azimuths(text: str) -> np.ndarray:
+    """'0:360:10' (start:stop:step, stop excluded) or '0,90,180' to azimuths in degrees."""
+    text = text.strip()
+    if ":" in text:
+        start, stop, step = (float(v) for v in text.split(":"))
+        if step <= 0:
+            raise ValueError(f"azimuth step must be positive in {text!r}")
+        return np.arange(start, stop - 1e-9, step)
+    return np.array([float(v) for v in text.replace(",", " ").split()])
+
+
+@dataclass(frozen=True)
+class IRSources:
+    """Where each environment's impulse responses come from."""
+
+    hrir: Path | None = None  # SOFA HRIR set; None = bundled MIT KEMAR
+    brir: Path | None = None  # measured BRIR SOFA for `hall`; None = simulated hall
+    hall: HallSpec = HallSpec()
+    tolerance_deg: float = 0.0  # how far a set's direction may be from the requested one
+
+    def irset(self, env: str, azimuths_deg) -> IRSet:
+        """The IR set of `env` (the whole SOFA set, or the hall bank at `azimuths_deg`)."""
+        if env == "anechoic":
+            return load_hrirs(self.hrir)
+        if env == "hall":
+            if self.brir is not None:
+                return read_sofa(self.brir)
+            hrirs = load_hrirs(self.hrir)
+            # The bank is built on the HRIR set's own directions nearest the request.
+            exact = hrirs.azimuth_deg[hrirs.indices(azimuths_deg, tolerance_deg=self.tolerance_deg)]
+            return hall_brirs(exact, hrirs, self.hall)
+        raise ValueError(f"unknown environment {env!r}")
+
+    def pairs(self, env: str, azimuths_deg) -> np.ndarray:
+        """(A, 2, N) float32 IR pairs of `env` at `azimuths_deg` (elevation 0)."""
+        return self.irset(env, azimuths_deg).select(azimuths_deg, tolerance_deg=self.tolerance_deg)

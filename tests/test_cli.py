@@ -1,0 +1,64 @@
+"""The command line, as a user meets it."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bast import __version__
+from bast.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+@pytest.mark.parametrize("stage, issue", [("spatialize", 3), ("featurize", 4), ("train", 5), ("report", 6), ("demo", 6)])
+def test_unbuilt_stages_say_so_and_fail(stage, issue):
+    result = runner.invoke(app, [stage, "some-dir"])
+    assert result.exit_code == 2
+    assert "not built yet" in result.output and f"issue {issue}" in result.output
+
+
+def test_irs_measures_and_plots_both_environments(tmp_path, hall_bank):
+    result = runner.invoke(app, ["irs", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((tmp_path / "irs.json").read_text())
+    assert set(figures) == {"anechoic", "hall"}
+    for env in ("anechoic", "hall"):
+        png = tmp_path / f"irs-{env}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+        az = figures[env]["horizontal_azimuths"]
+        assert figures[env]["itd_ms"][az.index(90.0)] > 0.5  # left ear leads at 90 deg
+    assert figures["hall"]["reverberant"] and not figures["anechoic"]["reverberant"]
+    assert figures["hall"]["rt60_s"]["1000"] == pytest.approx(0.8, rel=0.15)
+    assert "direct-to-reverberant" in result.output
+
+
+def test_irs_on_a_broken_file_gives_one_clear_error(tmp_path):
+    bad = tmp_path / "broken.sofa"
+    bad.write_text("this is not a SOFA file")
+    result = runner.invoke(app, ["irs", "--env", "anechoic", "--hrir", str(bad), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "broken.sofa" in result.output and "Traceback" not in result.output
+
+
+def test_irs_refuses_an_unknown_environment(tmp_path):
+    result = runner.invoke(app, ["irs", "--env", "cathedral", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown environment" in result.output
+
+
+def test_readme_and_ci_run_the_same_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+    assert len(commands) >= 2, "README must start with the demo and the test commands"
+    test_command = commands[1].strip()
+    assert "pytest" in test_command
+    assert test_command in ci
