@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -28,10 +29,124 @@ def _not_built(stage: str, issue: int) -> None:
     raise typer.Exit(2)
 
 
-@app.command(context_settings=_PASS_THROUGH)
-def spatialize(ctx: typer.Context) -> None:
-    """Stage 1: render mono clips to binaural audio at 36 azimuths in two environments."""
-    _not_built("spatialize", 3)
+@app.command()
+def spatialize(
+    source: Annotated[str, typer.Argument(help="A folder of sounds (searched recursively), a CSV manifest with a 'path' column, or 'default' for the procedural corpus.")],
+    out: Annotated[Path, typer.Argument(help="Output directory (Stage 1 shards).")],
+    test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
+    sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
+    speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
+    env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
+    azimuths: Annotated[str, typer.Option(help="Azimuths in degrees: start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
+    hrir: Annotated[Optional[Path], typer.Option(help="SOFA HRIR set (default: bundled MIT KEMAR).")] = None,
+    brir: Annotated[Optional[Path], typer.Option(help="Measured BRIR SOFA file for the hall (default: simulated hall).")] = None,
+    rt60: Annotated[float, typer.Option(help="Simulated hall: RT60 in seconds.")] = 0.8,
+    ir_tolerance: Annotated[float, typer.Option(help="Largest angle (deg) between a requested azimuth and the IR used.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice (splits, corpus, hall tail).")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the training sounds held out for validation.")] = 0.25,
+    test_fraction: Annotated[float, typer.Option(help="Share of the sounds held out for test when --test is not given.")] = 0.1,
+    min_ms: Annotated[float, typer.Option(help="Clips shorter than this are skipped; shorter than 500 ms are zero-padded (centred).")] = 100.0,
+    long: Annotated[str, typer.Option(help="Clips longer than 500 ms: 'loudest' 500 ms window, or 'split' into several clips.")] = "loudest",
+    normalize: Annotated[str, typer.Option(help="Level of each clip: 'rms' (-20 dBFS), 'peak', or 'none'.")] = "rms",
+    samples_per_shard: Annotated[int, typer.Option(help="Target samples per HDF5 shard.")] = 2500,
+    workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
+    examples: Annotated[int, typer.Option(help="Also write WAV files of this many clips at 0/90/180/270 deg, for listening.")] = 0,
+) -> None:
+    """Stage 1: render mono sounds to binaural clips at every azimuth in every environment.
+
+    Writes OUT/shards/*.h5 (audio, azimuth_deg, env, clip_id, split, category),
+    OUT/manifest.json, OUT/failures.jsonl and the IRs used (OUT/irs/*.sofa). A re-run
+    resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
+    (listed in failures.jsonl), 1 = error.
+    """
+    from bast.datasets.base import RECIPES
+    from bast.pipeline import cluster
+    from bast.pipeline.clips import ClipPolicy
+    from bast.pipeline.irs import parse_azimuths, parse_environments
+    from bast.pipeline.shards import StageError
+    from bast.pipeline.sofa import SofaError
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize as run, write_examples
+
+    try:
+        if source in RECIPES and source != "files":
+            corpus = RECIPES[source](n_clips=sounds, seed=seed, speech=speech)
+            source_info = {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech}
+        else:
+            corpus = RECIPES["files"](source, test=test)
+            source_info = {"recipe": "files", "source": str(Path(source).resolve()),
+                           "test": str(test.resolve()) if test else None}
+        refs = corpus.list_clips()
+        config = SpatializeConfig(
+            azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
+            environments=parse_environments(env),
+            policy=ClipPolicy(min_ms=min_ms, long=long, normalize=normalize),
+            seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+            samples_per_shard=samples_per_shard,
+            hrir=str(hrir) if hrir else None, brir=str(brir) if brir else None,
+            rt60_s=rt60, tolerance_deg=ir_tolerance,
+        )
+        ignored = getattr(corpus, "ignored", [])
+        console.print(f"{len(refs)} sounds from {source}" + (f" ({len(ignored)} non-audio files ignored)" if ignored else "")
+                      + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments")
+        with cluster.open_client(workers, scheduler) as client, _progress("rendering") as (progress, task):
+            where = "in this process" if client is None else f"on dask ({len(client.scheduler_info()['workers'])} workers)"
+            progress.console.print(f"running {where}")
+
+            def on_start(total, resumed):
+                progress.update(task, total=total, completed=resumed)
+                if resumed:
+                    progress.console.print(f"resuming: {resumed} samples already written")
+
+            summary = run(refs, out, config, client=client, source=source_info, overwrite=overwrite,
+                          on_start=on_start, on_shard=lambda info, planned: progress.advance(task, planned))
+        if examples:
+            written = write_examples(out, examples)
+            console.print(f"{len(written)} example WAV files in {out / 'examples'}")
+    except (StageError, SofaError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    _print_summary(summary, out)
+    raise typer.Exit(3 if summary.failures else 0)
+
+
+def _print_summary(summary, out: Path) -> None:
+    rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
+    console.print(
+        f"[bold green]done[/]: {summary.samples:,} samples from {summary.clips:,} clips in "
+        f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
+        f"{summary.seconds:.1f} s, {rate}"
+    )
+    for text, count in sorted(summary.warnings.items()):
+        console.print(f"[yellow]warning[/]: {count} x {text}")
+    if summary.failures:
+        reasons: dict = {}
+        for f in summary.failures:
+            key = f["reason"].split(":")[0].split("(")[0].strip()
+            reasons[key] = reasons.get(key, 0) + 1
+        t = Table(title=f"{len(summary.failures)} inputs skipped (details: {out / 'failures.jsonl'})")
+        t.add_column("reason")
+        t.add_column("inputs", justify="right")
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            t.add_row(reason, str(count))
+        console.print(t)
+    console.print(f"manifest: {out / 'manifest.json'}")
+
+
+@contextlib.contextmanager
+def _progress(what: str):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeRemainingColumn)
+
+    class Rate(TextColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return f"{speed:,.0f} samples/s" if speed else ""
+
+    with Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                  Rate(""), TimeRemainingColumn(), console=console, transient=False) as progress:
+        yield progress, progress.add_task(what, total=None)
 
 
 @app.command(context_settings=_PASS_THROUGH)

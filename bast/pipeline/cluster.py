@@ -1,0 +1,58 @@
+"""Where a stage's tasks run: a dask cluster (a LocalCluster of worker processes by default,
+or an existing scheduler), or in this process for debugging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Callable, Iterable, Iterator
+
+
+@contextlib.contextmanager
+def open_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[object | None]:
+    """A dask Client: on `scheduler` (tcp://host:port) if given, else on a LocalCluster of
+    `workers` processes with one thread each (HDF5 and FFT work do not share a GIL well).
+    `workers=0` yields None: tasks then run in this process, one after another."""
+    if scheduler is None and workers == 0:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_tasks(fn: Callable, tasks: Iterable, client=None, key: Callable | None = None) -> Iterator[tuple[object, object, BaseException | None]]:
+    """Run fn(task) for each task; yield (task, result, error) as each finishes.
+
+    On a dask client each task is one future (the task object holds paths, not arrays);
+    an exception on a worker comes back as `error` so the caller can report it and go on.
+    """
+    tasks = list(tasks)
+    if client is None:
+        for task in tasks:
+            try:
+                yield task, fn(task), None
+            except Exception as exc:  # reported by the caller, like a worker's failure
+                yield task, None, exc
+        return
+    from distributed import as_completed
+
+    futures = {}
+    for task in tasks:
+        future = client.submit(fn, task, key=key(task) if key else None, pure=False)
+        futures[future] = task
+    for future in as_completed(futures):
+        task = futures.pop(future)
+        if future.status == "error":
+            yield task, None, future.exception()
+        else:
+            yield task, future.result(), None

@@ -1,0 +1,213 @@
+"""The shard contract every stage writes and the next one reads (SPEC 4).
+
+An output directory holds `shards/shard-NNNNN.h5` (each written under a temporary name,
+checksummed, described by a `shard-NNNNN.json` sidecar, then renamed: a shard file that
+exists is complete), `failures.jsonl`, and `manifest.json`, written last. `params.json`,
+written first, pins the parameters so that a re-run resumes only what the same parameters
+would have made, and `.lock` keeps two runs out of one directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ENV_NAMES = ("anechoic", "hall")
+SPLITS = ("train", "val", "test")
+PACKAGES = ("bast", "numpy", "scipy", "h5py", "soundfile", "pyroomacoustics", "dask", "distributed", "torch")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked; the message says why and what to do."""
+
+
+@dataclass
+class ShardInfo:
+    """What the manifest says of one shard (and its sidecar holds)."""
+
+    index: int
+    path: str  # relative to the output directory
+    split: str
+    env: str
+    samples: int
+    clips: int
+    sha256: str
+    failures: list = field(default_factory=list)  # [{"path":..., "clip_id":..., "reason":...}]
+    warnings: dict = field(default_factory=dict)  # warning text -> count
+    seconds: float = 0.0
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_shard(out_dir: Path, info: ShardInfo, arrays: dict, attrs: dict) -> ShardInfo:
+    """Write one shard atomically: temporary file, checksum, sidecar, rename.
+
+    `arrays` maps dataset names to arrays of N rows; strings are stored as UTF-8. Datasets
+    are contiguous and uncompressed: readers take a whole shard or a contiguous range of
+    rows, which is one sequential read, and writing is 4-5x faster than in 1 MB chunks
+    (measured: 4.6 against 1.0 GB/s). Times are not stored, so the same content gives the
+    same bytes.
+    """
+    final = Path(out_dir) / info.path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            for name, data in arrays.items():
+                data = np.asarray(data)
+                if data.dtype.kind in "UO":
+                    f.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype(), track_times=False)
+                else:
+                    f.create_dataset(name, data=data, track_times=False)
+        info.sha256 = sha256_file(tmp)
+        atomic_write_text(final.with_suffix(".json"), json.dumps(asdict(info)))
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return info
+
+
+def finished_shard(out_dir: Path, index: int) -> ShardInfo | None:
+    """The sidecar of shard `index` if the shard is complete (its file exists), else None."""
+    final = Path(out_dir) / "shards" / shard_name(index)
+    side = final.with_suffix(".json")
+    if not final.exists() or not side.exists():
+        return None
+    try:
+        return ShardInfo(**json.loads(side.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+class DirectoryLock:
+    """An exclusive lock on an output directory, released when the process ends, even by
+    SIGKILL (flock), so a killed run never blocks its resumption."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise StageError(
+                f"{self.path.parent} is in use by another run ({holder or 'unknown process'}); "
+                "wait for it to finish or choose another output directory"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()} since {time.ctime()}".encode(), 0)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def prepare_output(out_dir: Path, params: dict, overwrite: bool) -> None:
+    """Pin `params` to `out_dir` (caller holds the lock).
+
+    A directory made with other parameters is refused unless `overwrite`, which clears it.
+    Leftover temporary files of a killed run are removed.
+    """
+    out_dir = Path(out_dir)
+    pinned = out_dir / "params.json"
+    if pinned.exists():
+        old = json.loads(pinned.read_text())
+        if old != params:
+            if not overwrite:
+                changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+                raise StageError(
+                    f"{out_dir} was made with other parameters (changed: {', '.join(changed)}); "
+                    "use --overwrite to replace it, or another output directory"
+                )
+            clear_outputs(out_dir)
+    elif overwrite:
+        clear_outputs(out_dir)
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(pinned, json.dumps(params, indent=1, sort_keys=True))
+
+
+def clear_outputs(out_dir: Path) -> None:
+    for name in ("manifest.json", "failures.jsonl", "params.json"):
+        (out_dir / name).unlink(missing_ok=True)
+    for sub in ("shards", "examples", "irs"):
+        d = out_dir / sub
+        if d.exists():
+            for p in sorted(d.rglob("*"), reverse=True):
+                p.unlink() if p.is_file() else p.rmdir()
+            d.rmdir()
+
+
+def write_failures(out_dir: Path, failures: list[dict]) -> None:
+    lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures)
+    atomic_write_text(Path(out_dir) / "failures.jsonl", lines)
+
+
+def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardInfo], extra: dict) -> dict:
+    """manifest.json, written last and atomically: what a complete stage output holds."""
+    totals: dict = {"samples": sum(s.samples for s in shards), "shards": len(shards)}
+    for key in ("split", "env"):
+        counts: dict = {}
+        for s in shards:
+            counts[getattr(s, key)] = counts.get(getattr(s, key), 0) + s.samples
+        totals[f"samples_by_{key}"] = counts
+    manifest = {
+        "stage": stage,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+        "seed": params.get("seed"),
+        "params": params,
+        "shards": [
+            {k: v for k, v in asdict(s).items() if k not in ("failures", "warnings", "seconds")} for s in shards
+        ],
+        "totals": {**totals, **extra},
+    }
+    atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=1))
+    return manifest
