@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole, to copy
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -149,10 +149,47 @@ def _progress(what: str):
         yield progress, progress.add_task(what, total=None)
 
 
-@app.command(context_settings=_PASS_THROUGH)
-def featurize(ctx: typer.Context) -> None:
-    """Stage 2: binaural clips to 2 x 129 x 61 log-power spectrograms in sharded HDF5."""
-    _not_built("featurize", 4)
+@app.command()
+def featurize(
+    stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize).")],
+    out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
+    dtype: Annotated[str, typer.Option(help="Storage type of the dB spectrograms: float16 (31 KB a sample) or float32.")] = "float16",
+    workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
+) -> None:
+    """Stage 2: binaural clips to 2 x 129 x 61 log-power spectrograms (Tukey STFT) in sharded HDF5.
+
+    Writes OUT/shards/*.h5 (spec in dB before standardisation, and the Stage 1 labels),
+    OUT/manifest.json (STFT parameters, the standardisation to apply) and
+    OUT/failures.jsonl. A re-run resumes. Exit status 0 = done, 3 = done but some samples
+    were skipped, 1 = error.
+    """
+    from bast.pipeline import cluster
+    from bast.pipeline.featurize import featurize as run, read_stage1
+    from bast.pipeline.shards import StageError
+
+    try:
+        read_stage1(stage1)  # a wrong input is reported before any cluster starts
+        with cluster.open_client(workers, scheduler) as client, _progress("featurizing") as (progress, task):
+            def on_start(total, resumed):
+                progress.update(task, total=total, completed=resumed)
+                if resumed:
+                    progress.console.print(f"resuming: {resumed} samples already written")
+
+            summary = run(stage1, out, dtype=dtype, client=client, overwrite=overwrite, on_start=on_start,
+                          on_shard=lambda info, planned: progress.advance(task, planned))
+    except (StageError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
+    console.print(f"[bold green]done[/]: {summary.samples:,} spectrograms in "
+                  f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
+                  f"{summary.seconds:.1f} s, {rate}")
+    if summary.failures:
+        console.print(f"[yellow]{len(summary.failures)} samples skipped[/] (see {out / 'failures.jsonl'})")
+    console.print(f"manifest: {out / 'manifest.json'}")
+    raise typer.Exit(3 if summary.failures else 0)
 
 
 @app.command(context_settings=_PASS_THROUGH)

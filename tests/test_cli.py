@@ -19,7 +19,7 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("stage, issue", [("featurize", 4), ("train", 5), ("report", 6), ("demo", 6)])
+@pytest.mark.parametrize("stage, issue", [("train", 5), ("report", 6), ("demo", 6)])
 def test_unbuilt_stages_say_so_and_fail(stage, issue):
     result = runner.invoke(app, [stage, "some-dir"])
     assert result.exit_code == 2

@@ -281,17 +281,17 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
             on_start(planned, planned - sum(len(t.refs) * len(t.shards) for t in todo) * n_az)
         summary.shards_resumed = sum(info is not None for info in done.values())
         results = {i: info for i, info in done.items() if info is not None}
-        key = f"bast-spatialize-{params['clips_sha256'][:8]}"
-        for task, infos, error in cluster.run_tasks(run_shard, todo, client, key=lambda t: f"{key}-{t.shards[0][0]:05d}"):
-            if error is not None:
-                names = ", ".join(f"{i} ({task.split}, {env})" for i, env, _ in task.shards)
-                summary.errors.append(f"shard {names}: {type(error).__name__}: {error}")
-                continue
+        def done(task, infos):
             for info in infos:
                 results[info.index] = info
                 summary.shards_written += 1
                 if on_shard:
                     on_shard(info, len(task.refs) * n_az)
+
+        key = f"bast-spatialize-{params['clips_sha256'][:8]}"
+        summary.errors = cluster.execute(
+            run_shard, todo, client, done, key=lambda t: f"{key}-{t.shards[0][0]:05d}",
+            name=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {env})" for i, env, _ in t.shards))
         summary.seconds = time.perf_counter() - t0
         if summary.errors:
             raise StageError(f"{len(summary.errors)} shard(s) failed; re-run the same command to retry them:\n  "

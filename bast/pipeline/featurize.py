@@ -1,0 +1,177 @@
+"""Stage 2: binaural clips (Stage 1 shards) to log-power spectrograms (Stage 2 shards).
+
+One task per Stage 1 shard: read it whole, compute the 2 x 129 x 61 spectrograms in
+batches (`features.spectrogram_db`), write one Stage 2 shard with the same labels. Same
+rules as Stage 1: parameters pinned, finished shards skipped on a re-run, atomic writes,
+one run per directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from bast import __version__
+from bast.pipeline import cluster
+from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_db
+from bast.pipeline.shards import (DirectoryLock, ShardInfo, StageError, finished_shard, prepare_output, shard_name,
+                                  sha256_file, write_failures, write_manifest, write_shard)
+
+FS = 16000
+SAMPLES = 8000
+LABELS = ("azimuth_deg", "env", "clip_id", "split", "category")
+STANDARDIZE = "per sample, over all its 2 x 129 x 61 values jointly: (spec - mean) / std"
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    index: int
+    source: str  # the Stage 1 shard (absolute path)
+    out_dir: str
+    dtype: str
+    floor_db: float
+    attrs: tuple = ()
+
+
+@dataclass
+class FeatureSummary:
+    out_dir: str
+    samples: int = 0
+    shards_written: int = 0
+    shards_resumed: int = 0
+    failures: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def read_stage1(stage1_dir) -> dict:
+    """The Stage 1 manifest, after checking that the directory is complete Stage 1 output
+    whose shards have the shapes and sample rate Stage 2 needs; errors name the file."""
+    stage1_dir = Path(stage1_dir)
+    path = stage1_dir / "manifest.json"
+    if not path.exists():
+        hint = " (a run that did not finish: re-run spatialize to complete it)" if (stage1_dir / "params.json").exists() else ""
+        raise StageError(f"{stage1_dir} is not Stage 1 output: no manifest.json{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise StageError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("stage") != "spatialize":
+        raise StageError(f"{path}: stage {manifest.get('stage')!r}; featurize reads the output of spatialize")
+    for s in manifest["shards"]:
+        check_stage1_shard(stage1_dir / s["path"], s["samples"])
+    return manifest
+
+
+def check_stage1_shard(path: Path, samples: int) -> None:
+    if not path.exists():
+        raise StageError(f"{path}: listed in the Stage 1 manifest but missing")
+    try:
+        with h5py.File(path, "r") as f:
+            if "audio" not in f or any(name not in f for name in LABELS):
+                missing = [n for n in ("audio",) + LABELS if n not in f]
+                raise StageError(f"{path}: not a Stage 1 shard (missing {', '.join(missing)})")
+            shape, fs = f["audio"].shape, f.attrs.get("fs")
+    except OSError as exc:
+        raise StageError(f"{path}: unreadable HDF5 shard ({exc})") from None
+    if shape != (samples, 2, SAMPLES):
+        raise StageError(f"{path}: audio has shape {shape}; Stage 2 needs ({samples}, 2, {SAMPLES})")
+    if fs != FS:
+        raise StageError(f"{path}: sample rate {fs}; Stage 2 needs {FS} Hz")
+
+
+def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
+    """Spectrograms of one Stage 1 shard, read and computed `block` samples at a time
+    (contiguous row ranges: one sequential read each)."""
+    t0 = time.perf_counter()
+    with h5py.File(task.source, "r") as f:
+        labels = {name: (f[name].asstr()[()] if f[name].dtype.kind == "O" else f[name][()]) for name in LABELS}
+        n = f["audio"].shape[0]
+        spec = np.empty((n, 2, 129, n_frames(SAMPLES)), dtype=task.dtype)
+        finite = np.ones(n, dtype=bool)
+        for i in range(0, n, block):
+            audio = f["audio"][i:i + block]
+            ok = np.isfinite(audio).all(axis=(1, 2))
+            if not ok.all():  # such a sample is dropped below; zeros keep the batch computable
+                finite[i:i + block] = ok
+                audio[~ok] = 0.0
+            spec[i:i + block] = spectrogram_db(audio, task.floor_db)
+        attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split") if k in f.attrs}
+    failures = [{"clip_id": labels["clip_id"][i], "azimuth_deg": float(labels["azimuth_deg"][i]),
+                 "path": task.source, "reason": "non-finite audio samples"} for i in np.flatnonzero(~finite)]
+    keep = finite if failures else slice(None)
+    arrays = {"spec": spec[keep], **{k: v[keep] for k, v in labels.items()}}
+    attrs.update(dict(task.attrs))
+    first = lambda k: str(labels[k][0]) if n else ""  # noqa: E731
+    info = ShardInfo(index=task.index, path=f"shards/{shard_name(task.index)}", split=first("split"),
+                     env=attrs.get("environment", ""), samples=int(arrays["spec"].shape[0]), clips=0, sha256="",
+                     failures=failures, seconds=time.perf_counter() - t0)
+    return [write_shard(Path(task.out_dir), info, arrays, attrs)]
+
+
+def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, client=None,
+              overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
+              on_shard: Callable[[ShardInfo, int], None] | None = None) -> FeatureSummary:
+    """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
+    if dtype not in ("float16", "float32"):
+        raise StageError(f"dtype {dtype!r}: choose float16 or float32")
+    t0 = time.perf_counter()
+    stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
+    manifest = read_stage1(stage1_dir)
+    params = {
+        "stage": "featurize",
+        "stage1": str(stage1_dir),
+        "stage1_manifest_sha256": sha256_file(stage1_dir / "manifest.json"),
+        "dtype": dtype,
+        "stft": {**STFT_PARAMS, "floor_db": floor_db},
+        "standardize": STANDARDIZE,
+        "seed": manifest.get("seed"),
+        "bast_version": __version__,
+    }
+    summary = FeatureSummary(out_dir=str(out_dir))
+    with DirectoryLock(out_dir):
+        prepare_output(out_dir, params, overwrite)
+        attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
+        tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
+                             tuple(sorted(attrs.items()))) for s in manifest["shards"]]
+        planned = {s["index"]: s["samples"] for s in manifest["shards"]}
+        results = {t.index: info for t in tasks if (info := finished_shard(out_dir, t.index)) is not None}
+        todo = [t for t in tasks if t.index not in results]
+        summary.shards_resumed = len(results)
+        if on_start:
+            on_start(sum(planned.values()), sum(planned[i] for i in results))
+
+        def done(task, infos):
+            for info in infos:
+                results[info.index] = info
+                summary.shards_written += 1
+                if on_shard:
+                    on_shard(info, planned[task.index])
+
+        errors = cluster.execute(run_task, todo, client, done, key=lambda t: f"bast-featurize-{t.index:05d}",
+                                 name=lambda t: f"shard {t.index} ({Path(t.source).name})")
+        if errors:
+            raise StageError(f"{len(errors)} shard(s) failed; re-run the same command to retry them:\n  "
+                             + "\n  ".join(errors))
+        shards = [results[t.index] for t in tasks]
+        summary.samples = sum(s.samples for s in shards)
+        summary.failures = [f for s in shards for f in s.failures]
+        write_failures(out_dir, summary.failures)
+        write_manifest(out_dir, "featurize", params, shards, {
+            "samples_failed": len(summary.failures),
+            "spec_shape": [2, 129, n_frames(SAMPLES)],
+            "spec_dtype": dtype,
+            "standardize": STANDARDIZE,
+            "stage1_totals": manifest.get("totals", {}),
+        })
+    summary.seconds = time.perf_counter() - t0
+    return summary
