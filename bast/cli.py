@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -20,14 +21,6 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole, to copy
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _not_built(stage: str, issue: int) -> None:
-    err.print(f"[bold red]bast-cli {stage}[/] is not built yet (tracked as issue {issue}).")
-    raise typer.Exit(2)
-
 
 @app.command()
 def spatialize(
@@ -104,7 +97,7 @@ def spatialize(
         if examples:
             written = write_examples(out, examples)
             console.print(f"{len(written)} example WAV files in {out / 'examples'}")
-    except (StageError, SofaError, ValueError, FileNotFoundError) as exc:
+    except (StageError, SofaError, ValueError, RuntimeError, FileNotFoundError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
     _print_summary(summary, out)
@@ -192,22 +185,161 @@ def featurize(
     raise typer.Exit(3 if summary.failures else 0)
 
 
-@app.command(context_settings=_PASS_THROUGH)
-def train(ctx: typer.Context) -> None:
-    """Stage 3: train and evaluate BAST on Stage 2 shards."""
-    _not_built("train", 5)
+@app.command()
+def train(
+    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
+    preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
+    loss: Annotated[Optional[str], typer.Option(help="mse, ad (angular distance) or mix (hybrid).")] = None,
+    integration: Annotated[Optional[str], typer.Option(help="How TE-C joins the ears: add, sub or concat.")] = None,
+    shared: Annotated[Optional[bool], typer.Option("--shared/--no-shared", help="BAST-SP (one encoder for both ears) or BAST-NSP.")] = None,
+    pos_embedding: Annotated[Optional[str], typer.Option(help="sinusoidal (paper) or learned (reference code).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: the preset's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    env: Annotated[Optional[str], typer.Option(help="Train on: anechoic, hall or both (RI01, RI02, RI).")] = None,
+    test_env: Annotated[Optional[str], typer.Option(help="Test on: anechoic, hall or both.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after the epoch that crosses this many minutes.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of initial weights, dropout and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto (bf16 on a GPU), bf16 or none.")] = "auto",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")] = False,
+    memory_budget_gb: Annotated[Optional[float], typer.Option(help="Keep the training split on the device up to this size, else stream it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other setting, KEY=VALUE (e.g. --set dim=128 --set dropout=0).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings.")] = False,
+) -> None:
+    """Stage 3: train BAST on the train split, validate every epoch, test the best checkpoint.
+
+    Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
+    """
+    from bast.model.train import TrainingError, preset as make_preset, train as run
+
+    given = {"loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+             "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
+             "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides.update(seed=seed, device=device, amp=amp, compile=compile, deterministic=deterministic)
+    try:
+        for item in set_ or []:
+            key, _, value = item.partition("=")
+            overrides[key.strip()] = _parse_value(value.strip())
+        cfg = make_preset(preset, **overrides)
+        main_rank = int(__import__("os").environ.get("RANK", "0")) == 0
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                      TimeElapsedColumn(), console=console, transient=True, disable=not main_rank) as progress:
+            bar = progress.add_task("epoch", total=None)
+
+            def on_step(done, total):
+                progress.update(bar, completed=done, total=total)
+
+            def on_epoch(row):
+                progress.console.print(
+                    f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+                    f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
+                    f"{row['train_samples_per_s']:,.0f} samples/s")
+
+            result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step)
+    except (TrainingError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if result:
+        envs = ", ".join(f"{e} {m['ad_deg']:.2f} deg" for e, m in result["by_env"].items())
+        console.print(f"[bold green]test[/] (best checkpoint): AD {result['ad_deg']:.2f} deg "
+                      f"(median {result['median_ad_deg']:.2f}), MSE {result['mse']:.4f}, n={result['n']}; {envs}")
+        console.print(f"run: {out}")
 
 
-@app.command(context_settings=_PASS_THROUGH)
-def report(ctx: typer.Context) -> None:
-    """Stage 4: the paper's tables and figures from trained runs."""
-    _not_built("report", 6)
+def _parse_value(text: str):
+    """--set values: JSON where it parses (numbers, true/false, null), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
-@app.command(context_settings=_PASS_THROUGH)
-def demo(ctx: typer.Context) -> None:
-    """The default corpus through every stage, in one command."""
-    _not_built("demo", 6)
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (bast-cli train --out).")],
+    out: Annotated[Path, typer.Option("--out", help="Report directory: index.html, figures/, JSON and CSV.")] = Path("bast-report"),
+    rollout_samples: Annotated[int, typer.Option(help="Test samples to explain with attention rollout (0: none).")] = 2,
+    device: Annotated[str, typer.Option(help="Device for evaluations and rollout.")] = "cpu",
+) -> None:
+    """Stage 4: the paper's tables and figures from trained runs, in one HTML page.
+
+    Table 1 grid beside the paper's figures, per-azimuth AD (polar), left/right hemifield
+    tests with FDR correction, train x test environment table, attention rollout,
+    predicted-vs-true scatter, front-back confusions, errors per sound category, training
+    curves.
+    """
+    from bast.report.build import build_report
+
+    try:
+        with console.status("building the report"):
+            page, summary = build_report(runs, out, rollout_samples=rollout_samples, device=device)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    for label, r in summary["runs"].items():
+        console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
+    console.print(f"report: {page}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where every stage writes (re-running resumes).")] = Path("bast-demo"),
+    sounds: Annotated[int, typer.Option(help="Procedural sounds to render.")] = 200,
+    minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 4.5,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core).")] = None,
+) -> None:
+    """The whole pipeline on the default corpus: spatialize, featurize, train (tiny preset; a
+    GPU when there is one) and report, ending with the report's path and the test AD."""
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.model.train import preset as make_preset, train as run_training
+    from bast.pipeline import cluster
+    from bast.pipeline.featurize import featurize as run_featurize
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize as run_spatialize
+    from bast.report.build import build_report
+
+    stage1, stage2, run_dir, report_dir = out / "stage1", out / "stage2", out / "run", out / "report"
+    with _progress("demo") as (progress, task):
+        def stage(name):
+            progress.update(task, description=name, total=None, completed=0)
+            progress.columns[0].text_format = f"[bold]{name}"
+
+        def on_start(total, resumed):
+            progress.update(task, total=total, completed=resumed)
+
+        with cluster.open_client(workers, None) as client:
+            stage("1/4 spatialize")
+            refs = DefaultCorpus(n_clips=sounds, seed=seed).list_clips()
+            run_spatialize(refs, stage1, SpatializeConfig(seed=seed), client=client, on_start=on_start,
+                           source={"recipe": "default", "sounds": sounds, "seed": seed},
+                           on_shard=lambda info, planned: progress.advance(task, planned))
+            stage("2/4 featurize")
+            run_featurize(stage1, stage2, client=client, on_start=on_start,
+                          on_shard=lambda info, planned: progress.advance(task, planned))
+        stage("3/4 train")
+        if not (run_dir / "eval" / "test.json").exists():
+            resume = (run_dir / "checkpoints" / "last.pt").exists()
+            cfg = make_preset("tiny", seed=seed, max_minutes=minutes)
+
+            def on_epoch(row):
+                progress.console.print(f"epoch {row['epoch']:3d}  val AD {row['val_ad_deg']:6.2f} deg  "
+                                       f"{row['train_samples_per_s']:,.0f} samples/s")
+
+            run_training(stage2, run_dir, cfg, resume=resume, on_epoch=on_epoch,
+                         on_step=lambda done, total: progress.update(task, completed=done, total=total))
+        stage("4/4 report")
+        page, summary = build_report([run_dir], report_dir)
+    test = json.loads((run_dir / "eval" / "test.json").read_text())
+    noise = [v["ad_deg"] for k, v in test["by_category"].items() if k.endswith("_noise") and k != "bandpass_noise"]
+    console.print(f"[bold green]test AD {test['ad_deg']:.1f} deg[/] (median {test['median_ad_deg']:.1f}; "
+                  f"broadband noise {np.mean(noise):.1f} deg; chance 90 deg) on {test['n']:,} test samples")
+    console.print(f"report: {page.resolve()}")
 
 
 @app.command()

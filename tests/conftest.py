@@ -32,3 +32,18 @@ def hall_bank(default_sources):
 @pytest.fixture(scope="session")
 def anechoic_pairs(default_sources) -> np.ndarray:
     return default_sources.pairs("anechoic", DEFAULT_AZIMUTHS)
+
+
+@pytest.fixture(scope="session")
+def small_features(tmp_path_factory):
+    """Stage 2 output of 24 procedural sounds at 12 azimuths in both rooms (576 samples)."""
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.pipeline.featurize import featurize
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+
+    root = tmp_path_factory.mktemp("train-data")
+    refs = DefaultCorpus(n_clips=24, seed=2, speech=False).list_clips()
+    spatialize(refs, root / "s1", SpatializeConfig(azimuths=tuple(np.arange(0.0, 360.0, 30.0)), seed=2,
+                                                  samples_per_shard=60))
+    featurize(root / "s1", root / "s2")
+    return root / "s2"

@@ -1,0 +1,216 @@
+"""Training data from Stage 2 shards: resident on the device, or streamed.
+
+Shards are homogeneous in split and environment (Stage 1 makes them so), so selecting a
+split and environments is choosing shards from the manifest, and every read is a whole
+shard (one sequential read; never per-sample fancy indexing).
+
+* `ResidentData`: when the selected samples fit a memory budget, all of them live on the
+  training device as float16 (31 KB a sample: a paper-scale training split is 7.7 GB)
+  and each epoch is a `torch.randperm` on that device: the loader costs nothing.
+* `StreamingData`: otherwise a background thread reads shards, in a seeded order, into a
+  reused pinned buffer, and batches are drawn from a shuffle window spanning several
+  shards.
+
+Both give standardised float32 batches (per sample, over all 2 x 129 x 61 values) and
+(x, y) unit-vector targets. With several processes (DDP), rank r of w takes its share of
+the samples (resident) or of the shards (streaming), and every rank makes the same number
+of steps per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from bast.model.losses import azimuth_to_vector
+from bast.pipeline.features import standardize
+from bast.pipeline.irs import parse_environments
+
+SAMPLE_BYTES = 2 * 129 * 61 * 2  # float16
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The shards of one split and some environments, from a Stage 2 manifest."""
+
+    root: Path
+    shards: tuple[dict, ...]
+
+    @property
+    def samples(self) -> int:
+        return sum(s["samples"] for s in self.shards)
+
+    @classmethod
+    def of(cls, features_dir, split: str, envs="RI") -> "Selection":
+        root = Path(features_dir)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{root} is not Stage 2 output: no manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("stage") != "featurize":
+            raise ValueError(f"{manifest_path}: stage {manifest.get('stage')!r}; training reads featurize output")
+        wanted = parse_environments(envs)
+        shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
+        return cls(root, shards)
+
+
+def read_shard(path: Path) -> dict:
+    """One whole shard: spec (float16) and the labels the trainer and the report use."""
+    with h5py.File(path, "r") as f:
+        out = {"spec": f["spec"][()].astype(np.float16, copy=False), "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
+        names = json.loads(f.attrs["env_names"])
+        out["env"] = np.asarray(names, dtype=object)[f["env"][()]]
+        for k in ("clip_id", "category"):
+            out[k] = f[k].asstr()[()]
+    return out
+
+
+def read_selection(sel: Selection, rank: int = 0, world: int = 1) -> dict:
+    """All samples of a selection (rank's share: every world-th shard) concatenated."""
+    parts = [read_shard(sel.root / s["path"]) for s in sel.shards[rank::world]]
+    if not parts:
+        return {"spec": np.zeros((0, 2, 129, 61), np.float16), "azimuth_deg": np.zeros(0, np.float32),
+                "env": np.zeros(0, object), "clip_id": np.zeros(0, object), "category": np.zeros(0, object)}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _batch(spec16: torch.Tensor, az: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = standardize(spec16.to(device, non_blocking=True))
+    return x, azimuth_to_vector(az.to(device, non_blocking=True))
+
+
+class ResidentData:
+    """Every selected sample on `device` as float16; shuffled there each epoch."""
+
+    def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
+                 drop_last: bool = True):
+        data = read_selection(sel)
+        n = len(data["azimuth_deg"])
+        # A fixed, seeded partition of the samples across ranks, each rank its share.
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+        share = order[rank::world].sort().values.numpy()
+        self.indices = torch.from_numpy(share).to(device)  # sample numbers, for coverage checks
+        self.spec = torch.from_numpy(data["spec"][share]).to(device)
+        self.azimuth = torch.from_numpy(data["azimuth_deg"][share]).to(device)
+        self.batch_size, self.device, self.seed, self.drop_last = batch_size, torch.device(device), seed, drop_last
+        self.rank, self.world = rank, world
+        per_rank = n // world  # every rank makes the same number of steps
+        self.steps = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches (x, target, sample index) of one epoch, shuffled from (seed, epoch, rank)
+        alone, so a resumed run replays the same order."""
+        g = torch.Generator(device=self.device).manual_seed(self.seed * 100003 + epoch * 31 + self.rank)
+        perm = torch.randperm(len(self.azimuth), generator=g, device=self.device)
+        for b in range(self.steps):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            x, y = _batch(self.spec[idx], self.azimuth[idx], self.device)
+            yield x, y, self.indices[idx]
+
+
+class StreamingData:
+    """Shards read by a background thread into a reused pinned buffer; batches drawn from
+    a shuffle window of `window` samples spanning several shards."""
+
+    def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
+                 window: int = 8192):
+        self.sel, self.batch_size, self.device, self.seed = sel, batch_size, torch.device(device), seed
+        self.rank, self.world, self.window = rank, world, max(window, batch_size)
+        # Every rank stops after the steps the smallest share allows (DDP needs equal steps).
+        shares = [sum(s["samples"] for s in sel.shards[r::world]) for r in range(world)]
+        self.steps = min(shares) // batch_size
+        pin = self.device.type == "cuda"
+        self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), 2, 129, 61),
+                                  dtype=torch.float16, pin_memory=pin)
+        self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _reader(self, order: list[int], out: queue.Queue) -> None:
+        try:
+            for i in order:
+                out.put(read_shard(self.sel.root / self.sel.shards[i]["path"]))
+        except Exception as exc:  # surfaces in the training process, not lost in a thread
+            out.put(exc)
+        out.put(None)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        mine = list(range(len(self.sel.shards)))[self.rank::self.world]
+        order = [mine[i] for i in rng.permutation(len(mine))]
+        q: queue.Queue = queue.Queue(maxsize=2)  # read ahead two shards while the model works
+        threading.Thread(target=self._reader, args=(order, q), daemon=True).start()
+        fill, steps, done = 0, 0, False
+        while steps < self.steps:
+            while not done and fill < self.window:
+                item = q.get()
+                if item is None:
+                    done = True
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                n = len(item["azimuth_deg"])
+                self.buffer[fill:fill + n] = torch.from_numpy(item["spec"])
+                self.az_buffer[fill:fill + n] = torch.from_numpy(item["azimuth_deg"])
+                fill += n
+            if fill < self.batch_size:
+                break
+            # Draw a batch at random from the window, then fill its slots with the window's
+            # last samples (at most one batch of copying, not the whole window).
+            pick = rng.choice(fill, self.batch_size, replace=False)
+            x, y = _batch(self.buffer[pick], self.az_buffer[pick], self.device)
+            fill -= self.batch_size
+            holes = pick[pick < fill]
+            movers = np.setdiff1d(np.arange(fill, fill + self.batch_size), pick)
+            self.buffer[holes] = self.buffer[movers]
+            self.az_buffer[holes] = self.az_buffer[movers]
+            steps += 1
+            yield x, y, torch.full((self.batch_size,), -1)
+
+
+def make_data(sel: Selection, batch_size: int, device, seed: int, memory_budget_gb: float, rank: int = 0,
+              world: int = 1):
+    """Resident when the rank's share fits the budget, else streaming."""
+    if sel.samples / world * SAMPLE_BYTES <= memory_budget_gb * 1e9:
+        return ResidentData(sel, batch_size, device, seed, rank, world)
+    return StreamingData(sel, batch_size, device, seed, rank, world)
+
+
+class EvalData:
+    """A split in its stored order, for validation and test: resident on the device when
+    it fits the budget (validation runs every epoch), else read shard by shard. Labels
+    stay on the host for the predictions table."""
+
+    def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float):
+        self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
+        self.resident = sel.samples * SAMPLE_BYTES <= memory_budget_gb * 1e9
+        self.labels = None
+        if self.resident:
+            data = read_selection(sel)
+            self.spec = torch.from_numpy(data.pop("spec")).to(self.device)
+            self.labels = data
+
+    def __len__(self) -> int:
+        return self.sel.samples
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """(x, target, labels of the batch as numpy arrays)."""
+        parts = [(self.spec, self.labels)] if self.resident else (
+            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"]) for s in self.sel.shards))
+        for spec, labels in parts:
+            az = torch.from_numpy(labels["azimuth_deg"])
+            for i in range(0, len(az), self.batch_size):
+                x, y = _batch(spec[i:i + self.batch_size], az[i:i + self.batch_size], self.device)
+                yield x, y, {k: v[i:i + self.batch_size] for k, v in labels.items()}

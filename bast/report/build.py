@@ -1,0 +1,347 @@
+"""`bast-cli report`: trained runs -> one self-contained HTML page, PNG figures, JSON and CSV.
+
+    build_report(["runs/nsp-sub-mix", "runs/nsp-add-mix"], "report/")
+
+Each run directory is what `bast-cli train` writes. A run without a stored test
+evaluation is evaluated here (its best checkpoint on its test split).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bast.report import figures, stats
+from bast.report.paper import PAPER_TABLE1, PAPER_TABLE3
+
+INTEGRATIONS = ("concat", "add", "sub")
+LOSSES = ("mse", "ad", "mix")
+ENV_NAMES = {"anechoic": "AE (anechoic)", "hall": "RV (hall)"}
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    metrics: list
+    test: dict
+    pred: dict
+
+    @property
+    def mode(self) -> str:
+        return "SP" if self.config["model"].get("shared", False) else "NSP"
+
+    @property
+    def loss(self) -> str:
+        return {"hybrid": "mix"}.get(self.config["loss"], self.config["loss"])
+
+    @property
+    def integration(self) -> str:
+        return self.config["model"].get("integration", "sub")
+
+    @property
+    def train_env(self) -> str:
+        from bast.pipeline.irs import parse_environments
+
+        envs = parse_environments(self.config.get("train_env", "RI"))
+        return "both" if len(envs) > 1 else envs[0]
+
+    @property
+    def label(self) -> str:
+        env = "" if self.train_env == "both" else f", trained {self.train_env}"
+        return f"{self.mode}-{self.integration.upper()}-{self.loss.upper()}{env} ({self.path.name})"
+
+
+def load_run(path, device: str = "cpu") -> Run:
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
+    config = json.loads((path / "config.json").read_text())
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()] if (
+        path / "metrics.jsonl").exists() else []
+    if not (path / "eval" / "test_predictions.csv").exists():
+        _evaluate(path, config, device)
+    test = json.loads((path / "eval" / "test.json").read_text())
+    return Run(path, config, [r for r in rows if "epoch" in r and "train_loss" in r], test,
+               stats.load_predictions(path / "eval" / "test_predictions.csv"))
+
+
+def _evaluate(path: Path, config: dict, device: str) -> None:
+    from bast.datasets.loader import Selection
+    from bast.model.train import Context, TrainConfig, final_test
+
+    if not (path / "checkpoints" / "best.pt").exists():
+        raise FileNotFoundError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
+    cfg = TrainConfig.from_dict(config)
+    final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env), cfg,
+               Context(device=__import__("torch").device(device), amp_dtype=None))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu") -> tuple[Path, dict]:
+    """Write REPORT/index.html (self-contained), figures/*.png, summary.json and CSVs."""
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(p, device) for p in run_dirs]
+    if not runs:
+        raise ValueError("no runs given")
+    sections: list[str] = []
+    summary: dict = {"runs": {}}
+
+    # Runs at a glance.
+    rows = []
+    for r in runs:
+        s = stats.summary(r.pred)
+        summary["runs"][r.label] = {"path": str(r.path), "summary": s, "test": r.test, "config": r.config}
+        rows.append([r.label, r.config.get("preset", ""), f"{r.config.get('parameters', 0):,}",
+                     r.config.get("train_env", ""), str(len(r.metrics)), f"{s['ad_deg']:.2f}",
+                     f"{s['median_ad_deg']:.2f}", f"{s['mse']:.4f}", f"{s['front_back_rate']:.3f}", str(s["n"])])
+    head = ["run", "preset", "parameters", "trained on", "epochs", "test AD (deg)", "median AD (deg)",
+            "test MSE", "front-back confusions", "test samples"]
+    _write_csv(out / "runs.csv", head, rows)
+    sections.append(_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
+                             "AD: angular distance between predicted and true direction; MSE: squared distance "
+                             "between the (x, y) unit vectors (SPEC 2, not halved).", _table(head, rows)))
+
+    sections.append(_table1(runs, out))
+    sections.append(_per_azimuth(runs, fig_dir))
+    sections.append(_hemifields(runs, fig_dir, out, summary))
+    t3 = _table3(runs, out)
+    if t3:
+        sections.append(t3)
+    for r in runs:
+        sections.append(_run_section(r, fig_dir))
+    if rollout_samples:
+        sections.append(_rollout_section(runs[0], fig_dir, rollout_samples, device))
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+    page = _page(sections, out)
+    (out / "index.html").write_text(page)
+    return out / "index.html", summary
+
+
+def _table1(runs: list[Run], out: Path) -> str:
+    """Table 1 of the paper: SP/NSP x loss x integration, AD and MSE, best AD in bold; the
+    paper trained these on both rooms, so runs trained on one room go to Table 3 instead."""
+    both = [r for r in runs if r.train_env == "both"] or runs
+    cells = {(r.mode, r.loss, r.integration): r for r in both}
+    best = min(r.test["ad_deg"] for r in both)
+    head = ["mode", "loss"] + [i.upper() for i in INTEGRATIONS]
+    rows, csv_rows = [], []
+    for mode in ("NSP", "SP"):
+        for loss in LOSSES:
+            if not any((mode, loss, i) in cells for i in INTEGRATIONS):
+                continue
+            row = [mode, {"mix": "hybrid"}.get(loss, loss).upper()]
+            for i in INTEGRATIONS:
+                paper = PAPER_TABLE1.get((mode, loss, i))
+                paper_txt = f"paper {paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper and paper[1] is not None else "") if paper else ""
+                if (mode, loss, i) in cells:
+                    r = cells[(mode, loss, i)]
+                    ours = f"{r.test['ad_deg']:.2f} / {r.test['mse']:.4f}"
+                    ours = f"<b>{ours}</b>" if r.test["ad_deg"] == best else ours
+                    row.append(f"{ours}<br><small>{paper_txt}</small>")
+                    csv_rows.append([mode, loss, i, r.test["ad_deg"], r.test["mse"], paper[0] if paper else "",
+                                     paper[1] if paper and paper[1] is not None else ""])
+                else:
+                    row.append(f"<small>{paper_txt}</small>")
+            rows.append(row)
+    _write_csv(out / "table1.csv", ["mode", "loss", "integration", "ad_deg", "mse", "paper_ad_deg", "paper_mse"], csv_rows)
+    return _section("Table 1: integration x loss x parameter sharing",
+                    "Test AD (deg) / MSE of these runs, best AD in bold, with the paper's figures for the same cell "
+                    "(their data: 4,600 real-life training sounds; theirs may report MSE halved, as nn.MSELoss "
+                    "does). Cells without a run show the paper's value only.", _table(head, rows, raw=True))
+
+
+def _per_azimuth(runs: list[Run], fig_dir: Path) -> str:
+    lines = {}
+    for r in runs:
+        t = stats.per_azimuth(r.pred)
+        lines[r.label] = (t["azimuth_deg"], t["ad_deg"])
+    png = figures.polar_ad(lines, fig_dir / "polar_ad.png", title="Angular distance per azimuth (test set)")
+    with open(fig_dir.parent / "per_azimuth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "azimuth_deg", "ad_deg"])
+        for label, (az, ad) in lines.items():
+            w.writerows([label, a, d] for a, d in zip(az, ad))
+    return _section("Angular distance per azimuth (paper Fig. 2)",
+                    "Mean test AD at each true azimuth, one line per run. The listener is seen from above, facing "
+                    "up: 0° ahead, 90° left, 180° behind, 270° right.", _img(png))
+
+
+def _hemifields(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> str:
+    parts, csv_rows = [], []
+    for metric, name in (("ad_deg", "AD (deg)"), ("sq_err", "MSE")):
+        tests = stats.hemifield_tests({r.label: r.pred for r in runs}, metric=metric)
+        summary.setdefault("hemifield", {})[metric] = {k: {kk: v[kk] for kk in ("t", "p", "p_adj", "n")}
+                                                       for k, v in tests.items()}
+        png = figures.hemifield_boxplots({k: (v["left"], v["right"], v["p_adj"]) for k, v in tests.items()},
+                                         name, fig_dir / f"hemifield_{metric}.png",
+                                         title=f"Left vs right hemifield, {name}")
+        parts.append(_img(png))
+        for k, v in tests.items():
+            csv_rows.append([k, metric, v["n"], v["t"], v["p"], v["p_adj"]])
+    head = ["run", "metric", "pairs", "t", "p", "p (BH-adjusted)"]
+    _write_csv(out / "hemifield.csv", head, csv_rows)
+    rows = [[r[0], r[1], str(r[2]), f"{r[3]:.2f}", f"{r[4]:.3g}", f"{r[5]:.3g}"] for r in csv_rows]
+    return _section("Left vs right hemifield (paper Fig. 3, 4)",
+                    "Errors at mirrored azimuths (a in 10..170° against 360 − a), paired per test sound (each "
+                    "sound's mean over its mirrored pairs and rooms: one independent pair per sound). Two-sided "
+                    "paired t-tests, Benjamini-Hochberg correction across the runs; t > 0: larger errors on the "
+                    "left.", "".join(parts) + _table(head, rows))
+
+
+def _table3(runs: list[Run], out: Path) -> str:
+    """Train environment x test environment, when the runs trained on different ones."""
+    if len({r.train_env for r in runs}) < 2:
+        return ""
+    head = ["trained on"] + [ENV_NAMES[e] for e in ("anechoic", "hall")]
+    rows, csv_rows = [], []
+    for r in runs:
+        row = [f"{r.train_env} ({r.path.name})"]
+        for e in ("anechoic", "hall"):
+            m = r.test["by_env"].get(e)
+            paper = PAPER_TABLE3.get((r.train_env, e))
+            txt = f"{m['ad_deg']:.2f} / {m['mse']:.4f}" if m else "not tested"
+            row.append(txt + (f"<br><small>paper {paper[0]:.2f}</small>" if paper else ""))
+            csv_rows.append([r.label, r.train_env, e, m["ad_deg"] if m else "", m["mse"] if m else "",
+                             paper[0] if paper else ""])
+        rows.append(row)
+    _write_csv(out / "table3.csv", ["run", "train_env", "test_env", "ad_deg", "mse", "paper_ad_deg"], csv_rows)
+    return _section("Table 3: trained on one room, tested on the other",
+                    "Test AD (deg) / MSE per test environment, with the paper's NSP-SUB-hybrid figures.",
+                    _table(head, rows, raw=True))
+
+
+def _run_section(r: Run, fig_dir: Path) -> str:
+    stem = r.path.name
+    imgs = [figures.scatter_pred_vs_true(r.pred, fig_dir / f"{stem}_scatter.png", title=f"Predicted vs true azimuth: {r.label}"),
+            figures.error_histogram(r.pred, fig_dir / f"{stem}_errors.png", title=f"Angular distance: {r.label}")]
+    cats = stats.by_category(r.pred)
+    if cats:
+        imgs.append(figures.category_bars(cats, fig_dir / f"{stem}_categories.png",
+                                          title=f"AD per sound category: {r.label}"))
+    if r.metrics:
+        imgs.append(figures.training_curves(r.metrics, fig_dir / f"{stem}_training.png", title=f"Training: {r.label}"))
+    s = stats.summary(r.pred)
+    text = (f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
+            f"true azimuth than to it, 90° and 270° excluded). "
+            + ("Per category: " + ", ".join(f"{c} {v['ad_deg']:.1f}°" for c, v in sorted(cats.items(), key=lambda kv: kv[1]['ad_deg']))
+               + ". Broadband sounds carry interaural cues in every band; narrowband ones in a few." if cats else ""))
+    return _section(f"Run {r.label}", text, "".join(_img(p) for p in imgs))
+
+
+def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
+    """Attention rollout of a few test samples, per layer and folded onto the spectrograms."""
+    import torch
+
+    from bast.datasets.loader import Selection, read_shard
+    from bast.model.bast import padding_amounts, token_grid
+    from bast.model.train import load_model
+    from bast.pipeline.features import standardize
+    from bast.report import rollout
+
+    model, cfg = load_model(run.path, "best", device)
+    sel = Selection.of(run.config["features_dir"], "test", cfg.test_env)
+    chosen = _pick_samples(run.pred, n)
+    offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])
+    mcfg = model.cfg if hasattr(model, "cfg") else None
+    grid = token_grid(mcfg) if mcfg else (20, 9)
+    ph, pw = padding_amounts(mcfg) if mcfg else (1, 3)
+    cls = bool(mcfg.cls_token) if mcfg else False
+    parts = []
+    for number, row in enumerate(chosen):
+        k = int(np.searchsorted(offsets, row, side="right") - 1)
+        shard = read_shard(sel.root / sel.shards[k]["path"])
+        spec = torch.from_numpy(shard["spec"][row - offsets[k]].astype(np.float32))[None]
+        with torch.no_grad():
+            pred, attn = model(standardize(spec).to(device), return_attention=True)
+        rolled = rollout.bast_rollout(attn)
+        maps = {enc: rollout.fold_to_spectrogram(rollout.token_importance(rolled[enc][-1][0], cls), grid,
+                                                 cfg.model.get("patch", 16), mcfg.stride if mcfg else 6,
+                                                 pad=(0, pw), pad_before=(ph, 0), cls_token=False)
+                for enc in ("left", "right", "center")}
+        az = float(run.pred["azimuth_deg"][row])
+        pa = float(np.degrees(np.arctan2(pred[0, 1].item(), pred[0, 0].item())) % 360)
+        title = (f"{run.pred['category'][row] or 'sound'} {run.pred['clip_id'][row]}, {run.pred['env'][row]}, "
+                 f"true {az:.0f}°, predicted {pa:.0f}°")
+        stem = f"rollout_{number}"
+        parts.append(_img(figures.rollout_maps(spec[0].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
+                                               title=title, center_map=maps["center"])))
+        parts.append(_img(figures.rollout_layers({e: [m[0] for m in rolled[e]] for e in rolled}, grid,
+                                                 fig_dir / f"{stem}_layers.png", title=f"Rollout per layer: {title}")))
+    return _section(f"Attention rollout (paper Fig. 5, 6): {run.label}",
+                    "Where the model looks. Rollout (Abnar & Zuidema 2020): per layer the head-averaged attention "
+                    "plus the identity (the residual path), rows normalised, multiplied through the layers; TE-C "
+                    "starts from the normalised sum of the TE-L and TE-R rollouts. A token's importance is its "
+                    "mean weight over all query rows (BAST averages its tokens), spread over the spectrogram bins "
+                    "its patch covers.", "".join(parts))
+
+
+def _pick_samples(pred: dict, n: int) -> list[int]:
+    """Test rows to explain: broadband noise at 90 and 270 deg where there is such, else the first rows."""
+    rows = []
+    for az in (90.0, 270.0, 0.0, 180.0):
+        hit = np.flatnonzero((pred["azimuth_deg"] == az) & (pred["category"] == "white_noise"))
+        if hit.size == 0:
+            hit = np.flatnonzero(pred["azimuth_deg"] == az)
+        if hit.size:
+            rows.append(int(hit[0]))
+        if len(rows) == n:
+            break
+    return rows or list(range(min(n, len(pred["azimuth_deg"]))))
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _section(title: str, text: str, body: str) -> str:
+    return f"<section><h2>{html.escape(title)}</h2><p>{text}</p>{body}</section>"
+
+
+def _table(head, rows, raw: bool = False) -> str:
+    esc = (lambda x: x) if raw else html.escape
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    b = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>figures/{html.escape(Path(path).name)}</figcaption></figure>')
+
+
+def _page(sections: list[str], out: Path) -> str:
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}"
+             "img{max-width:100%;height:auto}figcaption{font-size:small;color:#666}section{margin-bottom:2.5em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>bast report</title><style>{style}</style>"
+            f"</head><body><h1>bast report</h1><p>Azimuth convention (SOFA): 0° ahead, 90° left, 180° behind, "
+            f"270° right. Numbers: summary.json, runs.csv, table1.csv, per_azimuth.csv, hemifield.csv.</p>"
+            + "".join(sections) + "</body></html>")
+
+
+def _write_csv(path: Path, head, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(head)
+        w.writerows(rows)
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)

@@ -1,0 +1,143 @@
+"""Stage 3: the loader, the training loop, checkpoints, resume, NaN handling, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bast.datasets.loader import EvalData, ResidentData, Selection, StreamingData
+from bast.model.train import TrainingError, load_checkpoint, lr_at, preset, train
+
+SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
+             device="cpu", memory_budget_gb=1.0)
+
+
+@pytest.fixture(scope="module")
+def features(small_features):
+    return small_features
+
+
+def test_learning_rate_schedule():
+    cfg = preset("tiny", lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 100) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 100) == pytest.approx(1e-3)
+    assert lr_at(100, cfg, 100) == pytest.approx(1e-4)
+    assert lr_at(55, cfg, 100) == pytest.approx(0.55e-3, rel=1e-6)  # half-way down the cosine
+    paper = preset("paper")
+    assert {lr_at(s, paper, 1000) for s in (0, 500, 999)} == {1e-4}
+
+
+def test_presets_take_overrides_and_refuse_unknown_keys():
+    cfg = preset("paper", dim=64, lr=3e-4)
+    assert cfg.model["dim"] == 64 and cfg.lr == 3e-4 and cfg.batch_size == 48 and cfg.epochs == 50
+    with pytest.raises(ValueError, match="unknown setting"):
+        preset("tiny", learning_rate=1.0)
+
+
+def test_resident_and_streaming_loaders(features):
+    sel = Selection.of(features, "train", "RI")
+    assert sel.samples > 0 and all(s["split"] == "train" for s in sel.shards)
+    for data in (ResidentData(sel, 16, "cpu", seed=0), StreamingData(sel, 16, "cpu", seed=0, window=64)):
+        batches = list(data.epoch(0))
+        assert len(batches) == len(data) == sel.samples // 16
+        x, y, _ = batches[0]
+        assert x.shape == (16, 2, 129, 61) and x.dtype == torch.float32
+        flat = x.reshape(16, -1)
+        torch.testing.assert_close(flat.mean(1), torch.zeros(16), atol=1e-3, rtol=0)
+        torch.testing.assert_close(flat.std(1), torch.ones(16), atol=1e-3, rtol=0)
+        torch.testing.assert_close(y.norm(dim=1), torch.ones(16))
+    resident = ResidentData(sel, 16, "cpu", seed=0)
+    seen = torch.cat([idx for *_, idx in resident.epoch(0)])
+    assert len(set(seen.tolist())) == len(seen)  # no sample twice in an epoch
+    again = torch.cat([idx for *_, idx in resident.epoch(0)])
+    assert torch.equal(seen, again)  # the order is a function of (seed, epoch)
+    assert not torch.equal(seen, torch.cat([idx for *_, idx in resident.epoch(1)]))
+    anechoic = Selection.of(features, "train", "RI01")
+    assert anechoic.samples == sel.samples // 2 and {s["env"] for s in anechoic.shards} == {"anechoic"}
+
+
+def test_train_writes_a_complete_run(features, tmp_path):
+    cfg = preset("tiny", epochs=2, max_minutes=None, **SMALL)
+    result = train(features, tmp_path / "run", cfg)
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(np.isfinite(r["val_ad_deg"]) for r in rows)
+    for name in ("last", "best"):
+        ckpt = load_checkpoint(run / "checkpoints" / f"{name}.pt")  # weights_only=True
+        assert ckpt["config"]["model"]["dim"] == 32 and ckpt["epoch"] in (1, 2)
+    test = json.loads((run / "eval" / "test.json").read_text())
+    assert test["n"] == result["n"] == Selection.of(features, "test", "RI").samples
+    assert set(test["by_env"]) == {"anechoic", "hall"} and test["by_category"]
+    header = (run / "eval" / "test_predictions.csv").read_text().splitlines()[0].split(",")
+    assert header == ["clip_id", "category", "env", "azimuth_deg", "pred_x", "pred_y", "ad_deg", "sq_err"]
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(features, run, cfg)
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_a_usable_checkpoint(features, tmp_path):
+    broken = tmp_path / "s2"
+    subprocess.run(["cp", "-r", str(features), str(broken)], check=True)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    train_shard = next(s for s in manifest["shards"] if s["split"] == "train")
+    with h5py.File(broken / train_shard["path"], "r+") as f:
+        f["spec"][:, 0, 0, 0] = np.nan  # every sample of this shard
+    with pytest.raises(TrainingError, match="loss became nan") as info:
+        train(broken, tmp_path / "run", preset("tiny", epochs=2, max_minutes=None, **SMALL))
+    assert "last.pt" in str(info.value)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def cli(*args):
+    return [sys.executable, "-m", "bast.cli", "train", *map(str, args)]
+
+
+SMALL_ARGS = ["--device", "cpu", "--deterministic", "--seed", "3", "--batch-size", "16", "--set", "dim=32",
+              "--set", "heads=4", "--set", "mlp_dim=64", "--set", "stride=12", "--set", "warmup_steps=5"]
+
+
+def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
+    args = SMALL_ARGS + ["--epochs", "3"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(cli(features, "--out", whole, *args), check=True, capture_output=True)
+    proc = subprocess.Popen(cli(features, "--out", killed, *args), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # during epoch 2
+    proc.wait()
+    assert metrics.read_text().count("\n") == 1, "epoch 2 finished before the kill"
+    subprocess.run(cli(features, "--out", killed, "--resume"), check=True, capture_output=True)
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "bast.cli", "train", str(features), "--out", str(run), *SMALL_ARGS, "--epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads((run / "ddp.json").read_text())
+    assert len(ranks) == 2 and ranks[0]["weights_sha"] == ranks[1]["weights_sha"]
+    a, b = (set(r["first_epoch_samples"]) for r in ranks)
+    assert not a & b  # each rank its own share
+    steps = json.loads((run / "config.json").read_text())["steps_per_epoch"]
+    assert len(a) == len(b) == steps * 8  # per-rank batch: 16 / 2
+    total = Selection.of(features, "train", "RI").samples
+    assert len(a | b) >= total - 2 * 8  # the whole set, but for the last partial batch per rank
+    assert (run / "eval" / "test.json").exists()
