@@ -172,3 +172,14 @@ def test_killed_featurize_resumes_to_identical_output(stage1, tmp_path):
     a = json.loads((killed / "manifest.json").read_text())["shards"]
     b = json.loads((whole / "manifest.json").read_text())["shards"]
     assert a == b  # the same shards with the same sha256: identical bytes
+
+
+def test_rerunning_a_finished_stage1_does_not_block_stage2(tmp_path):
+    refs = DefaultCorpus(n_clips=3, seed=4, speech=False).list_clips()
+    config = SpatializeConfig(azimuths=(0.0, 90.0), environments=("anechoic",), seed=4)
+    spatialize(refs, tmp_path / "s1", config)
+    featurize(tmp_path / "s1", tmp_path / "s2")
+    again = spatialize(refs, tmp_path / "s1", config)  # nothing to do, but a new manifest date
+    assert again.shards_written == 0
+    summary = featurize(tmp_path / "s1", tmp_path / "s2")
+    assert summary.shards_written == 0 and summary.shards_resumed > 0

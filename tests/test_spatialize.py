@@ -227,3 +227,19 @@ def test_killed_run_on_a_local_cluster_resumes_to_the_same_output(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert json.loads((killed / "manifest.json").read_text())["shards"] == json.loads((whole / "manifest.json").read_text())["shards"]
+
+
+def test_each_thread_renders_into_its_own_buffer(small_run):
+    """`dask worker` runs several threads per process; a Renderer reuses its output buffer."""
+    import threading
+
+    from bast.pipeline.spatialize import _renderer
+
+    out, *_ = small_run
+    path = str(out / "irs" / "anechoic.sofa")
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_renderer(path)[0]))
+    thread.start()
+    thread.join()
+    assert seen[0] is not _renderer(path)[0]
+    assert _renderer(path)[0] is _renderer(path)[0]  # and cached within a thread

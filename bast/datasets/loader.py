@@ -92,14 +92,22 @@ class ResidentData:
 
     def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
                  drop_last: bool = True):
-        data = read_selection(sel)
-        n = len(data["azimuth_deg"])
-        # A fixed, seeded partition of the samples across ranks, each rank its share.
+        n = sel.samples
+        # A fixed, seeded partition of the samples across ranks, each rank its share; a rank
+        # holds only its share, read shard by shard.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
         share = order[rank::world].sort().values.numpy()
+        specs, azimuths, start = [], [], 0
+        for s in sel.shards:
+            rows = share[(share >= start) & (share < start + s["samples"])] - start
+            if rows.size:
+                part = read_shard(sel.root / s["path"])
+                specs.append(part["spec"][rows])
+                azimuths.append(part["azimuth_deg"][rows])
+            start += s["samples"]
         self.indices = torch.from_numpy(share).to(device)  # sample numbers, for coverage checks
-        self.spec = torch.from_numpy(data["spec"][share]).to(device)
-        self.azimuth = torch.from_numpy(data["azimuth_deg"][share]).to(device)
+        self.spec = torch.from_numpy(np.concatenate(specs)).to(device)
+        self.azimuth = torch.from_numpy(np.concatenate(azimuths)).to(device)
         self.batch_size, self.device, self.seed, self.drop_last = batch_size, torch.device(device), seed, drop_last
         self.rank, self.world = rank, world
         per_rank = n // world  # every rank makes the same number of steps

@@ -255,10 +255,16 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     train_sel = Selection.of(features_dir, "train", cfg.train_env)
     val_sel = Selection.of(features_dir, "val", cfg.train_env)
     test_sel = Selection.of(features_dir, "test", cfg.test_env)
-    if train_sel.samples == 0:
-        raise TrainingError(f"{features_dir}: no training samples for environments {cfg.train_env}")
+    for name, sel in (("training", train_sel), ("validation", val_sel)):
+        if sel.samples == 0:  # validation picks the best checkpoint: training without it has no result
+            raise TrainingError(f"{features_dir}: no {name} samples for environments {cfg.train_env}")
+    if cfg.batch_size % ctx.world:
+        raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
     data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
                      ctx.rank, ctx.world)
+    if len(data) == 0:
+        raise TrainingError(f"{train_sel.samples} training samples make no batch of {cfg.batch_size}; "
+                            "lower --batch-size")
     val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb) if ctx.main else None
 
     model = BAST(BASTConfig(**cfg.model)).to(ctx.device)
@@ -267,6 +273,11 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, step, best = saved["epoch"], saved["step"], saved["best_val"]
+        metrics_file = run_dir / "metrics.jsonl"
+        if ctx.main and metrics_file.exists():  # rows of epochs after the checkpoint are redone
+            kept = [line for line in metrics_file.read_text().splitlines()
+                    if json.loads(line).get("epoch", 0) <= start_epoch and "stopped" not in line]
+            atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         torch.set_rng_state(saved["rng"])
         if saved["cuda_rng"]:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
@@ -300,8 +311,11 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
             loss = loss_fn(pred.float(), y)
             # A CPU-GPU sync point per step: the price of stopping at the first bad loss,
             # while the last checkpoint is still a good one.
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; "
+            bad = (~torch.isfinite(loss)).float()
+            if ctx.world > 1:  # every rank stops, or the others would wait in backward() forever
+                dist.all_reduce(bad)
+            if bad.item():
+                raise TrainingError(f"loss became {loss.item()} (on some rank) at epoch {epoch + 1}, step {step}; "
                                     f"{ckpt_dir / 'last.pt'} holds the last good epoch. Lower the learning rate "
                                     "(--lr) or check the data.")
             optimizer.zero_grad(set_to_none=True)

@@ -8,6 +8,7 @@ one run per directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from bast import __version__
 from bast.pipeline import cluster
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_db
 from bast.pipeline.shards import (DirectoryLock, ShardInfo, StageError, finished_shard, prepare_output, shard_name,
-                                  sha256_file, write_failures, write_manifest, write_shard)
+                                  write_failures, write_manifest, write_shard)
 
 FS = 16000
 SAMPLES = 8000
@@ -130,7 +131,10 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     params = {
         "stage": "featurize",
         "stage1": str(stage1_dir),
-        "stage1_manifest_sha256": sha256_file(stage1_dir / "manifest.json"),
+        # What Stage 1 made (its parameters and shard checksums), not the manifest's bytes:
+        # re-running a finished Stage 1 rewrites its manifest with a new date.
+        "stage1_sha256": hashlib.sha256(json.dumps([manifest["params"], [s["sha256"] for s in manifest["shards"]]],
+                                                   sort_keys=True).encode()).hexdigest(),
         "dtype": dtype,
         "stft": {**STFT_PARAMS, "floor_db": floor_db},
         "standardize": STANDARDIZE,

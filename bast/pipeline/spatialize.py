@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -151,11 +152,13 @@ def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray]:
     """The renderer of an IR file and its azimuths, kept for the worker's lifetime:
     the IR spectra are computed once per worker, not once per shard."""
     stat = os.stat(ir_path)
-    return _cached_renderer(ir_path, stat.st_mtime_ns, stat.st_size)
+    # One per thread too: a Renderer reuses its output buffer, and `dask worker` on an
+    # existing cluster runs several threads per process.
+    return _cached_renderer(ir_path, stat.st_mtime_ns, stat.st_size, threading.get_ident())
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_renderer(ir_path: str, mtime_ns: int, size: int) -> tuple[Renderer, np.ndarray]:
+@functools.lru_cache(maxsize=16)
+def _cached_renderer(ir_path: str, mtime_ns: int, size: int, thread: int) -> tuple[Renderer, np.ndarray]:
     irs = read_sofa(ir_path)
     return Renderer(irs.ir, n_out=8000), irs.azimuth_deg.astype(np.float32)
 

@@ -32,6 +32,10 @@ class Run:
     metrics: list
     test: dict
     pred: dict
+    name: str = ""
+
+    def __post_init__(self):
+        self.name = self.name or self.path.name
 
     @property
     def mode(self) -> str:
@@ -55,7 +59,7 @@ class Run:
     @property
     def label(self) -> str:
         env = "" if self.train_env == "both" else f", trained {self.train_env}"
-        return f"{self.mode}-{self.integration.upper()}-{self.loss.upper()}{env} ({self.path.name})"
+        return f"{self.mode}-{self.integration.upper()}-{self.loss.upper()}{env} ({self.name})"
 
 
 def load_run(path, device: str = "cpu") -> Run:
@@ -94,6 +98,10 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     runs = [load_run(p, device) for p in run_dirs]
     if not runs:
         raise ValueError("no runs given")
+    names = [r.path.name for r in runs]
+    for r in runs:  # runs of the same folder name (a/run, b/run) keep apart in labels and files
+        if names.count(r.path.name) > 1:
+            r.name = f"{r.path.parent.name}-{r.path.name}"
     sections: list[str] = []
     summary: dict = {"runs": {}}
 
@@ -207,7 +215,7 @@ def _table3(runs: list[Run], out: Path) -> str:
     head = ["trained on"] + [ENV_NAMES[e] for e in ("anechoic", "hall")]
     rows, csv_rows = [], []
     for r in runs:
-        row = [f"{r.train_env} ({r.path.name})"]
+        row = [f"{r.train_env} ({r.name})"]
         for e in ("anechoic", "hall"):
             m = r.test["by_env"].get(e)
             paper = PAPER_TABLE3.get((r.train_env, e))
@@ -223,7 +231,7 @@ def _table3(runs: list[Run], out: Path) -> str:
 
 
 def _run_section(r: Run, fig_dir: Path) -> str:
-    stem = r.path.name
+    stem = r.name
     imgs = [figures.scatter_pred_vs_true(r.pred, fig_dir / f"{stem}_scatter.png", title=f"Predicted vs true azimuth: {r.label}"),
             figures.error_histogram(r.pred, fig_dir / f"{stem}_errors.png", title=f"Angular distance: {r.label}")]
     cats = stats.by_category(r.pred)
