@@ -307,7 +307,7 @@ def demo(
     stage1, stage2, run_dir, report_dir = out / "stage1", out / "stage2", out / "run", out / "report"
     with _progress("demo") as (progress, task):
         def stage(name):
-            progress.update(task, description=name, total=None, completed=0)
+            progress.reset(task, total=None, completed=0, description=name)
             progress.columns[0].text_format = f"[bold]{name}"
 
         def on_start(total, resumed):
