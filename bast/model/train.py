@@ -11,7 +11,6 @@ epoch) and eval/ (test.json, test_predictions.csv) after the final test.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -31,6 +30,7 @@ from bast.datasets.loader import EvalData, Selection, make_data
 from bast.model.bast import BAST, BASTConfig, count_parameters
 from bast.model.losses import angular_distance_deg, make_loss, squared_error
 from bast.pipeline.shards import atomic_write_text, versions
+from bast.report import stats
 
 
 class TrainingError(RuntimeError):
@@ -179,8 +179,7 @@ def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Call
                "mse": float(table["sq_err"].mean()) if n else float("nan")}
     if loss_fn is not None and n:
         metrics["loss"] = sum(losses) / n
-    metrics["by_env"] = {e: {"n": int((table["env"] == e).sum()), "ad_deg": float(table["ad_deg"][table["env"] == e].mean()),
-                             "mse": float(table["sq_err"][table["env"] == e].mean())} for e in np.unique(table["env"])}
+    metrics["by_env"] = stats.by_env(table)
     return metrics, table
 
 
@@ -219,18 +218,6 @@ def load_model(run_dir, which: str = "best", device="cpu") -> tuple[BAST, TrainC
 def _unwrap(model):
     model = getattr(model, "_orig_mod", model)  # torch.compile
     return getattr(model, "module", model)  # DDP
-
-
-def write_predictions(path: Path, table: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    keys = list(table)
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for row in zip(*(table[k] for k in keys)):
-            w.writerow([f"{v:.6g}" if isinstance(v, (float, np.floating)) else v for v in row])
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -378,17 +365,11 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     model, _ = load_model(run_dir, "best", ctx.device)
     data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb)
     metrics, table = evaluate(model, data, ctx)
-    by_cat = {}
-    for c in np.unique(table["category"]):
-        m = table["category"] == c
-        by_cat[str(c)] = {"n": int(m.sum()), "ad_deg": float(table["ad_deg"][m].mean()),
-                          "mse": float(table["sq_err"][m].mean()),
-                          "median_ad_deg": float(np.median(table["ad_deg"][m]))}
     metrics.update(median_ad_deg=float(np.median(table["ad_deg"])) if len(table["ad_deg"]) else float("nan"),
-                   by_category=by_cat, checkpoint="best", test_env=cfg.test_env)
+                   by_category=stats.by_category(table), checkpoint="best", test_env=cfg.test_env)
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1))
-    write_predictions(run_dir / "eval" / "test_predictions.csv", table)
+    stats.save_predictions(table, run_dir / "eval" / "test_predictions.csv")
     return metrics
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -87,11 +88,13 @@ def save_predictions(pred: dict, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(FIELDS) + [k for k in pred if k not in FIELDS]
     n = _n(pred)
-    with path.open("w", newline="") as f:
+    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: never half a table
+    with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(names)
         for i in range(n):
             w.writerow([_fmt(pred[name][i]) for name in names])
+    os.replace(tmp, path)
     return path
 
 
