@@ -283,13 +283,31 @@ def test_token_importance_and_grid():
 def test_fold_single_hot_token_lights_its_patch(token):
     w = np.zeros(180)
     w[token] = 1.0
-    m = rollout.fold_to_spectrogram(w, grid=(20, 9), patch=16, stride=6, shape=(129, 61), pad=(1, 3))
+    m = rollout.fold_to_spectrogram(w)
     assert m.shape == (129, 61)
     r, c = divmod(token, 9)
     expect = np.zeros((129, 61), dtype=bool)
-    expect[6 * r:6 * r + 16, 6 * c:6 * c + 16] = True  # slicing cuts the padded row / columns
+    # the model pads one row before row 0: patch row r covers padded rows 6r..6r+15, i.e.
+    # spectrogram rows 6r-1..6r+14; slicing cuts the padded row and columns
+    expect[max(0, 6 * r - 1):6 * r + 15, 6 * c:6 * c + 16] = True
     np.testing.assert_array_equal(m > 0, expect)
     assert m.max() <= 1.0
+
+
+def test_fold_default_padding_is_the_models():
+    # token importance folded with the defaults lands on the bins the model's patch saw:
+    # feed the model's own patch embedding one bright bin and find the tokens that see it
+    from bast.model.bast import BASTConfig, PatchEmbed
+    torch.manual_seed(0)
+    embed = PatchEmbed(BASTConfig(dim=8, heads=1))
+    for f, t in [(0, 0), (5, 7), (15, 20), (21, 33), (128, 60)]:
+        x = torch.zeros(1, 1, 129, 61)
+        x[0, 0, f, t] = 1.0
+        with torch.no_grad():
+            seen = (embed(x) - embed(torch.zeros_like(x))).abs().sum(-1)[0] > 0
+        m = rollout.fold_to_spectrogram(seen.double().numpy())
+        assert m[f, t] == pytest.approx(1.0)  # every patch covering (f, t) saw it
+        assert m[f, t] > 0.99  # a pad row at the top frequency end fails at rows 15 and 21
 
 
 def test_fold_conserves_weight_pattern():

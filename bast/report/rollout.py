@@ -20,10 +20,10 @@ the pooled vector under the rollout's linear approximation. When the model has a
 token, its row (``R[0, 1:]``) is used instead, as in ViT rollout. Either way the
 importances of one sample sum to 1.
 
-Patch grid (SPEC 7): a (129 freq x 61 frame) spectrogram padded by 1 row at the top
-frequency end and 3 frames at the end (to 130 x 64), cut into 16 x 16 patches with stride 6
-gives 20 x 9 = 180 tokens, numbered row-major (token = row * 9 + col; row = frequency
-patch index from 0 Hz up, col = time patch index).
+Patch grid (SPEC 7): a (129 freq x 61 frame) spectrogram padded by 1 row before row 0 (the
+0 Hz end, where the model's patch embedding pads) and 3 frames at the end (to 130 x 64), cut
+into 16 x 16 patches with stride 6 gives 20 x 9 = 180 tokens, numbered row-major (token =
+row * 9 + col; row = frequency patch index from 0 Hz up, col = time patch index).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ GRID = (20, 9)
 PATCH = 16
 STRIDE = 6
 SHAPE = (129, 61)
-PAD = (1, 3)
+PAD = (0, 3)  # rows / columns added after the spectrogram
+PAD_BEFORE = (1, 0)  # ... and before it (bast.model.bast.PatchEmbed)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -170,14 +171,15 @@ def _fold_matrix(grid, patch, stride, shape, pad, pad_before) -> np.ndarray:
 
 
 def fold_to_spectrogram(token_weights, grid=GRID, patch: int = PATCH, stride: int = STRIDE,
-                        shape=SHAPE, pad=PAD, cls_token: bool = False, pad_before=(0, 0)) -> np.ndarray:
+                        shape=SHAPE, pad=PAD, cls_token: bool = False, pad_before=PAD_BEFORE) -> np.ndarray:
     """Spread per-token weights over the spectrogram bins their patches cover.
 
     token_weights: (T,) or (..., T), or already a (..., rows, cols) grid. Each bin gets the
     average weight of the patches that cover it (bins near the edges are covered by fewer
     patches, so a plain sum would darken them). Padding: `pad` rows / columns were added
-    after the spectrogram (top frequency end, last frames) and `pad_before` before it; the
-    padded bins are cut away. Returns (..., 129, 61) for the default shape. A single
+    after the spectrogram (top frequency end, last frames) and `pad_before` before it (0 Hz
+    end, first frames); the defaults are the model's for the paper grid. The padded bins
+    are cut away. Returns (..., 129, 61) for the default shape. A single
     non-zero token lights exactly its patch's real bins; equal weights give a flat map.
     """
     w = np.asarray(token_weights.detach().cpu() if isinstance(token_weights, torch.Tensor) else token_weights,
