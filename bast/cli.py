@@ -63,14 +63,25 @@ def spatialize(
     from bast.pipeline.spatialize import SpatializeConfig, spatialize as run, write_examples
 
     try:
+        ignored: list[str] = []
+        notes: list[str] = []  # e.g. duplicate manifest rows skipped
         if source in RECIPES and source != "files":
             corpus = RECIPES[source](n_clips=sounds, seed=seed, speech=speech)
-            source_info = {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech}
+            source_info = {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech,
+                           "test": str(test.resolve()) if test else None}
+            refs = corpus.list_clips()
+            if test:  # e.g. train on procedural sounds, test on recorded ones
+                from bast.datasets.files import test_clips
+
+                refs = test_clips(test, refs, ignored, notes)
         else:
             corpus = RECIPES["files"](source, test=test)
             source_info = {"recipe": "files", "source": str(Path(source).resolve()),
                            "test": str(test.resolve()) if test else None}
-        refs = corpus.list_clips()
+            refs = corpus.list_clips()
+            ignored, notes = corpus.ignored, corpus.warnings
+        for note in notes:
+            console.print(f"[yellow]note:[/] {note}")
         config = SpatializeConfig(
             azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
             environments=parse_environments(env),
@@ -80,7 +91,6 @@ def spatialize(
             hrir=str(hrir) if hrir else None, brir=str(brir) if brir else None,
             rt60_s=rt60, tolerance_deg=ir_tolerance,
         )
-        ignored = getattr(corpus, "ignored", [])
         console.print(f"{len(refs)} sounds from {source}" + (f" ({len(ignored)} non-audio files ignored)" if ignored else "")
                       + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments")
         with cluster.open_client(workers, scheduler) as client, _progress("rendering") as (progress, task):
@@ -200,14 +210,14 @@ def train(
     env: Annotated[Optional[str], typer.Option(help="Train on: anechoic, hall or both (RI01, RI02, RI).")] = None,
     test_env: Annotated[Optional[str], typer.Option(help="Test on: anechoic, hall or both.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after the epoch that crosses this many minutes.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initial weights, dropout and batch order.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="auto (bf16 on a GPU), bf16 or none.")] = "auto",
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU).")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of initial weights, dropout and batch order. [default: 0]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="auto (bf16 on a GPU), bf16 or none. [default: auto]")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model (GPU).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")] = None,
     memory_budget_gb: Annotated[Optional[float], typer.Option(help="Keep the training split on the device up to this size, else stream it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other setting, KEY=VALUE (e.g. --set dim=128 --set dropout=0).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings; --epochs extends a finished run.")] = False,
 ) -> None:
     """Stage 3: train BAST on the train split, validate every epoch, test the best checkpoint.
 
@@ -217,14 +227,16 @@ def train(
 
     given = {"loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
-             "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb}
+             "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
+             "amp": amp, "compile": compile, "deterministic": deterministic}
     overrides = {k: v for k, v in given.items() if v is not None}
-    overrides.update(seed=seed, device=device, amp=amp, compile=compile, deterministic=deterministic)
     try:
         for item in set_ or []:
             key, _, value = item.partition("=")
             overrides[key.strip()] = _parse_value(value.strip())
-        cfg = make_preset(preset, **overrides)
+        # A resumed run keeps its settings; train() names any that cannot change.
+        resume_changes = overrides if resume else None
+        cfg = make_preset(preset, **({} if resume else overrides))
         main_rank = int(__import__("os").environ.get("RANK", "0")) == 0
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -241,7 +253,8 @@ def train(
                     f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
                     f"{row['train_samples_per_s']:,.0f} samples/s")
 
-            result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step)
+            result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
+                         resume_changes=resume_changes)
     except (TrainingError, ValueError, FileNotFoundError) as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
@@ -290,7 +303,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where every stage writes (re-running resumes).")] = Path("bast-demo"),
-    sounds: Annotated[int, typer.Option(help="Procedural sounds to render.")] = 200,
+    sounds: Annotated[int, typer.Option(help="Procedural sounds to render (290: about 200 training sounds, 14,000 training samples).")] = 290,
     minutes: Annotated[float, typer.Option(help="Training time budget in minutes.")] = 4.5,
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core).")] = None,
@@ -334,7 +347,9 @@ def demo(
             run_training(stage2, run_dir, cfg, resume=resume, on_epoch=on_epoch,
                          on_step=lambda done, total: progress.update(task, completed=done, total=total))
         stage("4/4 report")
+        progress.update(task, total=1, completed=0)  # reset() keeps the last stage's total
         page, summary = build_report([run_dir], report_dir)
+        progress.update(task, completed=1)
     test = json.loads((run_dir / "eval" / "test.json").read_text())
     noise = [v["ad_deg"] for k, v in test["by_category"].items() if k.endswith("_noise") and k != "bandpass_noise"]
     console.print(f"[bold green]test AD {test['ad_deg']:.1f} deg[/] (median {test['median_ad_deg']:.1f}; "

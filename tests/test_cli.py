@@ -61,3 +61,32 @@ def test_readme_and_ci_run_the_same_test_command():
     test_command = commands[1].strip()
     assert "pytest" in test_command
     assert test_command in ci
+
+
+def test_procedural_training_sounds_with_a_recorded_test_folder(tmp_path):
+    # --test with the default corpus: the folder's sounds are the test split, every
+    # procedural sound is train or val (nothing drawn for test), and the source records it
+    import h5py
+    import numpy as np
+    import soundfile as sf
+
+    rec = tmp_path / "recorded"
+    rec.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("door.wav", "voice.wav"):
+        sf.write(rec / name, 0.1 * rng.standard_normal(8000), 16000)
+    (rec / "notes.txt").write_text("not audio")
+    out = tmp_path / "s1"
+    result = runner.invoke(app, ["spatialize", "default", str(out), "--sounds", "6", "--no-speech", "--test", str(rec),
+                                 "--azimuths", "0,90", "--env", "anechoic", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert "8 sounds from default" in result.output and "1 non-audio files ignored" in result.output
+    splits = {}
+    for shard in sorted((out / "shards").glob("*.h5")):
+        with h5py.File(shard) as f:
+            for clip, split in zip(f["clip_id"].asstr()[()], f["split"].asstr()[()]):
+                splits[clip] = split
+    assert {c for c, s in splits.items() if s == "test"} == {"test/door.wav", "test/voice.wav"}
+    assert len(splits) == 8 and all(s in ("train", "val") for c, s in splits.items() if c.startswith("default/"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["source"]["test"] == str(rec.resolve())

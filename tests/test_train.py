@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from bast.datasets.loader import EvalData, ResidentData, Selection, StreamingData
+from bast.datasets.loader import EvalData, ResidentData, Selection, StreamingData, read_selection
+from bast.model.losses import azimuth_to_vector
+from bast.pipeline.features import standardize
 from bast.model.train import TrainingError, load_checkpoint, lr_at, preset, train
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
@@ -62,6 +65,45 @@ def test_resident_and_streaming_loaders(features):
     assert not torch.equal(seen, torch.cat([idx for *_, idx in resident.epoch(1)]))
     anechoic = Selection.of(features, "train", "RI01")
     assert anechoic.samples == sel.samples // 2 and {s["env"] for s in anechoic.shards} == {"anechoic"}
+
+
+def test_streaming_deals_shards_afresh_each_epoch(features):
+    # Uneven shards over 2 ranks: equal steps on both, the sample numbers are the samples'
+    # own, and over a few epochs every sample reaches training (none lost for good).
+    sel = Selection.of(features, "train", "RI")
+    n = len(sel.shards) - (len(sel.shards) % 2 == 0)  # an odd number of shards: unequal deals
+    assert n >= 3
+    uneven = Selection(sel.root, sel.shards[:n])
+    flat = read_selection(uneven)
+    ranks = [StreamingData(uneven, 8, "cpu", seed=3, rank=r, world=2, window=32) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == uneven.samples // 2 // 8
+    dealt = [sum(uneven.shards[i]["samples"] for i in data.shards_of(0)) for data in ranks]
+    assert dealt[0] != dealt[1] and sum(dealt) == uneven.samples
+    seen = set()
+    for epoch in range(6):
+        for data in ranks:
+            batches = list(data.epoch(epoch))
+            assert len(batches) == len(data)
+            x, y, idx = batches[0]
+            want = standardize(torch.from_numpy(flat["spec"][idx.numpy()]))
+            torch.testing.assert_close(x, want.float(), atol=1e-3, rtol=0)
+            torch.testing.assert_close(y, azimuth_to_vector(torch.from_numpy(flat["azimuth_deg"][idx.numpy()])))
+            seen |= set(torch.cat([i for *_, i in batches]).tolist())
+    assert seen == set(range(uneven.samples))
+
+
+def test_streaming_epoch_cut_short_stops_its_reader(features):
+    sel = Selection.of(features, "train", "RI")
+    data = StreamingData(sel, 4, "cpu", seed=0, window=8)
+    before = threading.active_count()
+    gen = data.epoch(0)
+    next(gen)
+    assert threading.active_count() == before + 1
+    gen.close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == before
 
 
 def test_train_writes_a_complete_run(features, tmp_path):
@@ -124,6 +166,18 @@ def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # a resumed run keeps its settings: changing one is refused with its name, nothing touched
+    refused = subprocess.run(cli(features, "--out", killed, "--resume", "--lr", "0.1"), capture_output=True, text=True)
+    assert refused.returncode == 1 and "lr cannot change" in refused.stderr
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 3
+    # ... but --epochs extends a finished run, and the record says so
+    subprocess.run(cli(features, "--out", killed, "--resume", "--epochs", "4"), check=True, capture_output=True)
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 4
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert json.loads((killed / "config.json").read_text())["epochs"] == 4
+    with pytest.raises(TrainingError, match="already trained 4 epochs"):
+        train(features, killed, preset("tiny"), resume=True, resume_changes={"epochs": 2})
 
 
 def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):

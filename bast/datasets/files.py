@@ -177,6 +177,23 @@ def _scan(source: Path, exclude: Path | None, ignored: list[str],
                      f"audio file ({', '.join(sorted(e[1:] for e in AUDIO_EXTENSIONS))})")
 
 
+def test_clips(test: str | Path, refs: list[ClipRef], ignored: list[str], warnings: list[str]) -> list[ClipRef]:
+    """`refs` plus the sounds of an independent test source (folder or CSV), pinned to
+    split "test" and loaded as files. A file that is also in `refs` is the test's; test ids
+    get the prefix "test/" ("test-2/", ... should that still collide with an id in `refs`).
+    Serves any recipe: procedural training sounds can be tested on recorded ones."""
+    test_entries = _scan(Path(test), None, ignored, warnings)
+    test_paths = {str(e.path) for e in test_entries}
+    refs = [r for r in refs if r.locator not in test_paths]
+    taken = {r.clip_id for r in refs}
+    prefix, k = "test/", 1
+    while any(prefix + e.rel_id in taken for e in test_entries):
+        k += 1
+        prefix = f"test-{k}/"
+    refs = refs + [ClipRef(prefix + e.rel_id, "files", str(e.path), e.category, "test") for e in test_entries]
+    return sorted(refs, key=lambda r: r.clip_id)
+
+
 @register("files")
 class FileCorpus:
     """The user's sounds from a folder or CSV manifest, plus an optional test source.
@@ -190,27 +207,14 @@ class FileCorpus:
         self.ignored: list[str] = []
         self.warnings: list[str] = []
 
-        test_entries: list[_Entry] = []
         exclude = None
-        if self.test is not None:
-            test_entries = _scan(self.test, None, self.ignored, self.warnings)
-            if self.test.is_dir():
-                exclude = Path(os.path.realpath(self.test))
+        if self.test is not None and self.test.is_dir():
+            exclude = Path(os.path.realpath(self.test))
         source_entries = _scan(self.source, exclude, self.ignored, self.warnings)
-
-        test_paths = {e.path for e in test_entries}
-        refs = [ClipRef(e.rel_id, self.name, str(e.path), e.category, e.split)
-                for e in source_entries if e.path not in test_paths]
-        if test_entries:
-            taken = {r.clip_id for r in refs}
-            prefix, k = "test/", 1
-            while any(prefix + e.rel_id in taken for e in test_entries):
-                k += 1
-                prefix = f"test-{k}/"
-            refs += [ClipRef(prefix + e.rel_id, self.name, str(e.path), e.category, "test")
-                     for e in test_entries]
-        refs.sort(key=lambda r: r.clip_id)
-        self._refs = refs
+        refs = [ClipRef(e.rel_id, self.name, str(e.path), e.category, e.split) for e in source_entries]
+        if self.test is not None:
+            refs = test_clips(self.test, refs, self.ignored, self.warnings)
+        self._refs = sorted(refs, key=lambda r: r.clip_id)
 
     def list_clips(self) -> list[ClipRef]:
         return list(self._refs)

@@ -13,7 +13,7 @@ shard (one sequential read; never per-sample fancy indexing).
 
 Both give standardised float32 batches (per sample, over all 2 x 129 x 61 values) and
 (x, y) unit-vector targets. With several processes (DDP), rank r of w takes its share of
-the samples (resident) or of the shards (streaming), and every rank makes the same number
+the samples (resident) or of the shards, dealt afresh each epoch (streaming), and every rank makes the same number
 of steps per epoch.
 """
 
@@ -129,63 +129,106 @@ class ResidentData:
 
 class StreamingData:
     """Shards read by a background thread into a reused pinned buffer; batches drawn from
-    a shuffle window of `window` samples spanning several shards."""
+    a shuffle window of `window` samples spanning several shards.
+
+    With several ranks, each epoch deals the shards out afresh: one permutation from
+    (seed, epoch), shared by all ranks, dealt round-robin. Every rank makes the same number
+    of steps (DDP needs it), an equal share of all samples; a rank dealt fewer samples than
+    that reads its first shards again, one dealt more leaves the rest for its next epochs'
+    deals. Over epochs every shard reaches every rank; no sample is lost for good.
+    """
 
     def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
                  window: int = 8192):
+        if len(sel.shards) < world:
+            raise ValueError(f"{len(sel.shards)} shards cannot be streamed to {world} ranks: re-run featurize "
+                             "with smaller shards, or raise --memory-budget-gb to keep the data resident")
         self.sel, self.batch_size, self.device, self.seed = sel, batch_size, torch.device(device), seed
         self.rank, self.world, self.window = rank, world, max(window, batch_size)
-        # Every rank stops after the steps the smallest share allows (DDP needs equal steps).
-        shares = [sum(s["samples"] for s in sel.shards[r::world]) for r in range(world)]
-        self.steps = min(shares) // batch_size
+        self.offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])  # first sample number of each shard
+        self.steps = sel.samples // world // batch_size
         pin = self.device.type == "cuda"
         self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), 2, 129, 61),
                                   dtype=torch.float16, pin_memory=pin)
         self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
+        self.index_buffer = torch.empty(self.buffer.shape[0], dtype=torch.int64)
 
     def __len__(self) -> int:
         return self.steps
 
-    def _reader(self, order: list[int], out: queue.Queue) -> None:
+    def shards_of(self, epoch: int) -> list[int]:
+        """This rank's shards in epoch `epoch`, in reading order."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sel.shards))
+        return [int(i) for i in order[self.rank::self.world]]
+
+    def _reader(self, order: list[int], needed: int, out: queue.Queue, stop: threading.Event) -> None:
+        """Puts whole shards on `out`, cycling through `order` until `needed` samples are
+        delivered, then None; an exception is put instead, to surface in the training loop."""
         try:
-            for i in order:
-                out.put(read_shard(self.sel.root / self.sel.shards[i]["path"]))
-        except Exception as exc:  # surfaces in the training process, not lost in a thread
-            out.put(exc)
-        out.put(None)
+            delivered = 0
+            while delivered < needed:
+                for i in order:
+                    part = read_shard(self.sel.root / self.sel.shards[i]["path"])
+                    part["index"] = np.arange(self.offsets[i], self.offsets[i + 1])
+                    if not _put(out, part, stop):
+                        return
+                    delivered += len(part["index"])
+                    if delivered >= needed:
+                        break
+        except Exception as exc:
+            _put(out, exc, stop)
+        _put(out, None, stop)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches (x, target, sample number) of one epoch, from (seed, epoch, rank) alone."""
         rng = np.random.default_rng([self.seed, epoch, self.rank])
-        mine = list(range(len(self.sel.shards)))[self.rank::self.world]
-        order = [mine[i] for i in rng.permutation(len(mine))]
         q: queue.Queue = queue.Queue(maxsize=2)  # read ahead two shards while the model works
-        threading.Thread(target=self._reader, args=(order, q), daemon=True).start()
+        stop = threading.Event()
+        threading.Thread(target=self._reader, args=(self.shards_of(epoch), self.steps * self.batch_size, q, stop),
+                         daemon=True).start()
         fill, steps, done = 0, 0, False
-        while steps < self.steps:
-            while not done and fill < self.window:
-                item = q.get()
-                if item is None:
-                    done = True
-                    break
-                if isinstance(item, Exception):
-                    raise item
-                n = len(item["azimuth_deg"])
-                self.buffer[fill:fill + n] = torch.from_numpy(item["spec"])
-                self.az_buffer[fill:fill + n] = torch.from_numpy(item["azimuth_deg"])
-                fill += n
-            if fill < self.batch_size:
-                break
-            # Draw a batch at random from the window, then fill its slots with the window's
-            # last samples (at most one batch of copying, not the whole window).
-            pick = rng.choice(fill, self.batch_size, replace=False)
-            x, y = _batch(self.buffer[pick], self.az_buffer[pick], self.device)
-            fill -= self.batch_size
-            holes = pick[pick < fill]
-            movers = np.setdiff1d(np.arange(fill, fill + self.batch_size), pick)
-            self.buffer[holes] = self.buffer[movers]
-            self.az_buffer[holes] = self.az_buffer[movers]
-            steps += 1
-            yield x, y, torch.full((self.batch_size,), -1)
+        try:
+            while steps < self.steps:
+                while not done and fill < self.window:
+                    item = q.get()
+                    if item is None:
+                        done = True
+                        break
+                    if isinstance(item, Exception):
+                        raise item
+                    n = len(item["azimuth_deg"])
+                    self.buffer[fill:fill + n] = torch.from_numpy(item["spec"])
+                    self.az_buffer[fill:fill + n] = torch.from_numpy(item["azimuth_deg"])
+                    self.index_buffer[fill:fill + n] = torch.from_numpy(item["index"])
+                    fill += n
+                if fill < self.batch_size:
+                    raise RuntimeError(f"streaming loader ran dry after {steps} of {self.steps} steps")
+                # Draw a batch at random from the window, then fill its slots with the window's
+                # last samples (at most one batch of copying, not the whole window).
+                pick = rng.choice(fill, self.batch_size, replace=False)
+                x, y = _batch(self.buffer[pick], self.az_buffer[pick], self.device)
+                index = self.index_buffer[pick].clone()
+                fill -= self.batch_size
+                holes = pick[pick < fill]
+                movers = np.setdiff1d(np.arange(fill, fill + self.batch_size), pick)
+                self.buffer[holes] = self.buffer[movers]
+                self.az_buffer[holes] = self.az_buffer[movers]
+                self.index_buffer[holes] = self.index_buffer[movers]
+                steps += 1
+                yield x, y, index
+        finally:  # an epoch cut short (NaN stop, error) must not leave the reader blocked
+            stop.set()
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """out.put(item), giving up (False) once `stop` is set."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
 
 
 def make_data(sel: Selection, batch_size: int, device, seed: int, memory_budget_gb: float, rank: int = 0,
