@@ -170,8 +170,9 @@ def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
     refused = subprocess.run(cli(features, "--out", killed, "--resume", "--lr", "0.1"), capture_output=True, text=True)
     assert refused.returncode == 1 and "lr cannot change" in refused.stderr
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 3
-    # ... but --epochs extends a finished run, and the record says so
-    subprocess.run(cli(features, "--out", killed, "--resume", "--epochs", "4"), check=True, capture_output=True)
+    # ... but the starting command may be repeated, and --epochs extends a finished run
+    subprocess.run(cli(features, "--out", killed, *SMALL_ARGS, "--resume", "--epochs", "4"), check=True,
+                   capture_output=True)
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 4
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]

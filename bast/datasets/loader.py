@@ -13,8 +13,8 @@ shard (one sequential read; never per-sample fancy indexing).
 
 Both give standardised float32 batches (per sample, over all 2 x 129 x 61 values) and
 (x, y) unit-vector targets. With several processes (DDP), rank r of w takes its share of
-the samples (resident) or of the shards, dealt afresh each epoch (streaming), and every rank makes the same number
-of steps per epoch.
+the samples (resident) or of the shards, dealt afresh each epoch (streaming), and every
+rank makes the same number of steps per epoch.
 """
 
 from __future__ import annotations

@@ -252,10 +252,14 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         saved = load_checkpoint(ckpt_dir / "last.pt")
         cfg = TrainConfig.from_dict(saved["config"])  # the run's own settings, not today's
         changes = dict(resume_changes or {})
-        unknown = sorted(set(changes) - set(RESUME_CHANGES))
-        if unknown:
-            raise TrainingError(f"a resumed run keeps its settings; {', '.join(unknown)} cannot change "
+        # The command that started the run may be repeated with --resume: only a setting
+        # given a different value is refused.
+        current = {**cfg.to_dict(), **cfg.model}
+        refused = sorted(k for k, v in changes.items() if k not in RESUME_CHANGES and current.get(k) != v)
+        if refused:
+            raise TrainingError(f"a resumed run keeps its settings; {', '.join(refused)} cannot change "
                                 f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out elsewhere")
+        changes = {k: v for k, v in changes.items() if k in RESUME_CHANGES}
         if changes.get("epochs", cfg.epochs) < saved["epoch"]:
             raise TrainingError(f"{run_dir} has already trained {saved['epoch']} epochs; "
                                 f"--epochs {changes['epochs']} would undo them")
