@@ -178,7 +178,7 @@ def _scan(source: Path, exclude: Path | None, ignored: list[str],
 
 
 def test_clips(test: str | Path, refs: list[ClipRef], ignored: list[str], warnings: list[str]) -> list[ClipRef]:
-    """`refs` plus the sounds of an independent test source (folder or CSV), pinned to
+    """`refs`, then the sounds of an independent test source (folder or CSV), pinned to
     split "test" and loaded as files. A file that is also in `refs` is the test's; test ids
     get the prefix "test/" ("test-2/", ... should that still collide with an id in `refs`).
     Serves any recipe: procedural training sounds can be tested on recorded ones."""
@@ -190,8 +190,7 @@ def test_clips(test: str | Path, refs: list[ClipRef], ignored: list[str], warnin
     while any(prefix + e.rel_id in taken for e in test_entries):
         k += 1
         prefix = f"test-{k}/"
-    refs = refs + [ClipRef(prefix + e.rel_id, "files", str(e.path), e.category, "test") for e in test_entries]
-    return sorted(refs, key=lambda r: r.clip_id)
+    return refs + [ClipRef(prefix + e.rel_id, "files", str(e.path), e.category, "test") for e in test_entries]
 
 
 @register("files")

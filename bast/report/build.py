@@ -253,7 +253,6 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     import torch
 
     from bast.datasets.loader import Selection, read_shard
-    from bast.model.bast import padding_amounts, token_grid
     from bast.model.train import load_model
     from bast.pipeline.features import standardize
     from bast.report import rollout
@@ -262,10 +261,8 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     sel = Selection.of(run.config["features_dir"], "test", cfg.test_env)
     chosen = _pick_samples(run.pred, n)
     offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])
-    mcfg = model.cfg if hasattr(model, "cfg") else None
-    grid = token_grid(mcfg) if mcfg else (20, 9)
-    ph, pw = padding_amounts(mcfg) if mcfg else (1, 3)
-    cls = bool(mcfg.cls_token) if mcfg else False
+    geometry = rollout.fold_geometry(model.cfg)
+    cls = bool(model.cfg.cls_token)
     parts = []
     for number, row in enumerate(chosen):
         k = int(np.searchsorted(offsets, row, side="right") - 1)
@@ -274,9 +271,7 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
         with torch.no_grad():
             pred, attn = model(standardize(spec).to(device), return_attention=True)
         rolled = rollout.bast_rollout(attn)
-        maps = {enc: rollout.fold_to_spectrogram(rollout.token_importance(rolled[enc][-1][0], cls), grid,
-                                                 cfg.model.get("patch", 16), mcfg.stride if mcfg else 6,
-                                                 pad=(0, pw), pad_before=(ph, 0), cls_token=False)
+        maps = {enc: rollout.fold_to_spectrogram(rollout.token_importance(rolled[enc][-1][0], cls), **geometry)
                 for enc in ("left", "right", "center")}
         az = float(run.pred["azimuth_deg"][row])
         pa = float(np.degrees(np.arctan2(pred[0, 1].item(), pred[0, 0].item())) % 360)
@@ -285,7 +280,7 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
         stem = f"rollout_{number}"
         parts.append(_img(figures.rollout_maps(spec[0].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
                                                title=title, center_map=maps["center"])))
-        parts.append(_img(figures.rollout_layers({e: [m[0] for m in rolled[e]] for e in rolled}, grid,
+        parts.append(_img(figures.rollout_layers({e: [m[0] for m in rolled[e]] for e in rolled}, geometry["grid"],
                                                  fig_dir / f"{stem}_layers.png", title=f"Rollout per layer: {title}")))
     return _section(f"Attention rollout (paper Fig. 5, 6): {run.label}",
                     "Where the model looks. Rollout (Abnar & Zuidema 2020): per layer the head-averaged attention "

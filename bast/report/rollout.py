@@ -33,12 +33,21 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-GRID = (20, 9)
-PATCH = 16
-STRIDE = 6
-SHAPE = (129, 61)
-PAD = (0, 3)  # rows / columns added after the spectrogram
-PAD_BEFORE = (1, 0)  # ... and before it (bast.model.bast.PatchEmbed)
+from bast.model.bast import BASTConfig, padding_amounts, token_grid
+
+
+def fold_geometry(cfg: BASTConfig) -> dict:
+    """`fold_to_spectrogram`'s grid, patch, stride, shape and padding for a model config.
+    PatchEmbed pads rows before row 0 (the 0 Hz end) and columns after the last frame."""
+    rows, cols = padding_amounts(cfg)
+    return dict(grid=token_grid(cfg), patch=cfg.patch, stride=cfg.stride, shape=(cfg.n_freq, cfg.n_time),
+                pad=(0, cols), pad_before=(rows, 0))
+
+
+# The defaults: the paper's grid, 20 x 9 patches over 129 x 61 padded by (1, 0) and (0, 3).
+_PAPER = fold_geometry(BASTConfig())
+GRID, PATCH, STRIDE, SHAPE = _PAPER["grid"], _PAPER["patch"], _PAPER["stride"], _PAPER["shape"]
+PAD, PAD_BEFORE = _PAPER["pad"], _PAPER["pad_before"]  # after / before the spectrogram
 
 
 def _as_tensor(x) -> torch.Tensor:
