@@ -1,28 +1,52 @@
-"""`bast-cli`: a thin command line over the bast library."""
+"""`bast-cli`: a thin command line over the bast library.
+
+Each command parses its options, calls one library function and prints what it returned.
+Failures a user can act on are `bast.errors.BastError`s: printed on one line, exit 1. Any
+other exception is a bug and keeps its traceback. Library imports happen inside the
+commands, so `bast-cli --help` and small jobs start quickly.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bast import __version__
+from bast.errors import BastError
 
 app = typer.Typer(
-    help="Binaural sound localization with BAST: spatialize -> featurize -> train -> report.",
+    help="Binaural sound localization with BAST: spatialize -> featurize -> train -> report. "
+         "Documentation: docs/ in the bast repository.",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # paths in messages stay whole, to copy
 
-@app.command()
+
+def command(fn):
+    """`app.command()`, with the one place where expected failures become a message."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BastError as exc:
+            err.print(Text.assemble(("error: ", "bold red"), str(exc)))  # not markup: messages hold [ ]
+            raise typer.Exit(1) from None
+
+    return app.command()(run)
+
+@command
 def spatialize(
     source: Annotated[str, typer.Argument(help="A folder of sounds (searched recursively), a CSV manifest with a 'path' column, or 'default' for the procedural corpus.")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 1 shards).")],
@@ -54,62 +78,37 @@ def spatialize(
     resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
     (listed in failures.jsonl), 1 = error.
     """
-    from bast.datasets.base import RECIPES
+    from bast.corpora.sources import resolve_source
     from bast.pipeline import cluster
     from bast.pipeline.clips import ClipPolicy
     from bast.pipeline.irs import parse_azimuths, parse_environments
-    from bast.pipeline.shards import StageError
-    from bast.pipeline.sofa import SofaError
     from bast.pipeline.spatialize import SpatializeConfig, spatialize as run, write_examples
 
-    try:
-        ignored: list[str] = []
-        notes: list[str] = []  # e.g. duplicate manifest rows skipped
-        if source in RECIPES and source != "files":
-            corpus = RECIPES[source](n_clips=sounds, seed=seed, speech=speech)
-            source_info = {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech,
-                           "test": str(test.resolve()) if test else None}
-            refs = corpus.list_clips()
-            if test:  # e.g. train on procedural sounds, test on recorded ones
-                from bast.datasets.files import test_clips
-
-                refs = test_clips(test, refs, ignored, notes)
-        else:
-            corpus = RECIPES["files"](source, test=test)
-            source_info = {"recipe": "files", "source": str(Path(source).resolve()),
-                           "test": str(test.resolve()) if test else None}
-            refs = corpus.list_clips()
-            ignored, notes = corpus.ignored, corpus.warnings
-        for note in notes:
-            console.print(f"[yellow]note:[/] {note}")
-        config = SpatializeConfig(
-            azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
-            environments=parse_environments(env),
-            policy=ClipPolicy(min_ms=min_ms, long=long, normalize=normalize),
-            seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-            samples_per_shard=samples_per_shard,
-            hrir=str(hrir) if hrir else None, brir=str(brir) if brir else None,
-            rt60_s=rt60, tolerance_deg=ir_tolerance,
-        )
-        console.print(f"{len(refs)} sounds from {source}" + (f" ({len(ignored)} non-audio files ignored)" if ignored else "")
-                      + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments")
-        with cluster.open_client(workers, scheduler) as client, _progress("rendering") as (progress, task):
-            where = "in this process" if client is None else f"on dask ({len(client.scheduler_info()['workers'])} workers)"
-            progress.console.print(f"running {where}")
-
-            def on_start(total, resumed):
-                progress.update(task, total=total, completed=resumed)
-                if resumed:
-                    progress.console.print(f"resuming: {resumed} samples already written")
-
-            summary = run(refs, out, config, client=client, source=source_info, overwrite=overwrite,
-                          on_start=on_start, on_shard=lambda info, planned: progress.advance(task, planned))
-        if examples:
-            written = write_examples(out, examples)
-            console.print(f"{len(written)} example WAV files in {out / 'examples'}")
-    except (StageError, SofaError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
+    for note in found.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    config = SpatializeConfig(
+        azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
+        environments=parse_environments(env),
+        policy=ClipPolicy(min_ms=min_ms, long=long, normalize=normalize),
+        seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        samples_per_shard=samples_per_shard,
+        hrir=str(hrir) if hrir else None, brir=str(brir) if brir else None,
+        rt60_s=rt60, tolerance_deg=ir_tolerance,
+    )
+    samples = len(found.refs) * len(config.azimuths) * len(config.environments)
+    console.print(f"{len(found.refs)} sounds from {source}"
+                  + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
+                  + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments")
+    small = cluster.small_job("spatialize", samples, workers, scheduler)
+    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering") as progress:
+        progress.console.print(f"running {cluster.describe(client)}"
+                               + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
+        summary = run(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
+                      on_start=progress.on_start, on_shard=progress.on_shard)
+    if examples:
+        written = write_examples(out, examples)
+        console.print(f"{len(written)} example WAV files in {out / 'examples'}")
     _print_summary(summary, out)
     raise typer.Exit(3 if summary.failures else 0)
 
@@ -137,6 +136,32 @@ def _print_summary(summary, out: Path) -> None:
     console.print(f"manifest: {out / 'manifest.json'}")
 
 
+class _Bar:
+    """A rich progress bar with the callbacks the library's stages take."""
+
+    def __init__(self, progress, task):
+        self.progress, self.task, self.console = progress, task, progress.console
+
+    def stage(self, name: str) -> None:
+        self.progress.reset(self.task, total=None, completed=0, description=name)
+        self.progress.columns[0].text_format = f"[bold]{name}"
+
+    def on_start(self, total: int, resumed: int) -> None:
+        self.progress.update(self.task, total=total, completed=resumed)
+        if resumed:
+            self.console.print(f"resuming: {resumed} samples already written")
+
+    def on_shard(self, info, planned: int) -> None:
+        self.progress.advance(self.task, planned)
+
+    def on_step(self, done: int, total: int) -> None:
+        self.progress.update(self.task, completed=done, total=total)
+
+    def on_epoch(self, row: dict) -> None:
+        self.console.print(f"epoch {row['epoch']:3d}  val AD {row['val_ad_deg']:6.2f} deg  "
+                           f"{row['train_samples_per_s']:,.0f} samples/s")
+
+
 @contextlib.contextmanager
 def _progress(what: str):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
@@ -149,10 +174,10 @@ def _progress(what: str):
 
     with Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                   Rate(""), TimeRemainingColumn(), console=console, transient=False) as progress:
-        yield progress, progress.add_task(what, total=None)
+        yield _Bar(progress, progress.add_task(what, total=None))
 
 
-@app.command()
+@command
 def featurize(
     stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize).")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
@@ -170,21 +195,15 @@ def featurize(
     """
     from bast.pipeline import cluster
     from bast.pipeline.featurize import featurize as run, read_stage1
-    from bast.pipeline.shards import StageError
 
-    try:
-        read_stage1(stage1)  # a wrong input is reported before any cluster starts
-        with cluster.open_client(workers, scheduler) as client, _progress("featurizing") as (progress, task):
-            def on_start(total, resumed):
-                progress.update(task, total=total, completed=resumed)
-                if resumed:
-                    progress.console.print(f"resuming: {resumed} samples already written")
-
-            summary = run(stage1, out, dtype=dtype, client=client, overwrite=overwrite, on_start=on_start,
-                          on_shard=lambda info, planned: progress.advance(task, planned))
-    except (StageError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    manifest = read_stage1(stage1)  # a wrong input is reported before any cluster starts
+    samples = manifest.get("totals", {}).get("samples", 0)
+    small = cluster.small_job("featurize", samples, workers, scheduler)
+    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("featurizing") as progress:
+        progress.console.print(f"running {cluster.describe(client)}"
+                               + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
+        summary = run(stage1, out, dtype=dtype, client=client, overwrite=overwrite, on_start=progress.on_start,
+                      on_shard=progress.on_shard)
     rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
     console.print(f"[bold green]done[/]: {summary.samples:,} spectrograms in "
                   f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
@@ -195,7 +214,7 @@ def featurize(
     raise typer.Exit(3 if summary.failures else 0)
 
 
-@app.command()
+@command
 def train(
     features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
@@ -223,41 +242,38 @@ def train(
 
     Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
     """
-    from bast.model.train import TrainingError, preset as make_preset, train as run
+    from bast.model.config import preset as make_preset
+    from bast.model.train import train as run
 
     given = {"loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
              "amp": amp, "compile": compile, "deterministic": deterministic}
     overrides = {k: v for k, v in given.items() if v is not None}
-    try:
-        for item in set_ or []:
-            key, _, value = item.partition("=")
-            overrides[key.strip()] = _parse_value(value.strip())
-        # A resumed run keeps its settings; train() names any that cannot change.
-        resume_changes = overrides if resume else None
-        cfg = make_preset(preset, **({} if resume else overrides))
-        main_rank = int(__import__("os").environ.get("RANK", "0")) == 0
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = _parse_value(value.strip())
+    # A resumed run keeps its settings; train() names any that cannot change.
+    resume_changes = overrides if resume else None
+    cfg = make_preset(preset, **({} if resume else overrides))
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                      TimeElapsedColumn(), console=console, transient=True, disable=not main_rank) as progress:
-            bar = progress.add_task("epoch", total=None)
+    with Progress(TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=not main_rank) as progress:
+        bar = progress.add_task("epoch", total=None)
 
-            def on_step(done, total):
-                progress.update(bar, completed=done, total=total)
+        def on_step(done, total):
+            progress.update(bar, completed=done, total=total)
 
-            def on_epoch(row):
-                progress.console.print(
-                    f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                    f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
-                    f"{row['train_samples_per_s']:,.0f} samples/s")
+        def on_epoch(row):
+            progress.console.print(
+                f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+                f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
+                f"{row['train_samples_per_s']:,.0f} samples/s")
 
-            result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
-                         resume_changes=resume_changes)
-    except (TrainingError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+        result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
+                     resume_changes=resume_changes)
     if result:
         envs = ", ".join(f"{e} {m['ad_deg']:.2f} deg" for e, m in result["by_env"].items())
         console.print(f"[bold green]test[/] (best checkpoint): AD {result['ad_deg']:.2f} deg "
@@ -273,7 +289,7 @@ def _parse_value(text: str):
         return text
 
 
-@app.command()
+@command
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (bast-cli train --out).")],
     out: Annotated[Path, typer.Option("--out", help="Report directory: index.html, figures/, JSON and CSV.")] = Path("bast-report"),
@@ -289,18 +305,14 @@ def report(
     """
     from bast.report.build import build_report
 
-    try:
-        with console.status("building the report"):
-            page, summary = build_report(runs, out, rollout_samples=rollout_samples, device=device)
-    except (FileNotFoundError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    with console.status("building the report"):
+        page, summary = build_report(runs, out, rollout_samples=rollout_samples, device=device)
     for label, r in summary["runs"].items():
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     console.print(f"report: {page}")
 
 
-@app.command()
+@command
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where every stage writes (re-running resumes).")] = Path("bast-demo"),
     sounds: Annotated[int, typer.Option(help="Procedural sounds to render (290: about 200 training sounds, 14,000 training samples).")] = 290,
@@ -310,54 +322,17 @@ def demo(
 ) -> None:
     """The whole pipeline on the default corpus: spatialize, featurize, train (tiny preset; a
     GPU when there is one) and report, ending with the report's path and the test AD."""
-    from bast.datasets.procedural import DefaultCorpus
-    from bast.model.train import preset as make_preset, train as run_training
-    from bast.pipeline import cluster
-    from bast.pipeline.featurize import featurize as run_featurize
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize as run_spatialize
-    from bast.report.build import build_report
+    from bast.demo import run_demo
 
-    stage1, stage2, run_dir, report_dir = out / "stage1", out / "stage2", out / "run", out / "report"
-    with _progress("demo") as (progress, task):
-        def stage(name):
-            progress.reset(task, total=None, completed=0, description=name)
-            progress.columns[0].text_format = f"[bold]{name}"
-
-        def on_start(total, resumed):
-            progress.update(task, total=total, completed=resumed)
-
-        with cluster.open_client(workers, None) as client:
-            stage("1/4 spatialize")
-            refs = DefaultCorpus(n_clips=sounds, seed=seed).list_clips()
-            run_spatialize(refs, stage1, SpatializeConfig(seed=seed), client=client, on_start=on_start,
-                           source={"recipe": "default", "sounds": sounds, "seed": seed},
-                           on_shard=lambda info, planned: progress.advance(task, planned))
-            stage("2/4 featurize")
-            run_featurize(stage1, stage2, client=client, on_start=on_start,
-                          on_shard=lambda info, planned: progress.advance(task, planned))
-        stage("3/4 train")
-        if not (run_dir / "eval" / "test.json").exists():
-            resume = (run_dir / "checkpoints" / "last.pt").exists()
-            cfg = make_preset("tiny", seed=seed, max_minutes=minutes)
-
-            def on_epoch(row):
-                progress.console.print(f"epoch {row['epoch']:3d}  val AD {row['val_ad_deg']:6.2f} deg  "
-                                       f"{row['train_samples_per_s']:,.0f} samples/s")
-
-            run_training(stage2, run_dir, cfg, resume=resume, on_epoch=on_epoch,
-                         on_step=lambda done, total: progress.update(task, completed=done, total=total))
-        stage("4/4 report")
-        progress.update(task, total=1, completed=0)  # reset() keeps the last stage's total
-        page, summary = build_report([run_dir], report_dir)
-        progress.update(task, completed=1)
-    test = json.loads((run_dir / "eval" / "test.json").read_text())
-    noise = [v["ad_deg"] for k, v in test["by_category"].items() if k.endswith("_noise") and k != "bandpass_noise"]
+    with _progress("demo") as progress:
+        result = run_demo(out, sounds=sounds, minutes=minutes, seed=seed, workers=workers, progress=progress)
+    test = result.test
     console.print(f"[bold green]test AD {test['ad_deg']:.1f} deg[/] (median {test['median_ad_deg']:.1f}; "
-                  f"broadband noise {np.mean(noise):.1f} deg; chance 90 deg) on {test['n']:,} test samples")
-    console.print(f"report: {page.resolve()}")
+                  f"broadband noise {result.broadband_noise_ad_deg:.1f} deg; chance 90 deg) on {test['n']:,} test samples")
+    console.print(f"report: {result.page.resolve()}")
 
 
-@app.command()
+@command
 def irs(
     env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
     hrir: Annotated[Optional[Path], typer.Option(help="SOFA HRIR set (default: bundled MIT KEMAR).")] = None,
@@ -376,27 +351,22 @@ def irs(
     from bast.pipeline import acoustics, ircheck
     from bast.pipeline.hall import HallSpec
     from bast.pipeline.irs import IRSources, parse_azimuths, parse_environments
-    from bast.pipeline.sofa import SofaError
 
-    try:
-        envs = parse_environments(env)
-        grid = parse_azimuths(azimuths)
-        spec = HallSpec(rt60_s=rt60, seed=seed)
-        sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
-        results = {}
-        for name in envs:
-            with console.status(f"loading {name} impulse responses"):
-                irset = sources.irset(name, grid)
-                simulated = name == "hall" and brir is None
-                expected = acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m) if simulated else None
-                m = ircheck.measure(irset, expected_drr_db=expected)
-                png = ircheck.plot(irset, m, out / f"irs-{name}.png", title=f"{name}: {Path(irset.source).name}")
-            m["png"] = str(png)
-            results[name] = m
-            _print_measurement(name, m, spec if simulated else None)
-    except (SofaError, ValueError) as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from None
+    envs = parse_environments(env)
+    grid = parse_azimuths(azimuths)
+    spec = HallSpec(rt60_s=rt60, seed=seed)
+    sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
+    results = {}
+    for name in envs:
+        with console.status(f"loading {name} impulse responses"):
+            irset = sources.irset(name, grid)
+            simulated = name == "hall" and brir is None
+            expected = acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m) if simulated else None
+            m = ircheck.measure(irset, expected_drr_db=expected)
+            png = ircheck.plot(irset, m, out / f"irs-{name}.png", title=f"{name}: {Path(irset.source).name}")
+        m["png"] = str(png)
+        results[name] = m
+        _print_measurement(name, m, spec if simulated else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "irs.json").write_text(json.dumps(results, indent=1))
     console.print(f"figures: {', '.join(r['png'] for r in results.values())}; numbers: {out / 'irs.json'}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bast.datasets.procedural import DefaultCorpus
+from bast.corpora.procedural import DefaultCorpus
 from bast.pipeline.cluster import open_client
 from bast.pipeline.featurize import featurize
 from bast.pipeline.features import scipy_spectrogram_db

@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 from scipy.signal import fftconvolve
 
-from bast.datasets import load_clip
-from bast.datasets.procedural import DefaultCorpus
+from bast.corpora import load_clip
+from bast.corpora.procedural import DefaultCorpus
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.cluster import open_client
 from bast.pipeline.spatialize import SpatializeConfig, environment_irs, spatialize

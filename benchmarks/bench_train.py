@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from bast.datasets.loader import ResidentData, Selection
+from bast.model.data import ResidentData, Selection
 from bast.model.bast import BAST, BASTConfig, count_parameters
 from bast.model.losses import make_loss
 from bast.model.train import preset

@@ -37,7 +37,7 @@ def anechoic_pairs(default_sources) -> np.ndarray:
 @pytest.fixture(scope="session")
 def small_features(tmp_path_factory):
     """Stage 2 output of 24 procedural sounds at 12 azimuths in both rooms (576 samples)."""
-    from bast.datasets.procedural import DefaultCorpus
+    from bast.corpora.procedural import DefaultCorpus
     from bast.pipeline.featurize import featurize
     from bast.pipeline.spatialize import SpatializeConfig, spatialize
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bast.datasets import RECIPES, ClipError, ClipRef, load_clip
-from bast.datasets.files import FileCorpus
+from bast.corpora import RECIPES, ClipError, ClipRef, load_clip
+from bast.corpora.files import FileCorpus
 from bast.pipeline.clips import ClipPolicy, prepare
 
 FS = 16000

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bast.datasets import RECIPES, ClipError, ClipRef, load_clip
-from bast.datasets import procedural as P
-from bast.datasets import speech as S
+from bast.corpora import RECIPES, ClipError, ClipRef, load_clip
+from bast.corpora import procedural as P
+from bast.corpora import speech as S
 
 FS = P.FS
 HAVE_ESPEAK = S.available()

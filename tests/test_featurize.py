@@ -16,9 +16,10 @@ from scipy.signal import spectrogram
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.datasets.procedural import DefaultCorpus
+from bast.corpora.procedural import DefaultCorpus
 from bast.pipeline.featurize import featurize
-from bast.pipeline.features import FLOOR_DB, spectrogram_db, standardize
+from bast.model.data import standardize
+from bast.pipeline.features import FLOOR_DB, spectrogram_db
 from bast.pipeline.shards import StageError
 from bast.pipeline.spatialize import SpatializeConfig, spatialize
 

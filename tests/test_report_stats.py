@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
+from bast.model import evaluate as ev
 from bast.report import figures, paper, rollout, stats
 
 AZ = np.arange(0.0, 360.0, 10.0)
@@ -36,13 +37,13 @@ def _table(n_clips=12, seed=0, left_extra=0.0, noise=0.5):
     az = np.array(rows["azimuth_deg"])
     p = np.deg2rad(az + np.array(rows["err"]))
     scale = rng.uniform(0.8, 1.2, size=az.size)  # free output: not a unit vector
-    return stats.make_predictions(az, scale * np.cos(p), scale * np.sin(p), clip_id=rows["clip_id"],
+    return ev.make_predictions(az, scale * np.cos(p), scale * np.sin(p), clip_id=rows["clip_id"],
                                   category=rows["category"], env=rows["env"])
 
 
 # ----------------------------------------------------------------------------- metrics, I/O
 def test_make_predictions_metrics_follow_spec():
-    pred = stats.make_predictions([0.0, 90.0, 180.0], [2.0, 1.0, 0.0], [0.0, 0.0, -1.0])
+    pred = ev.make_predictions([0.0, 90.0, 180.0], [2.0, 1.0, 0.0], [0.0, 0.0, -1.0])
     np.testing.assert_allclose(pred["ad_deg"], [0.0, 90.0, 90.0], atol=1e-9)
     # |C - C^|^2 summed over x and y, not halved: (1-2)^2; (0-1)^2 + (1-0)^2; 1 + 1
     np.testing.assert_allclose(pred["sq_err"], [1.0, 2.0, 2.0], atol=1e-12)
@@ -50,13 +51,13 @@ def test_make_predictions_metrics_follow_spec():
 
 def test_predictions_csv_roundtrip(tmp_path):
     pred = _table(n_clips=4)
-    path = stats.save_predictions(pred, tmp_path / "eval" / "test_predictions.csv")
-    assert path.read_text().splitlines()[0] == ",".join(stats.FIELDS)
-    back = stats.load_predictions(path)
-    assert set(back) == set(stats.FIELDS)
-    for k in stats.STR_FIELDS:
+    path = ev.save_predictions(pred, tmp_path / "eval" / "test_predictions.csv")
+    assert path.read_text().splitlines()[0] == ",".join(ev.FIELDS)
+    back = ev.load_predictions(path)
+    assert set(back) == set(ev.FIELDS)
+    for k in ev.STR_FIELDS:
         assert back[k].tolist() == pred[k].tolist()
-    for k in stats.FLOAT_FIELDS:
+    for k in ev.FLOAT_FIELDS:
         np.testing.assert_array_equal(back[k], pred[k])
     assert "" in back["category"].tolist()
 
@@ -65,31 +66,31 @@ def test_load_predictions_rejects_missing_columns_and_maps_aliases(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("clip_id,env,azimuth_deg\na,hall,10\n")
     with pytest.raises(ValueError, match="missing column"):
-        stats.load_predictions(bad)
+        ev.load_predictions(bad)
     ok = tmp_path / "ok.csv"
-    ok.write_text(",".join(stats.FIELDS) + "\nx,,RI02,10,1,0,10,0.03\n")
-    assert stats.load_predictions(ok)["env"].tolist() == ["hall"]
+    ok.write_text(",".join(ev.FIELDS) + "\nx,,RI02,10,1,0,10,0.03\n")
+    assert ev.load_predictions(ok)["env"].tolist() == ["hall"]
 
 
 def test_per_azimuth_and_groups():
-    pred = stats.make_predictions([10, 10, 350, 0], [np.cos(np.deg2rad(12)), np.cos(np.deg2rad(6)), 1, 1],
+    pred = ev.make_predictions([10, 10, 350, 0], [np.cos(np.deg2rad(12)), np.cos(np.deg2rad(6)), 1, 1],
                                   [np.sin(np.deg2rad(12)), np.sin(np.deg2rad(6)), 0, 0],
                                   category=["a", "b", "a", ""], env=["anechoic", "hall", "hall", "RI01"])
-    t = stats.per_azimuth(pred)
+    t = ev.per_azimuth(pred)
     np.testing.assert_allclose(t["azimuth_deg"], [0, 10, 350])
     np.testing.assert_allclose(t["ad_deg"], [0, 3, 10], atol=1e-9)
     assert t["n"].tolist() == [1, 2, 1]
     np.testing.assert_allclose(t["mse"][1], np.mean(pred["sq_err"][:2]))
-    assert stats.per_azimuth(pred, env="hall")["azimuth_deg"].tolist() == [10, 350]
-    assert sorted(stats.per_azimuth_by_env(pred)) == ["anechoic", "hall"]
-    cat = stats.by_category(pred)
+    assert ev.per_azimuth(pred, env="hall")["azimuth_deg"].tolist() == [10, 350]
+    assert sorted(ev.per_azimuth_by_env(pred)) == ["anechoic", "hall"]
+    cat = ev.by_category(pred)
     assert sorted(cat) == ["a", "b"]  # the empty category is skipped
     assert cat["a"]["n"] == 2 and cat["a"]["ad_deg"] == pytest.approx(6.0)  # AD 2 and 10
-    env = stats.by_env(pred)
+    env = ev.by_env(pred)
     assert env["anechoic"]["n"] == 2 and env["hall"]["ad_deg"] == pytest.approx(7.0)  # AD 4 and 10
-    counts, edges = stats.error_histogram(pred, bins=[0, 1, 5, 20])
+    counts, edges = ev.error_histogram(pred, bins=[0, 1, 5, 20])
     assert counts.tolist() == [1, 2, 1] and len(edges) == 4
-    s = stats.summary(pred)
+    s = ev.summary(pred)
     assert s["n"] == 4 and s["ad_deg"] == pytest.approx(4.0) and s["median_ad_deg"] == pytest.approx(3.0)
     assert set(s) >= {"by_env", "by_category", "front_back_rate", "mse"}
 
@@ -179,7 +180,7 @@ def test_hemifield_pairs_match_clip_room_and_mirror():
     np.testing.assert_allclose(right - left, 1.0)
     # a clip missing its mirror in one room loses only that pair
     drop = ~((pred["clip_id"] == "k1") & (pred["env"] == "hall") & (pred["azimuth_deg"] == 330))
-    left, _, keys = stats.hemifield_pairs(stats.select(pred, drop), level="clip")
+    left, _, keys = stats.hemifield_pairs(ev.select(pred, drop), level="clip")
     assert left.size == 3 * 2 * 17 - 1
     assert stats.hemifield_pairs(pred, level="clip", env="RI02")[0].size == 3 * 17
 
@@ -199,16 +200,16 @@ def test_front_back_rate():
     def vec(deg):
         return np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
 
-    assert stats.front_back_confusion_rate(stats.make_predictions(az, *vec(az))) == 0.0
-    assert stats.front_back_confusion_rate(stats.make_predictions(az, *vec(180 - az))) == 1.0
+    assert ev.front_back_confusion_rate(ev.make_predictions(az, *vec(az))) == 0.0
+    assert ev.front_back_confusion_rate(ev.make_predictions(az, *vec(180 - az))) == 1.0
     # half the samples reversed, half 5 deg off
     p = np.where(np.arange(az.size) % 2 == 0, 180 - az, az + 5)
-    pred = stats.make_predictions(az, *vec(p))
+    pred = ev.make_predictions(az, *vec(p))
     eligible = ~np.isin(az, [90, 270])
-    assert stats.front_back_confusion_rate(pred) == pytest.approx(np.mean((np.arange(az.size) % 2 == 0)[eligible]))
-    assert math.isnan(stats.front_back_confusion_rate(stats.make_predictions([90, 270], [0, 0], [1, -1])))
+    assert ev.front_back_confusion_rate(pred) == pytest.approx(np.mean((np.arange(az.size) % 2 == 0)[eligible]))
+    assert math.isnan(ev.front_back_confusion_rate(ev.make_predictions([90, 270], [0, 0], [1, -1])))
     # excluding near-lateral truths: only the far ones remain
-    assert stats.front_back_confusion_rate(stats.make_predictions([80, 30], *vec(np.array([100, 150]))),
+    assert ev.front_back_confusion_rate(ev.make_predictions([80, 30], *vec(np.array([100, 150]))),
                                            exclude_within_deg=20) == 1.0
 
 
@@ -353,7 +354,7 @@ def test_every_figure_writes_a_png(tmp_path):
     out = []
     per = {}
     for label, shift in (("CONCAT", 0.0), ("ADD", 1.0), ("SUB", -0.5)):
-        t = stats.per_azimuth(pred)
+        t = ev.per_azimuth(pred)
         per[label] = (t["azimuth_deg"], t["ad_deg"] + shift)
     out.append(figures.polar_ad(per, tmp_path / "polar.png", "AD per azimuth"))
     res = stats.hemifield_tests({"NSP MSE": pred, "NSP AD": _table(8, seed=7), "SP MIX": _table(8, seed=8)})
@@ -361,7 +362,7 @@ def test_every_figure_writes_a_png(tmp_path):
                                           "angular distance (°)", tmp_path / "hemi.png"))
     out.append(figures.scatter_pred_vs_true(pred, tmp_path / "scatter.png"))
     out.append(figures.error_histogram(pred, tmp_path / "hist.png"))
-    out.append(figures.category_bars(stats.by_category(pred), tmp_path / "cats.png"))
+    out.append(figures.category_bars(ev.by_category(pred), tmp_path / "cats.png"))
     rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_ad_deg": 30 / e, "lr": 1e-4} for e in range(1, 11)]
     out.append(figures.training_curves(rows, tmp_path / "curves.png"))
     rng = np.random.default_rng(0)

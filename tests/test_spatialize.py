@@ -16,8 +16,8 @@ from scipy.signal import fftconvolve
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.datasets import load_clip
-from bast.datasets.procedural import DefaultCorpus
+from bast.corpora import load_clip
+from bast.corpora.procedural import DefaultCorpus
 from bast.pipeline import acoustics
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.irs import load_hrirs

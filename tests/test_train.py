@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from bast.datasets.loader import EvalData, ResidentData, Selection, StreamingData, read_selection
+from bast.model.data import EvalData, ResidentData, Selection, StreamingData, read_selection
 from bast.model.losses import azimuth_to_vector
-from bast.pipeline.features import standardize
+from bast.model.data import standardize
 from bast.model.train import TrainingError, load_checkpoint, lr_at, preset, train
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,

@@ -1,4 +1,4 @@
-"""BAST: the Binaural Audio Spectrogram Transformer (Kuang et al.; SPEC 7).
+"""BAST: the Binaural Audio Spectrogram Transformer (Kuang et al.; docs/train.md).
 
 Read it like the paper's figure 1::
 
@@ -53,7 +53,7 @@ head LayerNorm(w) + Linear(w, 2)      2w + 2w + 2 (D / 2D)                  4,09
 * SP CONCAT:    449,536 + 18,895,872 + 37,788,672 + 8,194             = 57,142,274
 
 (449,536 = patch embedding + position embedding + class token.) These are the counts of
-SPEC 7 exactly, and they pin the architecture down: a qkv bias would add 3 * 1024 per block
+the reference code exactly (docs/train.md), and they pin the architecture down: a qkv bias would add 3 * 1024 per block
 at width D (27,648 for NSP ADD), a final LayerNorm in each encoder 2w each; in CONCAT, TE-C
 keeps the attention width at heads * head_dim = 1024 (head_dim = D / heads, from the ear
 width; qkv maps 2048 -> 3072, the projection 1024 -> 2048) and the MLP hidden width at
@@ -73,6 +73,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from bast.errors import ConfigError
 
 INTEGRATIONS = ("add", "sub", "concat")
 POS_EMBEDDINGS = ("sinusoidal", "learned")
@@ -104,21 +105,21 @@ class BASTConfig:
         self.pos_embedding = self.pos_embedding.lower()
         self.padding = self.padding.lower()
         if self.integration not in INTEGRATIONS:
-            raise ValueError(f"integration must be one of {INTEGRATIONS}, not {self.integration!r}")
+            raise ConfigError(f"integration must be one of {INTEGRATIONS}, not {self.integration!r}")
         if self.pos_embedding not in POS_EMBEDDINGS:
-            raise ValueError(f"pos_embedding must be one of {POS_EMBEDDINGS}, not {self.pos_embedding!r}")
+            raise ConfigError(f"pos_embedding must be one of {POS_EMBEDDINGS}, not {self.pos_embedding!r}")
         if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, not {self.padding!r}")
+            raise ConfigError(f"padding must be one of {PADDINGS}, not {self.padding!r}")
         if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+            raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.pos_embedding == "sinusoidal" and self.dim % 2:
-            raise ValueError("the sinusoidal position embedding needs an even dim")
+            raise ConfigError("the sinusoidal position embedding needs an even dim")
         if min(self.n_freq, self.n_time, self.patch, self.stride, self.depth, self.mlp_dim) < 1:
-            raise ValueError("sizes must be positive")
+            raise ConfigError("sizes must be positive")
         if self.padding == "reflect":
             ph, pw = padding_amounts(self)
             if ph >= self.n_freq or pw >= self.n_time:
-                raise ValueError("reflection padding must be smaller than the input")
+                raise ConfigError("reflection padding must be smaller than the input")
 
     @property
     def head_dim(self) -> int:
@@ -139,7 +140,7 @@ class BASTConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown BASTConfig keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown BASTConfig keys: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -346,7 +347,7 @@ _INTEGRATION = {"add": Add, "sub": Sub, "concat": Concat}
 class BAST(nn.Module):
     """(B, 2, n_freq, n_time) standardised spectrograms (channel 0 = left ear) -> (B, 2) = (x, y).
 
-    The output has no activation; the predicted azimuth is atan2(y, x) (SPEC 1).
+    The output has no activation; the predicted azimuth is atan2(y, x) (docs/conventions.md).
     """
 
     def __init__(self, cfg: BASTConfig | None = None):

@@ -1,4 +1,4 @@
-"""Labels, metrics and losses (SPEC 1 and 2; paper eq. 2 and 3).
+"""Labels, metrics and losses (docs/conventions.md; paper eq. 2 and 3).
 
 A label is the unit vector C = (cos az, sin az), azimuth in SOFA convention (0 deg ahead,
 90 deg left). The model predicts C^ = (x, y) freely; its azimuth is atan2(y, x).
@@ -17,6 +17,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+from bast.errors import ConfigError
 
 EPS = 1e-8  # norms below this count as this (a zero prediction is 90 deg from everything)
 AD_LOSS_CLIP = 1e-7  # the AD loss clips the cosine to [-1 + clip, 1 - clip]: finite gradients
@@ -84,4 +85,4 @@ def make_loss(name: str, mix_weight: float = 1.0) -> Callable[[torch.Tensor, tor
         return ad_loss
     if key == "mix":
         return partial(mix_loss, weight=mix_weight)
-    raise ValueError(f"unknown loss {name!r}: use one of {LOSS_NAMES} (or 'hybrid')")
+    raise ConfigError(f"unknown loss {name!r}: use one of {LOSS_NAMES} (or 'hybrid')")

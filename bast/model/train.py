@@ -15,94 +15,27 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from bast import __version__
-from bast.datasets.loader import EvalData, Selection, make_data
+from bast.errors import ConfigError, TrainingError
+from bast.fileio import atomic_write_text, versions
 from bast.model.bast import BAST, BASTConfig, count_parameters
-from bast.model.losses import angular_distance_deg, make_loss, squared_error
-from bast.pipeline.shards import atomic_write_text, versions
-from bast.report import stats
+from bast.model.checkpoint import _unwrap, load_checkpoint, load_model, save_checkpoint
+from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
+from bast.model.data import EvalData, Selection, make_data
+from bast.model.evaluate import evaluate, final_test
+from bast.model.losses import make_loss
+from bast.model.runtime import Context, autocast, setup
 
-
-class TrainingError(RuntimeError):
-    """Training stopped; the message says why and what is left usable."""
-
-
-@dataclass
-class TrainConfig:
-    preset: str = "tiny"
-    model: dict = field(default_factory=dict)  # BASTConfig fields
-    loss: str = "mix"  # mse | ad | mix (hybrid)
-    mix_weight: float = 1.0  # weight of the AD term in mix
-    lr: float = 1e-3
-    schedule: str = "cosine"  # constant (paper) | cosine (after a linear warm-up)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05  # cosine floor, as a fraction of lr
-    weight_decay: float = 0.0  # plain Adam, as in the paper
-    batch_size: int = 64
-    epochs: int = 10
-    max_minutes: float | None = None  # stop after the epoch that crosses this budget
-    train_env: str = "RI"  # environments trained on (anechoic, hall, RI01, RI02, RI)
-    test_env: str = "RI"  # environments evaluated on
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
-    compile: bool = False  # torch.compile the model (GPU)
-    deterministic: bool = False
-    memory_budget_gb: float = 8.0  # selected samples up to this stay resident on the device
-    eval_batch_size: int = 256
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
-
-
-PRESETS: dict[str, dict] = {
-    # The paper (section 4.4): D 1024, 16 heads, MLP 1024, 3 layers per encoder, stride 6
-    # (180 patches), dropout 0.2, Adam at a fixed 1e-4, batch 48, 50 epochs. A GPU job:
-    # about 65 GFLOP per training sample.
-    "paper": dict(model={}, lr=1e-4, schedule="constant", warmup_steps=0, batch_size=48, epochs=50),
-    # A mid-size model for a CPU box or a small GPU: 4 layers' worth of capacity at 1/5 width.
-    "small": dict(model=dict(dim=192, heads=6, mlp_dim=384, depth=2, stride=8, dropout=0.1), lr=5e-4,
-                  warmup_steps=200, batch_size=64, epochs=20),
-    # Trains in minutes on 2 CPU cores: one layer per encoder, stride 12 (55 tokens: the
-    # token count sets the CPU cost), warm-up and cosine decay. No dropout: in a 4.5-minute
-    # budget the model underfits, and dropout costs a third of the CPU throughput (measured
-    # on 196 training sounds: test AD 30.8 deg with 0.1, 26.4 with 0, 24.4-25.9 over three
-    # seeds with 0 and the 16 epochs its speed allows; docs/performance.md).
-    "tiny": dict(model=dict(dim=96, heads=4, mlp_dim=192, depth=1, stride=12, dropout=0.0), lr=1e-3,
-                 warmup_steps=100, batch_size=64, epochs=16, max_minutes=4.5),
-}
-
-
-def preset(name: str, **overrides) -> TrainConfig:
-    """A preset with any field overridden; model fields may be given at the top level."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    base = dict(PRESETS[name], preset=name)
-    model = dict(base.pop("model"))
-    model_fields = {f.name for f in dataclasses.fields(BASTConfig)}
-    for key in list(overrides):
-        if key in model_fields:
-            model[key] = overrides.pop(key)
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    cfg = TrainConfig(**{**base, **overrides, "model": model})
-    BASTConfig(**cfg.model)  # fail early on a bad model field
-    return cfg
+# What callers of this module use, wherever it is defined.
+__all__ = ["PRESETS", "RESUME_CHANGES", "TrainConfig", "TrainingError", "preset", "lr_at", "train",
+           "Context", "setup", "autocast", "evaluate", "final_test", "load_checkpoint", "load_model",
+           "save_checkpoint", "_unwrap"]
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -116,118 +49,7 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-# --------------------------------------------------------------------------- the pieces
-
-
-@dataclass
-class Context:
-    """Where this process trains: device, autocast, and its place among DDP ranks."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup(cfg: TrainConfig) -> Context:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    return Context(device, torch.bfloat16 if use_bf16 else None, rank, world)
-
-
-def autocast(ctx: Context):
-    return torch.autocast(ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None)
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Callable | None = None) -> tuple[dict, dict]:
-    """Metrics of SPEC 2 on a split, overall and per environment, and the per-sample table."""
-    model.eval()
-    rows: dict[str, list] = {k: [] for k in ("clip_id", "category", "env", "azimuth_deg", "pred_x", "pred_y",
-                                             "ad_deg", "sq_err")}
-    losses = []
-    for x, y, labels in data.batches():
-        with autocast(ctx):
-            pred = model(x).float()
-        if loss_fn is not None:
-            losses.append(float(loss_fn(pred, y)) * len(y))
-        ad, se = angular_distance_deg(pred, y).cpu().numpy(), squared_error(pred, y).cpu().numpy()
-        p = pred.cpu().numpy()
-        for k in ("clip_id", "category", "env", "azimuth_deg"):
-            rows[k].append(labels[k])
-        rows["pred_x"].append(p[:, 0])
-        rows["pred_y"].append(p[:, 1])
-        rows["ad_deg"].append(ad)
-        rows["sq_err"].append(se)
-    table = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
-    n = len(table["ad_deg"])
-    metrics = {"n": n, "ad_deg": float(table["ad_deg"].mean()) if n else float("nan"),
-               "mse": float(table["sq_err"].mean()) if n else float("nan")}
-    if loss_fn is not None and n:
-        metrics["loss"] = sum(losses) / n
-    metrics["by_env"] = stats.by_env(table)
-    return metrics, table
-
-
-def save_checkpoint(path: Path, model, optimizer, cfg: TrainConfig, epoch: int, step: int, best: float) -> None:
-    """Everything a resumed run needs, written atomically; loads with weights_only=True."""
-    state = {
-        "model": _unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "config": cfg.to_dict(),
-        "epoch": epoch,  # epochs completed
-        "step": step,
-        "best_val": best,
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "bast_version": __version__,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_model(run_dir, which: str = "best", device="cpu") -> tuple[BAST, TrainConfig]:
-    """The trained model of a run directory, in eval mode, and its training config."""
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt", map_location=device)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    model = BAST(BASTConfig(**cfg.model)).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg
-
-
-def _unwrap(model):
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
 # --------------------------------------------------------------------------- the loop
-
-
-# What a resumed run may change: how long it runs, and where (not what it learns from).
-RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "memory_budget_gb", "eval_batch_size")
 
 
 def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
@@ -245,7 +67,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     ckpt_dir = run_dir / "checkpoints"
     start_epoch, step, best = 0, 0, float("inf")
     if resume_changes and not resume:
-        raise ValueError("resume_changes applies to resume=True only")
+        raise ConfigError("resume_changes applies to resume=True only")
     if resume:
         if not (ckpt_dir / "last.pt").exists():
             raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
@@ -387,19 +209,6 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         dist.barrier()
         dist.destroy_process_group()
     return result
-
-
-def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Context) -> dict:
-    """The best checkpoint on the test split: eval/test.json and eval/test_predictions.csv."""
-    model, _ = load_model(run_dir, "best", ctx.device)
-    data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb)
-    metrics, table = evaluate(model, data, ctx)
-    metrics.update(median_ad_deg=float(np.median(table["ad_deg"])) if len(table["ad_deg"]) else float("nan"),
-                   by_category=stats.by_category(table), checkpoint="best", test_env=cfg.test_env)
-    (run_dir / "eval").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1))
-    stats.save_predictions(table, run_dir / "eval" / "test_predictions.csv")
-    return metrics
 
 
 def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context) -> None:

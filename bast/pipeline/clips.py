@@ -46,7 +46,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from bast.datasets.base import ClipError
+from bast.conventions import CLIP_SAMPLES, FS
+from bast.errors import ClipError, ConfigError
 
 LONG_MODES = ("loudest", "split")
 NORMALIZE_MODES = ("rms", "peak", "none")
@@ -55,8 +56,8 @@ DC_REMOVE_ABOVE = 1e-2  # DC offsets larger than this (-40 dBFS) are subtracted 
 
 @dataclass(frozen=True)
 class ClipPolicy:
-    fs: int = 16000
-    samples: int = 8000  # 500 ms
+    fs: int = FS
+    samples: int = CLIP_SAMPLES  # 500 ms
     min_ms: float = 100.0  # shorter (after resampling) -> skipped; min..500 ms -> padded, centred
     long: str = "loudest"  # "loudest" window, or "split" into consecutive clips
     normalize: str = "rms"  # "rms" to target_rms_dbfs, "peak" to target_peak, or "none"
@@ -66,19 +67,19 @@ class ClipPolicy:
 
     def __post_init__(self):
         if not isinstance(self.fs, (int, np.integer)) or self.fs <= 0:
-            raise ValueError(f"fs must be a positive integer, not {self.fs!r}")
+            raise ConfigError(f"fs must be a positive integer, not {self.fs!r}")
         if not isinstance(self.samples, (int, np.integer)) or self.samples <= 0:
-            raise ValueError(f"samples must be a positive integer, not {self.samples!r}")
+            raise ConfigError(f"samples must be a positive integer, not {self.samples!r}")
         if not 0 <= self.min_ms <= self.clip_ms:
-            raise ValueError(f"min_ms must be between 0 and the clip length ({self.clip_ms:g} ms), "
+            raise ConfigError(f"min_ms must be between 0 and the clip length ({self.clip_ms:g} ms), "
                              f"not {self.min_ms!r}")
         if self.long not in LONG_MODES:
-            raise ValueError(f"long must be one of {', '.join(LONG_MODES)}, not {self.long!r}")
+            raise ConfigError(f"long must be one of {', '.join(LONG_MODES)}, not {self.long!r}")
         if self.normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, "
+            raise ConfigError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, "
                              f"not {self.normalize!r}")
         if not 0 < self.target_peak <= 1:
-            raise ValueError(f"target_peak must be in (0, 1], not {self.target_peak!r}")
+            raise ConfigError(f"target_peak must be in (0, 1], not {self.target_peak!r}")
 
     @property
     def clip_ms(self) -> float:

@@ -9,6 +9,25 @@ import os
 from typing import Callable, Iterable, Iterator
 
 
+# Jobs smaller than this many samples run in this process unless workers are asked for:
+# starting a LocalCluster (worker processes, their imports) costs more than it saves.
+# Measured on 2 cores (docs/performance.md, "small jobs").
+SMALL_JOB_SAMPLES = {"spatialize": 10_000, "featurize": 20_000}
+
+
+def small_job(stage: str, samples: int, workers: int | None = None, scheduler: str | None = None) -> bool:
+    """True when `samples` of `stage` are better done in this process: no cluster was asked
+    for (no --workers, no --scheduler) and the job is under SMALL_JOB_SAMPLES."""
+    return workers is None and scheduler is None and samples < SMALL_JOB_SAMPLES.get(stage, 0)
+
+
+def describe(client) -> str:
+    """Where tasks run, for the user: 'in this process' or 'on dask (N workers)'."""
+    if client is None:
+        return "in this process"
+    return f"on dask ({len(client.scheduler_info()['workers'])} workers)"
+
+
 @contextlib.contextmanager
 def open_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[object | None]:
     """A dask Client: on `scheduler` (tcp://host:port) if given, else on a LocalCluster of

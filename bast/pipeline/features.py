@@ -1,4 +1,4 @@
-"""The spectrogram BAST reads (SPEC 3), batched.
+"""The spectrogram BAST reads (docs/conventions.md), batched.
 
 Per ear, exactly `scipy.signal.spectrogram(x, fs=16000, window=('tukey', 0.25),
 nperseg=256, noverlap=128)` with scipy's remaining defaults: a periodic Tukey window, the
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
-import torch
 from scipy.signal import get_window
 
-FS = 16000
+from bast.conventions import FS
 NPERSEG = 256
 NOVERLAP = 128
 WINDOW = ("tukey", 0.25)
@@ -76,14 +75,6 @@ def _spectrogram_db(x: np.ndarray, floor_db: float) -> np.ndarray:
     return db.transpose(0, 2, 1)
 
 
-def standardize(spec: torch.Tensor) -> torch.Tensor:
-    """Per-sample standardisation over all its 2 x 129 x 61 values jointly (mean 0, std 1),
-    as the reference code does: one mean and std per sample keeps the interaural level
-    difference that per-ear standardisation would erase."""
-    flat = spec.reshape(spec.shape[0], -1).float()
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, keepdim=True).clamp_min(1e-6)
-    return ((flat - mean) / std).reshape(spec.shape)
 
 
 def scipy_spectrogram_db(audio: np.ndarray, floor_db: float = FLOOR_DB) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,13 +19,12 @@ import h5py
 import numpy as np
 
 from bast import __version__
-from bast.pipeline import cluster
+from bast.conventions import CLIP_SAMPLES as SAMPLES
+from bast.conventions import FS, N_FREQ
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_db
-from bast.pipeline.shards import (DirectoryLock, ShardInfo, StageError, finished_shard, prepare_output, shard_name,
-                                  write_failures, write_manifest, write_shard)
+from bast.pipeline.runner import Stage, StageSummary, run_stage
+from bast.pipeline.shards import ShardInfo, StageError, shard_name, write_shard
 
-FS = 16000
-SAMPLES = 8000
 LABELS = ("azimuth_deg", "env", "clip_id", "split", "category")
 STANDARDIZE = "per sample, over all its 2 x 129 x 61 values jointly: (spec - mean) / std"
 
@@ -40,18 +39,6 @@ class FeatureTask:
     attrs: tuple = ()
 
 
-@dataclass
-class FeatureSummary:
-    out_dir: str
-    samples: int = 0
-    shards_written: int = 0
-    shards_resumed: int = 0
-    failures: list = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds else 0.0
 
 
 def read_stage1(stage1_dir) -> dict:
@@ -97,7 +84,7 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
     with h5py.File(task.source, "r") as f:
         labels = {name: (f[name].asstr()[()] if f[name].dtype.kind == "O" else f[name][()]) for name in LABELS}
         n = f["audio"].shape[0]
-        spec = np.empty((n, 2, 129, n_frames(SAMPLES)), dtype=task.dtype)
+        spec = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=task.dtype)
         finite = np.ones(n, dtype=bool)
         for i in range(0, n, block):
             audio = f["audio"][i:i + block]
@@ -121,11 +108,10 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
 
 def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, client=None,
               overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
-              on_shard: Callable[[ShardInfo, int], None] | None = None) -> FeatureSummary:
+              on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
     """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
     if dtype not in ("float16", "float32"):
         raise StageError(f"dtype {dtype!r}: choose float16 or float32")
-    t0 = time.perf_counter()
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
     manifest = read_stage1(stage1_dir)
     params = {
@@ -141,41 +127,19 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
         "seed": manifest.get("seed"),
         "bast_version": __version__,
     }
-    summary = FeatureSummary(out_dir=str(out_dir))
-    with DirectoryLock(out_dir):
-        prepare_output(out_dir, params, overwrite)
-        attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
-        tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
-                             tuple(sorted(attrs.items()))) for s in manifest["shards"]]
-        planned = {s["index"]: s["samples"] for s in manifest["shards"]}
-        results = {t.index: info for t in tasks if (info := finished_shard(out_dir, t.index)) is not None}
-        todo = [t for t in tasks if t.index not in results]
-        summary.shards_resumed = len(results)
-        if on_start:
-            on_start(sum(planned.values()), sum(planned[i] for i in results))
-
-        def done(task, infos):
-            for info in infos:
-                results[info.index] = info
-                summary.shards_written += 1
-                if on_shard:
-                    on_shard(info, planned[task.index])
-
-        errors = cluster.execute(run_task, todo, client, done, key=lambda t: f"bast-featurize-{t.index:05d}",
-                                 name=lambda t: f"shard {t.index} ({Path(t.source).name})")
-        if errors:
-            raise StageError(f"{len(errors)} shard(s) failed; re-run the same command to retry them:\n  "
-                             + "\n  ".join(errors))
-        shards = [results[t.index] for t in tasks]
-        summary.samples = sum(s.samples for s in shards)
-        summary.failures = [f for s in shards for f in s.failures]
-        write_failures(out_dir, summary.failures)
-        write_manifest(out_dir, "featurize", params, shards, {
+    attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
+    tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
+                         tuple(sorted(attrs.items()))) for s in manifest["shards"]]
+    planned = {s["index"]: s["samples"] for s in manifest["shards"]}
+    stage = Stage(
+        name="featurize", params=params, plan=lambda out_dir: tasks, run_task=run_task,
+        shards_of=lambda t: [(t.index, planned[t.index])],
+        describe=lambda t: f"shard {t.index} ({Path(t.source).name})",
+        manifest_extra=lambda summary, shards: {
             "samples_failed": len(summary.failures),
-            "spec_shape": [2, 129, n_frames(SAMPLES)],
+            "spec_shape": [2, N_FREQ, n_frames(SAMPLES)],
             "spec_dtype": dtype,
             "standardize": STANDARDIZE,
             "stage1_totals": manifest.get("totals", {}),
         })
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)

@@ -32,7 +32,8 @@ from scipy.signal import fftconvolve
 
 from bast import __version__
 from bast.pipeline import acoustics
-from bast.pipeline.sofa import FS, IRSet, read_sofa, write_sofa
+from bast.conventions import FS
+from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
 
 SPEED_OF_SOUND = 343.0
 # Bump when the algorithm changes, so cached banks are rebuilt.

@@ -9,6 +9,7 @@ import numpy as np
 
 from bast.pipeline import acoustics
 from bast.pipeline.sofa import IRSet
+from bast.errors import DataError
 
 CARDINAL = (0.0, 90.0, 180.0, 270.0)
 
@@ -30,7 +31,7 @@ def measure(irs: IRSet, expected_drr_db: float | None = None) -> dict:
     fs = irs.fs
     az = irs.horizontal_azimuths()
     if az.size == 0:
-        raise ValueError(f"{irs.source}: no impulse responses at elevation 0")
+        raise DataError(f"{irs.source}: no impulse responses at elevation 0")
     pairs = irs.select(az)
     out: dict = {
         "source": irs.source,

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bast.conventions import DEFAULT_AZIMUTHS, ENVIRONMENTS, parse_environments
+from bast.errors import ConfigError
 from bast.pipeline.hall import HallSpec, hall_brirs
 from bast.pipeline.sofa import IRSet, read_sofa
 
-ENVIRONMENTS = ("anechoic", "hall")
-# The paper's data names: RI01 anechoic, RI02 the hall, RI both.
-ALIASES = {"anechoic": ("anechoic",), "ri01": ("anechoic",), "hall": ("hall",), "ri02": ("hall",),
-           "ri": ENVIRONMENTS, "both": ENVIRONMENTS, "all": ENVIRONMENTS}
-DEFAULT_AZIMUTHS = np.arange(0.0, 360.0, 10.0)
+__all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "load_hrirs", "parse_azimuths",
+           "parse_environments"]
 
 
 def default_hrir_path() -> Path:
@@ -32,28 +31,23 @@ def load_hrirs(path=None) -> IRSet:
     return read_sofa(path or default_hrir_path())
 
 
-def parse_environments(names) -> tuple[str, ...]:
-    """Environment names (or the paper's aliases RI01/RI02/RI) to canonical names, in order."""
-    if isinstance(names, str):
-        names = [n for n in names.replace(",", " ").split() if n]
-    out: list[str] = []
-    for name in names:
-        key = name.strip().lower()
-        if key not in ALIASES:
-            raise ValueError(f"unknown environment {name!r}; choose from anechoic, hall, RI01, RI02, RI")
-        out += [e for e in ALIASES[key] if e not in out]
-    return tuple(out)
 
 
 def parse_azimuths(text: str) -> np.ndarray:
     """'0:360:10' (start:stop:step, stop excluded) or '0,90,180' to azimuths in degrees."""
     text = text.strip()
     if ":" in text:
-        start, stop, step = (float(v) for v in text.split(":"))
+        try:
+            start, stop, step = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise ConfigError(f"azimuths {text!r}: give start:stop:step or a list such as 0,90,180") from None
         if step <= 0:
-            raise ValueError(f"azimuth step must be positive in {text!r}")
+            raise ConfigError(f"azimuth step must be positive in {text!r}")
         return np.arange(start, stop - 1e-9, step)
-    return np.array([float(v) for v in text.replace(",", " ").split()])
+    try:
+        return np.array([float(v) for v in text.replace(",", " ").split()])
+    except ValueError:
+        raise ConfigError(f"azimuths {text!r}: give start:stop:step or a list such as 0,90,180") from None
 
 
 @dataclass(frozen=True)
@@ -76,7 +70,7 @@ class IRSources:
             # The bank is built on the HRIR set's own directions nearest the request.
             exact = hrirs.azimuth_deg[hrirs.indices(azimuths_deg, tolerance_deg=self.tolerance_deg)]
             return hall_brirs(exact, hrirs, self.hall)
-        raise ValueError(f"unknown environment {env!r}")
+        raise ConfigError(f"unknown environment {env!r}")
 
     def pairs(self, env: str, azimuths_deg) -> np.ndarray:
         """(A, 2, N) float32 IR pairs of `env` at `azimuths_deg` (elevation 0)."""

@@ -1,4 +1,4 @@
-"""The shard contract every stage writes and the next one reads (SPEC 4).
+"""The shard contract every stage writes and the next one reads (docs/conventions.md).
 
 An output directory holds `shards/shard-NNNNN.h5` (each written under a temporary name,
 checksummed, described by a `shard-NNNNN.json` sidecar, then renamed: a shard file that
@@ -10,8 +10,6 @@ would have made, and `.lock` keeps two runs out of one directory.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -22,13 +20,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-ENV_NAMES = ("anechoic", "hall")
-SPLITS = ("train", "val", "test")
-PACKAGES = ("bast", "numpy", "scipy", "h5py", "soundfile", "pyroomacoustics", "dask", "distributed", "torch")
+from bast.conventions import ENVIRONMENTS as ENV_NAMES  # stored codes: env = index in this tuple
+from bast.conventions import SPLITS
+from bast.errors import StageError
+from bast.fileio import atomic_write_text, sha256_file, versions
 
-
-class StageError(RuntimeError):
-    """A stage cannot run as asked; the message says why and what to do."""
+__all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "atomic_write_text", "sha256_file", "versions",
+           "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
+           "write_failures", "write_manifest"]
 
 
 @dataclass
@@ -49,31 +48,6 @@ class ShardInfo:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def write_shard(out_dir: Path, info: ShardInfo, arrays: dict, attrs: dict) -> ShardInfo:

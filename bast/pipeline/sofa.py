@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 from scipy.signal import resample_poly
 
-FS = 16000
+from bast.conventions import FS
+from bast.errors import SofaError
 
 FIR_CONVENTIONS = (
     "SimpleFreeFieldHRIR",
@@ -31,10 +32,6 @@ FIR_CONVENTIONS = (
     "SingleRoomDRIR",
     "MultiSpeakerBRIR",
 )
-
-
-class SofaError(ValueError):
-    """A SOFA file that bast cannot use; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)

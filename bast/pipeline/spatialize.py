@@ -22,24 +22,24 @@ import re
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from bast import __version__
-from bast.datasets.base import ClipError, ClipRef, load_clip
-from bast.pipeline import cluster
+from bast.conventions import CLIP_SAMPLES, DEFAULT_AZIMUTHS, ENVIRONMENTS, FS
+from bast.corpora.base import ClipRef, load_clip
+from bast.errors import ClipError
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec, save_bank
-from bast.pipeline.irs import DEFAULT_AZIMUTHS, ENVIRONMENTS, IRSources
+from bast.pipeline.irs import IRSources
 from bast.pipeline.render import Renderer
-from bast.pipeline.shards import (ENV_NAMES, SPLITS, DirectoryLock, ShardInfo, StageError, finished_shard,
-                                  prepare_output, shard_name, write_failures, write_manifest, write_shard)
+from bast.pipeline.runner import Stage, StageSummary, run_stage
+from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
 
-FS = 16000
 
 
 @dataclass(frozen=True)
@@ -74,22 +74,6 @@ class ShardTask:
     def samples_per_env(self) -> int:
         return len(self.refs)
 
-
-@dataclass
-class Summary:
-    out_dir: str
-    samples: int = 0
-    clips: int = 0
-    shards_written: int = 0
-    shards_resumed: int = 0
-    failures: list = field(default_factory=list)
-    warnings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    errors: list = field(default_factory=list)
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds else 0.0
 
 
 # --------------------------------------------------------------------------- planning
@@ -160,7 +144,7 @@ def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray]:
 @functools.lru_cache(maxsize=16)
 def _cached_renderer(ir_path: str, mtime_ns: int, size: int, thread: int) -> tuple[Renderer, np.ndarray]:
     irs = read_sofa(ir_path)
-    return Renderer(irs.ir, n_out=8000), irs.azimuth_deg.astype(np.float32)
+    return Renderer(irs.ir, n_out=CLIP_SAMPLES), irs.azimuth_deg.astype(np.float32)
 
 
 def run_shard(task: ShardTask) -> list[ShardInfo]:
@@ -184,7 +168,7 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
             clips.append(piece)
             ids.append(ref.clip_id if len(pieces) == 1 else f"{ref.clip_id}#{k}")
             categories.append(ref.category)
-    mono = np.stack(clips) if clips else np.zeros((0, 8000), dtype=np.float32)
+    mono = np.stack(clips) if clips else np.zeros((0, CLIP_SAMPLES), dtype=np.float32)
 
     infos = []
     for index, env, ir_path in task.shards:
@@ -255,61 +239,45 @@ def stage_params(refs: list[ClipRef], config: SpatializeConfig, irs: dict, sourc
 def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = SpatializeConfig(), *,
                client=None, source: dict | None = None, overwrite: bool = False,
                on_start: Callable[[int, int], None] | None = None,
-               on_shard: Callable[[ShardInfo, int], None] | None = None) -> Summary:
-    """Render `refs` into `out_dir` (the shard contract of SPEC 4); resumable.
+               on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
+    """Render `refs` into `out_dir` (the shard contract of docs/conventions.md); resumable.
 
     `client`: a dask Client (None runs in this process). `on_start(total_samples,
     resumed_samples)` and `on_shard(info, planned_samples)` report progress.
     """
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
     if not refs:
         raise StageError("no input clips found")
     irs = environment_irs(config)
     params = stage_params(refs, config, irs, source or {})
-    summary = Summary(out_dir=str(out_dir))
-    with DirectoryLock(out_dir):
-        prepare_output(out_dir, params, overwrite)
-        ir_paths = _write_irs(out_dir, irs, config)
+    n_az = len(config.azimuths)
+    ir_paths: dict[str, str] = {}
+
+    def plan_tasks(out_dir: Path) -> list[ShardTask]:
+        ir_paths.update(_write_irs(out_dir, irs, config))
         attrs = {"stage": "spatialize", "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True)}
-        tasks = plan(refs, config, ir_paths, out_dir, attrs)
-        n_az = len(config.azimuths)
-        done = {i: finished_shard(out_dir, i) for t in tasks for i, _, _ in t.shards}
+        return plan(refs, config, ir_paths, out_dir, attrs)
+
+    def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
+        return {"clips_rendered": summary.clips, "inputs": len(refs), "inputs_failed": len(summary.failures),
+                "warnings": summary.warnings,
+                "azimuths_deg": [float(a) for a in irs[config.environments[0]][0].azimuth_deg],
+                "irs": {env: str(Path(p).relative_to(out_dir)) for env, p in ir_paths.items()}}
+
+    out_dir = Path(out_dir)
+    stage = Stage(
+        name="spatialize", params=params, plan=plan_tasks, run_task=run_shard,
+        shards_of=lambda t: [(i, len(t.refs) * n_az) for i, _, _ in t.shards],
         # A group is redone only in the environments whose shard is missing.
-        todo = [dataclasses.replace(t, shards=tuple(s for s in t.shards if done[s[0]] is None)) for t in tasks]
-        todo = [t for t in todo if t.shards]
-        planned = sum(len(t.refs) * len(t.shards) for t in tasks) * n_az
-        if on_start:
-            on_start(planned, planned - sum(len(t.refs) * len(t.shards) for t in todo) * n_az)
-        summary.shards_resumed = sum(info is not None for info in done.values())
-        results = {i: info for i, info in done.items() if info is not None}
-        def done(task, infos):
-            for info in infos:
-                results[info.index] = info
-                summary.shards_written += 1
-                if on_shard:
-                    on_shard(info, len(task.refs) * n_az)
-
-        key = f"bast-spatialize-{params['clips_sha256'][:8]}"
-        summary.errors = cluster.execute(
-            run_shard, todo, client, done, key=lambda t: f"{key}-{t.shards[0][0]:05d}",
-            name=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {env})" for i, env, _ in t.shards))
-        summary.seconds = time.perf_counter() - t0
-        if summary.errors:
-            raise StageError(f"{len(summary.errors)} shard(s) failed; re-run the same command to retry them:\n  "
-                             + "\n  ".join(summary.errors))
-        shards = [results[i] for i in sorted(results)]
-        _summarise(summary, shards, n_az)
-        write_failures(out_dir, summary.failures)
-        extra = {"clips_rendered": summary.clips, "inputs": len(refs), "inputs_failed": len(summary.failures),
-                 "warnings": summary.warnings, "azimuths_deg": [float(a) for a in irs[config.environments[0]][0].azimuth_deg],
-                 "irs": {env: str(Path(p).relative_to(out_dir)) for env, p in ir_paths.items()}}
-        write_manifest(out_dir, "spatialize", params, shards, extra)
-    return summary
+        pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
+            kept := tuple(s for s in t.shards if s[0] in todo)) else None,
+        describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {env})" for i, env, _ in t.shards),
+        totals=_summarise, manifest_extra=manifest_extra,
+        key_prefix=f"bast-spatialize-{params['clips_sha256'][:8]}")
+    return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
 
-def _summarise(summary: Summary, shards: list[ShardInfo], n_az: int) -> None:
+def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
     """Totals over shards; a clip is in one shard per environment, so its failure and its
     warnings are counted once (from the first environment's shards)."""
     seen: set[str] = set()

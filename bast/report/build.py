@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bast.conventions import parse_environments
+from bast.errors import ConfigError, MissingError
+from bast.model import evaluate as ev
 from bast.report import figures, stats
 from bast.report.paper import PAPER_TABLE1, PAPER_TABLE3
 
@@ -51,8 +54,6 @@ class Run:
 
     @property
     def train_env(self) -> str:
-        from bast.pipeline.irs import parse_environments
-
         envs = parse_environments(self.config.get("train_env", "RI"))
         return "both" if len(envs) > 1 else envs[0]
 
@@ -65,7 +66,7 @@ class Run:
 def load_run(path, device: str = "cpu") -> Run:
     path = Path(path)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
+        raise MissingError(f"{path} is not a run directory (no config.json)")
     config = json.loads((path / "config.json").read_text())
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()] if (
         path / "metrics.jsonl").exists() else []
@@ -73,17 +74,18 @@ def load_run(path, device: str = "cpu") -> Run:
         _evaluate(path, config, device)
     test = json.loads((path / "eval" / "test.json").read_text())
     return Run(path, config, [r for r in rows if "epoch" in r and "train_loss" in r], test,
-               stats.load_predictions(path / "eval" / "test_predictions.csv"))
+               ev.load_predictions(path / "eval" / "test_predictions.csv"))
 
 
 def _evaluate(path: Path, config: dict, device: str) -> None:
-    from bast.datasets.loader import Selection
-    from bast.model.train import Context, TrainConfig, final_test
+    from bast.model.config import TrainConfig
+    from bast.model.data import Selection
+    from bast.model.runtime import Context
 
     if not (path / "checkpoints" / "best.pt").exists():
-        raise FileNotFoundError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
+        raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
-    final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env), cfg,
+    ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env), cfg,
                Context(device=__import__("torch").device(device), amp_dtype=None))
 
 
@@ -97,7 +99,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     fig_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p, device) for p in run_dirs]
     if not runs:
-        raise ValueError("no runs given")
+        raise ConfigError("no runs given")
     names = [r.path.name for r in runs]
     for r in runs:  # runs of the same folder name (a/run, b/run) keep apart in labels and files
         if names.count(r.path.name) > 1:
@@ -108,7 +110,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     # Runs at a glance.
     rows = []
     for r in runs:
-        s = stats.summary(r.pred)
+        s = ev.summary(r.pred)
         summary["runs"][r.label] = {"path": str(r.path), "summary": s, "test": r.test, "config": r.config}
         rows.append([r.label, r.config.get("preset", ""), f"{r.config.get('parameters', 0):,}",
                      r.config.get("train_env", ""), str(len(r.metrics)), f"{s['ad_deg']:.2f}",
@@ -118,7 +120,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     _write_csv(out / "runs.csv", head, rows)
     sections.append(_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
                              "AD: angular distance between predicted and true direction; MSE: squared distance "
-                             "between the (x, y) unit vectors (SPEC 2, not halved).", _table(head, rows)))
+                             "between the (x, y) unit vectors (not halved; see docs/conventions.md).", _table(head, rows)))
 
     sections.append(_table1(runs, out))
     sections.append(_per_azimuth(runs, fig_dir))
@@ -173,7 +175,7 @@ def _table1(runs: list[Run], out: Path) -> str:
 def _per_azimuth(runs: list[Run], fig_dir: Path) -> str:
     lines = {}
     for r in runs:
-        t = stats.per_azimuth(r.pred)
+        t = ev.per_azimuth(r.pred)
         lines[r.label] = (t["azimuth_deg"], t["ad_deg"])
     png = figures.polar_ad(lines, fig_dir / "polar_ad.png", title="Angular distance per azimuth (test set)")
     with open(fig_dir.parent / "per_azimuth.csv", "w", newline="") as f:
@@ -234,13 +236,13 @@ def _run_section(r: Run, fig_dir: Path) -> str:
     stem = r.name
     imgs = [figures.scatter_pred_vs_true(r.pred, fig_dir / f"{stem}_scatter.png", title=f"Predicted vs true azimuth: {r.label}"),
             figures.error_histogram(r.pred, fig_dir / f"{stem}_errors.png", title=f"Angular distance: {r.label}")]
-    cats = stats.by_category(r.pred)
+    cats = ev.by_category(r.pred)
     if cats:
         imgs.append(figures.category_bars(cats, fig_dir / f"{stem}_categories.png",
                                           title=f"AD per sound category: {r.label}"))
     if r.metrics:
         imgs.append(figures.training_curves(r.metrics, fig_dir / f"{stem}_training.png", title=f"Training: {r.label}"))
-    s = stats.summary(r.pred)
+    s = ev.summary(r.pred)
     text = (f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
             f"true azimuth than to it, 90° and 270° excluded). "
             + ("Per category: " + ", ".join(f"{c} {v['ad_deg']:.1f}°" for c, v in sorted(cats.items(), key=lambda kv: kv[1]['ad_deg']))
@@ -252,9 +254,8 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     """Attention rollout of a few test samples, per layer and folded onto the spectrograms."""
     import torch
 
-    from bast.datasets.loader import Selection, read_shard
-    from bast.model.train import load_model
-    from bast.pipeline.features import standardize
+    from bast.model.checkpoint import load_model
+    from bast.model.data import Selection, read_shard, standardize
     from bast.report import rollout
 
     model, cfg = load_model(run.path, "best", device)

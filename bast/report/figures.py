@@ -17,11 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from bast.report import stats
+from bast.conventions import FS
+from bast.model import evaluate as ev
 
 CONVENTION = "SOFA azimuth: 0° ahead, 90° left, 180° behind, 270° right"
 DPI = 130
-FS = 16000
 NPERSEG = 256
 HOP = 128  # samples: 8 ms per frame
 ENV_COLORS = {"anechoic": "#1f77b4", "hall": "#d62728"}
@@ -157,8 +157,8 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
     """Predicted against true azimuth (degrees), colored by environment, with the diagonal
     (correct) and the front-back mirror line (predicted = 180° - true, mod 360)."""
     true = np.mod(_np(pred["azimuth_deg"]), 360.0)
-    p = stats.predicted_azimuth(pred)
-    envs = stats._canonical_envs(pred["env"])
+    p = ev.predicted_azimuth(pred)
+    envs = ev._canonical_envs(pred["env"])
     fig = _new((6.4, 6.0))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
@@ -183,7 +183,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
     for h in leg.legend_handles:
         if hasattr(h, "set_alpha"):
             h.set_alpha(1.0)
-    fb = stats.front_back_confusion_rate(pred)
+    fb = ev.front_back_confusion_rate(pred)
     _title(fig, title, f"front-back confusion rate {fb:.1%} (prediction nearer 180° − true than true); "
            "true azimuths jittered ±1.5° for visibility; " + CONVENTION)
     return _save(fig, path)
@@ -191,7 +191,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
 
 def error_histogram(pred: dict, path, bins=None, title: str = "Distribution of angular distance") -> Path:
     """Histogram of per-sample AD (degrees) per environment, log-scaled counts."""
-    envs = stats._canonical_envs(pred["env"])
+    envs = ev._canonical_envs(pred["env"])
     ad = _np(pred["ad_deg"])
     if bins is None:  # 0-180° when there are gross errors, else zoomed on the data
         top = float(np.nanmax(ad)) if np.isfinite(ad).any() else 180.0
@@ -215,7 +215,7 @@ def error_histogram(pred: dict, path, bins=None, title: str = "Distribution of a
 
 
 def category_bars(by_category: dict, path, title: str = "Angular distance per sound category") -> Path:
-    """Mean AD per sound category (from `stats.by_category`) as horizontal bars, sorted with
+    """Mean AD per sound category (from `evaluate.by_category`) as horizontal bars, sorted with
     the hardest category on top, each labelled with its sample count."""
     items = sorted(by_category.items(), key=lambda kv: kv[1]["ad_deg"])
     names = [k for k, _ in items]
@@ -326,7 +326,7 @@ def rollout_maps(spectrogram, left_map, right_map, path, title: str = "Attention
         ax.set_title(f"spectrogram, {ear}", fontsize=10)
         ax.set_xlabel("time (ms)")
         ax.set_ylabel("frequency (Hz)")
-        ax.set_ylim(0, 8000)
+        ax.set_ylim(0, FS / 2)
         _map_panel(fig, fig.add_subplot(gs[row, 1]), maps[row], smooth[row], ext,
                    f"rollout {enc} (last layer), {ear}")
     if center_map is not None:
@@ -354,7 +354,7 @@ def _map_panel(fig, ax, m, spec, ext, title):
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("time (ms)")
     ax.set_ylabel("frequency (Hz)")
-    ax.set_ylim(0, 8000)
+    ax.set_ylim(0, FS / 2)
 
 
 def rollout_layers(rollouts: dict, grid, path, title: str = "Attention rollout per layer",

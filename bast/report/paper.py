@@ -4,11 +4,11 @@ Source: Kuang et al., "BAST: Binaural Audio Spectrogram Transformer for Binaural
 Localization" (/work/shared/papers/bast-paper.md), Table 1 (test AD in degrees and MSE per
 model, loss and interaural integration) and Table 3 (BAST-NSP, subtraction, hybrid loss,
 trained and tested per listening environment). Their data set, not ours: 4600 training and
-400 test sounds x 36 azimuths x 2 rooms (SPEC 5).
+400 test sounds x 36 azimuths x 2 rooms.
 
 MSE is None where the paper prints a dash: it gives no MSE for models trained with the AD
 loss ("the MSE metric has no meaning when BAST is trained by AD loss", section 4.3). The
-paper's MSE may be nn.MSELoss, i.e. half of our SPEC 2 squared distance; we cannot tell from
+paper's MSE may be nn.MSELoss, i.e. half of our squared distance (docs/conventions.md); we cannot tell from
 the text, so compare MSE with care (AD is unambiguous).
 """
 

@@ -20,7 +20,7 @@ the pooled vector under the rollout's linear approximation. When the model has a
 token, its row (``R[0, 1:]``) is used instead, as in ViT rollout. Either way the
 importances of one sample sum to 1.
 
-Patch grid (SPEC 7): a (129 freq x 61 frame) spectrogram padded by 1 row before row 0 (the
+Patch grid (docs/conventions.md): a (129 freq x 61 frame) spectrogram padded by 1 row before row 0 (the
 0 Hz end, where the model's patch embedding pads) and 3 frames at the end (to 130 x 64), cut
 into 16 x 16 patches with stride 6 gives 20 x 9 = 180 tokens, numbered row-major (token =
 row * 9 + col; row = frequency patch index from 0 Hz up, col = time patch index).

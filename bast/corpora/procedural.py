@@ -15,7 +15,7 @@ synthetic speech sit in between, and resemble what a listener meets in real room
 
 Kinds and their category strings: ``white_noise``, ``pink_noise``, ``brown_noise``,
 ``bandpass_noise``, ``harmonic``, ``sweep``, ``am_tone``, ``clicks``, ``impact``,
-``vowel`` and, optionally, ``speech`` (see `bast.datasets.speech`).
+``vowel`` and, optionally, ``speech`` (see `bast.corpora.speech`).
 
 Every generator returns exactly `N_SAMPLES` float32 samples: the sound (often shorter than
 500 ms) at a random offset with silence around it, peak-normalised to `PEAK`.
@@ -29,11 +29,12 @@ from typing import Callable
 import numpy as np
 from scipy import signal
 
-from bast.datasets import speech as _speech
-from bast.datasets.base import ClipError, ClipRef, register
+from bast.conventions import CLIP_SAMPLES as N_SAMPLES  # 500 ms
+from bast.conventions import FS
+from bast.corpora import speech as _speech
+from bast.corpora.base import ClipError, ClipRef, register
+from bast.errors import ConfigError, MissingToolError
 
-FS = 16000  # sample rate of every clip
-N_SAMPLES = 8000  # 500 ms
 PEAK = 0.5  # peak amplitude after normalisation
 NYQUIST = FS / 2
 
@@ -281,14 +282,14 @@ class DefaultCorpus:
 
     def __init__(self, n_clips: int = 200, seed: int = 0, speech: bool | None = None):
         if int(n_clips) < 0:
-            raise ValueError(f"n_clips must be >= 0, got {n_clips}")
+            raise ConfigError(f"n_clips must be >= 0, got {n_clips}")
         if int(seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise ConfigError(f"seed must be >= 0, got {seed}")
         self.n_clips, self.seed = int(n_clips), int(seed)
         if speech is None:
             speech = _speech.available()
         elif speech and not _speech.available():
-            raise RuntimeError(_speech.MISSING + "; install it (e.g. apt-get install espeak-ng) or pass speech=False")
+            raise MissingToolError(_speech.MISSING + "; install it (e.g. apt-get install espeak-ng) or pass speech=False")
         self.speech = bool(speech)
         self.kinds = list(KINDS) + ([SPEECH] if self.speech else [])
 

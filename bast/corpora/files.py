@@ -55,7 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bast.datasets.base import ClipError, ClipRef, register
+from bast.corpora.base import ClipError, ClipRef, register
+from bast.errors import DataError, MissingError
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -113,11 +114,11 @@ def _read_manifest(csv_path: Path, warnings: list[str]) -> list[_Entry]:
         try:
             header = next(reader)
         except StopIteration:
-            raise ValueError(f"CSV manifest {csv_path} is empty: it needs a header row with a "
+            raise DataError(f"CSV manifest {csv_path} is empty: it needs a header row with a "
                              "'path' column") from None
         names = [h.strip().lower() for h in header]
         if "path" not in names:
-            raise ValueError(
+            raise DataError(
                 f"CSV manifest {csv_path} has no 'path' column (columns found: "
                 f"{', '.join(repr(h) for h in header) or 'none'}); the header row must name "
                 "a 'path' column, with optional 'category' and 'split' columns")
@@ -136,7 +137,7 @@ def _read_manifest(csv_path: Path, warnings: list[str]) -> list[_Entry]:
 
             raw = cell(ip)
             if not raw:
-                raise ValueError(f"CSV manifest {csv_path}, line {line}: empty 'path'")
+                raise DataError(f"CSV manifest {csv_path}, line {line}: empty 'path'")
             given = Path(raw)
             path = Path(os.path.abspath(given if given.is_absolute() else base / given))
             if path in seen:
@@ -160,7 +161,7 @@ def _read_manifest(csv_path: Path, warnings: list[str]) -> list[_Entry]:
 def _scan(source: Path, exclude: Path | None, ignored: list[str],
           warnings: list[str]) -> list[_Entry]:
     if not source.exists():
-        raise FileNotFoundError(f"sound source {source} does not exist")
+        raise MissingError(f"sound source {source} does not exist")
     if source.is_dir():
         audio, other = _walk(source, exclude)
         ignored.extend(str(p) for p in other)
@@ -173,7 +174,7 @@ def _scan(source: Path, exclude: Path | None, ignored: list[str],
         return _read_manifest(source, warnings)
     if is_audio_path(source):
         return [_Entry(source.name, Path(os.path.abspath(source)), "", None)]
-    raise ValueError(f"sound source {source} is neither a folder, a CSV manifest (.csv) nor an "
+    raise DataError(f"sound source {source} is neither a folder, a CSV manifest (.csv) nor an "
                      f"audio file ({', '.join(sorted(e[1:] for e in AUDIO_EXTENSIONS))})")
 
 

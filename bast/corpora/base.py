@@ -13,9 +13,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-
-class ClipError(Exception):
-    """A clip that cannot be used; the message is the reason recorded in failures.jsonl."""
+from bast.errors import ClipError
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ def register(name: str):
 
 def load_clip(ref: ClipRef) -> tuple[np.ndarray, int]:
     """Load `ref` with the recipe named in it."""
-    import bast.datasets  # noqa: F401  (registers the built-in recipes)
+    import bast.corpora  # noqa: F401  (registers the built-in recipes)
 
     try:
         recipe = RECIPES[ref.recipe]

@@ -30,11 +30,11 @@ import h5py
 import numpy as np
 import torch
 
+from bast.conventions import SPEC_SHAPE, parse_environments
+from bast.errors import DataError, MissingError
 from bast.model.losses import azimuth_to_vector
-from bast.pipeline.features import standardize
-from bast.pipeline.irs import parse_environments
 
-SAMPLE_BYTES = 2 * 129 * 61 * 2  # float16
+SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ class Selection:
         root = Path(features_dir)
         manifest_path = root / "manifest.json"
         if not manifest_path.exists():
-            raise FileNotFoundError(f"{root} is not Stage 2 output: no manifest.json")
+            raise MissingError(f"{root} is not Stage 2 output: no manifest.json")
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("stage") != "featurize":
-            raise ValueError(f"{manifest_path}: stage {manifest.get('stage')!r}; training reads featurize output")
+            raise DataError(f"{manifest_path}: stage {manifest.get('stage')!r}; training reads featurize output")
         wanted = parse_environments(envs)
         shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
         return cls(root, shards)
@@ -77,9 +77,18 @@ def read_selection(sel: Selection, rank: int = 0, world: int = 1) -> dict:
     """All samples of a selection (rank's share: every world-th shard) concatenated."""
     parts = [read_shard(sel.root / s["path"]) for s in sel.shards[rank::world]]
     if not parts:
-        return {"spec": np.zeros((0, 2, 129, 61), np.float16), "azimuth_deg": np.zeros(0, np.float32),
+        return {"spec": np.zeros((0, *SPEC_SHAPE), np.float16), "azimuth_deg": np.zeros(0, np.float32),
                 "env": np.zeros(0, object), "clip_id": np.zeros(0, object), "category": np.zeros(0, object)}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+def standardize(spec: torch.Tensor) -> torch.Tensor:
+    """Per-sample standardisation over all its 2 x 129 x 61 values jointly (mean 0, std 1),
+    as the reference code does: one mean and std per sample keeps the interaural level
+    difference that per-ear standardisation would erase."""
+    flat = spec.reshape(spec.shape[0], -1).float()
+    mean = flat.mean(dim=1, keepdim=True)
+    std = flat.std(dim=1, keepdim=True).clamp_min(1e-6)
+    return ((flat - mean) / std).reshape(spec.shape)
 
 
 def _batch(spec16: torch.Tensor, az: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,14 +150,14 @@ class StreamingData:
     def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
                  window: int = 8192):
         if len(sel.shards) < world:
-            raise ValueError(f"{len(sel.shards)} shards cannot be streamed to {world} ranks: re-run featurize "
+            raise DataError(f"{len(sel.shards)} shards cannot be streamed to {world} ranks: re-run featurize "
                              "with smaller shards, or raise --memory-budget-gb to keep the data resident")
         self.sel, self.batch_size, self.device, self.seed = sel, batch_size, torch.device(device), seed
         self.rank, self.world, self.window = rank, world, max(window, batch_size)
         self.offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])  # first sample number of each shard
         self.steps = sel.samples // world // batch_size
         pin = self.device.type == "cuda"
-        self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), 2, 129, 61),
+        self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), *SPEC_SHAPE),
                                   dtype=torch.float16, pin_memory=pin)
         self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
         self.index_buffer = torch.empty(self.buffer.shape[0], dtype=torch.int64)

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from bast.datasets.base import ClipError
+from bast.corpora.base import ClipError
 
 EXECUTABLE = "espeak-ng"
 MISSING = "espeak-ng is not installed (not found on PATH), so speech clips cannot be synthesised"
