@@ -184,3 +184,16 @@ def test_rerunning_a_finished_stage1_does_not_block_stage2(tmp_path):
     assert again.shards_written == 0
     summary = featurize(tmp_path / "s1", tmp_path / "s2")
     assert summary.shards_written == 0 and summary.shards_resumed > 0
+
+
+def test_a_small_job_runs_in_this_process_and_says_so(stage1, tmp_path):
+    result = CliRunner().invoke(app, ["featurize", str(stage1), str(tmp_path / "s2")])
+    assert result.exit_code == 0, result.output
+    assert "running in this process (a small job: 96 samples" in result.output
+    # Asked for workers, it starts them, whatever the size.
+    result = CliRunner().invoke(app, ["featurize", str(stage1), str(tmp_path / "s2w"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "running on dask (1 workers)" in result.output
+    a = json.loads((tmp_path / "s2" / "manifest.json").read_text())["shards"]
+    b = json.loads((tmp_path / "s2w" / "manifest.json").read_text())["shards"]
+    assert [s["sha256"] for s in a] == [s["sha256"] for s in b]  # the same bytes either way

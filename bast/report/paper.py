@@ -14,6 +14,8 @@ the text, so compare MSE with care (AD is unambiguous).
 
 from __future__ import annotations
 
+from bast.conventions import parse_environments
+
 MODES = ("NSP", "SP")
 LOSSES = ("mse", "ad", "mix")
 INTEGRATIONS = ("concat", "add", "sub")
@@ -84,9 +86,6 @@ _LOSS_ALIASES = {"mse": "mse", "ad": "ad", "mix": "mix", "hybrid": "mix"}
 _INTEGRATION_ALIASES = {"concat": "concat", "concatenation": "concat", "cat": "concat",
                         "add": "add", "addition": "add", "sum": "add",
                         "sub": "sub", "subtraction": "sub", "diff": "sub"}
-_ENV_ALIASES = {"anechoic": "anechoic", "ae": "anechoic", "ri01": "anechoic",
-                "hall": "hall", "rv": "hall", "ri02": "hall",
-                "both": "both", "ri": "both", "ae+rv": "both", "all": "both"}
 
 
 def paper_table1(mode: str, loss: str, integration: str) -> tuple[float, float | None]:
@@ -99,4 +98,10 @@ def paper_table1(mode: str, loss: str, integration: str) -> tuple[float, float |
 
 def paper_table3(train_env: str, test_env: str) -> tuple[float, float]:
     """(AD deg, MSE) of Table 3 (NSP, SUB, hybrid); env names or AE/RV/RI01/RI02/RI/both."""
-    return PAPER_TABLE3[(_ENV_ALIASES[train_env.lower()], _ENV_ALIASES[test_env.lower()])]
+    return PAPER_TABLE3[(_table3_env(train_env), _table3_env(test_env))]
+
+
+def _table3_env(name: str) -> str:
+    """An environment name as Table 3 keys it: anechoic, hall, or both ('AE+RV' too)."""
+    envs = parse_environments(name.replace("+", " "))
+    return envs[0] if len(envs) == 1 else "both"
