@@ -182,6 +182,7 @@ def featurize(
     stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize).")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
     dtype: Annotated[str, typer.Option(help="Storage type of the dB spectrograms: float16 (31 KB a sample) or float32.")] = "float16",
+    phase: Annotated[bool, typer.Option("--phase", help="Also store the interaural phase (cos, sin) of every bin and frame, for models trained with --phase.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
@@ -202,7 +203,7 @@ def featurize(
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("featurizing") as progress:
         progress.console.print(f"running {cluster.describe(client)}"
                                + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
-        summary = run(stage1, out, dtype=dtype, client=client, overwrite=overwrite, on_start=progress.on_start,
+        summary = run(stage1, out, dtype=dtype, phase=phase, client=client, overwrite=overwrite, on_start=progress.on_start,
                       on_shard=progress.on_shard)
     rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
     console.print(f"[bold green]done[/]: {summary.samples:,} spectrograms in "

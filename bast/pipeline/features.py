@@ -57,7 +57,9 @@ def spectrogram_db(audio, floor_db: float = FLOOR_DB, chunk: int = 16) -> np.nda
     return out.reshape(lead + out.shape[1:])
 
 
-def _spectrogram_db(x: np.ndarray, floor_db: float) -> np.ndarray:
+def _stft(x: np.ndarray) -> np.ndarray:
+    """Complex STFT (C, T, 129) of rows x (C, samples), float64, scipy's definition without
+    the density scale."""
     x = x.astype(np.float64)
     hop = NPERSEG - NOVERLAP
     frames = np.lib.stride_tricks.sliding_window_view(x, NPERSEG, axis=-1)[:, ::hop]  # (C, T, 256), a view
@@ -66,15 +68,58 @@ def _spectrogram_db(x: np.ndarray, floor_db: float) -> np.ndarray:
     t = frames.shape[1]
     blocks = x[:, : (t + 1) * hop].reshape(x.shape[0], t + 1, hop).sum(axis=-1)
     means = (blocks[:, :-1] + blocks[:, 1:]) / NPERSEG
-    spec = sfft.rfft(frames * _WINDOW, axis=-1) - means[..., None] * _WINDOW_SPECTRUM
+    return sfft.rfft(frames * _WINDOW, axis=-1) - means[..., None] * _WINDOW_SPECTRUM
+
+
+def _power_floor(floor_db: float) -> np.ndarray:
+    """The floor as a power before the density scale, per frequency."""
+    return 10.0 ** (floor_db / 10.0) / _SCALE
+
+
+def _db(spec: np.ndarray, floor_db: float) -> np.ndarray:
     power = spec.real**2 + spec.imag**2  # (C, T, 129), before the density scale
     # 10 log10(max(p * s, floor)) = 10 log10(max(p, floor / s)) + 10 log10(s), the log in float32
     # (its relative error, 1e-7, is 1e-6 dB).
-    power = np.maximum(power, 10.0 ** (floor_db / 10.0) / _SCALE).astype(np.float32)
+    power = np.maximum(power, _power_floor(floor_db)).astype(np.float32)
     db = 10.0 * np.log10(power) + _SCALE_DB
     return db.transpose(0, 2, 1)
 
 
+def _spectrogram_db(x: np.ndarray, floor_db: float) -> np.ndarray:
+    return _db(_stft(x), floor_db)
+
+
+def spectrogram_and_phase(audio, floor_db: float = FLOOR_DB, chunk: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Log-power spectrograms and the interaural phase of binaural audio (..., 2, samples).
+
+    Returns (db, phase), both (..., 2, 129, frames) float32: `db` exactly as
+    `spectrogram_db`; `phase[..., 0, :, :]` and `phase[..., 1, :, :]` are the cosine and
+    sine of the angle of X_left * conj(X_right) per bin and frame (positive: the left ear
+    leads), from the same STFT, and 0 where either ear's bin is at the floor (no phase to
+    speak of). `chunk` clips at a time (16 single-ear rows, as `spectrogram_db`).
+    """
+    audio = np.asarray(audio)
+    if audio.ndim < 2 or audio.shape[-2] != 2:
+        raise ValueError(f"binaural audio must be (..., 2, samples), got {audio.shape}")
+    lead, n = audio.shape[:-2], audio.shape[-1]
+    flat = audio.reshape(-1, 2, n)
+    shape = (flat.shape[0], 2, NPERSEG // 2 + 1, n_frames(n))
+    db, phase = np.empty(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)
+    floor = _power_floor(floor_db)
+    for i in range(0, flat.shape[0], chunk):
+        clips = flat[i:i + chunk]
+        spec = _stft(clips.reshape(-1, n))  # (2B, T, 129): left, right, left, right, ...
+        db[i:i + chunk] = _db(spec, floor_db).reshape(len(clips), 2, *shape[2:])
+        left, right = spec[0::2], spec[1::2]
+        cross = left * np.conj(right)
+        audible = (left.real**2 + left.imag**2 > floor) & (right.real**2 + right.imag**2 > floor)
+        mag = np.abs(cross)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = np.where(audible, cross.real / mag, 0.0)
+            sin = np.where(audible, cross.imag / mag, 0.0)
+        phase[i:i + chunk, 0] = cos.transpose(0, 2, 1)
+        phase[i:i + chunk, 1] = sin.transpose(0, 2, 1)
+    return db.reshape(lead + shape[1:]), phase.reshape(lead + shape[1:])
 
 
 def scipy_spectrogram_db(audio: np.ndarray, floor_db: float = FLOOR_DB) -> np.ndarray:

@@ -21,11 +21,13 @@ import numpy as np
 from bast import __version__
 from bast.conventions import CLIP_SAMPLES as SAMPLES
 from bast.conventions import FS, N_FREQ
-from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_db
+from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.shards import ShardInfo, StageError, shard_name, write_shard
 
 LABELS = ("azimuth_deg", "env", "clip_id", "split", "category")
+PHASE = ("phase (N, 2, 129, frames) float16: cos and sin of the angle of X_left * conj(X_right) per bin and "
+         "frame, from the same STFT; 0 where either ear's bin is at the floor")
 STANDARDIZE = "per sample, over all its 2 x 129 x 61 values jointly: (spec - mean) / std"
 
 
@@ -37,6 +39,7 @@ class FeatureTask:
     dtype: str
     floor_db: float
     attrs: tuple = ()
+    phase: bool = False  # also the interaural phase (cos, sin) per bin and frame
 
 
 
@@ -85,6 +88,8 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
         labels = {name: (f[name].asstr()[()] if f[name].dtype.kind == "O" else f[name][()]) for name in LABELS}
         n = f["audio"].shape[0]
         spec = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=task.dtype)
+        # cos and sin in [-1, 1]: float16 keeps them to 5e-4
+        phase = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=np.float16) if task.phase else None
         finite = np.ones(n, dtype=bool)
         for i in range(0, n, block):
             audio = f["audio"][i:i + block]
@@ -92,12 +97,16 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
             if not ok.all():  # such a sample is dropped below; zeros keep the batch computable
                 finite[i:i + block] = ok
                 audio[~ok] = 0.0
-            spec[i:i + block] = spectrogram_db(audio, task.floor_db)
+            if task.phase:
+                spec[i:i + block], phase[i:i + block] = spectrogram_and_phase(audio, task.floor_db)
+            else:
+                spec[i:i + block] = spectrogram_db(audio, task.floor_db)
         attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split") if k in f.attrs}
     failures = [{"clip_id": labels["clip_id"][i], "azimuth_deg": float(labels["azimuth_deg"][i]),
                  "path": task.source, "reason": "non-finite audio samples"} for i in np.flatnonzero(~finite)]
     keep = finite if failures else slice(None)
-    arrays = {"spec": spec[keep], **{k: v[keep] for k, v in labels.items()}}
+    arrays = {"spec": spec[keep], **({"phase": phase[keep]} if task.phase else {}),
+              **{k: v[keep] for k, v in labels.items()}}
     attrs.update(dict(task.attrs))
     first = lambda k: str(labels[k][0]) if n else ""  # noqa: E731
     info = ShardInfo(index=task.index, path=f"shards/{shard_name(task.index)}", split=first("split"),
@@ -106,7 +115,8 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
     return [write_shard(Path(task.out_dir), info, arrays, attrs)]
 
 
-def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, client=None,
+def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
+              client=None,
               overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
               on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
     """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
@@ -127,9 +137,11 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
         "seed": manifest.get("seed"),
         "bast_version": __version__,
     }
+    if phase:  # only then, so that outputs without it stay byte for byte what they were
+        params["phase"] = PHASE
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
-                         tuple(sorted(attrs.items()))) for s in manifest["shards"]]
+                         tuple(sorted(attrs.items())), phase) for s in manifest["shards"]]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
     stage = Stage(
         name="featurize", params=params, plan=lambda out_dir: tasks, run_task=run_task,
@@ -139,6 +151,7 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
             "samples_failed": len(summary.failures),
             "spec_shape": [2, N_FREQ, n_frames(SAMPLES)],
             "spec_dtype": dtype,
+            **({"phase_shape": [2, N_FREQ, n_frames(SAMPLES)], "phase": PHASE} if phase else {}),
             "standardize": STANDARDIZE,
             "stage1_totals": manifest.get("totals", {}),
         })
