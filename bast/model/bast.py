@@ -99,6 +99,10 @@ class BASTConfig:
     cls_token: bool = False  # reference code: a class token, included in the mean over tokens
     padding: str = "zero"  # "zero" (paper) | "reflect" (reference code)
     proj_dropout: float = 0.0  # after the attention output projection (reference code: 0.2)
+    # Interaural phase as input (featurize --phase): each ear's patch embedding sees its log
+    # power plus the cos and sin of the phase as that ear hears it (the right ear's sine
+    # negated), so a left-right mirror of the scene is a swap of the ears.
+    phase: bool = False
 
     def __post_init__(self):
         self.integration = self.integration.lower()
@@ -200,11 +204,20 @@ class PatchEmbed(nn.Module):
         ph, pw = padding_amounts(cfg)
         pad = (0, pw, ph, 0)  # (left, right, top, bottom): rows before row 0, columns after the last
         self.pad = nn.ReflectionPad2d(pad) if cfg.padding == "reflect" else nn.ZeroPad2d(pad)
-        self.proj = nn.Conv2d(1, cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
+        self.proj = nn.Conv2d(3 if cfg.phase else 1, cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
         self.grid = token_grid(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.pad(x)).flatten(2).transpose(1, 2)
+
+
+def ears(x: torch.Tensor, phase: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2, F, T) -> each ear (B, 1, F, T); with phase, (B, 4, F, T) = (power L, power R,
+    cos, sin) -> left (power L, cos, sin) and right (power R, cos, -sin), (B, 3, F, T) each."""
+    if not phase:
+        return x[:, 0:1], x[:, 1:2]
+    cos, sin = x[:, 2:3], x[:, 3:4]
+    return torch.cat([x[:, 0:1], cos, sin], dim=1), torch.cat([x[:, 1:2], cos, -sin], dim=1)
 
 
 class ClassToken(nn.Module):
@@ -405,8 +418,9 @@ class BAST(nn.Module):
         to attn_maps["left"], ["right"] and ["center"].
         """
         maps = attn_maps if attn_maps is not None else {}
-        left = self.encoder_left(self.embed(x[:, 0:1]), maps.get("left"))
-        right = self.encoder_right(self.embed(x[:, 1:2]), maps.get("right"))
+        left_ear, right_ear = ears(x, self.cfg.phase)
+        left = self.encoder_left(self.embed(left_ear), maps.get("left"))
+        right = self.encoder_right(self.embed(right_ear), maps.get("right"))
         return self.encoder_center(self.integrate(left, right), maps.get("center"))
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:

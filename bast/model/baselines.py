@@ -1,0 +1,184 @@
+"""Baselines beside BAST, trained and scored the same way (`bast-cli train --model NAME`).
+
+All take what BAST takes: standardised log-power spectrograms (B, 2, 129, 61), channel 0
+the left ear; with `phase`, two more channels, the cos and sin of the interaural phase
+(featurize --phase). All return (B, 2) = (x, y), no activation.
+
+- `mlp`: the feed-forward localizer of Tang et al. (2022) on interaural features: per
+  frequency band, each ear's log power, the interaural level difference and (with phase)
+  the interaural phase, all averaged over time; two hidden layers.
+- `cnn`: the CNN of the BAST paper's Table 1 (Chakrabarty & Habets 2019 as adapted there):
+  three convolutions of 64 filters of size 2 x 1 over (frequency, time) of the stacked
+  channels, one stream, then two dense layers.
+- `ast`: one spectrogram transformer over both ears as input channels (AST / FAViT style):
+  BAST's question, whether separate ear streams help, asked the other way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from bast.conventions import N_FRAMES, N_FREQ
+from bast.errors import ConfigError
+from bast.model.bast import Encoder, SinusoidalPosEmbed, padding_amounts, token_grid
+
+
+class _Config:
+    """to_dict / from_dict as BASTConfig has them; unknown keys refused by name."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} setting(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        if not 0 <= getattr(self, "dropout", 0) < 1:
+            raise ConfigError(f"dropout must be in [0, 1), not {self.dropout!r}")
+
+
+def channels(phase: bool) -> int:
+    return 4 if phase else 2
+
+
+# ----------------------------------------------------------------------------- mlp
+
+
+@dataclass
+class MLPConfig(_Config):
+    hidden: int = 512
+    depth: int = 2  # hidden layers
+    dropout: float = 0.1
+    phase: bool = False
+    n_freq: int = N_FREQ
+
+    def __post_init__(self):
+        self._positive("hidden", "depth", "n_freq")
+
+
+class MLP(nn.Module):
+    """Time-averaged interaural features -> (x, y)."""
+
+    def __init__(self, cfg: MLPConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or MLPConfig()
+        width = cfg.n_freq * (5 if cfg.phase else 3)  # L, R, ILD [, cos, sin] per band
+        layers: list[nn.Module] = [nn.LayerNorm(width)]
+        for _ in range(cfg.depth):
+            layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
+            width = cfg.hidden
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2)
+
+    @staticmethod
+    def features(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, T) -> (B, F * (C + 1)): every channel averaged over time, plus the ILD.
+        With phase the averaged (cos, sin) is the mean resultant of the per-frame phases."""
+        mean = x.mean(dim=-1)  # (B, C, F)
+        ild = mean[:, 0] - mean[:, 1]
+        return torch.cat([mean[:, :2].flatten(1), ild, mean[:, 2:].flatten(1)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.features(x)))
+
+
+# ----------------------------------------------------------------------------- cnn
+
+
+@dataclass
+class CNNConfig(_Config):
+    filters: int = 64
+    conv_layers: int = 3
+    kernel_freq: int = 2  # 2 x 1 filters: neighbouring frequency bands, one frame
+    hidden: int = 512
+    dropout: float = 0.5  # Chakrabarty & Habets' dense layers
+    phase: bool = False
+    n_freq: int = N_FREQ
+
+    def __post_init__(self):
+        self._positive("filters", "conv_layers", "kernel_freq", "hidden", "n_freq")
+        if self.conv_layers * (self.kernel_freq - 1) >= self.n_freq:
+            raise ConfigError("the convolutions would consume every frequency band")
+
+
+class CNN(nn.Module):
+    """Conv(2 x 1) x 3 over the stacked channels, mean over time, two dense layers."""
+
+    def __init__(self, cfg: CNNConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or CNNConfig()
+        convs: list[nn.Module] = []
+        c = channels(cfg.phase)
+        for _ in range(cfg.conv_layers):
+            convs += [nn.Conv2d(c, cfg.filters, kernel_size=(cfg.kernel_freq, 1)), nn.ReLU()]
+            c = cfg.filters
+        self.convs = nn.Sequential(*convs)
+        bands = cfg.n_freq - cfg.conv_layers * (cfg.kernel_freq - 1)
+        self.dense = nn.Sequential(
+            nn.Linear(cfg.filters * bands, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.head = nn.Linear(cfg.hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Time-averaging after the convolutions: the filters see single frames (as the
+        # original, which classified frame by frame), the dense layers a clip.
+        return self.head(self.dense(self.convs(x).mean(dim=-1).flatten(1)))
+
+
+# ----------------------------------------------------------------------------- ast
+
+
+@dataclass
+class ASTConfig(_Config):
+    n_freq: int = N_FREQ
+    n_time: int = N_FRAMES
+    patch: int = 16
+    stride: int = 12
+    dim: int = 96
+    heads: int = 4
+    mlp_dim: int = 192
+    depth: int = 2
+    dropout: float = 0.0
+    padding: str = "zero"
+    phase: bool = False
+
+    def __post_init__(self):
+        self._positive("n_freq", "n_time", "patch", "stride", "dim", "heads", "mlp_dim", "depth")
+        if self.dim % self.heads or self.dim % 2:
+            raise ConfigError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
+        if self.padding != "zero":
+            raise ConfigError("the ast baseline pads with zeros only")
+
+
+class AST(nn.Module):
+    """Both ears (and the phase) as channels of one patch embedding, one encoder, mean,
+    LayerNorm, Linear: BAST without its separate ear streams."""
+
+    def __init__(self, cfg: ASTConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ASTConfig()
+        ph, pw = padding_amounts(cfg)
+        self.pad = nn.ZeroPad2d((0, pw, ph, 0))
+        self.proj = nn.Conv2d(channels(cfg.phase), cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
+        rows, cols = token_grid(cfg)
+        self.pos_embed = SinusoidalPosEmbed(rows * cols, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = Encoder(cfg.dim, cfg.depth, cfg.heads, cfg.dim // cfg.heads, cfg.mlp_dim, cfg.dropout, 0.0)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.proj(self.pad(x)).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.encoder(self.drop(self.pos_embed(tokens))).mean(dim=1)))
