@@ -296,21 +296,106 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="Report directory: index.html, figures/, JSON and CSV.")] = Path("bast-report"),
     rollout_samples: Annotated[int, typer.Option(help="Test samples to explain with attention rollout (0: none).")] = 2,
     device: Annotated[str, typer.Option(help="Device for evaluations and rollout.")] = "cpu",
+    per_set_figures: Annotated[bool, typer.Option("--per-set-figures", help="Also a polar plot and per-category bars for each data set the runs were evaluated on.")] = False,
 ) -> None:
     """Stage 4: the paper's tables and figures from trained runs, in one HTML page.
 
     Table 1 grid beside the paper's figures, per-azimuth AD (polar), left/right hemifield
     tests with FDR correction, train x test environment table, attention rollout,
     predicted-vs-true scatter, front-back confusions, errors per sound category, training
-    curves.
+    curves; and the generalisation matrix (runs x data sets) of runs scored with
+    `bast-cli evaluate`.
     """
     from bast.report.build import build_report
 
     with console.status("building the report"):
-        page, summary = build_report(runs, out, rollout_samples=rollout_samples, device=device)
+        page, summary = build_report(runs, out, rollout_samples=rollout_samples, device=device,
+                                     per_set_figures=per_set_figures)
     for label, r in summary["runs"].items():
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     console.print(f"report: {page}")
+
+
+@command
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories (bast-cli train --out).")],
+    on: Annotated[list[Path], typer.Option("--on", help="A Stage 2 directory (bast-cli featurize) to evaluate on; repeat --on for several.")],
+    split: Annotated[str, typer.Option(help="Which samples of each data set: test, val, train or all.")] = "test",
+    env: Annotated[Optional[str], typer.Option(help="Only these environments (anechoic, hall, RI01, RI02, RI); default: all there.")] = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Evaluate again even when a stored result is still valid.")] = False,
+) -> None:
+    """Score each run's best checkpoint on each data set (another head, room, noise level, recorded sounds).
+
+    Writes RUN/eval/<data set>/metrics.json (overall, per environment, category, azimuth and
+    any other label of the shards) and predictions.csv, listed in RUN/eval/index.json for
+    `bast-cli report`; the run's own test evaluation is left as it is. Stored results are
+    reused while the data and the checkpoint are unchanged. Data featurized with other
+    spectrogram parameters than the run's training data is refused.
+    """
+    from bast.model.evaluate import evaluate_run
+
+    t = Table(title=f"best checkpoints on the {split} split" + (f" ({env})" if env else ""))
+    for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
+                         ("MSE", "right"), ("n", "right"), ("", "left")):
+        t.add_column(col, justify=justify)
+    written = []
+    for run_dir in runs:
+        for features in on:
+            with console.status(f"evaluating {run_dir} on {features}"):
+                m = evaluate_run(run_dir, features, split=split, envs=env, device=device, force=force)
+            t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
+                      f"{m['n']:,}", "stored" if m["reused"] else "evaluated")
+            written.append(Path(run_dir) / "eval" / m["name"])
+    console.print(t)
+    for d in written:
+        console.print(f"results: {d / 'metrics.json'}, {d / 'predictions.csv'}")
+
+
+@command
+def localize(
+    run: Annotated[Path, typer.Argument(help="A run directory (bast-cli train --out).")],
+    audio: Annotated[list[Path], typer.Argument(help="Binaural recordings: any format and sample rate libsndfile reads, 2 channels (left first).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for one CSV, PNG and JSON per file.")],
+    window_ms: Annotated[float, typer.Option(help="Window length: the model reads 500 ms.")] = 500.0,
+    hop_ms: Annotated[float, typer.Option(help="Time step between windows (ms).")] = 100.0,
+    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """The run's azimuth for every window of binaural recordings.
+
+    Per file: OUT/<name>.csv (window start and centre in s, azimuth in degrees (SOFA: 90 =
+    left), x, y, confidence |(x, y)|, level in dBFS, silent), OUT/<name>.png (azimuth over
+    time above the waveform) and OUT/<name>.json (a summary). Windows quieter than -60 dBFS
+    or 40 dB under the file's loudest are marked silent, with no azimuth. Exit 1 when any
+    file could not be used (each named on an `error:` line); the others are still written.
+    """
+    from bast.model.localize import (check_window_ms, localize_audio, load_localizer, output_stems, write_csv,
+                                     write_summary)
+    from bast.report.figures import localization_timeline
+
+    check_window_ms(window_ms)
+    with console.status(f"loading {run}"):
+        model, dev = load_localizer(run, device)
+    failed = 0
+    for path, stem in zip(audio, output_stems(audio)):
+        try:
+            with console.status(f"localizing {path}"):
+                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms)
+                csv_path = write_csv(loc, out / f"{stem}.csv")
+                png = localization_timeline(loc, out / f"{stem}.png")
+                write_summary(loc, out / f"{stem}.json", {"run": str(run), "device": str(dev), "csv": str(csv_path),
+                                                          "png": str(png)})
+        except BastError as exc:
+            err.print(Text.assemble(("error: ", "bold red"), str(exc)))
+            failed += 1
+            continue
+        s = loc.summary()
+        mean = f"{s['circular_mean_azimuth_deg']:.0f} deg" if s["windows"] > s["silent_windows"] else "none"
+        console.print(f"{path}: {s['windows']} windows ({s['silent_windows']} silent), {s['duration_s']:.2f} s at "
+                      f"{s['sample_rate_in']} Hz; left {s['left_hemifield_windows']}, right "
+                      f"{s['right_hemifield_windows']}; circular mean {mean} -> {csv_path}, {png}")
+    if failed:
+        raise typer.Exit(1)
 
 
 @command

@@ -20,7 +20,7 @@ def test_version():
 
 
 def test_every_stage_has_help():
-    for stage in ("spatialize", "featurize", "train", "report", "demo", "irs"):
+    for stage in ("spatialize", "featurize", "train", "report", "demo", "irs", "evaluate", "localize"):
         result = runner.invoke(app, [stage, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
 

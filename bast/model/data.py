@@ -61,15 +61,91 @@ class Selection:
         shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
         return cls(root, shards)
 
+    def verify(self) -> "Selection":
+        """Check every shard of the selection against the manifest's sha256 (each file once
+        per process while it is unchanged); a missing or altered shard is a DataError that
+        names it and says how to recover. Returns self."""
+        for s in self.shards:
+            verify_shard(self.root / s["path"], s.get("sha256"))
+        return self
+
 
 def read_shard(path: Path) -> dict:
-    """One whole shard: spec (float16) and the labels the trainer and the report use."""
-    with h5py.File(path, "r") as f:
-        out = {"spec": f["spec"][()].astype(np.float16, copy=False), "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
-        names = json.loads(f.attrs["env_names"])
-        out["env"] = np.asarray(names, dtype=object)[f["env"][()]]
-        for k in ("clip_id", "category"):
-            out[k] = f[k].asstr()[()]
+    """One whole shard: spec (float16) and the labels the trainer and the report use.
+    An unreadable or corrupt shard is a DataError naming the file and how to recover."""
+    try:
+        with h5py.File(path, "r") as f:
+            out = {"spec": f["spec"][()].astype(np.float16, copy=False), "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
+            names = json.loads(f.attrs["env_names"])
+            out["env"] = np.asarray(names, dtype=object)[f["env"][()]]
+            for k in ("clip_id", "category"):
+                out[k] = f[k].asstr()[()]
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise corrupt_shard(path, exc) from None
+    return out
+
+
+# Shards found intact in this process: (path, size, mtime_ns) -> sha256.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def corrupt_shard(path, reason) -> DataError:
+    """The error for a shard that cannot be used: its path, why, and how to recover."""
+    path = Path(path)
+    features = path.parent.parent
+    stage1 = ""
+    try:
+        stage1 = json.loads((features / "manifest.json").read_text())["params"]["stage1"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    redo = f"bast-cli featurize {stage1 or 'STAGE1'} {features}"
+    return DataError(f"{path}: unreadable or corrupt shard ({reason}); delete it and re-run `{redo}` to rewrite it")
+
+
+def verify_shard(path, sha256: str | None) -> None:
+    """Raise DataError when the shard at `path` is missing or its sha256 is not `sha256`
+    (None: only that it exists). A shard found intact is not read again in this process
+    while its size and modification time stay the same."""
+    from bast.fileio import sha256_file
+
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise corrupt_shard(path, f"cannot be read: {exc.strerror or exc}") from None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if not sha256 or _VERIFIED.get(key) == sha256:
+        return
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise corrupt_shard(path, f"cannot be read: {exc.strerror or exc}") from None
+    if actual != sha256:
+        raise corrupt_shard(path, f"its sha256 {actual[:12]}... differs from the manifest's {sha256[:12]}...")
+    _VERIFIED[key] = sha256
+
+
+# Datasets of a shard that are not per-sample labels for the breakdowns.
+_NOT_LABELS = {"spec", "phase", "audio", "azimuth_deg", "env", "clip_id", "split", "category"}
+
+
+def read_extra_labels(path: Path) -> dict[str, np.ndarray]:
+    """The per-sample labels a shard holds besides the standard ones (e.g. head, room,
+    snr_db): every 1-D dataset of length N other than spec and the standard labels.
+    Strings come back as str arrays, numbers as float64. Older shards give {}."""
+    out: dict[str, np.ndarray] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            n = f["azimuth_deg"].shape[0]
+            for name, ds in f.items():
+                if name in _NOT_LABELS or not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.shape[0] != n:
+                    continue
+                if ds.dtype.kind in "OSU":
+                    out[name] = np.asarray(ds.asstr()[()] if ds.dtype.kind in "OS" else ds[()], dtype=str)
+                elif ds.dtype.kind in "iufb":
+                    out[name] = ds[()].astype(np.float64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise corrupt_shard(path, exc) from None
     return out
 
 

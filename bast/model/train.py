@@ -93,6 +93,8 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     train_sel = Selection.of(features_dir, "train", cfg.train_env)
     val_sel = Selection.of(features_dir, "val", cfg.train_env)
     test_sel = Selection.of(features_dir, "test", cfg.test_env)
+    for sel in (train_sel, val_sel, test_sel):  # a corrupt shard: one clear error now, not an h5py traceback later
+        sel.verify()
     for name, sel in (("training", train_sel), ("validation", val_sel)):
         if sel.samples == 0:  # validation picks the best checkpoint: training without it has no result
             raise TrainingError(f"{features_dir}: no {name} samples for environments {cfg.train_env}")

@@ -92,8 +92,12 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
 # --------------------------------------------------------------------------- building
 
 
-def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu") -> tuple[Path, dict]:
-    """Write REPORT/index.html (self-contained), figures/*.png, summary.json and CSVs."""
+def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu",
+                 per_set_figures: bool = False) -> tuple[Path, dict]:
+    """Write REPORT/index.html (self-contained), figures/*.png, summary.json and CSVs.
+
+    Runs evaluated on other data sets (`bast-cli evaluate`) add the generalisation
+    matrix; `per_set_figures` adds a polar plot and per-category bars for each set."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +132,9 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     t3 = _table3(runs, out)
     if t3:
         sections.append(t3)
+    gen = _generalisation(runs, fig_dir, out, summary, per_set_figures)
+    if gen:
+        sections.append(gen)
     for r in runs:
         sections.append(_run_section(r, fig_dir))
     if rollout_samples:
@@ -230,6 +237,70 @@ def _table3(runs: list[Run], out: Path) -> str:
     return _section("Table 3: trained on one room, tested on the other",
                     "Test AD (deg) / MSE per test environment, with the paper's NSP-SUB-hybrid figures.",
                     _table(head, rows, raw=True))
+
+
+def _generalisation(runs: list[Run], fig_dir: Path, out: Path, summary: dict, per_set_figures: bool) -> str:
+    """Rows: runs; columns: the run's own test split, then every data set any run was
+    evaluated on (RUN/eval/index.json); cells: AD / MSE. Table 3 is the special case of
+    one room's data evaluated by runs trained on either room."""
+    stored = {r.label: ev.stored_evaluations(r.path) for r in runs}
+    names: list[str] = []
+    for sets in stored.values():
+        names += [n for n in sets if n not in names]
+    if not names:
+        return ""
+    cols = ["own test split"] + names
+    ad = np.full((len(runs), len(cols)), np.nan)
+    mse = np.full_like(ad, np.nan)
+    rows, csv_rows = [], []
+    for i, r in enumerate(runs):
+        ad[i, 0], mse[i, 0] = r.test["ad_deg"], r.test["mse"]
+        csv_rows.append([r.label, "own test split", r.config.get("features_dir", ""), "test", r.test["ad_deg"],
+                         r.test.get("median_ad_deg", ""), r.test["mse"], r.test["n"]])
+        for j, name in enumerate(names, start=1):
+            m = stored[r.label].get(name)
+            if m:
+                ad[i, j], mse[i, j] = m["ad_deg"], m["mse"]
+                csv_rows.append([r.label, name, m["features_dir"], m["split"], m["ad_deg"], m["median_ad_deg"],
+                                 m["mse"], m["n"]])
+        rows.append([r.label] + [f"{a:.2f} / {e:.4f}" if np.isfinite(a) else "not evaluated"
+                                 for a, e in zip(ad[i], mse[i])])
+    _write_csv(out / "generalisation.csv", ["run", "data_set", "features_dir", "split", "ad_deg", "median_ad_deg",
+                                            "mse", "n"], csv_rows)
+    summary["generalisation"] = {"columns": cols, "runs": [r.label for r in runs], "ad_deg": ad, "mse": mse}
+    png = figures.generalisation_matrix(ad, [r.label for r in runs], cols, fig_dir / "generalisation.png", mse=mse)
+    where = {n: next(s[n] for s in stored.values() if n in s) for n in names}
+    notes = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(where[n]['features_dir']))}, split "
+                    f"{html.escape(str(where[n]['split']))}, environments {html.escape(str(where[n]['envs']))}</li>"
+                    for n in names)
+    parts = [_table(["run"] + cols, rows), f"<ul>{notes}</ul>", _img(png)]
+    if per_set_figures:
+        parts += _per_set_figures(runs, names, fig_dir)
+    return _section("Generalisation: runs x data sets",
+                    "Test AD (deg) / MSE of each run's best checkpoint on its own test split and on every data set "
+                    "it was evaluated on with <code>bast-cli evaluate RUN --on FEATURES</code> (another head, room, "
+                    "noise level, recorded sounds). Table 3 (train room x test room) is the special case of "
+                    "data sets of one room each. Numbers: generalisation.csv.", "".join(parts))
+
+
+def _per_set_figures(runs: list[Run], names: list[str], fig_dir: Path) -> list[str]:
+    """Per evaluated set: AD per azimuth (one line per run) and per-category bars per run."""
+    parts = []
+    for k, name in enumerate(names):
+        lines, bars = {}, []
+        for r in runs:
+            if name not in ev.stored_evaluations(r.path):
+                continue
+            m, _ = ev.load_stored(r.path, name)
+            pa = m["per_azimuth"]
+            lines[r.label] = (pa["azimuth_deg"], pa["ad_deg"])
+            if m.get("by_category"):
+                bars.append(figures.category_bars(m["by_category"], fig_dir / f"set{k}_{r.name}_categories.png",
+                                                  title=f"AD per sound category on {name}: {r.label}"))
+        parts.append(_img(figures.polar_ad(lines, fig_dir / f"set{k}_polar_ad.png",
+                                           title=f"Angular distance per azimuth on {name}")))
+        parts += [_img(b) for b in bars]
+    return parts
 
 
 def _run_section(r: Run, fig_dir: Path) -> str:

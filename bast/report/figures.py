@@ -407,3 +407,72 @@ def _float(v) -> float:
         return float(v)
     except (TypeError, ValueError):
         return float("nan")
+
+
+# ----------------------------------------------------------------------------- transfer and localization
+def generalisation_matrix(ad, row_labels, col_labels, path, mse=None,
+                          title: str = "Generalisation: angular distance per run and data set") -> Path:
+    """Heatmap of AD (rows: runs, columns: data sets), each cell written as 'AD° / MSE';
+    NaN cells (not evaluated) are left blank and marked 'not evaluated'."""
+    ad = np.asarray(ad, dtype=np.float64).reshape(len(row_labels), len(col_labels))
+    mse = None if mse is None else np.asarray(mse, dtype=np.float64).reshape(ad.shape)
+    fig = _new((max(5.0, 1.9 * len(col_labels) + 3.0), max(2.4, 0.55 * len(row_labels) + 1.8)))
+    ax = fig.add_subplot()
+    vmax = float(np.nanmax(ad)) if np.isfinite(ad).any() else 1.0
+    im = ax.imshow(np.ma.masked_invalid(ad), cmap="viridis_r", vmin=0.0, vmax=max(vmax, 1e-6), aspect="auto")
+    for i in range(ad.shape[0]):
+        for j in range(ad.shape[1]):
+            if not np.isfinite(ad[i, j]):
+                ax.text(j, i, "not evaluated", ha="center", va="center", fontsize=7, color="0.4")
+                continue
+            txt = f"{ad[i, j]:.1f}°" + (f"\n{mse[i, j]:.3f}" if mse is not None and np.isfinite(mse[i, j]) else "")
+            dark = ad[i, j] > 0.55 * vmax
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(len(col_labels)), [textwrap.fill(str(c), 22) for c in col_labels], fontsize=7.5)
+    ax.set_yticks(range(len(row_labels)), [textwrap.fill(str(r), 40) for r in row_labels], fontsize=7.5)
+    ax.set_xlabel("evaluated on (data set)")
+    ax.set_ylabel("run")
+    fig.colorbar(im, ax=ax, label="mean angular distance (°)", shrink=0.9)
+    _title(fig, title, "cells: mean AD (°) and, below, MSE; first column: each run's own test split")
+    return _save(fig, path)
+
+
+def localization_timeline(loc, path, title: str | None = None) -> Path:
+    """Azimuth over time above the waveform: one marker per window at its centre, coloured
+    by the prediction's length |(x, y)|; silent windows marked at the bottom. `loc` is a
+    `bast.model.localize.Localization`."""
+    fig = _new((10.0, 5.6))
+    ax_az, ax_wav = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1.0]})
+    t = np.asarray(loc.centre_s)
+    az = np.asarray(loc.azimuth_deg)
+    voiced = ~np.asarray(loc.silent, dtype=bool)
+    ax_az.axhspan(0, 180, color=LEFT_COLOR, alpha=0.07, lw=0)
+    ax_az.axhspan(180, 360, color=RIGHT_COLOR, alpha=0.07, lw=0)
+    if voiced.any():
+        sc = ax_az.scatter(t[voiced], az[voiced], c=np.asarray(loc.confidence)[voiced], cmap="plasma", s=18,
+                           vmin=0.0, vmax=max(1.2, float(np.nanmax(np.asarray(loc.confidence)[voiced]))), zorder=3)
+        fig.colorbar(sc, ax=ax_az, label="|(x, y)|", pad=0.01)
+    if (~voiced).any():
+        ax_az.scatter(t[~voiced], np.full((~voiced).sum(), 5.0), marker="x", color="0.5", s=16,
+                      label="silent (no azimuth)", zorder=3)
+        ax_az.legend(fontsize=8, loc="upper right")
+    ax_az.set_ylim(0, 360)
+    ax_az.set_yticks([0, 90, 180, 270, 360], ["0° ahead", "90° left", "180° behind", "270° right", "360°"],
+                     fontsize=8)
+    ax_az.set_ylabel("predicted azimuth")
+    ax_az.grid(alpha=0.3)
+    audio = np.asarray(loc.audio, dtype=np.float64)
+    n = audio.shape[1]
+    step = max(1, n // 4000)  # min/max envelope of about 4000 columns
+    cols = n // step
+    times = (np.arange(cols) * step + step / 2) / FS
+    for ch, (name, color) in enumerate((("left ear", LEFT_COLOR), ("right ear", RIGHT_COLOR))):
+        blocks = audio[ch, :cols * step].reshape(cols, step)
+        ax_wav.fill_between(times, blocks.min(1), blocks.max(1), color=color, alpha=0.55, lw=0, label=name)
+    ax_wav.set_xlabel("time (s)")
+    ax_wav.set_ylabel("amplitude")
+    ax_wav.legend(fontsize=8, loc="upper right", ncol=2)
+    ax_wav.set_xlim(0, n / FS)
+    _title(fig, title or f"Localization: {Path(loc.path).name}",
+           f"{loc.window_ms:g} ms windows every {loc.hop_ms:g} ms, marker at the window centre; " + CONVENTION)
+    return _save(fig, path)
