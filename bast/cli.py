@@ -231,10 +231,10 @@ def train(
     test_env: Annotated[Optional[str], typer.Option(help="Test on: anechoic, hall or both.")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after the epoch that crosses this many minutes.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initial weights, dropout and batch order. [default: 0]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. [default: auto]")] = None,
-    amp: Annotated[Optional[str], typer.Option(help="auto (bf16 on a GPU), bf16 or none. [default: auto]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N (one process only). [default: auto]")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="auto (bf16 on a GPU, float32 on a CPU), bf16 or none (float32; TF32 matmuls on a GPU). [default: auto]")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model (GPU).")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume; slower on a GPU, docs/train.md).")] = None,
     memory_budget_gb: Annotated[Optional[float], typer.Option(help="Keep the training split on the device up to this size, else stream it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other setting, KEY=VALUE (e.g. --set dim=128 --set dropout=0).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint, with its own settings; --epochs extends a finished run.")] = False,
@@ -273,8 +273,11 @@ def train(
                 f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
                 f"{row['train_samples_per_s']:,.0f} samples/s")
 
+        def on_info(text):
+            progress.console.print(text, markup=False, highlight=False)
+
         result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
-                     resume_changes=resume_changes)
+                     resume_changes=resume_changes, on_info=on_info)
     if result:
         envs = ", ".join(f"{e} {m['ad_deg']:.2f} deg" for e, m in result["by_env"].items())
         console.print(f"[bold green]test[/] (best checkpoint): AD {result['ad_deg']:.2f} deg "

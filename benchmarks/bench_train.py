@@ -1,12 +1,16 @@
-"""Stage 3 speed: the loader alone against training, per preset; MFU on a GPU.
+"""Stage 3 speed: the loader and the real training step, per preset; MFU on a GPU.
 
-    python benchmarks/bench_train.py FEATURES_DIR [--presets tiny,paper] [--steps 20]
+    python benchmarks/bench_train.py FEATURES_DIR [--presets tiny,paper] [--steps 20] [--compile]
+                                     [--amp auto|bf16|none] [--memory-budget-gb 8]
 
-Loader: batches of the resident loader (standardised on the device), no model. Training:
-forward + backward + Adam step of the preset's model on those batches (bf16 autocast on a
-GPU). On CUDA it also reports the model FLOPs per sample (torch's FLOP counter, forward +
-backward), the achieved TFLOP/s, its share of the GPU's bf16 dense peak (MFU) and the
-projected time of a 50-epoch paper run on 248,400 training samples.
+Loader: batches of the loader training would use (`make_data`: resident or streaming),
+standardised on the device, no model. Training: `bast.model.train.train_step`, the loop's
+own step (learning-rate update, autocast forward, loss, the on-device NaN bookkeeping,
+backward, Adam, fused on a GPU), with the loop's periodic NaN check, timed between two
+device syncs. Reports samples/s, the model FLOPs per sample (torch's FLOP counter,
+forward + backward), the achieved TFLOP/s and, on a GPU whose dense bf16 peak is known by
+name, the MFU; and the projected hours of 50 paper epochs (training steps only, no
+validation) on 331,200 * 0.75 = 248,400 training samples.
 """
 
 from __future__ import annotations
@@ -16,12 +20,46 @@ import time
 
 import torch
 
-from bast.model.data import ResidentData, Selection
-from bast.model.bast import BAST, BASTConfig, count_parameters
+from bast.model.bast import BAST, count_parameters
+from bast.model.data import Selection, make_data
 from bast.model.losses import make_loss
-from bast.model.train import preset
+from bast.model.runtime import resolve_device
+from bast.model.train import Context, NonFiniteGuard, lr_at, make_optimizer, preset, train_step
 
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
+# Dense (not 2:4 sparse) bf16 tensor-core peaks in TFLOP/s, by words of
+# torch.cuda.get_device_name(); the first row whose words all occur wins, so the specific
+# parts come before the general ones.
+PEAK_BF16_TFLOPS: list[tuple[tuple[str, ...], float]] = [
+    (("h100", "nvl"), 835.0),
+    (("h100", "pcie"), 756.0),
+    (("h100",), 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    (("h200", "nvl"), 835.0),
+    (("h200",), 989.0),  # SXM, and GH200
+    (("h800", "pcie"), 756.0),
+    (("h800",), 989.0),
+    (("a100",), 312.0),  # SXM and PCIe
+    (("a800",), 312.0),
+    (("l40s",), 362.0),
+    (("rtx 4090",), 165.0),  # with fp16 accumulation; half of it with fp32 accumulation
+]
+
+PAPER_TRAIN_SAMPLES = int(331_200 * 0.75)  # 248,400
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU by its name; None when unknown (MFU not computed)."""
+    name = device_name.lower()
+    return next((peak for words, peak in PEAK_BF16_TFLOPS if all(w in name for w in words)), None)
+
+
+def projected_hours(samples_per_s: float, epochs: int = 50, train_samples: int = PAPER_TRAIN_SAMPLES) -> float:
+    """Hours of `epochs` epochs of `train_samples` samples at `samples_per_s` (training only)."""
+    return epochs * train_samples / samples_per_s / 3600
+
+
+def mfu(flop_per_sample: float, samples_per_s: float, peak_tflops: float | None) -> float | None:
+    """Achieved model FLOP/s as a share of the peak; None when the peak is unknown."""
+    return None if not peak_tflops else flop_per_sample * samples_per_s / (peak_tflops * 1e12)
 
 
 def sync(device):
@@ -35,61 +73,77 @@ def main() -> None:
     parser.add_argument("--presets", default="tiny,paper")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "none"))
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}")
+    available = torch.cuda.is_available()
+    device, _ = resolve_device("auto", 0, 1, available, torch.cuda.device_count() if available else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    peak = peak_bf16_tflops(name) if device.type == "cuda" else None
+    print(f"device: {name}" + (f" (dense bf16 peak {peak:.0f} TFLOP/s)" if peak else
+                               ", unknown peak, MFU not computed" if device.type == "cuda" else ""))
     sel = Selection.of(args.features, "train", "RI")
     for preset_name in args.presets.split(","):
-        cfg = preset(preset_name)
+        cfg = preset(preset_name, amp=args.amp, memory_budget_gb=args.memory_budget_gb)
         batch = cfg.batch_size if device.type == "cuda" or preset_name != "paper" else 4
-        data = ResidentData(sel, batch, device, seed=0)
-        # Loader alone.
+        use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+        tf32 = device.type == "cuda" and not use_bf16
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        ctx = Context(device, torch.bfloat16 if use_bf16 else None, tf32=tf32)
+        data = make_data(sel, batch, device, 0, cfg.memory_budget_gb)
+        # The loader alone.
         it, n, t0 = data.epoch(0), 0, time.perf_counter()
         for _ in range(min(args.steps * 5, len(data))):
             x, y, _ = next(it)
             n += len(y)
         sync(device)
         loader_rate = n / (time.perf_counter() - t0)
-        # Training steps.
-        model = BAST(BASTConfig(**cfg.model)).to(device)
+        it.close()
+        # The loop's training step.
+        torch.manual_seed(0)
+        model = BAST(cfg.model).to(device)
         net = torch.compile(model) if args.compile else model
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        loss_fn = make_loss(cfg.loss)
-        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        optimizer = make_optimizer(model, cfg)
+        loss_fn = make_loss(cfg.loss, cfg.mix_weight)
+        guard = NonFiniteGuard(device)
         batches = [b for _, b in zip(range(args.steps + 3), data.epoch(1))]
+        total = cfg.epochs * len(data)
+        step = 0
 
-        def step(x, y):
-            with amp:
-                pred = net(x)
-            loss = loss_fn(pred.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        def run(x, y):
+            nonlocal step
+            train_step(net, optimizer, x, y, loss_fn, ctx, lr_at(step, cfg, total), guard, step)
+            step += 1
+            if guard.due(step):
+                guard.check(ctx, 0, "(benchmark)")
 
         for x, y, _ in batches[:3]:  # warm-up (and compilation)
-            step(x, y)
+            run(x, y)
         sync(device)
         t0 = time.perf_counter()
         for x, y, _ in batches[3:]:
-            step(x, y)
+            run(x, y)
+        guard.check(ctx, 0, "(benchmark)")  # the loop's end-of-epoch check: a sync
         sync(device)
         train_rate = len(batches[3:]) * batch / (time.perf_counter() - t0)
-        print(f"{preset_name}: {count_parameters(model):,} parameters, batch {batch}: loader {loader_rate:,.0f} "
-              f"samples/s, training {train_rate:,.1f} samples/s, loader/training {loader_rate / train_rate:,.0f}x")
-        if device.type == "cuda":
-            from torch.utils.flop_counter import FlopCounterMode
+        precision = "bf16 autocast" if use_bf16 else "float32" + (" (TF32)" if tf32 else "")
+        print(f"{preset_name}: {count_parameters(model):,} parameters, batch {batch}, {precision}, "
+              f"{type(data).__name__}: loader {loader_rate:,.0f} samples/s, training {train_rate:,.1f} samples/s, "
+              f"loader/training {loader_rate / train_rate:,.1f}x")
+        from torch.utils.flop_counter import FlopCounterMode
 
-            x, y, _ = batches[0]
-            with FlopCounterMode(display=False) as counter:
-                step(x, y)
-            per_sample = counter.get_total_flops() / len(y)
-            peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-            achieved = per_sample * train_rate / 1e12
-            mfu = f", MFU {achieved / peak:.1%} of {peak:.0f} TFLOP/s bf16" if peak else ""
-            epoch_s = 248_400 / train_rate
-            print(f"  {per_sample / 1e9:.1f} GFLOP per training sample, {achieved:.0f} TFLOP/s{mfu}; "
-                  f"50 epochs of 248,400 samples: {50 * epoch_s / 3600:.1f} h")
+        x, y, _ = batches[0]
+        with FlopCounterMode(display=False) as counter:
+            run(x, y)
+        per_sample = counter.get_total_flops() / len(y)
+        achieved = per_sample * train_rate / 1e12
+        share = mfu(per_sample, train_rate, peak)
+        print(f"  {per_sample / 1e9:.2f} GFLOP per training sample, {achieved:.2f} TFLOP/s"
+              + (f", MFU {share:.1%} of {peak:.0f} TFLOP/s dense bf16" if share is not None else
+                 ", MFU not computed (unknown peak)" if device.type == "cuda" else "")
+              + f"; 50 epochs of {PAPER_TRAIN_SAMPLES:,} samples: {projected_hours(train_rate):.1f} h")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,22 @@ def test_procedural_training_sounds_with_a_recorded_test_folder(tmp_path):
     assert len(splits) == 8 and all(s in ("train", "val") for c, s in splits.items() if c.startswith("default/"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["source"]["test"] == str(rec.resolve())
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--amp", "fp8"], "amp must be one of auto, bf16, none, not 'fp8'"),
+    (["--set", "schedule=linear"], "schedule must be one of constant, cosine, not 'linear'"),
+    (["--set", "nosuchkey=1"], "unknown setting(s) nosuchkey"),
+    (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N"),
+    (["--set", "lr=fast"], "lr must be a float"),
+])
+def test_train_refuses_a_bad_setting_in_one_line(small_features, tmp_path, args, named):
+    import torch
+
+    if args == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = runner.invoke(app, ["train", str(small_features), "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 1, result.output
+    assert named in result.output and "Traceback" not in result.output
+    assert result.output.strip().startswith("error:") and not (tmp_path / "run" / "config.json").exists()

@@ -18,7 +18,9 @@ from bast.fileio import sha256_file
 from bast.model.data import EvalData, ResidentData, Selection, StreamingData, read_selection
 from bast.model.losses import azimuth_to_vector
 from bast.model.data import standardize
-from bast.model.train import TrainingError, load_checkpoint, lr_at, preset, train
+from bast.errors import ConfigError
+from bast.model.bast import BASTConfig
+from bast.model.train import TrainConfig, TrainingError, load_checkpoint, load_model, lr_at, preset, train
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
              device="cpu", memory_budget_gb=1.0)
@@ -41,9 +43,37 @@ def test_learning_rate_schedule():
 
 def test_presets_take_overrides_and_refuse_unknown_keys():
     cfg = preset("paper", dim=64, lr=3e-4)
-    assert cfg.model["dim"] == 64 and cfg.lr == 3e-4 and cfg.batch_size == 48 and cfg.epochs == 50
+    assert isinstance(cfg.model, BASTConfig)
+    assert cfg.model.dim == 64 and cfg.lr == 3e-4 and cfg.batch_size == 48 and cfg.epochs == 50
     with pytest.raises(ValueError, match="unknown setting"):
         preset("tiny", learning_rate=1.0)
+
+
+@pytest.mark.parametrize("override, named", [
+    (dict(schedule="linear"), "schedule"), (dict(amp="fp8"), "amp"), (dict(device="gpu"), "device"),
+    (dict(device="cuda:x"), "device"), (dict(loss="l1"), "loss"), (dict(nosuchkey=1), "nosuchkey"),
+    (dict(lr="abc"), "lr"), (dict(batch_size=0), "batch_size"), (dict(epochs=2.5), "epochs"),
+    (dict(compile="yes"), "compile"), (dict(train_env="cathedral"), "train_env"), (dict(dim="wide"), "dim"),
+    (dict(integration="mul"), "integration"), (dict(min_lr_ratio=2), "min_lr_ratio")])
+def test_train_config_refuses_bad_settings_by_name(override, named):
+    with pytest.raises(ConfigError, match=named):
+        preset("tiny", **override)
+
+
+def test_train_config_serialises_the_model_as_a_plain_dict():
+    cfg = preset("tiny", dim=32, shared=True)
+    d = cfg.to_dict()
+    assert isinstance(d["model"], dict) and d["model"]["dim"] == 32 and d["model"]["shared"] is True
+    json.dumps(d)  # config.json
+    again = TrainConfig.from_dict({**d, "features_dir": "/x", "parameters": 1})  # config.json's extra keys
+    assert again == cfg and isinstance(again.model, BASTConfig)
+    old = TrainConfig.from_dict({**d, "model": {"dim": 32, "heads": 4}})  # a checkpoint of before: a dict
+    assert old.model.dim == 32 and old.model.heads == 4
+    # an older run's config.json: the resolved device and autocast dtype over the settings
+    assert TrainConfig.from_dict({**d, "device": "cuda:0", "amp": "torch.bfloat16"}).amp == "bf16"
+    assert TrainConfig.from_dict({**d, "device": "cpu", "amp": "None"}).amp == "none"
+    with pytest.raises(ConfigError, match="nokey"):
+        TrainConfig.from_dict({**d, "model": {"nokey": 1}})
 
 
 def test_resident_and_streaming_loaders(features):
@@ -186,12 +216,22 @@ def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
         train(features, killed, preset("tiny"), resume=True, resume_changes={"epochs": 2})
 
 
+def torchrun(features, run, *args, port=29517):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "bast.cli", "train", str(features), "--out", str(run), *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BAST_DDP_REPORT": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+DDP_ARGS = SMALL_ARGS + ["--set", "dropout=0.1", "--set", "schedule=constant"]
+
+
 def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "bast.cli", "train", str(features), "--out", str(run), *SMALL_ARGS, "--epochs", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun(features, run, *DDP_ARGS, "--epochs", "2")
+    assert "batch: 8 per rank x 2 ranks = 16" in done.stdout and "2 ranks" in done.stdout
     ranks = json.loads((run / "ddp.json").read_text())
     assert len(ranks) == 2 and ranks[0]["weights_sha"] == ranks[1]["weights_sha"]
     a, b = (set(r["first_epoch_samples"]) for r in ranks)
@@ -201,3 +241,218 @@ def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     total = Selection.of(features, "train", "RI").samples
     assert len(a | b) >= total - 2 * 8  # the whole set, but for the last partial batch per rank
     assert (run / "eval" / "test.json").exists()
+    # every rank its own random stream (dropout), each saved in the checkpoint
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])
+    # validation sharded over the ranks gives what one process gives
+    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    model, cfg = load_model(run, "last")
+    from bast.model.evaluate import evaluate
+    from bast.model.losses import make_loss
+    from bast.model.runtime import Context
+    metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0),
+                          Context(torch.device("cpu"), None), make_loss(cfg.loss))
+    assert row["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    assert row["val_ad_deg"] == pytest.approx(metrics["ad_deg"], rel=1e-5)
+    assert row["val_mse"] == pytest.approx(metrics["mse"], rel=1e-5)
+    # a DDP run resumed from its checkpoint (each rank its own RNG state) ends where the whole run did
+    part = tmp_path / "part"
+    torchrun(features, part, *DDP_ARGS, "--epochs", "1", port=29518)
+    torchrun(features, part, "--resume", "--epochs", "2", port=29519)
+    resumed = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert resumed["epoch"] == 2
+    for k in ckpt["model"]:
+        assert torch.equal(ckpt["model"][k], resumed["model"][k]), k
+
+
+# --------------------------------------------------------------------------- GPU readiness, shown on a CPU
+
+
+def test_device_selection_and_its_messages():
+    from bast.model.runtime import resolve_device
+
+    dev = lambda *a, **k: resolve_device(*a, **k)[0]  # noqa: E731
+    assert dev("cpu") == torch.device("cpu")
+    device, note = resolve_device("auto", cuda_available=False)
+    assert device == torch.device("cpu") and "CUDA is not available" in note  # said, not silent
+    assert dev("auto", 1, 2, True, 2) == torch.device("cuda", 1)
+    assert dev("cuda", 0, 1, True, 1) == torch.device("cuda", 0)  # an index, as set_device needs
+    assert dev("cuda", 3, 4, True, 4) == torch.device("cuda", 3)  # rank r: cuda:LOCAL_RANK
+    assert dev("cuda:1", 0, 1, True, 2) == torch.device("cuda", 1)
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device(spec, cuda_available=False)
+    with pytest.raises(ConfigError, match="all 2 ranks on one GPU"):
+        resolve_device("cuda:0", 0, 2, True, 2)  # torchrun: every rank on GPU 0
+    with pytest.raises(ConfigError, match="GPU 2 asked for, 2 visible"):
+        resolve_device("cuda:2", 0, 1, True, 2)
+    with pytest.raises(ConfigError, match="GPU 1 asked for, 1 visible"):
+        resolve_device("auto", 1, 2, True, 1)
+
+
+def test_deterministic_sets_the_cublas_workspace_on_cuda_only():
+    from bast.model.runtime import deterministic_env
+
+    env: dict = {}
+    deterministic_env("cpu", env)
+    assert env == {}
+    deterministic_env("cuda", env)
+    assert env == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env = {"CUBLAS_WORKSPACE_CONFIG": ":16:8"}
+    deterministic_env("cuda", env)
+    assert env["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's choice is kept
+
+
+def test_rng_state_per_rank_and_old_checkpoints_restore():
+    from bast.model.checkpoint import restore_rng, rng_state
+
+    cpu = torch.device("cpu")
+    states = []
+    for r in range(2):
+        torch.manual_seed(100 + r)
+        states.append(rng_state(cpu))
+    for r in range(2):
+        assert restore_rng({"rng": states}, r, cpu)
+        assert torch.equal(torch.get_rng_state(), states[r]["cpu"])
+    assert not restore_rng({"rng": states}, 2, cpu)  # more ranks than the run had: the caller seeds
+    # a checkpoint of before: rank 0's state and every GPU's, of more GPUs than are here
+    old = {"rng": states[1]["cpu"], "cuda_rng": [torch.zeros(16, dtype=torch.uint8)] * 8}
+    assert restore_rng(old, 0, cpu) and torch.equal(torch.get_rng_state(), states[1]["cpu"])
+    assert not restore_rng(old, 1, cpu)
+
+
+def test_evaluation_is_float32_whatever_the_training_precision(features):
+    from bast.model.bast import BAST
+    from bast.model.evaluate import evaluate
+    from bast.model.runtime import Context
+
+    torch.manual_seed(0)
+    model = BAST(BASTConfig(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0))
+    flags = []
+    model.register_forward_hook(lambda *_: flags.append((torch.is_autocast_enabled("cpu"),
+                                                         torch.backends.cuda.matmul.allow_tf32)))
+    data = EvalData(Selection.of(features, "val", "RI"), 64, "cpu", 1.0)
+    bf16, table16 = evaluate(model, data, Context(torch.device("cpu"), torch.bfloat16))
+    fp32, table32 = evaluate(model, data, Context(torch.device("cpu"), None))
+    assert np.array_equal(table16["pred_x"], table32["pred_x"]) and bf16 == fp32
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # even inside a caller's autocast
+            evaluate(model, data, Context(torch.device("cpu"), None))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert not any(autocast or tf32 for autocast, tf32 in flags)
+
+
+def test_sharded_evaluation_equals_one_process(features):
+    from bast.model.bast import BAST
+    from bast.model.evaluate import merge_shards, predict, table_metrics
+    from bast.model.losses import make_loss
+
+    torch.manual_seed(0)
+    model = BAST(BASTConfig(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0))
+    sel = Selection.of(features, "val", "RI")
+    whole = predict(model, EvalData(sel, 64, "cpu", 1.0))
+    for world in (2, 3):
+        parts = [predict(model, EvalData(sel, 64, "cpu", 1.0, rank=r, world=world)) for r in range(world)]
+        merged = merge_shards(parts, sel.shards, world)
+        for k in whole:
+            assert np.array_equal(merged[k], whole[k]), k
+        assert table_metrics(merged, make_loss("mix")) == table_metrics(whole, make_loss("mix"))
+
+
+def test_the_training_step_does_not_sync_with_the_host(monkeypatch):
+    from bast.model.bast import BAST
+    from bast.model.losses import make_loss
+    from bast.model.runtime import Context
+    from bast.model.train import NonFiniteGuard, make_optimizer, train_step
+
+    cfg = preset("tiny", **SMALL)
+    torch.manual_seed(0)
+    model = BAST(cfg.model)
+    assert not make_optimizer(model, cfg).defaults.get("fused")  # fused Adam is for parameters on a GPU
+    # Adam keeps its step count in a CPU tensor and reads it with .item() (no device sync);
+    # plain SGD reads nothing, so any read below would be the loop's own.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ctx = Context(torch.device("cpu"), None)
+    guard = NonFiniteGuard(ctx.device, every=3)
+    x, y = torch.randn(4, 2, 129, 61), azimuth_to_vector(torch.tensor([0.0, 90.0, 180.0, 270.0]))
+
+    def no_sync(*_):
+        raise AssertionError("a host sync in the training step")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    for step in range(2):
+        train_step(model, optimizer, x, y, make_loss("mix"), ctx, 1e-3, guard, step)
+    train_step(model, optimizer, x * float("nan"), y, make_loss("mix"), ctx, 1e-3, guard, 2)  # no raise here
+    train_step(model, optimizer, x, y, make_loss("mix"), ctx, 1e-3, guard, 3)
+    monkeypatch.undo()
+    assert [guard.due(s) for s in (1, 2, 3, 6)] == [False, False, True, True]
+    with pytest.raises(TrainingError, match=r"loss became nan .* step 2; last.pt holds"):
+        guard.check(ctx, 0, Path("last.pt"))  # the first bad step, not the last
+    fresh = NonFiniteGuard(ctx.device)
+    fresh.update(torch.tensor(1.0), 0)
+    fresh.check(ctx, 0, Path("last.pt"))  # finite: nothing
+
+
+def test_resident_loader_holds_one_copy_while_loading(features):
+    import tracemalloc
+
+    sel = Selection.of(features, "train", "RI")
+    largest_shard = max(s["samples"] for s in sel.shards) * 2 * 129 * 61 * 2
+    tracemalloc.start()
+    try:
+        data = ResidentData(sel, 16, "cpu", seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # numpy's allocations: the shard being read and its selected rows, never the whole split
+    # (data.share_bytes) once more beside the loader's own array
+    assert data.share_bytes > 4 * largest_shard
+    assert peak < 2.5 * largest_shard, (peak, largest_shard, data.share_bytes)
+
+
+def test_training_says_where_and_how_it_runs(features, tmp_path):
+    from bast.model.data import make_data
+    from bast.model.runtime import Context, describe
+
+    cfg = preset("tiny", **SMALL)
+    sel = Selection.of(features, "train", "RI")
+    ctx = Context(torch.device("cpu"), None, device_note="--device auto: CUDA is not available")
+    text = describe(ctx, cfg, make_data(sel, 16, "cpu", 0, 1.0), 16)
+    assert "device: cpu; --device auto: CUDA is not available" in text
+    assert "precision: float32; evaluation in float32" in text
+    assert "loader: resident" in text and "batch: 16 per rank" in text
+    streaming = make_data(sel, 16, "cpu", 0, 1e-4)
+    assert isinstance(streaming, StreamingData)
+    text = describe(Context(torch.device("cpu"), torch.bfloat16), cfg, streaming, 16)
+    assert "bfloat16 autocast" in text and "loader: streaming" in text and "exceeds --memory-budget-gb" in text
+    lines = []
+    train(features, tmp_path / "run", preset("tiny", epochs=1, max_minutes=None, **SMALL), on_info=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("device: cpu") and "loader: resident" in lines[0]
+
+
+def _bench():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_knows_gpu_peaks_and_projects_a_paper_run():
+    bench = _bench()
+    peaks = {"NVIDIA H100 80GB HBM3": 989, "NVIDIA H100 PCIe": 756, "NVIDIA H100 NVL": 835, "NVIDIA H200": 989,
+             "NVIDIA H200 NVL": 835, "NVIDIA A100-SXM4-80GB": 312, "NVIDIA A100 80GB PCIe": 312,
+             "NVIDIA L40S": 362, "NVIDIA GeForce RTX 4090": 165, "Tesla T4": None}
+    for name, peak in peaks.items():
+        assert bench.peak_bf16_tflops(name) == peak, name
+    assert bench.PAPER_TRAIN_SAMPLES == 248_400
+    assert bench.projected_hours(248_400 * 50 / 3600) == pytest.approx(1.0)
+    assert bench.projected_hours(1000, epochs=1, train_samples=3_600_000) == pytest.approx(1.0)
+    assert bench.mfu(65e9, 1000, 989) == pytest.approx(65e12 / 989e12)
+    assert bench.mfu(65e9, 1000, None) is None

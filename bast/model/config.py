@@ -4,16 +4,27 @@ by name (docs/train.md lists every setting)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
+from bast.conventions import parse_environments
 from bast.errors import ConfigError
 from bast.model.bast import BASTConfig
+
+LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
+SCHEDULES = ("constant", "cosine")
+AMP_MODES = ("auto", "bf16", "none")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
 class TrainConfig:
+    """Every training setting. `model` is a `BASTConfig`; `to_dict` writes it as a plain dict
+    (config.json, checkpoints) and a dict is accepted in its place (old checkpoints).
+    A wrong name, type or value raises ConfigError naming the setting."""
+
     preset: str = "tiny"
-    model: dict = field(default_factory=dict)  # BASTConfig fields
+    model: BASTConfig = field(default_factory=BASTConfig)
     loss: str = "mix"  # mse | ad | mix (hybrid)
     mix_weight: float = 1.0  # weight of the AD term in mix
     lr: float = 1e-3
@@ -34,12 +45,78 @@ class TrainConfig:
     memory_budget_gb: float = 8.0  # selected samples up to this stay resident on the device
     eval_batch_size: int = 256
 
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            _check_types(BASTConfig, self.model, "model setting ")
+            self.model = BASTConfig.from_dict(self.model)
+        elif not isinstance(self.model, BASTConfig):
+            raise ConfigError(f"model must be a BASTConfig or a dict, not {type(self.model).__name__}")
+        _check_types(TrainConfig, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                                   if f.name != "model"})
+        if self.loss.lower() not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        for name in ("train_env", "test_env"):
+            try:
+                parse_environments(getattr(self, name))
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        positive = ("lr", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in ("mix_weight", "warmup_steps", "weight_decay", "epochs", "memory_budget_gb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio!r}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"max_minutes must be positive, not {self.max_minutes!r}")
+
     def to_dict(self) -> dict:
+        """Plain JSON types; `model` as a dict (what config.json and checkpoints hold)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}})
+        """From `to_dict` or a run's config.json (its extra keys, such as features_dir, are
+        not settings and are skipped); `model` may be a dict."""
+        d = {k: v for k, v in d.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        # config.json of older runs wrote the resolved device and autocast dtype over the
+        # settings: "torch.bfloat16" / "None" for amp
+        if d.get("amp") in _RESOLVED_AMP:
+            d["amp"] = _RESOLVED_AMP[d["amp"]]
+        return cls(**d)
+
+
+_RESOLVED_AMP = {"torch.bfloat16": "bf16", "None": "none"}
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(cls, values: dict, prefix: str = "") -> None:
+    """Refuse a value of the wrong type by the setting's name (e.g. --set lr=abc)."""
+    hints = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is None:  # unknown names are refused elsewhere (BASTConfig.from_dict, preset)
+            continue
+        optional = hint.endswith("| None")
+        base = hint.split("|")[0].strip()
+        if value is None and optional:
+            continue
+        allowed = _TYPES.get(base)
+        if allowed is None:
+            continue
+        if not isinstance(value, allowed) or (base != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"{prefix}{name} must be {'an' if base == 'int' else 'a'} {base}"
+                              f"{' or null' if optional else ''}, not {value!r}")
 
 
 PRESETS: dict[str, dict] = {
@@ -73,9 +150,7 @@ def preset(name: str, **overrides) -> TrainConfig:
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    cfg = TrainConfig(**{**base, **overrides, "model": model})
-    BASTConfig(**cfg.model)  # fail early on a bad model field
-    return cfg
+    return TrainConfig(**{**base, **overrides, "model": model})
 
 
 # What a resumed run may change: how long it runs, and where (not what it learns from).

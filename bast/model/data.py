@@ -182,17 +182,22 @@ class ResidentData:
         # holds only its share, read shard by shard.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
         share = order[rank::world].sort().values.numpy()
-        specs, azimuths, start = [], [], 0
+        # One preallocated array on the device, filled shard by shard: the host holds one
+        # shard at a time, never a second copy of the split (no list of parts concatenated).
+        self.spec = torch.empty((len(share), *SPEC_SHAPE), dtype=torch.float16, device=device)
+        self.azimuth = torch.empty(len(share), dtype=torch.float32, device=device)
+        start, filled = 0, 0
         for s in sel.shards:
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
                 part = read_shard(sel.root / s["path"])
-                specs.append(part["spec"][rows])
-                azimuths.append(part["azimuth_deg"][rows])
+                self.spec[filled:filled + rows.size] = torch.from_numpy(part["spec"][rows])
+                self.azimuth[filled:filled + rows.size] = torch.from_numpy(part["azimuth_deg"][rows])
+                filled += rows.size
+                del part
             start += s["samples"]
         self.indices = torch.from_numpy(share).to(device)  # sample numbers, for coverage checks
-        self.spec = torch.from_numpy(np.concatenate(specs)).to(device)
-        self.azimuth = torch.from_numpy(np.concatenate(azimuths)).to(device)
+        self.resident, self.share_bytes = True, len(share) * SAMPLE_BYTES
         self.batch_size, self.device, self.seed, self.drop_last = batch_size, torch.device(device), seed, drop_last
         self.rank, self.world = rank, world
         per_rank = n // world  # every rank makes the same number of steps
@@ -237,6 +242,14 @@ class StreamingData:
                                   dtype=torch.float16, pin_memory=pin)
         self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
         self.index_buffer = torch.empty(self.buffer.shape[0], dtype=torch.int64)
+        # A batch is gathered (index_select) into a pinned staging buffer, the source of an
+        # asynchronous copy to the GPU; two of them alternate, and a buffer is refilled only
+        # once its previous copy has finished (a CUDA event), so the copy of batch k+1
+        # overlaps the compute of batch k without being overwritten in flight.
+        self.staging = [(torch.empty((batch_size, *SPEC_SHAPE), dtype=torch.float16, pin_memory=pin),
+                         torch.empty(batch_size, dtype=torch.float32, pin_memory=pin)) for _ in range(2)]
+        self.copied = [None, None]  # CUDA events of the staging buffers' last copies
+        self.resident, self.share_bytes = False, sel.samples // world * SAMPLE_BYTES
 
     def __len__(self) -> int:
         return self.steps
@@ -291,7 +304,7 @@ class StreamingData:
                 # Draw a batch at random from the window, then fill its slots with the window's
                 # last samples (at most one batch of copying, not the whole window).
                 pick = rng.choice(fill, self.batch_size, replace=False)
-                x, y = _batch(self.buffer[pick], self.az_buffer[pick], self.device)
+                x, y = self._gather(torch.from_numpy(pick), steps % 2)
                 index = self.index_buffer[pick].clone()
                 fill -= self.batch_size
                 holes = pick[pick < fill]
@@ -303,6 +316,19 @@ class StreamingData:
                 yield x, y, index
         finally:  # an epoch cut short (NaN stop, error) must not leave the reader blocked
             stop.set()
+
+
+    def _gather(self, pick: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        spec, az = self.staging[slot]
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # its copy of two batches ago has finished
+        torch.index_select(self.buffer, 0, pick, out=spec)
+        torch.index_select(self.az_buffer, 0, pick, out=az)
+        x, y = _batch(spec, az, self.device)
+        if self.device.type == "cuda":
+            self.copied[slot] = torch.cuda.Event()
+            self.copied[slot].record()
+        return x, y
 
 
 def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
@@ -327,24 +353,30 @@ def make_data(sel: Selection, batch_size: int, device, seed: int, memory_budget_
 class EvalData:
     """A split in its stored order, for validation and test: resident on the device when
     it fits the budget (validation runs every epoch), else read shard by shard. Labels
-    stay on the host for the predictions table."""
+    stay on the host for the predictions table. Batches never cross a shard, so a sample
+    meets the same batch whether one process evaluates or several share the shards
+    (rank r of w takes shards r, r + w, ...)."""
 
-    def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float):
+    def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float, rank: int = 0,
+                 world: int = 1):
         self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
-        self.resident = sel.samples * SAMPLE_BYTES <= memory_budget_gb * 1e9
-        self.labels = None
-        if self.resident:
-            data = read_selection(sel)
-            self.spec = torch.from_numpy(data.pop("spec")).to(self.device)
-            self.labels = data
+        self.rank, self.world = rank, world
+        self.shards = sel.shards[rank::world]
+        self.resident = sum(s["samples"] for s in self.shards) * SAMPLE_BYTES <= memory_budget_gb * 1e9
+        self.parts = None
+        if self.resident:  # one shard at a time to the device: no host copy of the whole split
+            self.parts = []
+            for s in self.shards:
+                d = read_shard(sel.root / s["path"])
+                self.parts.append((torch.from_numpy(d.pop("spec")).to(self.device), d))
 
     def __len__(self) -> int:
-        return self.sel.samples
+        return sum(s["samples"] for s in self.shards)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """(x, target, labels of the batch as numpy arrays)."""
-        parts = [(self.spec, self.labels)] if self.resident else (
-            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"]) for s in self.sel.shards))
+        parts = self.parts if self.resident else (
+            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"]) for s in self.shards))
         for spec, labels in parts:
             az = torch.from_numpy(labels["azimuth_deg"])
             for i in range(0, len(az), self.batch_size):

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.conventions import canonical_env as _canonical_env
@@ -39,7 +40,7 @@ from bast.model import losses
 from bast.model.checkpoint import load_model
 from bast.model.config import TrainConfig
 from bast.model.data import EvalData, Selection, read_extra_labels
-from bast.model.runtime import Context, autocast
+from bast.model.runtime import Context, full_precision, resolve_device
 
 STR_FIELDS = ("clip_id", "category", "env")
 FLOAT_FIELDS = ("azimuth_deg", "pred_x", "pred_y", "ad_deg", "sq_err")
@@ -279,34 +280,63 @@ def summary(pred: dict) -> dict:
 
 # ----------------------------------------------------------------------------- a model on a split
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Callable | None = None) -> tuple[dict, dict]:
-    """AD and MSE (docs/conventions.md) on a split, overall and per environment, and the
-    per-sample table."""
+def predict(model: torch.nn.Module, data: EvalData) -> dict[str, np.ndarray]:
+    """The per-sample table of `model` on `data` (this rank's shards), in float32: no
+    autocast and no TF32, whatever the training precision, so that the final test, a
+    validation and `bast-cli report` give the same numbers for the same checkpoint (bf16
+    would round every prediction to 8 bits of mantissa)."""
     model.eval()
-    rows: dict[str, list] = {k: [] for k in ("clip_id", "category", "env", "azimuth_deg", "pred_x", "pred_y",
-                                             "ad_deg", "sq_err")}
-    loss_sums = []
-    for x, y, labels in data.batches():
-        with autocast(ctx):
+    rows: dict[str, list] = {k: [] for k in FIELDS}
+    device_type = torch.device(data.device).type
+    with full_precision(), torch.autocast(device_type, enabled=False):
+        for x, y, labels in data.batches():
             pred = model(x).float()
-        if loss_fn is not None:
-            loss_sums.append(float(loss_fn(pred, y)) * len(y))
-        ad, se = losses.angular_distance_deg(pred, y).cpu().numpy(), losses.squared_error(pred, y).cpu().numpy()
-        p = pred.cpu().numpy()
-        for k in ("clip_id", "category", "env", "azimuth_deg"):
-            rows[k].append(labels[k])
-        rows["pred_x"].append(p[:, 0])
-        rows["pred_y"].append(p[:, 1])
-        rows["ad_deg"].append(ad)
-        rows["sq_err"].append(se)
-    table = {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+            ad, se = losses.angular_distance_deg(pred, y).cpu().numpy(), losses.squared_error(pred, y).cpu().numpy()
+            p = pred.cpu().numpy()
+            for k in ("clip_id", "category", "env", "azimuth_deg"):
+                rows[k].append(labels[k])
+            rows["pred_x"].append(p[:, 0])
+            rows["pred_y"].append(p[:, 1])
+            rows["ad_deg"].append(ad)
+            rows["sq_err"].append(se)
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in rows.items()}
+
+
+def merge_shards(tables: list[dict], shards, world: int) -> dict[str, np.ndarray]:
+    """The tables of `world` ranks, rank r having evaluated shards r, r + w, ... in order,
+    joined back into the split's stored order."""
+    cursors, pieces = [0] * world, []
+    for i, s in enumerate(shards):
+        r, n = i % world, s["samples"]
+        pieces.append({k: v[cursors[r]:cursors[r] + n] for k, v in tables[r].items()})
+        cursors[r] += n
+    return {k: np.concatenate([p[k] for p in pieces]) if pieces else np.zeros(0) for k in FIELDS}
+
+
+def table_metrics(table: dict, loss_fn: Callable | None = None) -> dict:
+    """n, AD and MSE (and the loss, over the whole table at once) overall and per environment."""
     n = len(table["ad_deg"])
     metrics = {"n": n, "ad_deg": float(table["ad_deg"].mean()) if n else float("nan"),
                "mse": float(table["sq_err"].mean()) if n else float("nan")}
     if loss_fn is not None and n:
-        metrics["loss"] = sum(loss_sums) / n
+        pred = torch.from_numpy(np.stack([table["pred_x"], table["pred_y"]], axis=1).astype(np.float32))
+        target = losses.azimuth_to_vector(torch.from_numpy(np.asarray(table["azimuth_deg"], dtype=np.float32)))
+        metrics["loss"] = float(loss_fn(pred, target))
     metrics["by_env"] = by_env(table)
-    return metrics, table
+    return metrics
+
+
+def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Callable | None = None) -> tuple[dict, dict]:
+    """AD and MSE (docs/conventions.md) on a split, overall and per environment, and the
+    per-sample table; float32 (see `predict`). With several ranks each evaluates its
+    shards (`EvalData(..., rank, world)`) and every rank gets the whole split's result,
+    the same as one process's."""
+    table = predict(model, data)
+    if data.world > 1:
+        gathered: list = [None] * data.world
+        dist.all_gather_object(gathered, table)
+        table = merge_shards(gathered, data.sel.shards, data.world)
+    return table_metrics(table, loss_fn), table
 
 
 def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Context) -> dict:
@@ -548,9 +578,11 @@ def _checkpoint_epoch(run_dir: Path):
 
 
 def _resolve_device(device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """One process's device for evaluation or localization (auto: a GPU when there is one);
+    the same rules and messages as training's --device."""
+    dev, _ = resolve_device(str(device), cuda_available=torch.cuda.is_available(),
+                            device_count=torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return dev
 
 
 def _extra_labels(root: Path, shards) -> dict[str, np.ndarray]:
