@@ -220,6 +220,8 @@ def train(
     features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
+    model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
+    phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="mse, ad (angular distance) or mix (hybrid).")] = None,
     integration: Annotated[Optional[str], typer.Option(help="How TE-C joins the ears: add, sub or concat.")] = None,
     shared: Annotated[Optional[bool], typer.Option("--shared/--no-shared", help="BAST-SP (one encoder for both ears) or BAST-NSP.")] = None,
@@ -246,7 +248,7 @@ def train(
     from bast.model.config import preset as make_preset
     from bast.model.train import train as run
 
-    given = {"loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+    given = {"arch": model, "phase": phase, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
              "amp": amp, "compile": compile, "deterministic": deterministic}

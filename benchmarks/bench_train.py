@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from bast.model.bast import BAST, count_parameters
+from bast.model.bast import count_parameters
+from bast.model.registry import build_model
 from bast.model.data import Selection, make_data
 from bast.model.losses import make_loss
 from bast.model.runtime import resolve_device
@@ -103,7 +104,7 @@ def main() -> None:
         it.close()
         # The loop's training step.
         torch.manual_seed(0)
-        model = BAST(cfg.model).to(device)
+        model = build_model(cfg.arch, cfg.model).to(device)
         net = torch.compile(model) if args.compile else model
         optimizer = make_optimizer(model, cfg)
         loss_fn = make_loss(cfg.loss, cfg.mix_weight)

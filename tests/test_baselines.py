@@ -62,3 +62,52 @@ def test_unknown_or_bad_settings_are_refused_by_name():
         CNNConfig(dropout=1.5)
     with pytest.raises(ConfigError, match="divisible"):
         ASTConfig(dim=30, heads=4)
+
+
+@pytest.fixture(scope="module")
+def phase_features(small_features):
+    """The shared small Stage 1 output featurized once more, with the interaural phase."""
+    from bast.pipeline.featurize import featurize
+
+    out = small_features.parent / "s2-phase"
+    if not (out / "manifest.json").exists():
+        featurize(small_features.parent / "s1", out, phase=True)
+    return out
+
+
+def test_baselines_and_phase_train_evaluate_and_report(small_features, phase_features, tmp_path):
+    """train --model NAME [--phase] shares the loop, checkpoints, final test and report with
+    BAST; a phase model on data without phase is refused by name."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    runner = CliRunner()
+    common = ["--epochs", "2", "--set", "warmup_steps=5", "--device", "cpu"]
+    result = runner.invoke(app, ["train", str(small_features), "--out", str(tmp_path / "nophase"), "--model", "mlp",
+                                 "--phase", *common])
+    assert result.exit_code == 1 and "no interaural phase" in result.output and "Traceback" not in result.output
+    runs = []
+    for model, phase in (("mlp", True), ("cnn", False), ("ast", True), ("bast", True)):
+        run = tmp_path / f"{model}{'-phase' if phase else ''}"
+        args = ["train", str(phase_features if phase else small_features), "--out", str(run), "--model", model,
+                *(["--phase"] if phase else []), *common, *(["--set", "filters=8", "--set", "hidden=32"]
+                                                            if model == "cnn" else [])]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        config = json.loads((run / "config.json").read_text())
+        assert config["arch"] == model and config["model"]["phase"] is phase
+        test = json.loads((run / "eval" / "test.json").read_text())
+        assert test["n"] > 0 and 0 <= test["ad_deg"] <= 180
+        runs.append(run)
+    result = runner.invoke(app, ["report", *map(str, runs), "--out", str(tmp_path / "report"),
+                                 "--rollout-samples", "1"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "Models side by side" in page and "MLP-MIX+phase" in page and "CNN-MIX" in page and "AST-MIX+phase" in page
+    models = (tmp_path / "report" / "models.csv").read_text().splitlines()
+    assert len(models) == 1 + 4 and (tmp_path / "report" / "figures" / "accuracy_vs_time.png").exists()
+    # BAST with phase: its rollout folds back onto the (power) spectrograms.
+    assert (tmp_path / "report" / "figures" / "rollout_0.png").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bast import __version__
-from bast.model.bast import BAST
+from bast.model.registry import build_model
 from bast.model.config import TrainConfig
 
 
@@ -69,7 +69,7 @@ def load_model(run_dir, which: str = "best", device="cpu") -> tuple[BAST, TrainC
     """The trained model of a run directory, in eval mode, and its training config."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt", map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    model = BAST(cfg.model).to(device)
+    model = build_model(cfg.arch, cfg.model).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from bast.conventions import parse_environments
 from bast.errors import ConfigError
 from bast.model.bast import BASTConfig
+from bast.model.registry import BASELINE_PRESETS, MODELS, model_config
 
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
 SCHEDULES = ("constant", "cosine")
@@ -19,12 +20,15 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass
 class TrainConfig:
-    """Every training setting. `model` is a `BASTConfig`; `to_dict` writes it as a plain dict
-    (config.json, checkpoints) and a dict is accepted in its place (old checkpoints).
-    A wrong name, type or value raises ConfigError naming the setting."""
+    """Every training setting. `arch` names the model (bast, mlp, cnn, ast: see
+    bast/model/registry.py) and `model` is its typed config (a `BASTConfig` for bast);
+    `to_dict` writes it as a plain dict (config.json, checkpoints) and a dict is accepted in
+    its place (old checkpoints). A wrong name, type or value raises ConfigError naming the
+    setting."""
 
     preset: str = "tiny"
-    model: BASTConfig = field(default_factory=BASTConfig)
+    model: BASTConfig = field(default_factory=BASTConfig)  # or the config of `arch`
+    arch: str = "bast"
     loss: str = "mix"  # mse | ad | mix (hybrid)
     mix_weight: float = 1.0  # weight of the AD term in mix
     lr: float = 1e-3
@@ -46,11 +50,15 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self):
+        if self.arch not in MODELS:
+            raise ConfigError(f"unknown model {self.arch!r}; choose from {', '.join(MODELS)}")
+        kind = MODELS[self.arch][0]
         if isinstance(self.model, dict):
-            _check_types(BASTConfig, self.model, "model setting ")
-            self.model = BASTConfig.from_dict(self.model)
-        elif not isinstance(self.model, BASTConfig):
-            raise ConfigError(f"model must be a BASTConfig or a dict, not {type(self.model).__name__}")
+            _check_types(kind, self.model, "model setting ")
+            self.model = model_config(self.arch, self.model)
+        elif not isinstance(self.model, kind):
+            raise ConfigError(f"model must be a {kind.__name__} or a dict for --model {self.arch}, "
+                              f"not {type(self.model).__name__}")
         _check_types(TrainConfig, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                                    if f.name != "model"})
         if self.loss.lower() not in LOSSES:
@@ -138,12 +146,19 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, **overrides) -> TrainConfig:
-    """A preset with any field overridden; model fields may be given at the top level."""
+    """A preset of the model `arch` (default bast) with any field overridden; model fields
+    may be given at the top level. A baseline's preset takes BAST's training settings of
+    the same name, then its own (bast/model/registry.py)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    arch = overrides.get("arch", "bast")
+    if arch not in MODELS:
+        raise ConfigError(f"unknown model {arch!r}; choose from {', '.join(MODELS)}")
     base = dict(PRESETS[name], preset=name)
+    if arch != "bast":
+        base.update(BASELINE_PRESETS[arch][name])
     model = dict(base.pop("model"))
-    model_fields = {f.name for f in dataclasses.fields(BASTConfig)}
+    model_fields = {f.name for f in dataclasses.fields(MODELS[arch][0])}
     for key in list(overrides):
         if key in model_fields:
             model[key] = overrides.pop(key)

@@ -34,7 +34,7 @@ from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import DataError, MissingError
 from bast.model.losses import azimuth_to_vector
 
-SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16
+SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (twice that with the phase)
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,24 @@ class Selection:
 
     root: Path
     shards: tuple[dict, ...]
+    # Also the interaural phase: samples are then (4, F, T) = (power L, power R, cos, sin).
+    phase: bool = False
 
     @property
     def samples(self) -> int:
         return sum(s["samples"] for s in self.shards)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One sample as the loaders deliver it: (channels, frequencies, frames)."""
+        return (4 if self.phase else 2, *SPEC_SHAPE[1:])
+
+    @property
+    def sample_bytes(self) -> int:
+        return SAMPLE_BYTES * self.shape[0] // SPEC_SHAPE[0]
+
     @classmethod
-    def of(cls, features_dir, split: str, envs="RI") -> "Selection":
+    def of(cls, features_dir, split: str, envs="RI", phase: bool = False) -> "Selection":
         root = Path(features_dir)
         manifest_path = root / "manifest.json"
         if not manifest_path.exists():
@@ -57,9 +68,12 @@ class Selection:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("stage") != "featurize":
             raise DataError(f"{manifest_path}: stage {manifest.get('stage')!r}; training reads featurize output")
+        if phase and not manifest.get("params", {}).get("phase"):
+            raise DataError(f"{root} holds no interaural phase, which this model reads; featurize with it: "
+                            f"bast-cli featurize {manifest.get('params', {}).get('stage1', 'STAGE1')} OUT --phase")
         wanted = parse_environments(envs)
         shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
-        return cls(root, shards)
+        return cls(root, shards, phase)
 
     def verify(self) -> "Selection":
         """Check every shard of the selection against the manifest's sha256 (each file once
@@ -70,12 +84,16 @@ class Selection:
         return self
 
 
-def read_shard(path: Path) -> dict:
-    """One whole shard: spec (float16) and the labels the trainer and the report use.
+def read_shard(path: Path, phase: bool = False) -> dict:
+    """One whole shard: spec (float16) and the labels the trainer and the report use; with
+    `phase`, spec holds the phase's cos and sin as channels 2 and 3.
     An unreadable or corrupt shard is a DataError naming the file and how to recover."""
     try:
         with h5py.File(path, "r") as f:
-            out = {"spec": f["spec"][()].astype(np.float16, copy=False), "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
+            spec = f["spec"][()].astype(np.float16, copy=False)
+            if phase:
+                spec = np.concatenate([spec, f["phase"][()].astype(np.float16, copy=False)], axis=1)
+            out = {"spec": spec, "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
             names = json.loads(f.attrs["env_names"])
             out["env"] = np.asarray(names, dtype=object)[f["env"][()]]
             for k in ("clip_id", "category"):
@@ -151,9 +169,9 @@ def read_extra_labels(path: Path) -> dict[str, np.ndarray]:
 
 def read_selection(sel: Selection, rank: int = 0, world: int = 1) -> dict:
     """All samples of a selection (rank's share: every world-th shard) concatenated."""
-    parts = [read_shard(sel.root / s["path"]) for s in sel.shards[rank::world]]
+    parts = [read_shard(sel.root / s["path"], sel.phase) for s in sel.shards[rank::world]]
     if not parts:
-        return {"spec": np.zeros((0, *SPEC_SHAPE), np.float16), "azimuth_deg": np.zeros(0, np.float32),
+        return {"spec": np.zeros((0, *sel.shape), np.float16), "azimuth_deg": np.zeros(0, np.float32),
                 "env": np.zeros(0, object), "clip_id": np.zeros(0, object), "category": np.zeros(0, object)}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -167,8 +185,16 @@ def standardize(spec: torch.Tensor) -> torch.Tensor:
     return ((flat - mean) / std).reshape(spec.shape)
 
 
+def model_input(spec: torch.Tensor) -> torch.Tensor:
+    """What a model reads, float32: the log power (channels 0, 1) standardised per sample;
+    the phase's cos and sin (channels 2, 3, when present) as they are, already in [-1, 1]."""
+    if spec.shape[1] == SPEC_SHAPE[0]:
+        return standardize(spec)
+    return torch.cat([standardize(spec[:, :SPEC_SHAPE[0]]), spec[:, SPEC_SHAPE[0]:].float()], dim=1)
+
+
 def _batch(spec16: torch.Tensor, az: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = standardize(spec16.to(device, non_blocking=True))
+    x = model_input(spec16.to(device, non_blocking=True))
     return x, azimuth_to_vector(az.to(device, non_blocking=True))
 
 
@@ -184,20 +210,20 @@ class ResidentData:
         share = order[rank::world].sort().values.numpy()
         # One preallocated array on the device, filled shard by shard: the host holds one
         # shard at a time, never a second copy of the split (no list of parts concatenated).
-        self.spec = torch.empty((len(share), *SPEC_SHAPE), dtype=torch.float16, device=device)
+        self.spec = torch.empty((len(share), *sel.shape), dtype=torch.float16, device=device)
         self.azimuth = torch.empty(len(share), dtype=torch.float32, device=device)
         start, filled = 0, 0
         for s in sel.shards:
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
-                part = read_shard(sel.root / s["path"])
+                part = read_shard(sel.root / s["path"], sel.phase)
                 self.spec[filled:filled + rows.size] = torch.from_numpy(part["spec"][rows])
                 self.azimuth[filled:filled + rows.size] = torch.from_numpy(part["azimuth_deg"][rows])
                 filled += rows.size
                 del part
             start += s["samples"]
         self.indices = torch.from_numpy(share).to(device)  # sample numbers, for coverage checks
-        self.resident, self.share_bytes = True, len(share) * SAMPLE_BYTES
+        self.resident, self.share_bytes = True, len(share) * sel.sample_bytes
         self.batch_size, self.device, self.seed, self.drop_last = batch_size, torch.device(device), seed, drop_last
         self.rank, self.world = rank, world
         per_rank = n // world  # every rank makes the same number of steps
@@ -238,7 +264,7 @@ class StreamingData:
         self.offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])  # first sample number of each shard
         self.steps = sel.samples // world // batch_size
         pin = self.device.type == "cuda"
-        self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), *SPEC_SHAPE),
+        self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), *sel.shape),
                                   dtype=torch.float16, pin_memory=pin)
         self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
         self.index_buffer = torch.empty(self.buffer.shape[0], dtype=torch.int64)
@@ -246,10 +272,10 @@ class StreamingData:
         # asynchronous copy to the GPU; two of them alternate, and a buffer is refilled only
         # once its previous copy has finished (a CUDA event), so the copy of batch k+1
         # overlaps the compute of batch k without being overwritten in flight.
-        self.staging = [(torch.empty((batch_size, *SPEC_SHAPE), dtype=torch.float16, pin_memory=pin),
+        self.staging = [(torch.empty((batch_size, *sel.shape), dtype=torch.float16, pin_memory=pin),
                          torch.empty(batch_size, dtype=torch.float32, pin_memory=pin)) for _ in range(2)]
         self.copied = [None, None]  # CUDA events of the staging buffers' last copies
-        self.resident, self.share_bytes = False, sel.samples // world * SAMPLE_BYTES
+        self.resident, self.share_bytes = False, sel.samples // world * sel.sample_bytes
 
     def __len__(self) -> int:
         return self.steps
@@ -266,7 +292,7 @@ class StreamingData:
             delivered = 0
             while delivered < needed:
                 for i in order:
-                    part = read_shard(self.sel.root / self.sel.shards[i]["path"])
+                    part = read_shard(self.sel.root / self.sel.shards[i]["path"], self.sel.phase)
                     part["index"] = np.arange(self.offsets[i], self.offsets[i + 1])
                     if not _put(out, part, stop):
                         return
@@ -345,7 +371,7 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
 def make_data(sel: Selection, batch_size: int, device, seed: int, memory_budget_gb: float, rank: int = 0,
               world: int = 1):
     """Resident when the rank's share fits the budget, else streaming."""
-    if sel.samples / world * SAMPLE_BYTES <= memory_budget_gb * 1e9:
+    if sel.samples / world * sel.sample_bytes <= memory_budget_gb * 1e9:
         return ResidentData(sel, batch_size, device, seed, rank, world)
     return StreamingData(sel, batch_size, device, seed, rank, world)
 
@@ -362,12 +388,12 @@ class EvalData:
         self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
         self.rank, self.world = rank, world
         self.shards = sel.shards[rank::world]
-        self.resident = sum(s["samples"] for s in self.shards) * SAMPLE_BYTES <= memory_budget_gb * 1e9
+        self.resident = sum(s["samples"] for s in self.shards) * sel.sample_bytes <= memory_budget_gb * 1e9
         self.parts = None
         if self.resident:  # one shard at a time to the device: no host copy of the whole split
             self.parts = []
             for s in self.shards:
-                d = read_shard(sel.root / s["path"])
+                d = read_shard(sel.root / s["path"], sel.phase)
                 self.parts.append((torch.from_numpy(d.pop("spec")).to(self.device), d))
 
     def __len__(self) -> int:
@@ -376,7 +402,8 @@ class EvalData:
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """(x, target, labels of the batch as numpy arrays)."""
         parts = self.parts if self.resident else (
-            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"]) for s in self.shards))
+            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.phase)
+                                                          for s in self.shards))
         for spec, labels in parts:
             az = torch.from_numpy(labels["azimuth_deg"])
             for i in range(0, len(az), self.batch_size):

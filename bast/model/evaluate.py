@@ -510,9 +510,12 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
         raise DataError(f"{features_dir}: no {split} samples" + (f" in {', '.join(env_list)}" if env_list else "")
                         + f" (it holds {', '.join(f'{k} {v}' for k, v in have.items()) or 'none'}); "
                         "choose another --split or --env")
-    sel = Selection(features_dir, shards).verify()
     dev = _resolve_device(device)
     model, cfg = load_model(run_dir, "best", dev)
+    if cfg.model.phase and not manifest.get("params", {}).get("phase"):
+        raise DataError(f"{features_dir} holds no interaural phase, which {run_dir} reads; featurize it with "
+                        "--phase")
+    sel = Selection(features_dir, shards, cfg.model.phase).verify()
     ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
     data = EvalData(sel, cfg.eval_batch_size, dev, cfg.memory_budget_gb)
     _, table = evaluate(model, data, ctx)

@@ -31,7 +31,7 @@ import torch
 from bast.conventions import CLIP_SAMPLES, FS
 from bast.errors import ConfigError, DataError
 from bast.fileio import atomic_write_text
-from bast.model.data import standardize
+from bast.model.data import model_input
 
 WINDOW_MS = 1000.0 * CLIP_SAMPLES / FS  # 500 ms: what the model reads
 SILENCE_DBFS = -60.0
@@ -137,13 +137,18 @@ def check_window_ms(window_ms: float) -> None:
 @torch.no_grad()
 def predict_windows(model: torch.nn.Module, windows: np.ndarray, device, batch: int = 256) -> np.ndarray:
     """Model output (x, y) of each binaural window (W, 2, 8000) at 16 kHz, float32."""
-    from bast.pipeline.features import spectrogram_db
+    from bast.pipeline.features import spectrogram_and_phase, spectrogram_db
 
     model.eval()
+    phase = bool(getattr(model.cfg, "phase", False))  # a model trained with the interaural phase
     out = np.zeros((len(windows), 2), dtype=np.float32)
     for i in range(0, len(windows), batch):
-        spec = torch.from_numpy(spectrogram_db(windows[i:i + batch]))
-        out[i:i + batch] = model(standardize(spec.to(device)).float()).float().cpu().numpy()
+        if phase:
+            spec = np.concatenate(spectrogram_and_phase(windows[i:i + batch]), axis=1)
+        else:
+            spec = spectrogram_db(windows[i:i + batch])
+        x = torch.from_numpy(spec).to(device)
+        out[i:i + batch] = model(model_input(x)).float().cpu().numpy()
     return out
 
 

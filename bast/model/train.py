@@ -25,12 +25,13 @@ import torch.distributed as dist
 
 from bast.errors import ConfigError, TrainingError
 from bast.fileio import atomic_write_text, versions
-from bast.model.bast import BAST, count_parameters
+from bast.model.bast import count_parameters
 from bast.model.checkpoint import _unwrap, load_checkpoint, load_model, restore_rng, rng_state, save_checkpoint
 from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
 from bast.model.data import EvalData, Selection, make_data
 from bast.model.evaluate import evaluate, final_test
 from bast.model.losses import make_loss
+from bast.model.registry import build_model
 from bast.model.runtime import Context, autocast, describe, rank_seed, setup
 
 # What callers of this module use, wherever it is defined.
@@ -167,9 +168,10 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
 
     ctx = setup(cfg)
-    train_sel = Selection.of(features_dir, "train", cfg.train_env)
-    val_sel = Selection.of(features_dir, "val", cfg.train_env)
-    test_sel = Selection.of(features_dir, "test", cfg.test_env)
+    phase = cfg.model.phase  # the interaural phase as input channels (featurize --phase)
+    train_sel = Selection.of(features_dir, "train", cfg.train_env, phase)
+    val_sel = Selection.of(features_dir, "val", cfg.train_env, phase)
+    test_sel = Selection.of(features_dir, "test", cfg.test_env, phase)
     for sel in (train_sel, val_sel, test_sel):  # a corrupt shard: one clear error now, not an h5py traceback later
         sel.verify()
     for name, sel in (("training", train_sel), ("validation", val_sel)):
@@ -189,7 +191,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     if on_info and ctx.main:
         on_info(info)
 
-    model = BAST(cfg.model).to(ctx.device)  # the same initial weights on every rank (setup seeded)
+    model = build_model(cfg.arch, cfg.model).to(ctx.device)  # the same initial weights on every rank (setup seeded)
     optimizer = make_optimizer(model, cfg)
     # Dropout draws differ between ranks: each its own stream, saved and restored per rank.
     torch.manual_seed(rank_seed(cfg.seed, ctx.rank))

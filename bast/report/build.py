@@ -21,7 +21,7 @@ from bast.conventions import parse_environments
 from bast.errors import ConfigError, MissingError
 from bast.model import evaluate as ev
 from bast.report import figures, stats
-from bast.report.paper import PAPER_TABLE1, PAPER_TABLE3
+from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
 
 INTEGRATIONS = ("concat", "add", "sub")
 LOSSES = ("mse", "ad", "mix")
@@ -41,7 +41,22 @@ class Run:
         self.name = self.name or self.path.name
 
     @property
+    def arch(self) -> str:
+        return self.config.get("arch", "bast")
+
+    @property
+    def phase(self) -> bool:
+        return bool(self.config["model"].get("phase", False))
+
+    @property
+    def train_minutes(self) -> float:
+        """Training time over all epochs (validation excluded), from metrics.jsonl."""
+        return sum(r.get("seconds", 0.0) for r in self.metrics) / 60
+
+    @property
     def mode(self) -> str:
+        if self.arch != "bast":
+            return self.arch.upper()
         return "SP" if self.config["model"].get("shared", False) else "NSP"
 
     @property
@@ -60,7 +75,8 @@ class Run:
     @property
     def label(self) -> str:
         env = "" if self.train_env == "both" else f", trained {self.train_env}"
-        return f"{self.mode}-{self.integration.upper()}-{self.loss.upper()}{env} ({self.name})"
+        model = f"{self.mode}-{self.integration.upper()}" if self.arch == "bast" else self.mode
+        return f"{model}-{self.loss.upper()}{'+phase' if self.phase else ''}{env} ({self.name})"
 
 
 def load_run(path, device: str = "cpu") -> Run:
@@ -85,7 +101,7 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
     if not (path / "checkpoints" / "best.pt").exists():
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
-    ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env), cfg,
+    ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
                Context(device=__import__("torch").device(device), amp_dtype=None))
 
 
@@ -126,7 +142,10 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
                              "AD: angular distance between predicted and true direction; MSE: squared distance "
                              "between the (x, y) unit vectors (not halved; see docs/conventions.md).", _table(head, rows)))
 
-    sections.append(_table1(runs, out))
+    t1 = _table1(runs, out)
+    if t1:
+        sections.append(t1)
+    sections.append(_models(runs, fig_dir, out))
     sections.append(_per_azimuth(runs, fig_dir))
     sections.append(_hemifields(runs, fig_dir, out, summary))
     t3 = _table3(runs, out)
@@ -138,7 +157,9 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     for r in runs:
         sections.append(_run_section(r, fig_dir))
     if rollout_samples:
-        sections.append(_rollout_section(runs[0], fig_dir, rollout_samples, device))
+        explained = next((r for r in runs if r.arch == "bast"), None)  # rollout needs attention
+        if explained is not None:
+            sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
     page = _page(sections, out)
@@ -149,7 +170,9 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
 def _table1(runs: list[Run], out: Path) -> str:
     """Table 1 of the paper: SP/NSP x loss x integration, AD and MSE, best AD in bold; the
     paper trained these on both rooms, so runs trained on one room go to Table 3 instead."""
-    both = [r for r in runs if r.train_env == "both"] or runs
+    both = [r for r in runs if r.train_env == "both" and r.arch == "bast"] or [r for r in runs if r.arch == "bast"]
+    if not both:
+        return ""
     cells = {(r.mode, r.loss, r.integration): r for r in both}
     best = min(r.test["ad_deg"] for r in both)
     head = ["mode", "loss"] + [i.upper() for i in INTEGRATIONS]
@@ -177,6 +200,34 @@ def _table1(runs: list[Run], out: Path) -> str:
                     "Test AD (deg) / MSE of these runs, best AD in bold, with the paper's figures for the same cell "
                     "(their data: 4,600 real-life training sounds; theirs may report MSE halved, as nn.MSELoss "
                     "does). Cells without a run show the paper's value only.", _table(head, rows, raw=True))
+
+
+def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
+    """Every run side by side, BAST and baselines, with the paper's quoted figures for the
+    same model and loss (their data), and test AD against training time."""
+    head = ["run", "model", "input", "loss", "parameters", "epochs", "training (min)", "test AD (deg)",
+            "test MSE", "paper AD / MSE"]
+    rows, csv_rows = [], []
+    for r in sorted(runs, key=lambda r: r.test["ad_deg"]):
+        if r.arch == "bast":
+            paper = PAPER_TABLE1.get((r.mode, r.loss, r.integration))
+        else:
+            paper = PAPER_BASELINES.get(({"cnn": "CNN", "ast": "FAViT"}.get(r.arch, ""), r.loss, None))
+        quoted = (f"{paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper[1] is not None else "")) if paper else ""
+        values = [r.label, r.arch, "power + phase" if r.phase else "power", r.loss,
+                  r.config.get("parameters", 0), len(r.metrics), r.train_minutes, r.test["ad_deg"], r.test["mse"]]
+        csv_rows.append(values + [paper[0] if paper else "", paper[1] if paper and paper[1] is not None else ""])
+        rows.append(values[:4] + [f"{values[4]:,}", str(values[5]), f"{values[6]:.1f}", f"{values[7]:.2f}",
+                                  f"{values[8]:.4f}", quoted])
+    _write_csv(out / "models.csv", head[:-1] + ["paper_ad_deg", "paper_mse"], csv_rows)
+    png = figures.accuracy_vs_time({r.label: (r.train_minutes, r.test["ad_deg"]) for r in runs},
+                                   fig_dir / "accuracy_vs_time.png")
+    return _section("Models side by side (BAST and baselines)",
+                    "Each run's test figures on its own data, best first, with its training time; "
+                    "\"paper\" quotes the BAST paper's Table 1 for the same model and loss (BAST-NSP/SP; CNN; "
+                    "FAViT, the paper's single-stream transformer, beside bast's ast), on their data. The mlp "
+                    "baseline (Tang et al. 2022) is not in the paper. \"phase\": the interaural phase as input "
+                    "(featurize --phase).", _table(head, rows) + _img(png))
 
 
 def _per_azimuth(runs: list[Run], fig_dir: Path) -> str:
@@ -326,11 +377,11 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     import torch
 
     from bast.model.checkpoint import load_model
-    from bast.model.data import Selection, read_shard, standardize
+    from bast.model.data import Selection, model_input, read_shard
     from bast.report import rollout
 
     model, cfg = load_model(run.path, "best", device)
-    sel = Selection.of(run.config["features_dir"], "test", cfg.test_env)
+    sel = Selection.of(run.config["features_dir"], "test", cfg.test_env, cfg.model.phase)
     chosen = _pick_samples(run.pred, n)
     offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])
     geometry = rollout.fold_geometry(model.cfg)
@@ -338,10 +389,10 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     parts = []
     for number, row in enumerate(chosen):
         k = int(np.searchsorted(offsets, row, side="right") - 1)
-        shard = read_shard(sel.root / sel.shards[k]["path"])
+        shard = read_shard(sel.root / sel.shards[k]["path"], sel.phase)
         spec = torch.from_numpy(shard["spec"][row - offsets[k]].astype(np.float32))[None]
         with torch.no_grad():
-            pred, attn = model(standardize(spec).to(device), return_attention=True)
+            pred, attn = model(model_input(spec).to(device), return_attention=True)
         rolled = rollout.bast_rollout(attn)
         maps = {enc: rollout.fold_to_spectrogram(rollout.token_importance(rolled[enc][-1][0], cls), **geometry)
                 for enc in ("left", "right", "center")}
@@ -350,7 +401,7 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
         title = (f"{run.pred['category'][row] or 'sound'} {run.pred['clip_id'][row]}, {run.pred['env'][row]}, "
                  f"true {az:.0f}°, predicted {pa:.0f}°")
         stem = f"rollout_{number}"
-        parts.append(_img(figures.rollout_maps(spec[0].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
+        parts.append(_img(figures.rollout_maps(spec[0, :2].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
                                                title=title, center_map=maps["center"])))
         parts.append(_img(figures.rollout_layers({e: [m[0] for m in rolled[e]] for e in rolled}, geometry["grid"],
                                                  fig_dir / f"{stem}_layers.png", title=f"Rollout per layer: {title}")))

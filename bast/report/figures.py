@@ -242,6 +242,22 @@ def category_bars(by_category: dict, path, title: str = "Angular distance per so
     return _save(fig, path)
 
 
+def accuracy_vs_time(points: dict, path, title: str = "Test AD against training time") -> Path:
+    """One point per run: {label: (training minutes, test AD in degrees)}."""
+    fig = _new((6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for k, (label, (minutes, ad)) in enumerate(points.items()):
+        ax.scatter([minutes], [ad], s=40, color=f"C{k % 10}", label=textwrap.shorten(label, 60))
+    ax.set_xlabel("training time (minutes, validation excluded)")
+    ax.set_ylabel("test angular distance (deg)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", loc="best")
+    _title(fig, title)
+    return _save(fig, path)
+
+
 def training_curves(metrics_rows: list[dict], path, title: str = "Training curves") -> Path:
     """Two panels from per-epoch rows (keys epoch, train_loss, val_loss, val_ad_deg, maybe
     lr): losses (log y; lr on a twin axis when present) and validation AD in degrees."""
