@@ -55,9 +55,14 @@ def spatialize(
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
     env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
     azimuths: Annotated[str, typer.Option(help="Azimuths in degrees: start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
-    hrir: Annotated[Optional[Path], typer.Option(help="SOFA HRIR set (default: bundled MIT KEMAR).")] = None,
-    brir: Annotated[Optional[Path], typer.Option(help="Measured BRIR SOFA file for the hall (default: simulated hall).")] = None,
+    hrir: Annotated[Optional[list[Path]], typer.Option(help="SOFA HRIR set (a head); repeat it, or give a folder of .sofa files, for several heads (default: bundled MIT KEMAR).")] = None,
+    test_hrir: Annotated[Optional[list[Path]], typer.Option(help="Heads (SOFA files or a folder) used only for the test split; repeatable.")] = None,
+    brir: Annotated[Optional[list[Path]], typer.Option(help="Measured BRIR SOFA file(s) for the hall, each its own room and head; repeatable (default: simulated hall).")] = None,
     rt60: Annotated[float, typer.Option(help="Simulated hall: RT60 in seconds.")] = 0.8,
+    rooms: Annotated[int, typer.Option(help="Generate N shoebox rooms from --seed (replacing the default hall) for train/val.")] = 0,
+    test_rooms: Annotated[int, typer.Option(help="Generate M other rooms used only for the test split.")] = 0,
+    snr: Annotated[Optional[str], typer.Option(help="Add noise at this SNR in dB (both ears, whole clip): 0, or LO:HI drawn per sample.")] = None,
+    noise: Annotated[Optional[str], typer.Option(help="With --snr: diffuse (from all directions through the head) or directional (1-3 sources). [default: diffuse]")] = None,
     ir_tolerance: Annotated[float, typer.Option(help="Largest angle (deg) between a requested azimuth and the IR used.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of every random choice (splits, corpus, hall tail).")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of the training sounds held out for validation.")] = 0.25,
@@ -73,7 +78,8 @@ def spatialize(
 ) -> None:
     """Stage 1: render mono sounds to binaural clips at every azimuth in every environment.
 
-    Writes OUT/shards/*.h5 (audio, azimuth_deg, env, clip_id, split, category),
+    Writes OUT/shards/*.h5 (audio, azimuth_deg, env, clip_id, split, category, head,
+    room, snr_db),
     OUT/manifest.json, OUT/failures.jsonl and the IRs used (OUT/irs/*.sofa). A re-run
     resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
     (listed in failures.jsonl), 1 = error.
@@ -81,9 +87,13 @@ def spatialize(
     from bast.corpora.sources import resolve_source
     from bast.pipeline import cluster
     from bast.pipeline.clips import ClipPolicy
-    from bast.pipeline.irs import parse_azimuths, parse_environments
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize as run, write_examples
+    from bast.errors import ConfigError
+    from bast.pipeline.irs import parse_azimuths, parse_environments, sofa_files
+    from bast.pipeline.noise import parse_snr
+    from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize as run, write_examples
 
+    if noise is not None and snr is None:
+        raise ConfigError("--noise needs --snr (the level of the noise)")
     found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}")
@@ -93,13 +103,20 @@ def spatialize(
         policy=ClipPolicy(min_ms=min_ms, long=long, normalize=normalize),
         seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
         samples_per_shard=samples_per_shard,
-        hrir=str(hrir) if hrir else None, brir=str(brir) if brir else None,
+        hrir=sofa_files(hrir, "--hrir") or None, brir=sofa_files(brir, "--brir") or None,
+        test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms,
+        snr_db=parse_snr(snr), noise=noise or "diffuse",
         rt60_s=rt60, tolerance_deg=ir_tolerance,
     )
-    samples = len(found.refs) * len(config.azimuths) * len(config.environments)
+    conditions = layout(config).splits
+    samples = len(found.refs) * len(config.azimuths) * max(len(c) for c in conditions.values())
     console.print(f"{len(found.refs)} sounds from {source}"
                   + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
-                  + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments")
+                  + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments"
+                  + ("" if len(conditions["train"]) == len(config.environments) and conditions["train"] == conditions["test"]
+                     else f"; {len(conditions['train'])} train/val and {len(conditions['test'])} test conditions "
+                          "(head x room)")
+                  + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     small = cluster.small_job("spatialize", samples, workers, scheduler)
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering") as progress:
         progress.console.print(f"running {cluster.describe(client)}"
@@ -425,25 +442,33 @@ def demo(
 
 @command
 def irs(
-    env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
+    env: Annotated[Optional[str], typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI). [default: RI, none with --rooms]")] = None,
     hrir: Annotated[Optional[Path], typer.Option(help="SOFA HRIR set (default: bundled MIT KEMAR).")] = None,
     brir: Annotated[Optional[Path], typer.Option(help="Measured BRIR SOFA file to use for the hall.")] = None,
     rt60: Annotated[float, typer.Option(help="Simulated hall: target RT60 in seconds.")] = 0.8,
     seed: Annotated[int, typer.Option(help="Simulated hall: seed of its random tail.")] = 0,
     azimuths: Annotated[str, typer.Option(help="Simulated hall: azimuths, start:stop:step or a list.")] = "0:360:10",
     tolerance: Annotated[float, typer.Option(help="Largest angle (deg) between a requested and an available direction.")] = 0.0,
+    rooms: Annotated[int, typer.Option(help="Also build, measure and check the N rooms `spatialize --rooms N --seed S` generates.")] = 0,
+    test_rooms: Annotated[int, typer.Option(help="And the M test rooms of `spatialize --test-rooms M`.")] = 0,
+    workers: Annotated[Optional[int], typer.Option(help="Build generated rooms on this many local dask workers (default: in this process).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG figures and the JSON figures.")] = Path("bast-irs"),
 ) -> None:
     """Measure impulse-response sets (ITD, ILD, RT60, DRR, interaural coherence) and plot them.
 
     Check a set here before rendering with it. The simulated hall is built once and cached
-    (set BAST_CACHE to move the cache).
+    (set BAST_CACHE to move the cache). With --rooms/--test-rooms, each generated room is
+    built through the head (--hrir), measured like the hall and checked (RT60 against its
+    target, direct ITD/ILD against the anechoic head, tail coherence, DRR against theory);
+    exit status 1 if a room fails a check.
     """
-    from bast.pipeline import acoustics, ircheck
+    from bast.errors import DataError
+    from bast.pipeline import acoustics, cluster, ircheck
     from bast.pipeline.hall import HallSpec
-    from bast.pipeline.irs import IRSources, parse_azimuths, parse_environments
+    from bast.pipeline.irs import IRSources, default_hrir_path, parse_azimuths, parse_environments
+    from bast.pipeline.rooms import BankTask, build_banks, describe as describe_room, draw_rooms
 
-    envs = parse_environments(env)
+    envs = parse_environments(env or "RI") if (env or not (rooms or test_rooms)) else ()
     grid = parse_azimuths(azimuths)
     spec = HallSpec(rt60_s=rt60, seed=seed)
     sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
@@ -458,9 +483,40 @@ def irs(
         m["png"] = str(png)
         results[name] = m
         _print_measurement(name, m, spec if simulated else None)
+    failed = []
+    generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
+    if generated:
+        head = str(hrir or default_hrir_path())
+        anechoic = ircheck.measure(IRSources(hrir=hrir).irset("anechoic", grid))
+        with console.status(f"building {len(generated)} rooms"), cluster.open_client(workers or 0) as client:
+            banks = build_banks([BankTask(r.spec, head, tuple(float(a) for a in grid), tolerance) for r in generated],
+                                client)
+        for room, bank in zip(generated, banks):
+            spec_r = room.spec
+            m = ircheck.measure(bank, acoustics.predicted_drr_db(spec_r.volume_m3, spec_r.rt60_s, spec_r.distance_m))
+            m["room"] = describe_room(spec_r)
+            m["checks"] = ircheck.check_room(m, anechoic, spec_r.rt60_s)
+            m["png"] = str(ircheck.plot(bank, m, out / f"irs-{room.name}.png", title=f"{room.name} (generated, seed {seed})"))
+            results[room.name] = m
+            _print_measurement(room.name, m, spec_r)
+            _print_checks(m["checks"])
+            if not all(c["ok"] for c in m["checks"]):
+                failed.append(room.name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "irs.json").write_text(json.dumps(results, indent=1))
     console.print(f"figures: {', '.join(r['png'] for r in results.values())}; numbers: {out / 'irs.json'}")
+    if failed:
+        raise DataError(f"{len(failed)} generated room(s) failed a physics check: {', '.join(failed)} "
+                        f"(details above and in {out / 'irs.json'})")
+
+
+def _print_checks(rows: list[dict]) -> None:
+    t = Table(title="physics checks")
+    for col in ("check", "value", "target", "result"):
+        t.add_column(col, justify="left" if col == "check" else "right")
+    for r in rows:
+        t.add_row(r["check"], f"{r['value']:g}", r["target"], "[green]pass[/]" if r["ok"] else "[bold red]FAIL[/]")
+    console.print(t)
 
 
 def _print_measurement(name: str, m: dict, spec) -> None:
@@ -485,7 +541,7 @@ def _print_measurement(name: str, m: dict, spec) -> None:
         for band, rt in m["rt60_s"].items():
             t.add_row(band, f"{rt:.2f}", f"{m['coherence'][band]:.2f}")
         console.print(t)
-        line = f"direct-to-reverberant ratio at 1 m: {m['drr_db']:.1f} dB"
+        line = f"direct-to-reverberant ratio at {spec.distance_m if spec is not None else 1:g} m: {m['drr_db']:.1f} dB"
         if spec is not None:
             line += f" (diffuse-field theory for {spec.volume_m3:g} m3, RT60 {spec.rt60_s:g} s: {m['drr_predicted_db']:.1f} dB)"
         console.print(line)

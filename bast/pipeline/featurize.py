@@ -22,10 +22,14 @@ from bast import __version__
 from bast.conventions import CLIP_SAMPLES as SAMPLES
 from bast.conventions import FS, N_FREQ
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
+from bast.pipeline.irs import default_hrir_path
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.shards import ShardInfo, StageError, shard_name, write_shard
 
-LABELS = ("azimuth_deg", "env", "clip_id", "split", "category")
+LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db")
+# Stage 1 shards made before heads, rooms and noise existed hold only these; the others are
+# filled in (`older_defaults`): head = the HRIR file's stem, room = the environment, no noise.
+REQUIRED_LABELS = LABELS[:5]
 PHASE = ("phase (N, 2, 129, frames) float16: cos and sin of the angle of X_left * conj(X_right) per bin and "
          "frame, from the same STFT; 0 where either ear's bin is at the floor")
 STANDARDIZE = "per sample, over all its 2 x 129 x 61 values jointly: (spec - mean) / std"
@@ -40,6 +44,7 @@ class FeatureTask:
     floor_db: float
     attrs: tuple = ()
     phase: bool = False  # also the interaural phase (cos, sin) per bin and frame
+    head: str = ""  # the head label of an older Stage 1 shard that does not record it
 
 
 
@@ -68,8 +73,8 @@ def check_stage1_shard(path: Path, samples: int) -> None:
         raise StageError(f"{path}: listed in the Stage 1 manifest but missing")
     try:
         with h5py.File(path, "r") as f:
-            if "audio" not in f or any(name not in f for name in LABELS):
-                missing = [n for n in ("audio",) + LABELS if n not in f]
+            if "audio" not in f or any(name not in f for name in REQUIRED_LABELS):
+                missing = [n for n in ("audio",) + REQUIRED_LABELS if n not in f]
                 raise StageError(f"{path}: not a Stage 1 shard (missing {', '.join(missing)})")
             shape, fs = f["audio"].shape, f.attrs.get("fs")
     except OSError as exc:
@@ -85,8 +90,13 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
     (contiguous row ranges: one sequential read each)."""
     t0 = time.perf_counter()
     with h5py.File(task.source, "r") as f:
-        labels = {name: (f[name].asstr()[()] if f[name].dtype.kind == "O" else f[name][()]) for name in LABELS}
+        labels = {name: (f[name].asstr()[()] if f[name].dtype.kind == "O" else f[name][()])
+                  for name in LABELS if name in f}
         n = f["audio"].shape[0]
+        if len(labels) < len(LABELS):
+            env_names = json.loads(f.attrs["env_names"]) if "env_names" in f.attrs else []
+            labels.update({k: v for k, v in older_defaults(labels["env"], env_names, task.head).items()
+                           if k not in labels})
         spec = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=task.dtype)
         # cos and sin in [-1, 1]: float16 keeps them to 5e-4
         phase = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=np.float16) if task.phase else None
@@ -101,7 +111,7 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
                 spec[i:i + block], phase[i:i + block] = spectrogram_and_phase(audio, task.floor_db)
             else:
                 spec[i:i + block] = spectrogram_db(audio, task.floor_db)
-        attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split") if k in f.attrs}
+        attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split", "head", "room") if k in f.attrs}
     failures = [{"clip_id": labels["clip_id"][i], "azimuth_deg": float(labels["azimuth_deg"][i]),
                  "path": task.source, "reason": "non-finite audio samples"} for i in np.flatnonzero(~finite)]
     keep = finite if failures else slice(None)
@@ -111,8 +121,25 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
     first = lambda k: str(labels[k][0]) if n else ""  # noqa: E731
     info = ShardInfo(index=task.index, path=f"shards/{shard_name(task.index)}", split=first("split"),
                      env=attrs.get("environment", ""), samples=int(arrays["spec"].shape[0]), clips=0, sha256="",
-                     failures=failures, seconds=time.perf_counter() - t0)
+                     failures=failures, seconds=time.perf_counter() - t0, head=first("head"), room=first("room"))
     return [write_shard(Path(task.out_dir), info, arrays, attrs)]
+
+
+def older_defaults(env: np.ndarray, env_names: list, head: str) -> dict:
+    """head, room and snr_db for the N samples of a Stage 1 shard that predates them."""
+    n = len(env)
+    rooms = np.array([env_names[e] if e < len(env_names) else "" for e in env], dtype=object)
+    return {"head": np.full(n, head, dtype=object), "room": rooms,
+            "snr_db": np.full(n, np.inf, dtype=np.float32)}
+
+
+def stage1_head(manifest: dict) -> str:
+    """The head label of an older Stage 1 output: its HRIR file's stem (the bundled set's
+    when none was given), or "" when it used several."""
+    hrir = manifest.get("params", {}).get("hrir")
+    if hrir is None:
+        return default_hrir_path().stem
+    return Path(hrir).stem if isinstance(hrir, str) else ""
 
 
 def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
@@ -140,8 +167,9 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     if phase:  # only then, so that outputs without it stay byte for byte what they were
         params["phase"] = PHASE
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
+    head = stage1_head(manifest)
     tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
-                         tuple(sorted(attrs.items())), phase) for s in manifest["shards"]]
+                         tuple(sorted(attrs.items())), phase, head) for s in manifest["shards"]]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
     stage = Stage(
         name="featurize", params=params, plan=lambda out_dir: tasks, run_task=run_task,

@@ -36,6 +36,8 @@ from bast.conventions import FS
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
 
 SPEED_OF_SOUND = 343.0
+# pyroomacoustics' names of a shoebox's walls, in the order of HallSpec.wall_factors.
+WALLS = ("west", "east", "south", "north", "floor", "ceiling")
 # Bump when the algorithm changes, so cached banks are rebuilt.
 ALGORITHM_VERSION = 1
 
@@ -56,6 +58,10 @@ class HallSpec:
     arrivals_per_s: float = 4000.0  # density of the synthetic tail's arrivals
     n_rays: int = 20000
     seed: int = 0
+    # Per-wall factors on the calibrated absorption, walls in the order WALLS (x = 0, x = max,
+    # y = 0, y = max, floor, ceiling); None = every wall alike (the default hall). The
+    # calibration scales the common absorption so the decay still meets rt60_s.
+    wall_factors: tuple[float, ...] | None = None
 
     @property
     def volume_m3(self) -> float:
@@ -72,8 +78,23 @@ class HallSpec:
         return int(round(length * FS))
 
     def eyring_absorption(self) -> float:
-        """Energy absorption coefficient that gives rt60_s by Eyring's formula."""
-        return float(1.0 - np.exp(-0.161 * self.volume_m3 / (self.surface_m2 * self.rt60_s)))
+        """Energy absorption coefficient that gives rt60_s by Eyring's formula (the common
+        value before the wall factors, so that their area-weighted mean meets it)."""
+        alpha = float(1.0 - np.exp(-0.161 * self.volume_m3 / (self.surface_m2 * self.rt60_s)))
+        if self.wall_factors is None:
+            return alpha
+        x, y, z = self.size_m
+        areas = np.array([y * z, y * z, x * z, x * z, x * y, x * y])
+        return alpha / float(np.sum(areas * np.asarray(self.wall_factors)) / np.sum(areas))
+
+    def materials(self, alpha: float):
+        """pyroomacoustics materials for the common absorption `alpha`: one for every wall,
+        or one per wall (alpha x its factor, at most 0.99) when the walls differ."""
+        if self.wall_factors is None:
+            return pra.Material(alpha, self.scattering)
+        if len(self.wall_factors) != len(WALLS):
+            raise ValueError(f"wall_factors needs {len(WALLS)} values ({', '.join(WALLS)})")
+        return {w: pra.Material(min(alpha * f, 0.99), self.scattering) for w, f in zip(WALLS, self.wall_factors)}
 
     def source_positions(self, azimuths_deg) -> np.ndarray:
         """Room coordinates (A, 3) of sources at `azimuths_deg` on the circle around the listener."""
@@ -101,7 +122,10 @@ def cache_dir() -> Path:
 def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet) -> str:
     """Hash of everything the bank depends on: hall, azimuths, HRIR data, algorithm."""
     h = hashlib.sha256()
-    h.update(json.dumps(dataclasses.asdict(spec), sort_keys=True).encode())
+    fields = dataclasses.asdict(spec)
+    if fields["wall_factors"] is None:  # so the default hall keeps the key it always had
+        del fields["wall_factors"]
+    h.update(json.dumps(fields, sort_keys=True).encode())
     h.update(np.asarray(azimuths_deg, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(hrirs.ir).tobytes())
     h.update(np.asarray(hrirs.azimuth_deg).tobytes() + np.asarray(hrirs.elevation_deg).tobytes())
@@ -151,7 +175,7 @@ def _omni_rir(spec: HallSpec, absorption: float, source: np.ndarray) -> np.ndarr
     pra.random.seed(spec.seed)
     room = pra.ShoeBox(
         list(spec.size_m), fs=FS, max_order=3,
-        materials=pra.Material(absorption, spec.scattering),
+        materials=spec.materials(absorption),
         air_absorption=False, ray_tracing=True,
     )
     room.set_ray_tracing(n_rays=spec.n_rays)
@@ -224,7 +248,7 @@ def _early(spec: HallSpec, azimuths_deg, alpha: float, hrirs: IRSet, exact: np.n
     horizon = spec.mixing_time_s + spec.crossfade_s
     max_order = int(np.ceil(horizon * SPEED_OF_SOUND / min(spec.size_m))) + 1
     room = pra.ShoeBox(list(spec.size_m), fs=FS, max_order=max_order,
-                       materials=pra.Material(alpha, spec.scattering), air_absorption=False)
+                       materials=spec.materials(alpha), air_absorption=False)
     sources = spec.source_positions(azimuths_deg)
     for s in sources:
         room.add_source(list(s))

@@ -135,3 +135,43 @@ def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# Limits a simulated room's bank must meet (`bast-cli irs --rooms N`); docs/transfer-study.md
+# gives the reasons and the figures measured on generated rooms.
+ROOM_LIMITS = {
+    "rt60_rel": 0.15,  # mean T20 at 500 Hz and 1 kHz within 15% of the room's target
+    "itd_ms": 0.02,  # direct sound's ITD per azimuth within 0.02 ms of the head's anechoic ITD
+    "ild_db": 1.5,  # direct sound's ILD per azimuth within 1.5 dB of the anechoic ILD
+    "iacc_low": 0.6,  # late tail's IACC at 125 Hz (mean over azimuths) at least this
+    "iacc_high": 0.35,  # and at 2 and 4 kHz at most this
+    "drr_db": 6.0,  # DRR within 6 dB of diffuse-field theory (walls of unequal absorption are not diffuse)
+}
+
+
+def check_room(m: dict, anechoic: dict, rt60_target_s: float, limits: dict = ROOM_LIMITS) -> list[dict]:
+    """The physics checks of a simulated room's measurement `m` (from `measure`) against its
+    RT60 target and the head's anechoic measurement: one row per check, with `ok`."""
+    rows = []
+
+    def add(name, value, target, ok):
+        rows.append({"check": name, "value": value, "target": target, "ok": bool(ok)})
+
+    rt = float(np.mean([m["rt60_s"]["500"], m["rt60_s"]["1000"]]))
+    add("RT60 (T20, 500 Hz-1 kHz), s", round(rt, 3), f"{rt60_target_s:g} +-{limits['rt60_rel']:.0%}",
+        abs(rt / rt60_target_s - 1) <= limits["rt60_rel"])
+    ref = dict(zip(np.round(anechoic["horizontal_azimuths"], 3), zip(anechoic["itd_ms"], anechoic["ild_db"])))
+    d_itd = [abs(i - ref[a][0]) for a, i in zip(np.round(m["horizontal_azimuths"], 3), m["itd_ms"]) if a in ref]
+    d_ild = [abs(i - ref[a][1]) for a, i in zip(np.round(m["horizontal_azimuths"], 3), m["ild_db"]) if a in ref]
+    add("direct ITD vs anechoic, largest difference, ms", round(max(d_itd), 3), f"<= {limits['itd_ms']}",
+        d_itd and max(d_itd) <= limits["itd_ms"])
+    add("direct ILD vs anechoic, largest difference, dB", round(max(d_ild), 2), f"<= {limits['ild_db']}",
+        d_ild and max(d_ild) <= limits["ild_db"])
+    add("tail IACC 125 Hz", round(m["coherence"]["125"], 3), f">= {limits['iacc_low']}",
+        m["coherence"]["125"] >= limits["iacc_low"])
+    high = max(m["coherence"]["2000"], m["coherence"]["4000"])
+    add("tail IACC 2-4 kHz", round(high, 3), f"<= {limits['iacc_high']}", high <= limits["iacc_high"])
+    if "drr_predicted_db" in m:
+        add("DRR vs diffuse-field theory, dB", round(m["drr_db"] - m["drr_predicted_db"], 2),
+            f"+-{limits['drr_db']:g}", abs(m["drr_db"] - m["drr_predicted_db"]) <= limits["drr_db"])
+    return rows

@@ -19,7 +19,7 @@ from bast.pipeline.hall import HallSpec, hall_brirs
 from bast.pipeline.sofa import IRSet, read_sofa
 
 __all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "load_hrirs", "parse_azimuths",
-           "parse_environments"]
+           "parse_environments", "sofa_files"]
 
 
 def default_hrir_path() -> Path:
@@ -31,6 +31,24 @@ def load_hrirs(path=None) -> IRSet:
     return read_sofa(path or default_hrir_path())
 
 
+
+
+def sofa_files(paths, option: str) -> tuple[str, ...]:
+    """The SOFA files named by `paths`: files as given, a folder as its *.sofa files
+    (sorted by name). A missing path or an empty folder is a ConfigError naming `option`."""
+    out: list[str] = []
+    for p in paths or ():
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(p.glob("*.sofa"))
+            if not found:
+                raise ConfigError(f"{option} {p}: the folder holds no .sofa files")
+            out += [str(f) for f in found]
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise ConfigError(f"{option} {p}: no such file or folder")
+    return tuple(out)
 
 
 def parse_azimuths(text: str) -> np.ndarray:

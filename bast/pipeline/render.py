@@ -39,14 +39,18 @@ class Renderer:
             self._out = np.empty(shape, dtype=np.float32)
         return self._out[:count]
 
-    def render(self, clips: np.ndarray) -> np.ndarray:
-        """(C, n_out) mono clips -> (C, A, 2, n_out) float32 binaural clips, in a buffer
-        that the next call reuses: use (or copy) the result before rendering again."""
+    def render(self, clips: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(C, n_out) mono clips -> (C, A, 2, n_out) float32 binaural clips, in `out` if
+        given, else in a buffer that the next call reuses: use (or copy) the result before
+        rendering again."""
         clips = np.asarray(clips, dtype=np.float32)
         if clips.ndim != 2 or clips.shape[1] != self.n_out:
             raise ValueError(f"clips must be (count, {self.n_out}), got {clips.shape}")
         spectra = sfft.rfft(clips, self.nfft, axis=-1)  # (C, F)
-        out = self._buffer(clips.shape[0])
+        if out is None:
+            out = self._buffer(clips.shape[0])
+        elif out.shape != (clips.shape[0], self.n_azimuths, 2, self.n_out) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {(clips.shape[0], self.n_azimuths, 2, self.n_out)}, got {out.shape}")
         product = np.empty_like(self.spectra)
         for c in range(clips.shape[0]):  # one clip at a time keeps the working set in cache
             np.multiply(self.spectra, spectra[c], out=product)

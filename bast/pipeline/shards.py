@@ -44,6 +44,8 @@ class ShardInfo:
     failures: list = field(default_factory=list)  # [{"path":..., "clip_id":..., "reason":...}]
     warnings: dict = field(default_factory=dict)  # warning text -> count
     seconds: float = 0.0
+    head: str = ""  # the head (HRIR set) every sample of the shard was rendered with; "" = not recorded
+    room: str = ""  # the room ("anechoic", "hall", a generated room's id, a BRIR file's stem)
 
 
 def shard_name(index: int) -> str:
@@ -167,7 +169,9 @@ def write_failures(out_dir: Path, failures: list[dict]) -> None:
 def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardInfo], extra: dict) -> dict:
     """manifest.json, written last and atomically: what a complete stage output holds."""
     totals: dict = {"samples": sum(s.samples for s in shards), "shards": len(shards)}
-    for key in ("split", "env"):
+    for key in ("split", "env", "head", "room"):
+        if key in ("head", "room") and not any(getattr(s, key) for s in shards):
+            continue  # older outputs, which did not record them
         counts: dict = {}
         for s in shards:
             counts[getattr(s, key)] = counts.get(getattr(s, key), 0) + s.samples

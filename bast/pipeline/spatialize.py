@@ -6,9 +6,13 @@
 
 The plan is deterministic from the clip list and the parameters: clips are split into
 train/val/test by source clip (stratified by category, seeded), grouped into shards of a
-few thousand samples, one shard per (split, environment, group of clips). Each shard is one
-task: it loads its clips, applies the clip policy, renders them and writes the shard. A
-re-run with the same parameters skips the shards already written.
+few thousand samples, one shard per (split, condition, group of clips). A condition is an
+environment class (`env`: anechoic or hall, any reverberant room), a head (`head`: an HRIR
+set) and a room (`room`); see `conditions`. Each group of clips is one task: it loads its
+clips, applies the clip policy, renders them in each condition of its split, adds noise when
+asked (bast/pipeline/noise.py) and writes one shard per condition. A re-run with the same
+parameters skips the shards already written. Designing studies with several heads, rooms
+and SNRs: docs/transfer-study.md.
 """
 
 from __future__ import annotations
@@ -31,15 +35,27 @@ import numpy as np
 from bast import __version__
 from bast.conventions import CLIP_SAMPLES, DEFAULT_AZIMUTHS, ENVIRONMENTS, FS
 from bast.corpora.base import ClipRef, load_clip
-from bast.errors import ClipError
+from bast.errors import ClipError, ConfigError
+from bast.pipeline import noise as noise_mod
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec, save_bank
-from bast.pipeline.irs import IRSources
+from bast.pipeline.irs import default_hrir_path
 from bast.pipeline.render import Renderer
+from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, describe as describe_room, draw_rooms
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
 
+
+
+def _paths(value) -> str | tuple[str, ...] | None:
+    """One path stays a string (as older configs and params.json have it), several a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    value = tuple(str(v) for v in value)
+    return None if not value else value[0] if len(value) == 1 else value
 
 
 @dataclass(frozen=True)
@@ -51,29 +67,69 @@ class SpatializeConfig:
     val_fraction: float = 0.25  # of the training sounds (the paper's 75/25)
     test_fraction: float = 0.1  # of all sounds, used only when no sound is pinned to test
     samples_per_shard: int = 2500
-    hrir: str | None = None  # SOFA HRIR set; None = bundled MIT KEMAR
-    brir: str | None = None  # measured BRIR SOFA for the hall; None = simulated hall
+    hrir: str | tuple[str, ...] | None = None  # SOFA HRIR set(s), the training heads; None = bundled MIT KEMAR
+    brir: str | tuple[str, ...] | None = None  # measured BRIR SOFA file(s) for the hall; None = simulated
     rt60_s: float = 0.8
     tolerance_deg: float = 0.0
+    test_hrir: tuple[str, ...] = ()  # heads only the test split hears (else the training heads)
+    rooms: int = 0  # generated rooms for train/val (replace the default hall)
+    test_rooms: int = 0  # generated rooms only the test split hears (else the training rooms)
+    snr_db: tuple[float, float] | None = None  # (low, high) dB, drawn per sample; None = no noise
+    noise: str = "diffuse"  # diffuse or directional
+    room_ranges: RoomRanges = RoomRanges()
+
+    def __post_init__(self):
+        object.__setattr__(self, "hrir", _paths(self.hrir))
+        object.__setattr__(self, "brir", _paths(self.brir))
+        object.__setattr__(self, "test_hrir", tuple(str(p) for p in (
+            (self.test_hrir,) if isinstance(self.test_hrir, (str, os.PathLike)) else self.test_hrir or ())))
+        if self.snr_db is not None:
+            object.__setattr__(self, "snr_db", noise_mod.parse_snr(self.snr_db))
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The training heads' SOFA paths."""
+        return (self.hrir,) if isinstance(self.hrir, str) else self.hrir or (str(default_hrir_path()),)
+
+    @property
+    def brirs(self) -> tuple[str, ...]:
+        return (self.brir,) if isinstance(self.brir, str) else self.brir or ()
+
+
+# Fields added after the first release: left out of params.json at their defaults, so an
+# output made before them still resumes.
+_NEW_FIELDS = {"test_hrir": (), "rooms": 0, "test_rooms": 0, "snr_db": None}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What one shard is rendered in: environment class, head and room (the labels), the
+    IR file stem under irs/, and the HRIR set its noise goes through."""
+
+    env: str
+    head: str
+    room: str
+    key: str
+    hrir: str
 
 
 @dataclass(frozen=True)
 class ShardTask:
     """Everything one worker needs for one group of clips: paths and small specs, no
-    arrays. The group is rendered in each environment of `shards` ((index, env, IR file)
-    triples), one shard per environment, so each clip is loaded once."""
+    arrays. The group is rendered in each condition of `shards` ((index, Condition, IR file)
+    triples), one shard per condition, so each clip is loaded once."""
 
     split: str
     refs: tuple[ClipRef, ...]
-    shards: tuple[tuple[int, str, str], ...]
+    shards: tuple[tuple[int, Condition, str], ...]
     policy: ClipPolicy
     out_dir: str
     attrs: tuple = ()  # root attributes of the shards, as (key, value) pairs
+    noise: tuple = ()  # (kind, (snr low, snr high), seed, azimuths), or () for none
 
     @property
     def samples_per_env(self) -> int:
         return len(self.refs)
-
 
 
 # --------------------------------------------------------------------------- planning
@@ -108,14 +164,109 @@ def assign_splits(refs: list[ClipRef], seed: int, val_fraction: float, test_frac
     return out
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which conditions each split is rendered in, and where heads and rooms come from."""
+
+    splits: dict  # split -> tuple of Conditions
+    heads: dict  # head label -> SOFA path, training heads then test-only heads
+    test_heads: tuple[str, ...]  # labels of the heads only the test split hears
+    rooms: dict  # room label -> HallSpec (simulated) or SOFA path (measured BRIRs)
+    test_rooms: tuple[str, ...]  # labels of the rooms only the test split hears
+
+    def conditions(self) -> dict[str, Condition]:
+        """Every condition once, by IR key, in the order of first use."""
+        return {c.key: c for split in SPLITS for c in self.splits[split]}
+
+
+def _labelled(paths, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in paths:
+        label = Path(path).stem
+        if label in out:
+            raise ConfigError(f"{option}: two files are named {label!r} ({out[label]}, {path}); "
+                              "a head or room is labelled by its file name, so the names must differ")
+        out[label] = str(path)
+    return out
+
+
+def layout(config: SpatializeConfig) -> Layout:
+    """The conditions of each split (docs/transfer-study.md).
+
+    train and val: every training head (--hrir) in anechoic (when in the environments) and
+    in every training room: the default hall, or the generated rooms (--rooms N), plus the
+    measured BRIR files (--brir), which carry their own head (label head = room = file stem)
+    and are not crossed with the HRIR heads. test: the test heads (--test-hrir, else the
+    training heads) in anechoic and the test rooms (--test-rooms M, else the training
+    rooms; measured BRIRs only when neither test heads nor test rooms are given, since
+    their head is a training head).
+    """
+    envs = config.environments
+    if config.rooms < 0 or config.test_rooms < 0:
+        raise ConfigError("--rooms and --test-rooms must be 0 or more")
+    if (config.rooms or config.test_rooms or config.brirs) and "hall" not in envs:
+        raise ConfigError("--rooms, --test-rooms and --brir render reverberant rooms: include the hall "
+                          "environment (--env hall or RI)")
+    if config.snr_db is not None and config.noise not in noise_mod.NOISE_KINDS:
+        raise ConfigError(f"--noise {config.noise!r}: choose {' or '.join(noise_mod.NOISE_KINDS)}")
+    train_heads = _labelled(config.heads, "--hrir")
+    test_only = _labelled(config.test_hrir, "--test-hrir")
+    if both := sorted(set(train_heads) & set(test_only)):
+        raise ConfigError(f"--test-hrir {', '.join(both)}: also a training head (--hrir); a held-out head "
+                          "must be another file")
+    test_heads = test_only or train_heads
+    measured = _labelled(config.brirs, "--brir")
+    simulated: list[tuple[str, HallSpec]] = []
+    if "hall" in envs:
+        if config.rooms:
+            simulated = [(r.name, r.spec) for r in draw_rooms(config.rooms, config.seed, config.room_ranges)]
+        elif not measured:
+            simulated = [("hall", HallSpec(rt60_s=config.rt60_s, seed=config.seed))]
+    test_simulated = ([(r.name, r.spec) for r in draw_rooms(config.test_rooms, config.seed, config.room_ranges, test=True)]
+                      if config.test_rooms else simulated)
+    test_measured = {} if (test_only or config.test_rooms) else measured
+    clash = set(measured) & ({n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_heads) | set(test_only))
+    if clash:
+        raise ConfigError(f"--brir {', '.join(sorted(clash))}: a measured BRIR file is labelled by its name, "
+                          "which must differ from the other rooms' and heads'")
+    single_head = len(train_heads) + len(test_only) == 1
+    first_head = next(iter(train_heads.values()))
+
+    def key(room: str, head: str) -> str:
+        return room if single_head else f"{room}--{head}"
+
+    def conditions(heads: dict, sims: list, meas: dict) -> tuple[Condition, ...]:
+        out = []
+        for env in envs:
+            if env == "anechoic":
+                out += [Condition(env, h, "anechoic", key("anechoic", h), p) for h, p in heads.items()]
+            else:
+                out += [Condition(env, h, room, key(room, h), p) for room, _ in sims for h, p in heads.items()]
+                # A measured BRIR's noise goes through the first training head's HRIRs.
+                out += [Condition(env, stem, stem, stem, first_head) for stem in meas]
+        return tuple(out)
+
+    train = conditions(train_heads, simulated, measured)
+    test = conditions(test_heads, test_simulated, test_measured)
+    if not test:
+        raise ConfigError("the test split has no condition to render: with --test-hrir and only measured BRIRs "
+                          "(--brir), add anechoic to --env or give --test-rooms")
+    rooms = {**dict(simulated), **dict(test_simulated), **measured}
+    return Layout(splits={"train": train, "val": train, "test": test}, heads={**train_heads, **test_only},
+                  test_heads=tuple(test_only), rooms=rooms,
+                  test_rooms=tuple(n for n, _ in test_simulated) if config.test_rooms else ())
+
+
 def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str], out_dir: Path,
-         attrs: dict) -> list[ShardTask]:
+         attrs: dict, split_conditions: dict | None = None) -> list[ShardTask]:
     """Shard tasks: for each split, the clips in a seeded order, in groups of
-    samples_per_shard / azimuths, one task per group and environment."""
+    samples_per_shard / azimuths, one task per group, one shard per condition of the split."""
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
+    split_conditions = split_conditions or layout(config).splits
     per_shard = max(1, config.samples_per_shard // len(config.azimuths))
     rng = np.random.default_rng([config.seed, 0x5B2])
     by_id = {r.clip_id: r for r in refs}
+    noise = (config.noise, config.snr_db, config.seed, tuple(config.azimuths)) if config.snr_db is not None else ()
     tasks: list[ShardTask] = []
     index = 0
     for split in SPLITS:
@@ -123,9 +274,10 @@ def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str]
         ids = [ids[i] for i in rng.permutation(len(ids))]  # shards mix the kinds of sound
         for start in range(0, len(ids), per_shard):
             group = tuple(by_id[c] for c in ids[start:start + per_shard])
-            shards = tuple((index + k, env, ir_paths[env]) for k, env in enumerate(config.environments))
+            shards = tuple((index + k, cond, ir_paths[cond.key]) for k, cond in enumerate(split_conditions[split]))
             index += len(shards)
-            tasks.append(ShardTask(split, group, shards, config.policy, str(out_dir), tuple(sorted(attrs.items()))))
+            tasks.append(ShardTask(split, group, shards, config.policy, str(out_dir), tuple(sorted(attrs.items())),
+                                   noise))
     return tasks
 
 
@@ -141,15 +293,28 @@ def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray]:
     return _cached_renderer(ir_path, stat.st_mtime_ns, stat.st_size, threading.get_ident())
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=64)
 def _cached_renderer(ir_path: str, mtime_ns: int, size: int, thread: int) -> tuple[Renderer, np.ndarray]:
     irs = read_sofa(ir_path)
     return Renderer(irs.ir, n_out=CLIP_SAMPLES), irs.azimuth_deg.astype(np.float32)
 
 
+_local = threading.local()
+
+
+def _output(shape: tuple) -> np.ndarray:
+    """One reused output buffer per thread for every renderer: the shards of a group are
+    rendered and written one after another, and a buffer per renderer (one per condition)
+    would hold 100-200 MB each (see Renderer._buffer)."""
+    buf = getattr(_local, "buffer", None)
+    if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
+        buf = _local.buffer = np.empty(shape, dtype=np.float32)
+    return buf[:shape[0]]
+
+
 def run_shard(task: ShardTask) -> list[ShardInfo]:
-    """Load and prepare the clips of one group, render them in each environment, and
-    write one shard per environment."""
+    """Load and prepare the clips of one group, render them in each condition (adding
+    noise when the task asks), and write one shard per condition."""
     t0 = time.perf_counter()
     clips, ids, categories, failures, warnings = [], [], [], [], Counter()
     for ref in task.refs:
@@ -171,24 +336,36 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
     mono = np.stack(clips) if clips else np.zeros((0, CLIP_SAMPLES), dtype=np.float32)
 
     infos = []
-    for index, env, ir_path in task.shards:
+    for index, cond, ir_path in task.shards:
         renderer, azimuths = _renderer(ir_path)
         n_az = len(azimuths)
-        audio = renderer.render(mono).reshape(-1, 2, renderer.n_out)
+        audio = renderer.render(mono, out=_output((len(clips), n_az, 2, renderer.n_out))).reshape(-1, 2, renderer.n_out)
         n = audio.shape[0]
+        if task.noise:
+            kind, snr_range, seed, grid = task.noise
+            bank = noise_mod.noise_bank(kind, cond.hrir, grid, seed)
+            snr = noise_mod.add_noise(audio, ids, n_az, kind=kind, bank=bank, snr_range=snr_range, seed=seed,
+                                      condition=f"{cond.head}/{cond.room}")
+        else:
+            snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
         arrays = {
             "audio": audio,
             "azimuth_deg": np.tile(azimuths, len(clips)),
-            "env": np.full(n, ENV_NAMES.index(env), dtype=np.uint8),
+            "env": np.full(n, ENV_NAMES.index(cond.env), dtype=np.uint8),
             "clip_id": np.repeat(np.array(ids, dtype=object), n_az),
             "split": np.full(n, task.split, dtype=object),
             "category": np.repeat(np.array(categories, dtype=object), n_az),
+            "head": np.full(n, cond.head, dtype=object),
+            "room": np.full(n, cond.room, dtype=object),
+            "snr_db": snr,
         }
         attrs = dict(task.attrs)
-        attrs.update(env_names=json.dumps(list(ENV_NAMES)), environment=env, split=task.split)
-        info = ShardInfo(index=index, path=f"shards/{shard_name(index)}", split=task.split, env=env,
+        attrs.update(env_names=json.dumps(list(ENV_NAMES)), environment=cond.env, split=task.split, head=cond.head,
+                     room=cond.room)
+        info = ShardInfo(index=index, path=f"shards/{shard_name(index)}", split=task.split, env=cond.env,
                          samples=n, clips=len(clips), sha256="", failures=failures, warnings=dict(warnings),
-                         seconds=time.perf_counter() - t0)  # loading + rendering, before writing
+                         seconds=time.perf_counter() - t0,  # loading + rendering, before writing
+                         head=cond.head, room=cond.room)
         infos.append(write_shard(Path(task.out_dir), info, arrays, attrs))
         t0 = time.perf_counter()
     return infos
@@ -197,20 +374,38 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
 # --------------------------------------------------------------------------- the stage
 
 
-def environment_irs(config: SpatializeConfig) -> dict[str, tuple[IRSet, dict]]:
-    """The IR set each environment renders with, at the requested azimuths, and how to
-    save it (SOFA conventions and positions)."""
-    sources = IRSources(hrir=Path(config.hrir) if config.hrir else None,
-                        brir=Path(config.brir) if config.brir else None,
-                        hall=HallSpec(rt60_s=config.rt60_s, seed=config.seed), tolerance_deg=config.tolerance_deg)
+def _at(full: IRSet, azimuths, tolerance_deg: float) -> IRSet:
+    idx = full.indices(azimuths, tolerance_deg=tolerance_deg)
+    return IRSet(full.ir[idx], full.fs, full.azimuth_deg[idx], full.elevation_deg[idx], full.distance_m[idx],
+                 full.conventions, full.source, full.attrs)
+
+
+def condition_irs(config: SpatializeConfig, client=None, plan: Layout | None = None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """IR key -> (condition, the IR set it renders with at the requested azimuths, how to
+    save it: {"spec": HallSpec} for a simulated room). Simulated banks (one per room and
+    head) are built in parallel on `client` and cached (bast/pipeline/hall.py)."""
+    plan = plan or layout(config)
+    conds = plan.conditions()
+    az, tol = config.azimuths, config.tolerance_deg
+    heads = {label: read_sofa(path) for label, path in plan.heads.items()}
+    simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
+    banks = build_banks([BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(az), tol) for c in simulated], client)
+    built = dict(zip((c.key for c in simulated), banks))
     out = {}
-    for env in config.environments:
-        full = sources.irset(env, config.azimuths)
-        idx = full.indices(config.azimuths, tolerance_deg=config.tolerance_deg)
-        chosen = IRSet(full.ir[idx], full.fs, full.azimuth_deg[idx], full.elevation_deg[idx], full.distance_m[idx],
-                       full.conventions, full.source, full.attrs)
-        out[env] = (chosen, {"simulated_hall": env == "hall" and config.brir is None})
+    for k, c in conds.items():
+        if c.env == "anechoic":
+            out[k] = (c, _at(heads[c.head], az, tol), {})
+        elif k in built:
+            out[k] = (c, _at(built[k], az, tol), {"spec": plan.rooms[c.room]})
+        else:
+            out[k] = (c, _at(read_sofa(plan.rooms[c.room]), az, tol), {})
     return out
+
+
+def environment_irs(config: SpatializeConfig, client=None) -> dict[str, tuple[IRSet, dict]]:
+    """IR key -> (IR set at the requested azimuths, how it is saved). With one head and the
+    default rooms the keys are the environments, as before conditions existed."""
+    return {k: (irs, how) for k, (_, irs, how) in condition_irs(config, client).items()}
 
 
 def _ir_digest(irs: IRSet) -> str:
@@ -224,13 +419,20 @@ def stage_params(refs: list[ClipRef], config: SpatializeConfig, irs: dict, sourc
     clips = hashlib.sha256("\n".join(f"{r.clip_id}\t{r.recipe}\t{r.locator}\t{r.category}\t{r.split}"
                                      for r in refs).encode()).hexdigest()
     params = dataclasses.asdict(config)
+    for name, default in _NEW_FIELDS.items():
+        if params[name] == default or (isinstance(default, tuple) and not params[name]):
+            del params[name]
+    if "snr_db" not in params:
+        del params["noise"]
+    if not (config.rooms or config.test_rooms):
+        del params["room_ranges"]
     params.update(
         stage="spatialize",
         fs=FS,
         source=source,
         clips=len(refs),
         clips_sha256=clips,
-        ir_sha256={env: _ir_digest(s) for env, (s, _) in irs.items()},
+        ir_sha256={key: _ir_digest(s) for key, (_, s, _) in irs.items()},
         bast_version=__version__,
     )
     return json.loads(json.dumps(params))  # plain JSON types, as read back from params.json
@@ -247,45 +449,76 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
     """
     if not refs:
         raise StageError("no input clips found")
-    irs = environment_irs(config)
+    the_layout = layout(config)
+    irs = condition_irs(config, client, the_layout)
     params = stage_params(refs, config, irs, source or {})
     n_az = len(config.azimuths)
     ir_paths: dict[str, str] = {}
 
     def plan_tasks(out_dir: Path) -> list[ShardTask]:
-        ir_paths.update(_write_irs(out_dir, irs, config))
+        ir_paths.update(_write_irs(out_dir, irs))
         attrs = {"stage": "spatialize", "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True)}
-        return plan(refs, config, ir_paths, out_dir, attrs)
+        return plan(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
 
     def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
+        first = next(iter(irs.values()))[1]
         return {"clips_rendered": summary.clips, "inputs": len(refs), "inputs_failed": len(summary.failures),
                 "warnings": summary.warnings,
-                "azimuths_deg": [float(a) for a in irs[config.environments[0]][0].azimuth_deg],
-                "irs": {env: str(Path(p).relative_to(out_dir)) for env, p in ir_paths.items()}}
+                "azimuths_deg": [float(a) for a in first.azimuth_deg],
+                "irs": {k: str(Path(p).relative_to(out_dir)) for k, p in ir_paths.items()},
+                "conditions": {split: [{"env": c.env, "head": c.head, "room": c.room, "irs": c.key}
+                                       for c in the_layout.splits[split]] for split in SPLITS},
+                "heads": {label: {"path": path, "listener": irs_listener(path),
+                                  "test_only": label in the_layout.test_heads}
+                          for label, path in the_layout.heads.items()},
+                "rooms": {label: ({"simulated": describe_room(r), "test_only": label in the_layout.test_rooms}
+                                  if isinstance(r, HallSpec) else {"measured": r})
+                          for label, r in the_layout.rooms.items()},
+                "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None
+                          else None)}
 
     out_dir = Path(out_dir)
     stage = Stage(
         name="spatialize", params=params, plan=plan_tasks, run_task=run_shard,
         shards_of=lambda t: [(i, len(t.refs) * n_az) for i, _, _ in t.shards],
-        # A group is redone only in the environments whose shard is missing.
+        # A group is redone only in the conditions whose shard is missing.
         pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
             kept := tuple(s for s in t.shards if s[0] in todo)) else None,
-        describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {env})" for i, env, _ in t.shards),
+        describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {c.env}, {c.head}, {c.room})" for i, c, _ in t.shards),
         totals=_summarise, manifest_extra=manifest_extra,
         key_prefix=f"bast-spatialize-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
 
+def irs_listener(path: str) -> str:
+    """The SOFA file's listener name (ListenerShortName, else DatabaseName), or ''."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            for name in ("ListenerShortName", "DatabaseName"):
+                value = f.attrs.get(name)
+                if value is not None:
+                    value = value.decode() if isinstance(value, bytes) else str(value)
+                    if value.strip():
+                        return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
-    """Totals over shards; a clip is in one shard per environment, so its failure and its
-    warnings are counted once (from the first environment's shards)."""
+    """Totals over shards; a clip is in one shard per condition, so its failure and its
+    warnings are counted once (from the shards of its split's first condition)."""
     seen: set[str] = set()
     warnings: Counter = Counter()
-    first_env = shards[0].env if shards else None
+    first: dict[str, tuple] = {}
+    for s in shards:  # in index order: a split's first shard is in its first condition
+        first.setdefault(s.split, (s.env, s.head, s.room))
     for s in shards:
         summary.samples += s.samples
-        if s.env == first_env:
+        if (s.env, s.head, s.room) == first[s.split]:
             summary.clips += s.clips
             warnings.update(s.warnings)
         for f in s.failures:
@@ -296,20 +529,20 @@ def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
     summary.warnings = dict(warnings)
 
 
-def _write_irs(out_dir: Path, irs: dict, config: SpatializeConfig) -> dict[str, str]:
-    """Save the exact IR pairs each environment renders with beside the data (provenance,
-    and what workers on any machine load)."""
+def _write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
+    """Save the exact IR pairs each condition renders with beside the data (provenance,
+    and what workers on any machine load): irs/<key>.sofa."""
     paths = {}
-    for env, (irset, how) in irs.items():
-        path = out_dir / "irs" / f"{env}.sofa"
-        attrs = {"Title": f"bast {env} impulse responses used for this data set",
+    for key, (cond, irset, how) in irs.items():
+        path = out_dir / "irs" / f"{key}.sofa"
+        attrs = {"Title": f"bast {cond.env} impulse responses (head {cond.head}, room {cond.room}) used for this data set",
                  "Comment": f"from {irset.source}"}
-        if how["simulated_hall"]:
-            save_bank(path, irset, HallSpec(rt60_s=config.rt60_s, seed=config.seed))
+        if "spec" in how:
+            save_bank(path, irset, how["spec"])
         else:
-            write_sofa(path, irset, conventions="SimpleFreeFieldHRIR" if env == "anechoic" else "GeneralFIR",
+            write_sofa(path, irset, conventions="SimpleFreeFieldHRIR" if cond.env == "anechoic" else "GeneralFIR",
                        attrs=attrs)
-        paths[env] = str(path)
+        paths[key] = str(path)
     return paths
 
 
@@ -327,9 +560,14 @@ def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)
         return []
     split = "test" if "test" in splits else splits[0]
     written = []
-    for env in dict.fromkeys(s["env"] for s in shards):
+    # One folder per environment, or per room and head when an environment has several.
+    conds = list(dict.fromkeys((s["env"], s.get("head", ""), s.get("room", "")) for s in shards))
+    per_env = Counter(env for env, _, _ in conds)
+    for env, head, room in conds:
+        folder = env if per_env[env] == 1 else f"{room}--{head}" if room != head else room
         wanted: list[str] = []
-        for s in (s for s in shards if s["split"] == split and s["env"] == env and s["samples"]):
+        for s in (s for s in shards if s["split"] == split and (s["env"], s.get("head", ""), s.get("room", ""))
+                  == (env, head, room) and s["samples"]):
             with h5py.File(out_dir / s["path"], "r") as f:
                 ids = f["clip_id"].asstr()[()]
                 az = f["azimuth_deg"][()]
@@ -338,7 +576,7 @@ def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)
                         wanted.append(clip)
                     if clip in wanted and np.any(np.isclose(a, azimuths)):
                         name = f"{clip.replace('/', '_').replace('#', '-')}_az{int(round(a)):03d}.wav"
-                        path = out_dir / "examples" / env / name
+                        path = out_dir / "examples" / folder / name
                         path.parent.mkdir(parents=True, exist_ok=True)
                         sf.write(path, f["audio"][i].T, FS, subtype="FLOAT")
                         written.append(path)
