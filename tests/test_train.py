@@ -456,3 +456,17 @@ def test_bench_knows_gpu_peaks_and_projects_a_paper_run():
     assert bench.projected_hours(1000, epochs=1, train_samples=3_600_000) == pytest.approx(1.0)
     assert bench.mfu(65e9, 1000, 989) == pytest.approx(65e12 / 989e12)
     assert bench.mfu(65e9, 1000, None) is None
+
+
+def test_the_same_seed_trains_the_same_model(small_features, tmp_path):
+    """No step of training depends on the wall clock: two runs with the same seed and
+    settings end with the same checkpoint and the same test figures (the demo relies on
+    it: the same seed prints the same test AD)."""
+    cfg = preset("tiny", epochs=2, **SMALL)
+    assert cfg.max_minutes is None  # the tiny preset trains for a number of epochs, not minutes
+    a = train(small_features, tmp_path / "a", cfg)
+    b = train(small_features, tmp_path / "b", cfg)
+    assert a["ad_deg"] == b["ad_deg"] and a["mse"] == b["mse"]
+    wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -124,12 +124,17 @@ def test_extra_shard_labels_are_broken_down_and_older_shards_lack_them(study, tm
     test_shards = [s for s in manifest["shards"] if s["split"] == "test"]
     assert len(test_shards) >= 2
     for k, s in enumerate(manifest["shards"]):
-        if s["split"] == "test" and k != manifest["shards"].index(test_shards[-1]):  # the last: an older shard
-            with h5py.File(data / s["path"], "r+") as f:
+        if s["split"] != "test":
+            continue
+        with h5py.File(data / s["path"], "r+") as f:
+            for name in ("head", "room", "snr_db"):  # Stage 1 writes these now: start without them
+                if name in f:
+                    del f[name]
+            if k != manifest["shards"].index(test_shards[-1]):  # the last: an older shard, without labels
                 n = f["azimuth_deg"].shape[0]
                 f.create_dataset("head", data=np.array(["sphere"] * n, dtype=object), dtype=h5py.string_dtype())
                 f.create_dataset("snr_db", data=np.full(n, 20.0))
-            s["sha256"] = sha256_file(data / s["path"])
+        s["sha256"] = sha256_file(data / s["path"])
     (data / "manifest.json").write_text(json.dumps(manifest))
     m = evaluate_run(study / "run", data, split="test", device="cpu")
     assert m["labels"] == ["head", "snr_db"]

@@ -65,7 +65,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_model(run_dir, which: str = "best", device="cpu") -> tuple[BAST, TrainConfig]:
+def load_model(run_dir, which: str = "best", device="cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The trained model of a run directory, in eval mode, and its training config."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt", map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])

@@ -136,12 +136,13 @@ PRESETS: dict[str, dict] = {
     "small": dict(model=dict(dim=192, heads=6, mlp_dim=384, depth=2, stride=8, dropout=0.1), lr=5e-4,
                   warmup_steps=200, batch_size=64, epochs=20),
     # Trains in minutes on 2 CPU cores: one layer per encoder, stride 12 (55 tokens: the
-    # token count sets the CPU cost), warm-up and cosine decay. No dropout: in a 4.5-minute
-    # budget the model underfits, and dropout costs a third of the CPU throughput (measured
-    # on 196 training sounds: test AD 30.8 deg with 0.1, 26.4 with 0, 24.4-25.9 over three
-    # seeds with 0 and the 16 epochs its speed allows; docs/performance.md).
+    # token count sets the CPU cost), warm-up and cosine decay. No dropout: in a few minutes
+    # the model underfits, and dropout costs a third of the CPU throughput (measured on 196
+    # training sounds: test AD 30.8 deg with 0.1, 26.4 with 0, 24.4-25.9 over three seeds
+    # with 0 and 16 epochs; docs/performance.md). A fixed number of epochs, no time budget:
+    # the same seed gives the same model on any machine.
     "tiny": dict(model=dict(dim=96, heads=4, mlp_dim=192, depth=1, stride=12, dropout=0.0), lr=1e-3,
-                 warmup_steps=100, batch_size=64, epochs=16, max_minutes=4.5),
+                 warmup_steps=100, batch_size=64, epochs=16),
 }
 
 

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from bast.conventions import SPEC_SHAPE, parse_environments
-from bast.errors import DataError, MissingError
+from bast.errors import DataError
 from bast.model.losses import azimuth_to_vector
+from bast.pipeline.shards import read_manifest
 
 SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (twice that with the phase)
 
@@ -62,12 +63,7 @@ class Selection:
     @classmethod
     def of(cls, features_dir, split: str, envs="RI", phase: bool = False) -> "Selection":
         root = Path(features_dir)
-        manifest_path = root / "manifest.json"
-        if not manifest_path.exists():
-            raise MissingError(f"{root} is not Stage 2 output: no manifest.json")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("stage") != "featurize":
-            raise DataError(f"{manifest_path}: stage {manifest.get('stage')!r}; training reads featurize output")
+        manifest = read_manifest(root, "featurize", "training")
         if phase and not manifest.get("params", {}).get("phase"):
             raise DataError(f"{root} holds no interaural phase, which this model reads; featurize with it: "
                             f"bast-cli featurize {manifest.get('params', {}).get('stage1', 'STAGE1')} OUT --phase")

@@ -41,6 +41,7 @@ from bast.model.checkpoint import load_model
 from bast.model.config import TrainConfig
 from bast.model.data import EvalData, Selection, read_extra_labels
 from bast.model.runtime import Context, full_precision, resolve_device
+from bast.pipeline.shards import read_manifest
 
 STR_FIELDS = ("clip_id", "category", "env")
 FLOAT_FIELDS = ("azimuth_deg", "pred_x", "pred_y", "ad_deg", "sq_err")
@@ -397,17 +398,7 @@ MAX_NUMERIC_GROUPS = 32  # a numeric label (e.g. snr_db) with more distinct valu
 
 def features_manifest(features_dir) -> dict:
     """The manifest of a Stage 2 directory; errors name the folder and what it should be."""
-    root = Path(features_dir)
-    path = root / "manifest.json"
-    if not path.exists():
-        raise MissingError(f"{root} is not Stage 2 output (bast-cli featurize): no manifest.json")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
-    if manifest.get("stage") != "featurize":
-        raise DataError(f"{path}: stage {manifest.get('stage')!r}; evaluation reads the output of bast-cli featurize")
-    return manifest
+    return read_manifest(features_dir, "featurize", "evaluation")
 
 
 def data_sha256(manifest: dict) -> str:

@@ -24,7 +24,7 @@ from bast.conventions import FS, N_FREQ
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
 from bast.pipeline.irs import default_hrir_path
 from bast.pipeline.runner import Stage, StageSummary, run_stage
-from bast.pipeline.shards import ShardInfo, StageError, shard_name, write_shard
+from bast.pipeline.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
 
 LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db")
 # Stage 1 shards made before heads, rooms and noise existed hold only these; the others are
@@ -53,16 +53,7 @@ def read_stage1(stage1_dir) -> dict:
     """The Stage 1 manifest, after checking that the directory is complete Stage 1 output
     whose shards have the shapes and sample rate Stage 2 needs; errors name the file."""
     stage1_dir = Path(stage1_dir)
-    path = stage1_dir / "manifest.json"
-    if not path.exists():
-        hint = " (a run that did not finish: re-run spatialize to complete it)" if (stage1_dir / "params.json").exists() else ""
-        raise StageError(f"{stage1_dir} is not Stage 1 output: no manifest.json{hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise StageError(f"{path}: unreadable manifest ({exc})") from None
-    if manifest.get("stage") != "spatialize":
-        raise StageError(f"{path}: stage {manifest.get('stage')!r}; featurize reads the output of spatialize")
+    manifest = read_manifest(stage1_dir, "spatialize", "featurize")
     for s in manifest["shards"]:
         check_stage1_shard(stage1_dir / s["path"], s["samples"])
     return manifest

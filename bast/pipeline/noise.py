@@ -27,7 +27,6 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.signal import fftconvolve
 
-from bast.conventions import CLIP_SAMPLES
 from bast.errors import ConfigError
 from bast.pipeline.sofa import IRSet, read_sofa
 

@@ -22,10 +22,10 @@ import numpy as np
 
 from bast.conventions import ENVIRONMENTS as ENV_NAMES  # stored codes: env = index in this tuple
 from bast.conventions import SPLITS
-from bast.errors import StageError
+from bast.errors import DataError, MissingError, StageError
 from bast.fileio import atomic_write_text, sha256_file, versions
 
-__all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "atomic_write_text", "sha256_file", "versions",
+__all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "read_manifest", "atomic_write_text", "sha256_file", "versions",
            "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
            "write_failures", "write_manifest"]
 
@@ -164,6 +164,29 @@ def clear_outputs(out_dir: Path) -> None:
 def write_failures(out_dir: Path, failures: list[dict]) -> None:
     lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures)
     atomic_write_text(Path(out_dir) / "failures.jsonl", lines)
+
+
+STAGE_NAMES = {"spatialize": "Stage 1 output (bast-cli spatialize)", "featurize": "Stage 2 output (bast-cli featurize)"}
+
+
+def read_manifest(directory, stage: str, reader: str) -> dict:
+    """The manifest of a finished `stage` output in `directory`, for `reader` (e.g.
+    "featurize", "training"); errors name the folder, what it should be and what to do."""
+    directory = Path(directory)
+    path = directory / "manifest.json"
+    what = STAGE_NAMES.get(stage, f"{stage} output")
+    if not path.exists():
+        unfinished = (directory / "params.json").exists()
+        hint = f" (a run that did not finish: run bast-cli {stage} again to complete it)" if unfinished else ""
+        raise MissingError(f"{directory} is not {what}: no manifest.json{hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+    if manifest.get("stage") != stage:
+        raise DataError(f"{path}: stage {manifest.get('stage')!r}; {reader} reads the output of {stage} "
+                        f"(bast-cli {stage})")
+    return manifest
 
 
 def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardInfo], extra: dict) -> dict:
