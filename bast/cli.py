@@ -248,6 +248,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
     env: Annotated[Optional[str], typer.Option(help="Train on: anechoic, hall or both (RI01, RI02, RI).")] = None,
     test_env: Annotated[Optional[str], typer.Option(help="Test on: anechoic, hall or both.")] = None,
+    heads: Annotated[Optional[str], typer.Option(help="Train and validate on these heads only (comma-separated, as in the shards' head labels).")] = None,
+    rooms: Annotated[Optional[str], typer.Option(help="Train and validate in these rooms only (comma-separated: anechoic, hall, room-00, ...).")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after the epoch that crosses this many minutes.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initial weights, dropout and batch order. [default: 0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N (one process only). [default: auto]")] = None,
@@ -267,6 +269,7 @@ def train(
 
     given = {"arch": model, "phase": phase, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
+             "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
              "amp": amp, "compile": compile, "deterministic": deterministic}
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -18,7 +18,7 @@ from bast.fileio import sha256_file
 from bast.model.data import EvalData, ResidentData, Selection, StreamingData, read_selection
 from bast.model.losses import azimuth_to_vector
 from bast.model.data import standardize
-from bast.errors import ConfigError
+from bast.errors import ConfigError, DataError
 from bast.model.bast import BASTConfig
 from bast.model.train import TrainConfig, TrainingError, load_checkpoint, load_model, lr_at, preset, train
 
@@ -470,3 +470,14 @@ def test_the_same_seed_trains_the_same_model(small_features, tmp_path):
     wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_selects_heads_and_rooms_by_name(small_features):
+    every = Selection.of(small_features, "train")
+    anechoic = Selection.of(small_features, "train", rooms="anechoic")
+    assert {s["room"] for s in every.shards} == {"anechoic", "hall"}
+    assert {s["room"] for s in anechoic.shards} == {"anechoic"} and 0 < anechoic.samples < every.samples
+    head = every.shards[0]["head"]
+    assert head and Selection.of(small_features, "train", heads=head).samples == every.samples
+    with pytest.raises(DataError, match="no room named attic; it holds anechoic, hall"):
+        Selection.of(small_features, "train", rooms="attic")

@@ -41,6 +41,10 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after the epoch that crosses this budget
     train_env: str = "RI"  # environments trained on (anechoic, hall, RI01, RI02, RI)
     test_env: str = "RI"  # environments evaluated on
+    # Train (and validate) on these heads / rooms only (comma-separated names as in the
+    # shards' head and room labels; "" = all). The test split is what Stage 1 put there.
+    train_heads: str = ""
+    train_rooms: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none

@@ -61,7 +61,10 @@ class Selection:
         return SAMPLE_BYTES * self.shape[0] // SPEC_SHAPE[0]
 
     @classmethod
-    def of(cls, features_dir, split: str, envs="RI", phase: bool = False) -> "Selection":
+    def of(cls, features_dir, split: str, envs="RI", phase: bool = False, heads: str = "",
+           rooms: str = "") -> "Selection":
+        """The shards of `split` in environments `envs`; `heads` / `rooms`, comma-separated
+        names ("" = all), keep only the shards rendered with those heads / in those rooms."""
         root = Path(features_dir)
         manifest = read_manifest(root, "featurize", "training")
         if phase and not manifest.get("params", {}).get("phase"):
@@ -69,6 +72,14 @@ class Selection:
                             f"bast-cli featurize {manifest.get('params', {}).get('stage1', 'STAGE1')} OUT --phase")
         wanted = parse_environments(envs)
         shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
+        for key, names in (("head", heads), ("room", rooms)):
+            chosen = {n.strip() for n in names.split(",") if n.strip()}
+            if chosen:
+                known = {s.get(key, "") for s in manifest["shards"]}
+                if chosen - known:
+                    raise DataError(f"{root}: no {key} named {', '.join(sorted(chosen - known))}; it holds "
+                                    f"{', '.join(sorted(k for k in known if k)) or f'no {key} labels (older data)'}")
+                shards = tuple(s for s in shards if s.get(key, "") in chosen)
         return cls(root, shards, phase)
 
     def verify(self) -> "Selection":

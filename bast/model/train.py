@@ -169,8 +169,8 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
 
     ctx = setup(cfg)
     phase = cfg.model.phase  # the interaural phase as input channels (featurize --phase)
-    train_sel = Selection.of(features_dir, "train", cfg.train_env, phase)
-    val_sel = Selection.of(features_dir, "val", cfg.train_env, phase)
+    train_sel = Selection.of(features_dir, "train", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
+    val_sel = Selection.of(features_dir, "val", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
     test_sel = Selection.of(features_dir, "test", cfg.test_env, phase)
     for sel in (train_sel, val_sel, test_sel):  # a corrupt shard: one clear error now, not an h5py traceback later
         sel.verify()
