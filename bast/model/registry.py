@@ -34,8 +34,10 @@ BASELINE_PRESETS: dict[str, dict[str, dict]] = {
                       epochs=50),
     },
     "cnn": {
-        "tiny": dict(model=dict(filters=32, hidden=256, dropout=0.3), lr=1e-3, warmup_steps=100, batch_size=64,
-                     epochs=8),
+        # 2 x 1 convolutions over all 129 x 61 bins cost about 0.2 GFLOP a sample with 32
+        # filters: 77 training samples/s on 2 CPU cores, 267 with 16 (measured).
+        "tiny": dict(model=dict(filters=16, hidden=256, dropout=0.3), lr=1e-3, warmup_steps=100, batch_size=64,
+                     epochs=4),
         "small": dict(model=dict(filters=64, hidden=512, dropout=0.5), lr=5e-4, warmup_steps=200, batch_size=64,
                       epochs=20),
         "paper": dict(model=dict(filters=64, hidden=512, dropout=0.5), lr=1e-4, warmup_steps=0, schedule="constant",
