@@ -3,10 +3,12 @@
 import json
 import re
 
+import numpy as np
 from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.model.train import preset, train
+from bast.report.build import build_report
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=2, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
              device="cpu", epochs=1, max_minutes=None)
@@ -38,3 +40,34 @@ def test_report_from_three_runs(small_features, tmp_path):
     assert table1[0].startswith("mode,loss,integration") and len(table1) == 3  # the anechoic run is in Table 3
     assert "SP,mse,add" in (out / "table1.csv").read_text()
     assert (out / "table3.csv").exists()
+
+
+def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
+    """Shards with rooms and a drawn SNR: the final test and the report break the error
+    down per room and against SNR (binned when the SNR takes many values)."""
+    from bast.corpora.procedural import DefaultCorpus
+    from bast.model.evaluate import by_label
+    from bast.pipeline.featurize import featurize
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+
+    refs = DefaultCorpus(n_clips=16, seed=4, speech=False).list_clips()
+    spatialize(refs, tmp_path / "s1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), seed=4,
+                                                      samples_per_shard=16, snr_db=(-10.0, 30.0)))
+    featurize(tmp_path / "s1", tmp_path / "s2")
+    cfg = preset("tiny", dim=32, heads=4, mlp_dim=64, stride=12, batch_size=16, warmup_steps=5, device="cpu",
+                 epochs=1)
+    test = train(tmp_path / "s2", tmp_path / "run", cfg)
+    assert test["labels"] == ["head", "room", "snr_db"]
+    assert set(test["by_room"]) == {"anechoic", "hall"}
+    assert sum(v["n"] for v in test["by_room"].values()) == test["n"]
+    snr = test["by_snr_db"]
+    assert 2 <= len(snr) <= 8 and sum(v["n"] for v in snr.values()) == test["n"]  # drawn per sample: binned
+    assert all(-10 <= float(k) <= 30 for k in snr)
+    # A few values are kept as they are, +inf (no noise) apart.
+    pred = {"ad_deg": np.array([1.0, 2.0, 3.0, 5.0]), "sq_err": np.zeros(4),
+            "snr_db": np.array([0.0, 0.0, 10.0, np.inf])}
+    assert {k: v["n"] for k, v in by_label(pred, "snr_db").items()} == {"0": 2, "10": 1, "inf": 1}
+    page, _ = build_report([tmp_path / "run"], tmp_path / "report", rollout_samples=0)
+    html = page.read_text()
+    assert (tmp_path / "report" / "figures" / "run_ad_by_snr.png").exists()
+    assert "Per room: anechoic" in html

@@ -347,6 +347,11 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     metrics, table = evaluate(model, data, ctx)
     metrics.update(median_ad_deg=float(np.median(table["ad_deg"])) if len(table["ad_deg"]) else float("nan"),
                    by_category=by_category(table), checkpoint="best", test_env=cfg.test_env)
+    labels = _extra_labels(test_sel.root, test_sel.shards)  # head, room, snr_db where Stage 1 wrote them
+    table.update(labels)
+    metrics["labels"] = sorted(labels)
+    for label in labels:
+        metrics[f"by_{label}"] = by_label(table, label)
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1))
     save_predictions(table, run_dir / "eval" / "test_predictions.csv")
@@ -393,7 +398,8 @@ def _az_key(az):
 # the data (its parameters and shard checksums) and the checkpoint are unchanged.
 
 EVAL_SPLITS = ("train", "val", "test", "all")
-MAX_NUMERIC_GROUPS = 32  # a numeric label (e.g. snr_db) with more distinct values is not broken down
+MAX_NUMERIC_GROUPS = 32  # a numeric label (e.g. snr_db) with more distinct values is binned
+NUMERIC_BINS = 8
 
 
 def features_manifest(features_dir) -> dict:
@@ -532,12 +538,21 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
 def by_label(pred: dict, label: str) -> dict[str, dict]:
     """{value: {ad_deg, median_ad_deg, mse, n}} for any per-sample label of the table:
     strings as they are (empty skipped), numbers (e.g. snr_db) when they take at most
-    MAX_NUMERIC_GROUPS values, keyed by their shortest text ('inf', 'none' for NaN)."""
+    MAX_NUMERIC_GROUPS values, keyed by their shortest text ('inf', 'none' for NaN), and in
+    NUMERIC_BINS equal-width bins keyed by their centres when they take more."""
     values = np.asarray(pred[label])
     if values.dtype.kind in "iufb":
         values = values.astype(np.float64)
-        if np.unique(values[np.isfinite(values)]).size + 2 > MAX_NUMERIC_GROUPS:
-            return {}
+        finite = values[np.isfinite(values)]
+        if np.unique(finite).size + 2 > MAX_NUMERIC_GROUPS:
+            # Drawn from a range (e.g. --snr -5:20): NUMERIC_BINS equal-width bins, each
+            # keyed by its centre; +inf (no noise) and NaN stay groups of their own.
+            edges = np.linspace(finite.min(), finite.max(), NUMERIC_BINS + 1)
+            centres = (edges[:-1] + edges[1:]) / 2
+            k = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, NUMERIC_BINS - 1)
+            keys = np.array([f"{v:g}" if not np.isfinite(v) else f"{centres[i]:.3g}" for v, i in zip(values, k)])
+            keys[np.isnan(values)] = "none"
+            return _group_summary(pred, keys, skip_empty=True)
         keys = np.array(["none" if np.isnan(v) else f"{v:g}" for v in values], dtype=str)
         return _group_summary(pred, keys, skip_empty=True)
     return _group_summary(pred, values.astype(str), skip_empty=True)

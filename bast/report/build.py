@@ -364,8 +364,18 @@ def _run_section(r: Run, fig_dir: Path) -> str:
                                           title=f"AD per sound category: {r.label}"))
     if r.metrics:
         imgs.append(figures.training_curves(r.metrics, fig_dir / f"{stem}_training.png", title=f"Training: {r.label}"))
+    conditions = []  # the Stage 1 conditions the test split holds: heads, rooms, noise
+    for label in r.test.get("labels", []):
+        groups = ev.by_label(r.pred, label) if label in r.pred else {}
+        if len(groups) < 2:
+            continue
+        if label == "snr_db":
+            imgs.append(figures.ad_by_value(groups, fig_dir / f"{stem}_ad_by_snr.png", "SNR (dB)",
+                                            title=f"AD against SNR: {r.label}"))
+        conditions.append(f"Per {label}: " + ", ".join(f"{k} {v['ad_deg']:.1f}° (n={v['n']})"
+                                                        for k, v in sorted(groups.items())) + ".")
     s = ev.summary(r.pred)
-    text = (f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
+    text = (" ".join(conditions) + " " if conditions else "") + (f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
             f"true azimuth than to it, 90° and 270° excluded). "
             + ("Per category: " + ", ".join(f"{c} {v['ad_deg']:.1f}°" for c, v in sorted(cats.items(), key=lambda kv: kv[1]['ad_deg']))
                + ". Broadband sounds carry interaural cues in every band; narrowband ones in a few." if cats else ""))

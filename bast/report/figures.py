@@ -242,6 +242,26 @@ def category_bars(by_category: dict, path, title: str = "Angular distance per so
     return _save(fig, path)
 
 
+def ad_by_value(groups: dict, path, xlabel: str, title: str = "Angular distance") -> Path:
+    """Mean AD per value of a numeric label (e.g. SNR in dB), from `evaluate.by_label`:
+    finite keys as a line; 'inf' (e.g. no noise) as a dashed horizontal line."""
+    fig = _new((6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    points = sorted((float(k), v["ad_deg"]) for k, v in groups.items() if np.isfinite(_float(k)))
+    if points:
+        x, y = zip(*points)
+        ax.plot(x, y, "o-", color="C0", label="test AD")
+    if "inf" in groups:
+        ax.axhline(groups["inf"]["ad_deg"], color="C1", ls="--", label="no noise")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("angular distance (deg)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    _title(fig, title)
+    return _save(fig, path)
+
+
 def accuracy_vs_time(points: dict, path, title: str = "Test AD against training time") -> Path:
     """One point per run: {label: (training minutes, test AD in degrees)}."""
     fig = _new((6.4, 4.2))
