@@ -67,7 +67,22 @@ def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
     pred = {"ad_deg": np.array([1.0, 2.0, 3.0, 5.0]), "sq_err": np.zeros(4),
             "snr_db": np.array([0.0, 0.0, 10.0, np.inf])}
     assert {k: v["n"] for k, v in by_label(pred, "snr_db").items()} == {"0": 2, "10": 1, "inf": 1}
+    # Binned (many values), older shards' NaN keep their own group under its full name.
+    many = np.concatenate([np.linspace(0.0, 8.0, 40), [np.inf, np.nan]])
+    groups = by_label({"ad_deg": np.ones(42), "sq_err": np.zeros(42), "snr_db": many}, "snr_db")
+    assert groups["none"]["n"] == 1 and groups["inf"]["n"] == 1 and sum(v["n"] for v in groups.values()) == 42
     page, _ = build_report([tmp_path / "run"], tmp_path / "report", rollout_samples=0)
     html = page.read_text()
     assert (tmp_path / "report" / "figures" / "run_ad_by_snr.png").exists()
     assert "Per room: anechoic" in html
+
+
+def test_report_device_is_resolved_like_training(tmp_path):
+    """--device auto works, and a GPU asked for where there is none is one clear error."""
+    import torch
+
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "no-run"), "--out", str(tmp_path / "r"),
+                                      "--device", "cuda"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in result.output

@@ -481,3 +481,7 @@ def test_training_selects_heads_and_rooms_by_name(small_features):
     assert head and Selection.of(small_features, "train", heads=head).samples == every.samples
     with pytest.raises(DataError, match="no room named attic; it holds anechoic, hall"):
         Selection.of(small_features, "train", rooms="attic")
+
+
+def test_loss_names_are_case_insensitive_and_stored_lower_case():
+    assert preset("tiny", loss="MSE").loss == "mse" and preset("tiny", loss="Hybrid").loss == "hybrid"

@@ -67,6 +67,7 @@ class TrainConfig:
                                    if f.name != "model"})
         if self.loss.lower() not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+        self.loss = self.loss.lower()  # --loss MSE is mse: the report looks losses up by name
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.amp not in AMP_MODES:

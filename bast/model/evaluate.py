@@ -550,8 +550,8 @@ def by_label(pred: dict, label: str) -> dict[str, dict]:
             edges = np.linspace(finite.min(), finite.max(), NUMERIC_BINS + 1)
             centres = (edges[:-1] + edges[1:]) / 2
             k = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, NUMERIC_BINS - 1)
-            keys = np.array([f"{v:g}" if not np.isfinite(v) else f"{centres[i]:.3g}" for v, i in zip(values, k)])
-            keys[np.isnan(values)] = "none"
+            keys = np.array(["none" if np.isnan(v) else f"{v:g}" if not np.isfinite(v) else f"{centres[i]:.3g}"
+                             for v, i in zip(values, k)])
             return _group_summary(pred, keys, skip_empty=True)
         keys = np.array(["none" if np.isnan(v) else f"{v:g}" for v in values], dtype=str)
         return _group_summary(pred, keys, skip_empty=True)

@@ -95,7 +95,9 @@ def directional_bank(hrirs: IRSet, azimuths_deg, seed: int, seconds: float = BAN
     """(A, 2, L) float32: an independent white noise through the HRIR pair of each azimuth,
     each scaled to unit mean power per ear-sample."""
     n = int(seconds * hrirs.fs)
-    pairs = hrirs.select(azimuths_deg).astype(float)
+    # The head's nearest direction to each azimuth: an interferer need not sit exactly on the
+    # grid, and a head rendered with --ir-tolerance may have none there.
+    pairs = hrirs.select(azimuths_deg, tolerance_deg=180.0).astype(float)
     out = np.empty((len(pairs), 2, n), dtype=np.float32)
     for a, pair in enumerate(pairs):
         x = _white([seed, 0xD12, a], n)

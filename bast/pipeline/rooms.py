@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bast.errors import ConfigError, StageError
 from bast.pipeline.cluster import run_tasks
 from bast.pipeline.hall import WALLS, HallSpec, hall_brirs
 from bast.pipeline.sofa import IRSet, read_sofa
@@ -45,14 +46,14 @@ class RoomRanges:
         for name in ("width_m", "length_m", "height_m", "rt60_s", "listener_height_m", "distance_m"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
-                raise ValueError(f"RoomRanges.{name} = {(lo, hi)}: need 0 < low <= high")
+                raise ConfigError(f"RoomRanges.{name} = {(lo, hi)}: need 0 < low <= high")
         if min(self.width_m[0], self.length_m[0]) < 2 * (self.distance_m[0] + self.wall_margin_m):
-            raise ValueError("RoomRanges: the smallest floor cannot hold the shortest source distance "
+            raise ConfigError("RoomRanges: the smallest floor cannot hold the shortest source distance "
                              "plus the wall margin on both sides")
         if self.height_m[0] <= self.listener_height_m[1]:
-            raise ValueError("RoomRanges: the lowest ceiling must be above the highest ear")
+            raise ConfigError("RoomRanges: the lowest ceiling must be above the highest ear")
         if self.wall_spread < 1:
-            raise ValueError("RoomRanges.wall_spread must be at least 1")
+            raise ConfigError("RoomRanges.wall_spread must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def build_banks(tasks: list[BankTask], client=None) -> list[IRSet]:
     keyed = list(enumerate(tasks))
     for (i, task), bank, error in run_tasks(lambda it: build_bank(it[1]), keyed, client):
         if error is not None:
-            raise RuntimeError(f"building a room bank ({Path(task.hrir).name}, {task.spec}) failed: {error}") from error
+            raise StageError(f"building a room bank ({Path(task.hrir).name}, {task.spec}) failed: {error}") from error
         results[i] = bank
     return [results[i] for i in range(len(tasks))]
 
