@@ -106,7 +106,7 @@ def test_baselines_and_phase_train_evaluate_and_report(small_features, phase_fea
                                  "--rollout-samples", "1"])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "Models side by side" in page and "MLP-MIX+phase" in page and "CNN-MIX" in page and "AST-MIX+phase" in page
+    assert "BAST and the baselines side by side" in page and "MLP-MIX+phase" in page and "CNN-MIX" in page and "AST-MIX+phase" in page
     models = (tmp_path / "report" / "models.csv").read_text().splitlines()
     assert len(models) == 1 + 4 and (tmp_path / "report" / "figures" / "accuracy_vs_time.png").exists()
     # BAST with phase: its rollout folds back onto the (power) spectrograms.

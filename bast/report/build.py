@@ -223,7 +223,7 @@ def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
     _write_csv(out / "models.csv", head[:-1] + ["paper_ad_deg", "paper_mse"], csv_rows)
     png = figures.accuracy_vs_time({r.label: (r.train_minutes, r.test["ad_deg"]) for r in runs},
                                    fig_dir / "accuracy_vs_time.png")
-    return _section("Models side by side (BAST and baselines)",
+    return _section("Table 1, every model: BAST and the baselines side by side",
                     "Each run's test figures on its own data, best first, with its training time; "
                     "\"paper\" quotes the BAST paper's Table 1 for the same model and loss (BAST-NSP/SP; CNN; "
                     "FAViT, the paper's single-stream transformer, beside bast's ast), on their data. The mlp "
