@@ -83,5 +83,7 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
                      if c.endswith("_noise") and c != "bandpass_noise"]
         noise[name] = float(np.mean(broadband)) if broadband else float("nan")
     p.stage("4/4 report")
+    p.on_start(1, 0)  # one step, not the last stage's count
     page, _ = build_report(list(run_dirs.values()), report_dir)
+    p.on_shard(None, 1)
     return DemoResult(page, run_dirs, runs, noise)
