@@ -109,3 +109,17 @@ def test_train_refuses_a_bad_setting_in_one_line(small_features, tmp_path, args,
     assert result.exit_code == 1, result.output
     assert named in result.output and isinstance(result.exception, SystemExit)
     assert result.output.strip().startswith("error:") and not (tmp_path / "run" / "config.json").exists()
+
+
+def test_demo_trains_bast_and_the_mlp_and_a_rerun_repeats_its_figures(tmp_path):
+    """The demo end to end on a few sounds: both models trained, one report of both; run
+    again, it redoes nothing and prints the same figures (no step depends on the clock)."""
+    args = ["demo", "--out", str(tmp_path / "demo"), "--sounds", "12", "--workers", "0"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    figures = re.findall(r"(bast|mlp): test AD ([0-9.]+) deg", first.output)
+    assert [name for name, _ in figures] == ["bast", "mlp"]
+    page = (tmp_path / "demo" / "report" / "index.html").read_text()
+    assert "BAST and the baselines side by side" in page and "MLP-MIX+phase" in page
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and re.findall(r"(bast|mlp): test AD ([0-9.]+) deg", second.output) == figures
