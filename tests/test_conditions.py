@@ -20,21 +20,12 @@ from bast.pipeline.irs import default_hrir_path, load_hrirs
 from bast.pipeline.rooms import RoomRanges, draw_rooms
 from bast.pipeline.sofa import read_sofa, write_sofa
 from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize
+from test_spatialize import read_all
 
 FS = 16000
 QUARTERS = (0.0, 90.0, 180.0, 270.0)
 FAST_ROOMS = RoomRanges(width_m=(5.0, 9.0), length_m=(6.0, 10.0), height_m=(2.6, 3.5), rt60_s=(0.35, 0.6),
                         distance_m=(1.0, 1.5), n_rays=4000)
-
-
-def read_all(out) -> dict:
-    manifest = json.loads((out / "manifest.json").read_text())
-    parts: dict = {}
-    for s in manifest["shards"]:
-        with h5py.File(out / s["path"], "r") as f:
-            for name, d in f.items():
-                parts.setdefault(name, []).append(d.asstr()[()] if d.dtype.kind == "O" else d[()])
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 @pytest.fixture(scope="module")
