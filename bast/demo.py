@@ -35,7 +35,7 @@ class Progress:
 
 # What the demo trains: run folder name -> (model, settings over its tiny preset).
 MODELS = {
-    "bast": ("bast", {}),  # the paper's model at CPU size, log power only, as the paper
+    "bast": ("bast", {"phase": True}),  # the paper's model at CPU size, with the (clip-averaged) phase
     "mlp": ("mlp", {"phase": True}),  # Tang et al. 2022 with interaural phase
 }
 

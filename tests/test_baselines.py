@@ -42,6 +42,11 @@ def test_each_ear_hears_the_phase_from_its_own_side():
     m_left, m_right = ears(mirror, phase=True)
     torch.testing.assert_close(m_left, right)
     torch.testing.assert_close(m_right, left)
+    # Averaged over the frames: every frame holds the clip's mean cos and sin.
+    a_left, a_right = ears(x, phase=True, average=True)
+    torch.testing.assert_close(a_left[:, 0], x[:, 0])
+    torch.testing.assert_close(a_left[..., 7], torch.stack([x[:, 0, :, 7], x[:, 2].mean(-1), x[:, 3].mean(-1)], 1))
+    torch.testing.assert_close(a_right[..., 0], torch.stack([x[:, 1, :, 0], x[:, 2].mean(-1), -x[:, 3].mean(-1)], 1))
 
 
 def test_mlp_features_are_time_averages_and_the_ild():
