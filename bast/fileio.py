@@ -8,6 +8,8 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
+
 PACKAGES = ("bast", "numpy", "scipy", "h5py", "soundfile", "pyroomacoustics", "dask", "distributed", "torch")
 
 
@@ -37,3 +39,13 @@ def versions() -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+def json_default(value):
+    """`json.dumps(..., default=json_default)`: numpy arrays and scalars as plain JSON,
+    anything else as its text."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)

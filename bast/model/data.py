@@ -32,6 +32,7 @@ import torch
 
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import DataError
+from bast.fileio import sha256_file
 from bast.model.losses import azimuth_to_vector
 from bast.pipeline.shards import read_manifest
 
@@ -131,8 +132,6 @@ def verify_shard(path, sha256: str | None) -> None:
     """Raise DataError when the shard at `path` is missing or its sha256 is not `sha256`
     (None: only that it exists). A shard found intact is not read again in this process
     while its size and modification time stay the same."""
-    from bast.fileio import sha256_file
-
     path = Path(path)
     try:
         st = path.stat()

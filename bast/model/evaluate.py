@@ -35,7 +35,7 @@ import torch.distributed as dist
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.conventions import canonical_env as _canonical_env
 from bast.errors import ConfigError, DataError, MissingError
-from bast.fileio import atomic_write_text
+from bast.fileio import atomic_write_text, json_default, sha256_file
 from bast.model import losses
 from bast.model.checkpoint import load_model
 from bast.model.config import TrainConfig
@@ -472,8 +472,6 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     False. Refuses (DataError) data whose spectrogram parameters differ from the run's
     training data, and a shard that does not match its manifest checksum.
     """
-    from bast.fileio import sha256_file
-
     run_dir = Path(run_dir)
     features_dir = Path(features_dir).resolve()
     if split not in EVAL_SPLITS:
@@ -530,7 +528,7 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
         result[f"by_{label}"] = by_label(table, label)
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(table, out / "predictions.csv")
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=_json_default))
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=json_default))
     _add_to_index(run_dir, name, result, trained)
     return {**result, "reused": False}
 
@@ -636,12 +634,5 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
                                               "median_ad_deg", "mse", "front_back_rate", "created")}
     sets[name]["metrics"] = f"eval/{name}/metrics.json"
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "index.json", json.dumps(index, indent=1, default=_json_default))
+    atomic_write_text(run_dir / "eval" / "index.json", json.dumps(index, indent=1, default=json_default))
 
-
-def _json_default(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)

@@ -19,6 +19,7 @@ import numpy as np
 
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, MissingError
+from bast.fileio import json_default
 from bast.model import evaluate as ev
 from bast.report import figures, stats
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
@@ -162,7 +163,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
         if explained is not None:
             sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default))
     page = _page(sections, out)
     (out / "index.html").write_text(page)
     return out / "index.html", summary
@@ -475,10 +476,3 @@ def _write_csv(path: Path, head, rows) -> None:
         w.writerow(head)
         w.writerows(rows)
 
-
-def _jsonable(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    return str(v)
