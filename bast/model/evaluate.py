@@ -505,7 +505,7 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
         raise DataError(f"{features_dir}: no {split} samples" + (f" in {', '.join(env_list)}" if env_list else "")
                         + f" (it holds {', '.join(f'{k} {v}' for k, v in have.items()) or 'none'}); "
                         "choose another --split or --env")
-    dev = _resolve_device(device)
+    dev = eval_device(device)
     model, cfg = load_model(run_dir, "best", dev)
     if cfg.model.phase and not manifest.get("params", {}).get("phase"):
         raise DataError(f"{features_dir} holds no interaural phase, which {run_dir} reads; featurize it with "
@@ -584,7 +584,7 @@ def _checkpoint_epoch(run_dir: Path):
     return min(losses_)[1] if losses_ else None
 
 
-def _resolve_device(device) -> torch.device:
+def eval_device(device) -> torch.device:
     """One process's device for evaluation or localization (auto: a GPU when there is one);
     the same rules and messages as training's --device."""
     dev, _ = resolve_device(str(device), cuda_available=torch.cuda.is_available(),

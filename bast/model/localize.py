@@ -215,7 +215,7 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
     """The best checkpoint of a run, in float32 on `device` ('auto': the GPU when there is
     one), after checking that the run was trained on the spectrograms computed here."""
     from bast.model.checkpoint import load_model
-    from bast.model.evaluate import (_resolve_device, _run_config, check_spectrogram_params,
+    from bast.model.evaluate import (_run_config, check_spectrogram_params, eval_device,
                                      current_spectrogram_params, trained_spectrogram_params)
 
     run_dir = Path(run_dir)
@@ -224,6 +224,6 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
         raise DataError(f"{run_dir}: no checkpoints/best.pt (a run that has not finished an epoch?)")
     check_spectrogram_params(trained_spectrogram_params(run_dir), current_spectrogram_params(),
                              "audio featurized by this version of bast", run_dir)
-    dev = _resolve_device(device)
+    dev = eval_device(device)
     model, _ = load_model(run_dir, "best", dev)
     return model.float().eval(), dev

@@ -103,7 +103,7 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
     ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
-                  Context(device=ev._resolve_device(device), amp_dtype=None))
+                  Context(device=ev.eval_device(device), amp_dtype=None))
 
 
 # --------------------------------------------------------------------------- building
@@ -116,7 +116,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     Runs evaluated on other data sets (`bast-cli evaluate`) add the generalisation
     matrix; `per_set_figures` adds a polar plot and per-category bars for each set."""
     out = Path(out_dir)
-    device = str(ev._resolve_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
+    device = str(ev.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p, device) for p in run_dirs]
