@@ -20,18 +20,7 @@ from scipy.signal import resample_poly
 
 from bast.conventions import FS
 from bast.errors import SofaError
-
-FIR_CONVENTIONS = (
-    "SimpleFreeFieldHRIR",
-    "GeneralFIR",
-    "GeneralFIR-E",
-    "GeneralFIRE",
-    "FreeFieldHRIR",
-    "SingleRoomSRIR",
-    "SingleRoomMIMOSRIR",
-    "SingleRoomDRIR",
-    "MultiSpeakerBRIR",
-)
+from bast.sphere import unit_vector
 
 
 @dataclass(frozen=True)
@@ -56,21 +45,25 @@ class IRSet:
 
     def directions(self) -> np.ndarray:
         """Unit vectors (M, 3) of the directions, x ahead, y left, z up."""
-        return unit_vectors(self.azimuth_deg, self.elevation_deg)
+        return unit_vector(self.azimuth_deg, self.elevation_deg)
 
-    def indices(self, azimuths_deg, elevation_deg: float = 0.0, tolerance_deg: float = 0.0) -> np.ndarray:
-        """Index of the IR for each requested azimuth at `elevation_deg`.
+    def indices(self, azimuths_deg, elevation_deg=0.0, tolerance_deg: float = 0.0) -> np.ndarray:
+        """Index of the IR for each requested direction: `azimuths_deg` with `elevation_deg`
+        (one elevation for all, or one per azimuth: (azimuth, elevation) pairs).
 
         An exact match (to 1e-3 deg) or the nearest direction within `tolerance_deg`
         (great-circle angle); otherwise a SofaError naming the nearest available ones.
         """
-        azimuths = np.atleast_1d(np.asarray(azimuths_deg, dtype=float))
-        want = unit_vectors(azimuths, np.full_like(azimuths, elevation_deg))
+        azimuths, elevations = np.broadcast_arrays(np.atleast_1d(np.asarray(azimuths_deg, dtype=float)),
+                                                   np.asarray(elevation_deg, dtype=float))
+        want = unit_vector(azimuths, elevations)
         have = self.directions()
-        angles = np.degrees(np.arccos(np.clip(want @ have.T, -1.0, 1.0)))  # (A, M)
+        # atan2(|u x v|, u . v): exact near 0 deg, where arccos of a rounded dot is not
+        angles = np.degrees(np.arctan2(np.linalg.norm(np.cross(want[:, None, :], have[None, :, :]), axis=-1),
+                                       want @ have.T))  # (A, M)
         best = np.argmin(angles, axis=1)
         allowed = max(tolerance_deg, 1e-3)
-        for a, (az, i) in enumerate(zip(azimuths, best)):
+        for a, (az, el, i) in enumerate(zip(azimuths, elevations, best)):
             if angles[a, i] > allowed:
                 near = np.argsort(angles[a])[:4]
                 listed = ", ".join(
@@ -79,25 +72,35 @@ class IRSet:
                 )
                 raise SofaError(
                     f"{self.source or 'IR set'}: no impulse response at azimuth {az:g} deg, "
-                    f"elevation {elevation_deg:g} deg within {tolerance_deg:g} deg; nearest: {listed}. "
-                    "Allow a tolerance (--ir-tolerance) or ask for a grid the set covers."
+                    f"elevation {el:g} deg within {tolerance_deg:g} deg; nearest: {listed}. "
+                    "Allow a tolerance (--ir-tolerance), interpolate (--interpolate) or ask for a grid the set covers."
                 )
         return best
 
-    def select(self, azimuths_deg, elevation_deg: float = 0.0, tolerance_deg: float = 0.0) -> np.ndarray:
-        """The (A, 2, N) IR pairs for the requested azimuths (see `indices`)."""
+    def select(self, azimuths_deg, elevation_deg=0.0, tolerance_deg: float = 0.0) -> np.ndarray:
+        """The (A, 2, N) IR pairs for the requested directions (see `indices`)."""
         return self.ir[self.indices(azimuths_deg, elevation_deg, tolerance_deg)]
+
+    def subset(self, index) -> IRSet:
+        """The set of the IRs at `index` (an index array or a boolean mask), in that order."""
+        index = np.asarray(index)
+        return IRSet(self.ir[index], self.fs, self.azimuth_deg[index], self.elevation_deg[index],
+                     self.distance_m[index], self.conventions, self.source, self.attrs)
+
+    def at(self, azimuths_deg, elevation_deg=0.0, tolerance_deg: float = 0.0) -> IRSet:
+        """The set's own IRs nearest the requested directions (see `indices`), labelled with
+        the directions measured. For directions the set did not measure, see
+        `bast.pipeline.interpolate.interpolated_set`."""
+        return self.subset(self.indices(azimuths_deg, elevation_deg, tolerance_deg))
 
     def horizontal_azimuths(self, tolerance_deg: float = 1e-3) -> np.ndarray:
         """Sorted azimuths available at elevation 0."""
         on_plane = np.abs(self.elevation_deg) <= tolerance_deg
         return np.unique(np.round(self.azimuth_deg[on_plane], 6) % 360.0)
 
-
-def unit_vectors(azimuth_deg, elevation_deg) -> np.ndarray:
-    az = np.radians(np.asarray(azimuth_deg, dtype=float))
-    el = np.radians(np.asarray(elevation_deg, dtype=float))
-    return np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=-1)
+    def elevations(self, decimals: int = 6) -> np.ndarray:
+        """Sorted elevations the set measured (rounded to `decimals`)."""
+        return np.unique(np.round(self.elevation_deg, decimals))
 
 
 def resample_ir(ir: np.ndarray, fs_in: float, fs_out: int = FS) -> np.ndarray:
@@ -154,7 +157,7 @@ def _positions(f: h5py.File, name: str) -> np.ndarray | None:
         az, el, r = values[:, 0], values[:, 1], values[:, 2]
         if "rad" in units:
             az, el = np.degrees(az), np.degrees(el)
-        return unit_vectors(az, el) * r[:, None]
+        return unit_vector(az, el) * r[:, None]
     if kind.startswith("cartesian"):
         return values
     raise SofaError(f"{name} has position type {kind!r}; bast reads cartesian or spherical")
