@@ -55,6 +55,9 @@ def spatialize(
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
     env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
     azimuths: Annotated[str, typer.Option(help="Azimuths in degrees: start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
+    elevations: Annotated[str, typer.Option(help="Elevations in degrees (90 = up): a list (-30,0,30) or LO:HI:STEP (HI included), crossed with --azimuths; with --directions all, LO:HI limits them. docs/sphere.md.")] = "0",
+    directions: Annotated[Optional[str], typer.Option(help="'all': every direction the (first) head measured; or a CSV file with columns azimuth,elevation. Replaces the --azimuths x --elevations grid.")] = None,
+    interpolate: Annotated[bool, typer.Option("--interpolate", help="HRIRs interpolated at exactly the requested directions (else the nearest measured one within --ir-tolerance). docs/sphere.md.")] = False,
     hrir: Annotated[Optional[list[Path]], typer.Option(help="SOFA HRIR set (a head); repeat it, or give a folder of .sofa files, for several heads (default: bundled MIT KEMAR).")] = None,
     test_hrir: Annotated[Optional[list[Path]], typer.Option(help="Heads (SOFA files or a folder) used only for the test split; repeatable.")] = None,
     brir: Annotated[Optional[list[Path]], typer.Option(help="Measured BRIR SOFA file(s) for the hall, each its own room and head; repeatable (default: simulated hall).")] = None,
@@ -76,10 +79,10 @@ def spatialize(
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
     examples: Annotated[int, typer.Option(help="Also write WAV files of this many clips at 0/90/180/270 deg, for listening.")] = 0,
 ) -> None:
-    """Stage 1: render mono sounds to binaural clips at every azimuth in every environment.
+    """Stage 1: render mono sounds to binaural clips at every direction in every environment.
 
-    Writes OUT/shards/*.h5 (audio, azimuth_deg, env, clip_id, split, category, head,
-    room, snr_db),
+    Writes OUT/shards/*.h5 (audio, azimuth_deg, elevation_deg, env, clip_id, split,
+    category, head, room, snr_db),
     OUT/manifest.json, OUT/failures.jsonl and the IRs used (OUT/irs/*.sofa). A re-run
     resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
     (listed in failures.jsonl), 1 = error.
@@ -88,31 +91,43 @@ def spatialize(
     from bast.pipeline import cluster
     from bast.pipeline.clips import ClipPolicy
     from bast.errors import ConfigError
-    from bast.pipeline.irs import parse_azimuths, parse_environments, sofa_files
+    from bast.pipeline.irs import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
     from bast.pipeline.noise import parse_snr
     from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize as run, write_examples
 
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
+    grid_el, el_limit = parse_elevations(elevations)
+    heads = sofa_files(hrir, "--hrir") or None
+    if el_limit is not None and directions is None:
+        raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
+    if directions is not None and grid_el is not None and elevations.strip() != "0":
+        raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    pairs = (None if directions is None
+             else parse_directions(directions, heads[0] if heads else None, el_limit))
     found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}")
     config = SpatializeConfig(
         azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
+        elevations=(0.0,) if grid_el is None else tuple(float(e) for e in grid_el),
+        directions=None if pairs is None else tuple(map(tuple, pairs.tolist())), interpolate=interpolate,
         environments=parse_environments(env),
         policy=ClipPolicy(min_ms=min_ms, long=long, normalize=normalize),
         seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
         samples_per_shard=samples_per_shard,
-        hrir=sofa_files(hrir, "--hrir") or None, brir=sofa_files(brir, "--brir") or None,
+        hrir=heads, brir=sofa_files(brir, "--brir") or None,
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms,
         snr_db=parse_snr(snr), noise=noise or "diffuse",
         rt60_s=rt60, tolerance_deg=ir_tolerance,
     )
     conditions = layout(config).splits
-    samples = len(found.refs) * len(config.azimuths) * max(len(c) for c in conditions.values())
+    samples = len(found.refs) * config.n_directions * max(len(c) for c in conditions.values())
     console.print(f"{len(found.refs)} sounds from {source}"
                   + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
-                  + f"; {len(config.azimuths)} azimuths x {len(config.environments)} environments"
+                  + (f"; {len(config.azimuths)} azimuths" if config.flat and config.directions is None
+                     else f"; {config.n_directions} directions")
+                  + f" x {len(config.environments)} environments"
                   + ("" if len(conditions["train"]) == len(config.environments) and conditions["train"] == conditions["test"]
                      else f"; {len(conditions['train'])} train/val and {len(conditions['test'])} test conditions "
                           "(head x room)")
@@ -446,13 +461,16 @@ def demo(
 
 @command
 def irs(
-    env: Annotated[Optional[str], typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI). [default: RI, none with --rooms]")] = None,
+    env: Annotated[Optional[str], typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI). [default: RI, none with --rooms or --interpolation-check]")] = None,
     hrir: Annotated[Optional[Path], typer.Option(help="SOFA HRIR set (default: bundled MIT KEMAR).")] = None,
     brir: Annotated[Optional[Path], typer.Option(help="Measured BRIR SOFA file to use for the hall.")] = None,
     rt60: Annotated[float, typer.Option(help="Simulated hall: target RT60 in seconds.")] = 0.8,
     seed: Annotated[int, typer.Option(help="Simulated hall: seed of its random tail.")] = 0,
     azimuths: Annotated[str, typer.Option(help="Simulated hall: azimuths, start:stop:step or a list.")] = "0:360:10",
+    elevations: Annotated[str, typer.Option(help="Simulated rooms: elevations, a list (-30,0,30) or LO:HI:STEP (HI included).")] = "0",
     tolerance: Annotated[float, typer.Option(help="Largest angle (deg) between a requested and an available direction.")] = 0.0,
+    interpolate: Annotated[bool, typer.Option("--interpolate", help="Simulated rooms: the direct sound through HRIRs interpolated at exactly the requested directions.")] = False,
+    interpolation_check: Annotated[bool, typer.Option("--interpolation-check", help="Leave-one-out on the HRIR set: rebuild each direction from the others, interpolated and nearest; spectral distortion and ITD error. docs/sphere.md.")] = False,
     rooms: Annotated[int, typer.Option(help="Also build, measure and check the N rooms `spatialize --rooms N --seed S` generates.")] = 0,
     test_rooms: Annotated[int, typer.Option(help="And the M test rooms of `spatialize --test-rooms M`.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Build generated rooms on this many local dask workers (default: in this process).")] = None,
@@ -464,54 +482,82 @@ def irs(
     (set BAST_CACHE to move the cache). With --rooms/--test-rooms, each generated room is
     built through the head (--hrir), measured like the hall and checked (RT60 against its
     target, direct ITD/ILD against the anechoic head, tail coherence, DRR against theory);
-    exit status 1 if a room fails a check.
+    exit status 1 if a room fails a check. --interpolation-check measures HRIR
+    interpolation against the nearest measured direction, leave-one-out.
     """
-    from bast.errors import DataError
-    from bast.pipeline import acoustics, cluster, ircheck
-    from bast.pipeline.hall import HallSpec
-    from bast.pipeline.irs import IRSources, default_hrir_path, parse_azimuths, parse_environments
-    from bast.pipeline.rooms import BankTask, build_banks, describe as describe_room, draw_rooms
+    import numpy as np
 
-    envs = parse_environments(env or "RI") if (env or not (rooms or test_rooms)) else ()
-    grid = parse_azimuths(azimuths)
+    from bast.errors import ConfigError, DataError
+    from bast.pipeline import cluster, ircheck
+    from bast.pipeline.hall import HallSpec
+    from bast.pipeline.irs import (IRSources, default_hrir_path, direction_grid, load_hrirs, parse_azimuths,
+                                   parse_elevations, parse_environments)
+    from bast.pipeline.rooms import draw_rooms
+
+    envs = parse_environments(env or "RI") if (env or not (rooms or test_rooms or interpolation_check)) else ()
+    grid_el, limit = parse_elevations(elevations)
+    if grid_el is None:
+        raise ConfigError(f"--elevations {elevations}: irs needs a list or LO:HI:STEP (LO:HI limits spatialize --directions all)")
+    pairs = direction_grid(parse_azimuths(azimuths), grid_el)
+    az, el = pairs[:, 0], (None if not np.any(pairs[:, 1]) else pairs[:, 1])
     spec = HallSpec(rt60_s=rt60, seed=seed)
+    if el is not None:
+        spec = spec.fitted(el)
     sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
     results = {}
     for name in envs:
         with console.status(f"loading {name} impulse responses"):
-            irset = sources.irset(name, grid)
-            simulated = name == "hall" and brir is None
-            expected = acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m) if simulated else None
-            m = ircheck.measure(irset, expected_drr_db=expected)
-            png = ircheck.plot(irset, m, out / f"irs-{name}.png", title=f"{name}: {Path(irset.source).name}")
-        m["png"] = str(png)
+            m = ircheck.check_environment(sources, name, az, el, out=out, interpolate=interpolate)
         results[name] = m
-        _print_measurement(name, m, spec if simulated else None)
+        _print_measurement(name, m)
     failed = []
     generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
     if generated:
-        head = str(hrir or default_hrir_path())
-        anechoic = ircheck.measure(IRSources(hrir=hrir).irset("anechoic", grid))
         with console.status(f"building {len(generated)} rooms"), cluster.open_client(workers or 0) as client:
-            banks = build_banks([BankTask(r.spec, head, tuple(float(a) for a in grid), tolerance) for r in generated],
-                                client)
-        for room, bank in zip(generated, banks):
-            spec_r = room.spec
-            m = ircheck.measure(bank, acoustics.predicted_drr_db(spec_r.volume_m3, spec_r.rt60_s, spec_r.distance_m))
-            m["room"] = describe_room(spec_r)
-            m["checks"] = ircheck.check_room(m, anechoic, spec_r.rt60_s)
-            m["png"] = str(ircheck.plot(bank, m, out / f"irs-{room.name}.png", title=f"{room.name} (generated, seed {seed})"))
+            built = ircheck.check_generated_rooms(generated, str(hrir or default_hrir_path()), az, el, out=out,
+                                                  tolerance_deg=tolerance, seed=seed, interpolate=interpolate,
+                                                  client=client)
+        for room, m in zip(generated, built.values()):
             results[room.name] = m
-            _print_measurement(room.name, m, spec_r)
+            _print_measurement(room.name, m)
             _print_checks(m["checks"])
             if not all(c["ok"] for c in m["checks"]):
                 failed.append(room.name)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "irs.json").write_text(json.dumps(results, indent=1))
-    console.print(f"figures: {', '.join(r['png'] for r in results.values())}; numbers: {out / 'irs.json'}")
+    if interpolation_check:
+        head = load_hrirs(hrir)
+        with _progress("leave-one-out") as progress:
+            progress.stage("leave-one-out")
+            loo = ircheck.interpolation_check(head, on_step=progress.on_step)
+        _print_interpolation(loo)
+        results["interpolation_check"] = loo
+    path = ircheck.write_results(results, out)
+    pngs = [r["png"] for r in results.values() if "png" in r]
+    console.print((f"figures: {', '.join(pngs)}; " if pngs else "") + f"numbers: {path}")
     if failed:
         raise DataError(f"{len(failed)} generated room(s) failed a physics check: {', '.join(failed)} "
-                        f"(details above and in {out / 'irs.json'})")
+                        f"(details above and in {path})")
+
+
+def _print_interpolation(loo: dict) -> None:
+    t = Table(title=f"interpolation, leave-one-out: {loo['directions']} directions of {loo['source']} "
+                    f"(SD over {loo['sd_band_hz'][0]:g}-{loo['sd_band_hz'][1]:g} Hz)")
+    for col in ("elevation (deg)", "directions", "SD interpolated (dB)", "SD nearest (dB)",
+                "ITD error interpolated (us)", "ITD error nearest (us)"):
+        t.add_column(col, justify="right")
+
+    def row(label: str, s: dict, **style) -> None:
+        t.add_row(label, str(s["directions"]), f"{s['sd_db_interpolated']['mean']:.2f}", f"{s['sd_db_nearest']['mean']:.2f}",
+                  f"{s['itd_error_us_interpolated']['mean']:.1f}", f"{s['itd_error_us_nearest']['mean']:.1f}", **style)
+
+    for elevation, s in loo["by_elevation"].items():
+        row(elevation, s)
+    row("all (mean)", loo["overall"], style="bold")
+    console.print(t)
+    o = loo["overall"]
+    console.print(f"median SD {o['sd_db_interpolated']['median']:.2f} vs {o['sd_db_nearest']['median']:.2f} dB, "
+                  f"95th percentile {o['sd_db_interpolated']['p95']:.2f} vs {o['sd_db_nearest']['p95']:.2f} dB; "
+                  f"median ITD error {o['itd_error_us_interpolated']['median']:.1f} vs "
+                  f"{o['itd_error_us_nearest']['median']:.1f} us (interpolated vs nearest)")
 
 
 def _print_checks(rows: list[dict]) -> None:
@@ -523,7 +569,8 @@ def _print_checks(rows: list[dict]) -> None:
     console.print(t)
 
 
-def _print_measurement(name: str, m: dict, spec) -> None:
+def _print_measurement(name: str, m: dict) -> None:
+    """A measurement of ircheck; `m["room"]` (a simulated room's record) adds its theory."""
     from bast.pipeline.ircheck import cardinal_rows
 
     console.rule(f"[bold]{name}[/]: {m['source']}")
@@ -545,9 +592,10 @@ def _print_measurement(name: str, m: dict, spec) -> None:
         for band, rt in m["rt60_s"].items():
             t.add_row(band, f"{rt:.2f}", f"{m['coherence'][band]:.2f}")
         console.print(t)
-        line = f"direct-to-reverberant ratio at {spec.distance_m if spec is not None else 1:g} m: {m['drr_db']:.1f} dB"
-        if spec is not None:
-            line += f" (diffuse-field theory for {spec.volume_m3:g} m3, RT60 {spec.rt60_s:g} s: {m['drr_predicted_db']:.1f} dB)"
+        room = m.get("room")
+        line = f"direct-to-reverberant ratio at {room['distance_m'] if room else 1:g} m: {m['drr_db']:.1f} dB"
+        if room:
+            line += f" (diffuse-field theory for {room['volume_m3']:g} m3, RT60 {room['rt60_s']:g} s: {m['drr_predicted_db']:.1f} dB)"
         console.print(line)
 
 

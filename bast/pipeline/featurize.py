@@ -24,11 +24,13 @@ from bast.conventions import FS, N_FREQ
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
 from bast.pipeline.irs import default_hrir_path
 from bast.pipeline.runner import Stage, StageSummary, run_stage
-from bast.pipeline.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
+from bast.pipeline.shards import (ShardInfo, StageError, manifest_categories, manifest_directions, read_manifest,
+                                  shard_name, write_shard)
 
-LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db")
-# Stage 1 shards made before heads, rooms and noise existed hold only these; the others are
-# filled in (`older_defaults`): head = the HRIR file's stem, room = the environment, no noise.
+LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db", "elevation_deg")
+# Stage 1 shards made before heads, rooms, noise and elevations existed hold only these; the
+# others are filled in (`older_defaults`): head = the HRIR file's stem, room = the
+# environment, no noise, elevation 0.
 REQUIRED_LABELS = LABELS[:5]
 PHASE = ("phase (N, 2, 129, frames) float16: cos and sin of the angle of X_left * conj(X_right) per bin and "
          "frame, from the same STFT; 0 where either ear's bin is at the floor")
@@ -45,8 +47,6 @@ class FeatureTask:
     attrs: tuple = ()
     phase: bool = False  # also the interaural phase (cos, sin) per bin and frame
     head: str = ""  # the head label of an older Stage 1 shard that does not record it
-
-
 
 
 def read_stage1(stage1_dir) -> dict:
@@ -117,11 +117,24 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
 
 
 def older_defaults(env: np.ndarray, env_names: list, head: str) -> dict:
-    """head, room and snr_db for the N samples of a Stage 1 shard that predates them."""
+    """head, room, snr_db and elevation_deg for the N samples of a Stage 1 shard that predates them."""
     n = len(env)
     rooms = np.array([env_names[e] if e < len(env_names) else "" for e in env], dtype=object)
     return {"head": np.full(n, head, dtype=object), "room": rooms,
-            "snr_db": np.full(n, np.inf, dtype=np.float32)}
+            "snr_db": np.full(n, np.inf, dtype=np.float32), "elevation_deg": np.zeros(n, dtype=np.float32)}
+
+
+def stage1_categories(stage1_dir: Path, manifest: dict) -> list[str]:
+    """The sorted class list of a Stage 1 output: its manifest's, or for an older output
+    the `category` labels of its shards."""
+    listed = manifest_categories(manifest)
+    if listed is not None:
+        return listed
+    found: set[str] = set()
+    for s in manifest["shards"]:
+        with h5py.File(stage1_dir / s["path"], "r") as f:
+            found.update(f["category"].asstr()[()].tolist())
+    return sorted(found)
 
 
 def stage1_head(manifest: dict) -> str:
@@ -162,6 +175,7 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
                          tuple(sorted(attrs.items())), phase, head) for s in manifest["shards"]]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
+    carried = {"directions": manifest_directions(manifest), "categories": stage1_categories(stage1_dir, manifest)}
     stage = Stage(
         name="featurize", params=params, plan=lambda out_dir: tasks, run_task=run_task,
         shards_of=lambda t: [(t.index, planned[t.index])],
@@ -173,5 +187,6 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
             **({"phase_shape": [2, N_FREQ, n_frames(SAMPLES)], "phase": PHASE} if phase else {}),
             "standardize": STANDARDIZE,
             "stage1_totals": manifest.get("totals", {}),
-        })
+        },
+        manifest_keys=lambda summary, shards: carried)
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)

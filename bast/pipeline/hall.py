@@ -1,4 +1,4 @@
-"""The lecture hall: a bank of binaural room impulse responses (BRIRs), one per azimuth.
+"""The lecture hall: a bank of binaural room impulse responses (BRIRs), one per direction.
 
 A 10 m x 14 m x 4 m shoebox simulated with pyroomacoustics, heard through an HRIR set:
 
@@ -14,7 +14,10 @@ A 10 m x 14 m x 4 m shoebox simulated with pyroomacoustics, heard through an HRI
 
 Wall absorption starts at Eyring's value for the target RT60 and is corrected from the
 measured decay of the simulation, so the bank meets the RT60 it was asked for.
-The bank is stored as a SOFA file (GeneralFIR) and cached by its parameters.
+Sources sit on a sphere of radius `distance_m` around the listener's head (on its
+horizontal circle at elevation 0); `fitted` shrinks the sphere where the floor or the
+ceiling would cut it. The bank is stored as a SOFA file (GeneralFIR) and cached by its
+parameters.
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ import pyroomacoustics as pra
 from scipy.signal import fftconvolve
 
 from bast import __version__
-from bast.pipeline import acoustics
 from bast.conventions import FS
+from bast.errors import ConfigError
+from bast.pipeline import acoustics
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
+from bast.sphere import unit_vector
 
 SPEED_OF_SOUND = 343.0
 # pyroomacoustics' names of a shoebox's walls, in the order of HallSpec.wall_factors.
 WALLS = ("west", "east", "south", "north", "floor", "ceiling")
 # Bump when the algorithm changes, so cached banks are rebuilt.
 ALGORITHM_VERSION = 1
+# A source on the sphere stays this far from the floor and the ceiling (`HallSpec.fitted`).
+SURFACE_MARGIN_M = 0.3
 
 
 @dataclass(frozen=True)
@@ -93,14 +100,34 @@ class HallSpec:
         if self.wall_factors is None:
             return pra.Material(alpha, self.scattering)
         if len(self.wall_factors) != len(WALLS):
-            raise ValueError(f"wall_factors needs {len(WALLS)} values ({', '.join(WALLS)})")
+            raise ConfigError(f"wall_factors needs {len(WALLS)} values ({', '.join(WALLS)})")
         return {w: pra.Material(min(alpha * f, 0.99), self.scattering) for w, f in zip(WALLS, self.wall_factors)}
 
-    def source_positions(self, azimuths_deg) -> np.ndarray:
-        """Room coordinates (A, 3) of sources at `azimuths_deg` on the circle around the listener."""
+    def source_positions(self, azimuths_deg, elevations_deg=0.0) -> np.ndarray:
+        """Room coordinates (A, 3) of sources at the directions (head frame, degrees) on the
+        sphere of radius `distance_m` around the listener."""
         ahead, left = self._head_axes()
-        az = np.radians(np.asarray(azimuths_deg, dtype=float))[:, None]
-        return np.asarray(self.listener_m) + self.distance_m * (np.cos(az) * ahead + np.sin(az) * left)
+        x, y, z = np.moveaxis(unit_vector(np.atleast_1d(azimuths_deg), elevations_deg), -1, 0)
+        return np.asarray(self.listener_m) + self.distance_m * (x[:, None] * ahead + y[:, None] * left
+                                                                + z[:, None] * np.array([0.0, 0.0, 1.0]))
+
+    def fitted(self, elevations_deg, margin_m: float = SURFACE_MARGIN_M) -> HallSpec:
+        """This room with the sources' sphere shrunk, when needed, so that sources at
+        `elevations_deg` stay `margin_m` from the floor and the ceiling. One radius for every
+        direction: a radius that changed with the direction would make the direct-to-
+        reverberant ratio a cue to elevation. Unchanged at elevation 0."""
+        up = np.sin(np.radians(np.max(elevations_deg, initial=0.0)))
+        down = -np.sin(np.radians(np.min(elevations_deg, initial=0.0)))
+        ear = self.listener_m[2]
+        radius = self.distance_m
+        if up > 1e-9:
+            radius = min(radius, (self.size_m[2] - margin_m - ear) / up)
+        if down > 1e-9:
+            radius = min(radius, (ear - margin_m) / down)
+        if radius <= 0.1:
+            raise ConfigError(f"a room {self.size_m[2]:g} m high with the ear at {ear:g} m cannot hold sources at "
+                              f"elevations {np.min(elevations_deg):g}..{np.max(elevations_deg):g} deg")
+        return self if radius >= self.distance_m else dataclasses.replace(self, distance_m=round(float(radius), 3))
 
     def _head_axes(self) -> tuple[np.ndarray, np.ndarray]:
         ahead = np.asarray(self.view, dtype=float)
@@ -119,29 +146,33 @@ def cache_dir() -> Path:
     return Path(root) / "brir"
 
 
-def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet) -> str:
-    """Hash of everything the bank depends on: hall, azimuths, HRIR data, algorithm."""
+def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet, elevations_deg=None) -> str:
+    """Hash of everything the bank depends on: hall, directions, HRIR data, algorithm."""
     h = hashlib.sha256()
     fields = dataclasses.asdict(spec)
     if fields["wall_factors"] is None:  # so the default hall keeps the key it always had
         del fields["wall_factors"]
     h.update(json.dumps(fields, sort_keys=True).encode())
     h.update(np.asarray(azimuths_deg, dtype=np.float64).tobytes())
+    if elevations_deg is not None and np.any(np.asarray(elevations_deg) != 0):  # banks on the plane keep their key
+        h.update(np.broadcast_to(np.asarray(elevations_deg, dtype=np.float64), np.shape(azimuths_deg)).tobytes())
     h.update(np.ascontiguousarray(hrirs.ir).tobytes())
     h.update(np.asarray(hrirs.azimuth_deg).tobytes() + np.asarray(hrirs.elevation_deg).tobytes())
     h.update(f"alg{ALGORITHM_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
-def hall_brirs(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), cache: bool = True) -> IRSet:
-    """The hall's BRIRs at `azimuths_deg`, from the cache when built before."""
-    path = cache_dir() / f"hall-{cache_key(spec, azimuths_deg, hrirs)}.sofa"
+def hall_brirs(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), cache: bool = True,
+               elevations_deg=None) -> IRSet:
+    """The hall's BRIRs at `azimuths_deg` (and `elevations_deg`: one, or one per
+    azimuth; default 0), from the cache when built before."""
+    path = cache_dir() / f"hall-{cache_key(spec, azimuths_deg, hrirs, elevations_deg)}.sofa"
     if cache and path.exists():
         try:
             return read_sofa(path)
         except ValueError:
             path.unlink()  # a damaged cache entry is rebuilt, not trusted
-    bank = build_hall(azimuths_deg, hrirs, spec)
+    bank = build_hall(azimuths_deg, hrirs, spec, elevations_deg)
     if cache:
         save_bank(path, bank, spec)
     return bank
@@ -160,7 +191,7 @@ def save_bank(path, bank: IRSet, spec: HallSpec) -> Path:
         bank,
         conventions="GeneralFIR",
         attrs=attrs,
-        source_positions=spec.source_positions(bank.azimuth_deg),
+        source_positions=spec.source_positions(bank.azimuth_deg, bank.elevation_deg),
         listener_position=spec.listener_m,
         listener_view=spec.view,
         room={"corner_a": (0.0, 0.0, 0.0), "corner_b": spec.size_m},
@@ -237,19 +268,20 @@ def _add_at(out: np.ndarray, start: np.ndarray, pulses: np.ndarray) -> None:
         out[c] += np.bincount(idx[ok], pulses[:, c, :][ok], minlength=n)[:n]
 
 
-def _early(spec: HallSpec, azimuths_deg, alpha: float, hrirs: IRSet, exact: np.ndarray, n: int) -> np.ndarray:
+def _early(spec: HallSpec, azimuths_deg, elevations_deg, alpha: float, hrirs: IRSet, exact: np.ndarray,
+           n: int) -> np.ndarray:
     """Binaural early part (A, 2, n) from pyroomacoustics' image sources.
 
     Each image arrives at delay d/c with gain damping/d (pyroomacoustics' scale: 1 at 1 m)
-    through the HRIR pair of its direction; the direct sound uses the exact HRIR of its
-    azimuth. Images are taken without the hybrid model's scattering loss: until the mixing
+    through the HRIR pair nearest its 3-D direction in the head's frame; the direct sound
+    uses the exact HRIR of its direction. Images are taken without the hybrid model's scattering loss: until the mixing
     time they carry all the reflected energy.
     """
     horizon = spec.mixing_time_s + spec.crossfade_s
     max_order = int(np.ceil(horizon * SPEED_OF_SOUND / min(spec.size_m))) + 1
     room = pra.ShoeBox(list(spec.size_m), fs=FS, max_order=max_order,
                        materials=spec.materials(alpha), air_absorption=False)
-    sources = spec.source_positions(azimuths_deg)
+    sources = spec.source_positions(azimuths_deg, elevations_deg)
     for s in sources:
         room.add_source(list(s))
     room.add_microphone(list(spec.listener_m))
@@ -302,16 +334,17 @@ def _tail(rng: np.random.Generator, spec: HallSpec, hrirs: IRSet, t60: np.ndarra
     return tail
 
 
-
-
-def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec()) -> IRSet:
-    """Simulate the hall's BRIRs at `azimuths_deg` (elevation 0, `spec.distance_m`)."""
-    azimuths = np.asarray(azimuths_deg, dtype=float)
-    exact = hrirs.indices(azimuths)  # the direct sound needs the set's own directions
+def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), elevations_deg=None) -> IRSet:
+    """Simulate the hall's BRIRs at `azimuths_deg` and `elevations_deg` (one, or one per
+    azimuth; default 0), on the sphere of radius `spec.distance_m`."""
+    azimuths = np.atleast_1d(np.asarray(azimuths_deg, dtype=float))
+    elevations = np.broadcast_to(np.asarray(0.0 if elevations_deg is None else elevations_deg, dtype=float),
+                                 azimuths.shape).copy()
+    exact = hrirs.indices(azimuths, elevations)  # the direct sound needs the set's own directions
     alpha, rir = calibrate_absorption(spec)
     t60, energy = late_decay(rir, spec)
     n = spec.n_samples
-    early = _early(spec, azimuths, alpha, hrirs, exact, n)
+    early = _early(spec, azimuths, elevations, alpha, hrirs, exact, n)
 
     t = np.arange(n) / FS
     ramp = np.clip((t - spec.mixing_time_s) / spec.crossfade_s, 0.0, 1.0)
@@ -327,7 +360,7 @@ def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec()) -> IRSet
         "BastLateT60": json.dumps(dict(zip(map(str, acoustics.OCTAVES_HZ), np.round(t60, 4).tolist()))),
     }
     return IRSet(
-        ir=out, fs=FS, azimuth_deg=azimuths % 360.0, elevation_deg=np.zeros_like(azimuths),
+        ir=out, fs=FS, azimuth_deg=azimuths % 360.0, elevation_deg=elevations,
         distance_m=np.full_like(azimuths, spec.distance_m), conventions="GeneralFIR",
         source="lecture hall (simulated)", attrs=attrs,
     )

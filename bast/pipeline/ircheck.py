@@ -1,15 +1,26 @@
-"""Measure an HRIR or BRIR set and draw it: what `bast-cli irs` shows a user before
-rendering with a set."""
+"""Measure an HRIR or BRIR set and draw it: the work of `bast-cli irs`, which prints
+what these functions return.
+
+    m = check_environment(IRSources(), "hall", azimuths, out=Path("bast-irs"))    # ITD, ILD, RT60, DRR, IACC
+    rooms = check_generated_rooms(draw_rooms(3, seed=0), head, azimuths, out=...)  # + physics checks
+    loo = interpolation_check(load_hrirs())                                         # interpolation vs nearest
+
+Figures are checked against physics where there is a prediction (RT60 target, diffuse-field
+DRR, the head's anechoic ITD/ILD): docs/impulse-responses.md, docs/transfer-study.md;
+interpolation's leave-one-out: docs/sphere.md.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
-from bast.pipeline import acoustics
-from bast.pipeline.sofa import IRSet
 from bast.errors import DataError
+from bast.pipeline import acoustics
+from bast.pipeline.rooms import room_record
+from bast.pipeline.sofa import IRSet
 
 CARDINAL = (0.0, 90.0, 180.0, 270.0)
 
@@ -176,6 +187,59 @@ def check_room(m: dict, anechoic: dict, rt60_target_s: float, limits: dict = ROO
         add("DRR vs diffuse-field theory, dB", round(m["drr_db"] - m["drr_predicted_db"], 2),
             f"+-{limits['drr_db']:g}", abs(m["drr_db"] - m["drr_predicted_db"]) <= limits["drr_db"])
     return rows
+
+
+# --------------------------------------------------------------------------- what `bast-cli irs` runs
+
+
+def check_environment(sources, env: str, azimuths_deg, elevations_deg=None, *, out: Path,
+                      interpolate: bool = False) -> dict:
+    """Load (or build) the IR set of `env` from `sources` (an irs.IRSources), measure it and
+    draw it to OUT/irs-<env>.png; the measurement, with `png`. For the simulated hall,
+    its diffuse-field DRR prediction is measured against."""
+    irset = sources.irset(env, azimuths_deg, elevations_deg, interpolate)
+    simulated = env == "hall" and sources.brir is None
+    spec = sources.hall
+    expected = acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m) if simulated else None
+    m = measure(irset, expected_drr_db=expected)
+    m["png"] = str(plot(irset, m, Path(out) / f"irs-{env}.png", title=f"{env}: {Path(irset.source).name}"))
+    if simulated:
+        m["room"] = room_record(spec)
+    return m
+
+
+def check_generated_rooms(rooms, head: str, azimuths_deg, elevations_deg=None, *, out: Path, tolerance_deg: float = 0.0,
+                          seed: int = 0, interpolate: bool = False, client=None) -> dict:
+    """Build each generated room (rooms.Room) through `head` (in parallel on `client`),
+    measure it, check it against its RT60 target, diffuse-field theory and the head's
+    anechoic ITD/ILD (`check_room`) and draw it: room name -> measurement, with `room`,
+    `checks` and `png`."""
+    from bast.pipeline.irs import load_hrirs
+    from bast.pipeline.rooms import BankTask, build_banks
+
+    az = tuple(float(a) for a in np.atleast_1d(azimuths_deg))
+    el = () if elevations_deg is None else tuple(np.broadcast_to(elevations_deg, (len(az),)).tolist())
+    anechoic = measure(load_hrirs(head))
+    specs = [r.spec.fitted(el) if el else r.spec for r in rooms]
+    banks = build_banks([BankTask(spec, head, az, tolerance_deg, el, interpolate) for spec in specs], client)
+    results = {}
+    for room, spec, bank in zip(rooms, specs, banks):
+        m = measure(bank, acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m))
+        m["room"] = room_record(spec)
+        m["checks"] = check_room(m, anechoic, spec.rt60_s)
+        m["png"] = str(plot(bank, m, Path(out) / f"irs-{room.name}.png", title=f"{room.name} (generated, seed {seed})"))
+        results[room.name] = m
+    return results
+
+
+def write_results(results: dict, out: Path) -> Path:
+    """OUT/irs.json: every measurement `bast-cli irs` made."""
+    from bast.fileio import atomic_write_text, json_default
+
+    path = Path(out) / "irs.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(results, indent=1, default=json_default))
+    return path
 
 
 # --------------------------------------------------------------------------- interpolation, leave-one-out

@@ -1,8 +1,9 @@
-"""Impulse responses per environment: what the renderer convolves each clip with.
+"""Impulse responses per environment, and the directions a data set is rendered at.
 
 `anechoic` uses an HRIR set (the bundled MIT KEMAR unless the user brings a SOFA file);
 `hall` uses the simulated lecture hall heard through that HRIR set, or a measured BRIR
-SOFA file the user brings. Both give one (2, N) pair per requested azimuth.
+SOFA file the user brings. Both give one (2, N) pair per requested direction. The
+`--azimuths`, `--elevations` and `--directions` options are parsed here (docs/sphere.md).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import numpy as np
 
 from bast.conventions import DEFAULT_AZIMUTHS, ENVIRONMENTS, parse_environments
 from bast.errors import ConfigError
-from bast.pipeline.hall import HallSpec, hall_brirs
+from bast.pipeline.hall import HallSpec
 from bast.pipeline.sofa import IRSet, read_sofa
+from bast.sphere import unit_vector
 
-__all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "load_hrirs", "parse_azimuths",
-           "parse_environments", "sofa_files"]
+__all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "direction_grid", "load_hrirs",
+           "parse_azimuths", "parse_directions", "parse_elevations", "parse_environments", "sofa_files"]
 
 
 def default_hrir_path() -> Path:
@@ -29,8 +31,6 @@ def default_hrir_path() -> Path:
 def load_hrirs(path=None) -> IRSet:
     """The HRIR set at `path`, or the bundled MIT KEMAR set."""
     return read_sofa(path or default_hrir_path())
-
-
 
 
 def sofa_files(paths, option: str) -> tuple[str, ...]:
@@ -68,6 +68,96 @@ def parse_azimuths(text: str) -> np.ndarray:
         raise ConfigError(f"azimuths {text!r}: give start:stop:step or a list such as 0,90,180") from None
 
 
+def parse_elevations(text: str) -> tuple[np.ndarray | None, tuple[float, float] | None]:
+    """'-30,0,30' (a list) or 'LO:HI:STEP' (HI included) to elevations in degrees; 'LO:HI'
+    is a limit, not a grid (for --directions all): returns (None, (LO, HI))."""
+    text = str(text).strip()
+    usage = f"--elevations {text!r}: give a list such as -30,0,30, a range LO:HI:STEP, or LO:HI with --directions all"
+    try:
+        parts = [float(v) for v in text.split(":")] if ":" in text else None
+        values = None if parts else np.array([float(v) for v in text.replace(",", " ").split()])
+    except ValueError:
+        raise ConfigError(usage) from None
+    if parts is not None:
+        if len(parts) == 2:
+            lo, hi = parts
+            if not -90.0 <= lo <= hi <= 90.0:
+                raise ConfigError(f"--elevations {text!r}: need -90 <= LO <= HI <= 90")
+            return None, (lo, hi)
+        if len(parts) != 3:
+            raise ConfigError(usage)
+        lo, hi, step = parts
+        if step <= 0 or hi < lo:
+            raise ConfigError(f"--elevations {text!r}: need LO <= HI and a positive STEP")
+        values = np.arange(lo, hi + step * 1e-6, step)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ConfigError(usage)
+    if np.any(np.abs(values) > 90.0):
+        raise ConfigError(f"--elevations {text!r}: elevations lie in [-90, 90] deg (SOFA: 90 = straight up)")
+    return values, None
+
+
+def direction_grid(azimuths_deg, elevations_deg) -> np.ndarray:
+    """(D, 2) (azimuth, elevation) pairs of the grid, elevation by elevation; a direction
+    that occurs twice (every azimuth at +-90 deg is the pole) is kept once."""
+    az, el = np.meshgrid(np.asarray(azimuths_deg, dtype=float), np.asarray(elevations_deg, dtype=float))
+    return unique_directions(np.stack([az.ravel(), el.ravel()], axis=-1))
+
+
+def unique_directions(pairs: np.ndarray) -> np.ndarray:
+    """`pairs` (D, 2) without repeated directions (within 1e-6 deg), first one kept."""
+    pairs = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    u = np.round(unit_vector(pairs[:, 0], pairs[:, 1]), 8) + 0.0  # + 0.0: no -0.0
+    _, first = np.unique(u, axis=0, return_index=True)
+    return pairs[np.sort(first)]
+
+
+def parse_directions(text: str, hrir=None, elevation_limit: tuple[float, float] | None = None) -> np.ndarray:
+    """--directions: 'all' (every direction the HRIR set `hrir` measured, within
+    `elevation_limit` when given) or a CSV file with columns azimuth,elevation (degrees).
+    Returns (D, 2) (azimuth, elevation) pairs."""
+    text = str(text).strip()
+    if text.lower() == "all":
+        irs = load_hrirs(hrir)
+        keep = np.ones(len(irs), dtype=bool)
+        if elevation_limit is not None:
+            keep = (irs.elevation_deg >= elevation_limit[0] - 1e-6) & (irs.elevation_deg <= elevation_limit[1] + 1e-6)
+        if not keep.any():
+            raise ConfigError(f"--directions all: {irs.source} has no direction with elevation in "
+                              f"{elevation_limit[0]:g}..{elevation_limit[1]:g} deg")
+        # The set's own values, rounded to 1e-6 deg as read_sofa rounds azimuths.
+        return np.stack([irs.azimuth_deg[keep], np.round(irs.elevation_deg[keep], 6)], axis=-1)
+    return read_directions_csv(text)
+
+
+def read_directions_csv(path) -> np.ndarray:
+    """(D, 2) (azimuth, elevation) pairs from a CSV file with columns azimuth,elevation."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--directions {path}: give 'all' or a CSV file with columns azimuth,elevation "
+                          "(no such file)")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = {name.strip().lower(): name for name in reader.fieldnames or ()}
+        if not {"azimuth", "elevation"} <= set(fields):
+            raise ConfigError(f"--directions {path}: the CSV needs columns azimuth,elevation "
+                              f"(found {', '.join(reader.fieldnames or ()) or 'none'})")
+        pairs = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                pairs.append((float(row[fields["azimuth"]]), float(row[fields["elevation"]])))
+            except (TypeError, ValueError):
+                raise ConfigError(f"--directions {path}, line {line}: azimuth and elevation must be numbers") from None
+    pairs = np.array(pairs, dtype=float).reshape(-1, 2)
+    if not len(pairs):
+        raise ConfigError(f"--directions {path}: no directions listed")
+    if not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
+        raise ConfigError(f"--directions {path}: elevations lie in [-90, 90] deg and every value must be finite")
+    return unique_directions(pairs)
+
+
 @dataclass(frozen=True)
 class IRSources:
     """Where each environment's impulse responses come from."""
@@ -77,17 +167,22 @@ class IRSources:
     hall: HallSpec = HallSpec()
     tolerance_deg: float = 0.0  # how far a set's direction may be from the requested one
 
-    def irset(self, env: str, azimuths_deg) -> IRSet:
-        """The IR set of `env` (the whole SOFA set, or the hall bank at `azimuths_deg`)."""
+    def irset(self, env: str, azimuths_deg, elevations_deg=None, interpolate: bool = False) -> IRSet:
+        """The IR set of `env`: the whole SOFA set, or the hall's bank at the requested
+        directions (azimuths, with one elevation or one per azimuth; default 0): at the
+        HRIR set's own directions nearest them, or with `interpolate` at exactly them."""
         if env == "anechoic":
             return load_hrirs(self.hrir)
         if env == "hall":
             if self.brir is not None:
                 return read_sofa(self.brir)
-            hrirs = load_hrirs(self.hrir)
-            # The bank is built on the HRIR set's own directions nearest the request.
-            exact = hrirs.azimuth_deg[hrirs.indices(azimuths_deg, tolerance_deg=self.tolerance_deg)]
-            return hall_brirs(exact, hrirs, self.hall)
+            from bast.pipeline.rooms import BankTask, build_bank
+
+            az = np.atleast_1d(np.asarray(azimuths_deg, dtype=float))
+            el = () if elevations_deg is None else tuple(np.broadcast_to(elevations_deg, az.shape).tolist())
+            task = BankTask(self.hall, str(self.hrir or default_hrir_path()), tuple(az.tolist()), self.tolerance_deg,
+                            el, interpolate)
+            return build_bank(task)
         raise ConfigError(f"unknown environment {env!r}")
 
     def pairs(self, env: str, azimuths_deg) -> np.ndarray:

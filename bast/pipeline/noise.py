@@ -7,8 +7,8 @@ added noise's energy (both ears, whole clip); it is met exactly for every sample
   of 128 points on the sphere, each mapped to the head's nearest HRIR direction), each
   through its HRIR pair, summed. Its interaural coherence is the head's: high at low
   frequencies, near zero above about 1 kHz.
-* `directional`: one to three noise sources at azimuths of the rendering grid, each an
-  independent white noise through the HRIR pair of its azimuth, at equal power.
+* `directional`: one to three noise sources at directions of the rendering grid, each an
+  independent white noise through the HRIR pair of its direction, at equal power.
 
 For speed each worker makes, once per head, a long noise bank (`BANK_SECONDS` of each
 source through the head) and each sample takes seeded 8000-sample windows from it. The
@@ -46,15 +46,13 @@ def parse_snr(text) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text)
     else:
         parts = str(text).strip().split(":")
+        usage = f"--snr {text!r}: give a level in dB (0) or a range LO:HI (-5:20)"
+        if len(parts) > 2:
+            raise ConfigError(usage)
         try:
-            if len(parts) == 1:
-                lo = hi = float(parts[0])
-            elif len(parts) == 2:
-                lo, hi = float(parts[0]), float(parts[1])
-            else:
-                raise ValueError
+            lo, hi = float(parts[0]), float(parts[-1])
         except ValueError:
-            raise ConfigError(f"--snr {text!r}: give a level in dB (0) or a range LO:HI (-5:20)") from None
+            raise ConfigError(usage) from None
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
         raise ConfigError(f"--snr {text!r}: the levels must be finite, low before high")
     return lo, hi
@@ -91,13 +89,14 @@ def diffuse_bank(hrirs: IRSet, seed: int, seconds: float = BANK_SECONDS, directi
     return (out / np.sqrt(np.mean(out**2))).astype(np.float32)
 
 
-def directional_bank(hrirs: IRSet, azimuths_deg, seed: int, seconds: float = BANK_SECONDS / 2) -> np.ndarray:
-    """(A, 2, L) float32: an independent white noise through the HRIR pair of each azimuth,
-    each scaled to unit mean power per ear-sample."""
+def directional_bank(hrirs: IRSet, azimuths_deg, seed: int, seconds: float = BANK_SECONDS / 2,
+                     elevations_deg=0.0) -> np.ndarray:
+    """(A, 2, L) float32: an independent white noise through the HRIR pair of each direction
+    (azimuths, at one elevation or one per azimuth), each scaled to unit mean power per ear-sample."""
     n = int(seconds * hrirs.fs)
     # The head's nearest direction to each azimuth: an interferer need not sit exactly on the
     # grid, and a head rendered with --ir-tolerance may have none there.
-    pairs = hrirs.select(azimuths_deg, tolerance_deg=180.0).astype(float)
+    pairs = hrirs.select(azimuths_deg, elevations_deg, tolerance_deg=180.0).astype(float)
     out = np.empty((len(pairs), 2, n), dtype=np.float32)
     for a, pair in enumerate(pairs):
         x = _white([seed, 0xD12, a], n)
@@ -107,17 +106,21 @@ def directional_bank(hrirs: IRSet, azimuths_deg, seed: int, seconds: float = BAN
 
 
 @functools.lru_cache(maxsize=8)
-def _bank(kind: str, hrir_path: str, mtime_ns: int, azimuths: tuple, seed: int) -> np.ndarray:
+def _bank(kind: str, hrir_path: str, mtime_ns: int, azimuths: tuple, seed: int, elevations: tuple = ()) -> np.ndarray:
     hrirs = read_sofa(hrir_path)
-    return diffuse_bank(hrirs, seed) if kind == "diffuse" else directional_bank(hrirs, azimuths, seed)
+    if kind == "diffuse":
+        return diffuse_bank(hrirs, seed)
+    return directional_bank(hrirs, azimuths, seed, elevations_deg=elevations if elevations else 0.0)
 
 
-def noise_bank(kind: str, hrir_path: str, azimuths, seed: int) -> np.ndarray:
-    """The noise bank of a head, kept for the worker's lifetime (read-only)."""
+def noise_bank(kind: str, hrir_path: str, azimuths, seed: int, elevations=()) -> np.ndarray:
+    """The noise bank of a head, kept for the worker's lifetime (read-only). `elevations`:
+    one per azimuth, or () for the horizontal plane."""
     if kind not in NOISE_KINDS:
         raise ConfigError(f"--noise {kind!r}: choose {' or '.join(NOISE_KINDS)}")
     azimuths = tuple(float(a) for a in azimuths) if kind == "directional" else ()
-    return _bank(kind, str(hrir_path), os.stat(hrir_path).st_mtime_ns, azimuths, seed)
+    elevations = tuple(float(e) for e in elevations) if kind == "directional" else ()
+    return _bank(kind, str(hrir_path), os.stat(hrir_path).st_mtime_ns, azimuths, seed, elevations)
 
 
 def _rng(*parts) -> np.random.Generator:

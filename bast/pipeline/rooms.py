@@ -2,7 +2,7 @@
 
     rooms = draw_rooms(3, seed=0)                       # [Room("room-00", HallSpec(...)), ...]
     test = draw_rooms(1, seed=0, test=True)             # ["testroom-00"]: another stream
-    banks = build_banks([(r.spec, hrir_path) for r in rooms], azimuths, client=client)
+    banks = build_banks([BankTask(r.spec, hrir_path, azimuths) for r in rooms], client=client)
 
 A room is a `HallSpec` (bast/pipeline/hall.py): its bank is made by the hall's method
 (image sources through the HRIRs until the mixing time, a coherent diffuse tail through
@@ -37,7 +37,7 @@ class RoomRanges:
     height_m: tuple[float, float] = (2.5, 8.0)  # at most the room's shorter floor side
     rt60_s: tuple[float, float] = (0.3, 1.2)  # target of the absorption calibration
     listener_height_m: tuple[float, float] = (1.1, 1.8)  # seated to standing ear height
-    distance_m: tuple[float, float] = (1.0, 2.5)  # source circle's radius (sources at ear height)
+    distance_m: tuple[float, float] = (1.0, 2.5)  # radius of the sources' sphere (HallSpec.fitted may shrink it)
     wall_margin_m: float = 0.5  # the listener is at least distance + this from every wall
     wall_spread: float = 2.0  # each wall's absorption factor: log-uniform in [1/spread, spread]
     n_rays: int = 20000  # ray tracing of the calibration (fewer: faster, noisier)
@@ -97,14 +97,37 @@ class BankTask:
     hrir: str  # SOFA path of the head
     azimuths: tuple[float, ...]
     tolerance_deg: float = 0.0
+    elevations: tuple[float, ...] = ()  # one per azimuth; () = all at elevation 0
+    interpolate: bool = False  # direct sound at the requested directions, interpolated (bast.pipeline.interpolate)
+
+
+def bank_hrirs(task: BankTask) -> tuple[IRSet, np.ndarray, np.ndarray | None]:
+    """The head's HRIRs a bank is built with and the bank's directions: the head's own
+    directions nearest the request, or with `interpolate` the requested directions, whose
+    interpolated HRIRs join the measured ones (the direct sound takes them; reflections
+    take the HRIR nearest their own direction, measured or interpolated)."""
+    hrirs = read_sofa(task.hrir)
+    az = np.asarray(task.azimuths, dtype=float)
+    el = np.asarray(task.elevations, dtype=float) if task.elevations else np.zeros_like(az)
+    if task.interpolate:
+        from bast.pipeline.interpolate import interpolated_set
+
+        extra = interpolated_set(hrirs, az, el)
+        joined = IRSet(np.concatenate([hrirs.ir, extra.ir]), hrirs.fs,
+                       np.concatenate([hrirs.azimuth_deg, extra.azimuth_deg]),
+                       np.concatenate([hrirs.elevation_deg, extra.elevation_deg]),
+                       np.concatenate([hrirs.distance_m, extra.distance_m]), hrirs.conventions, hrirs.source,
+                       hrirs.attrs)
+        return joined, extra.azimuth_deg, extra.elevation_deg
+    idx = hrirs.indices(az, el, tolerance_deg=task.tolerance_deg)
+    return hrirs, hrirs.azimuth_deg[idx], (hrirs.elevation_deg[idx] if task.elevations else None)
 
 
 def build_bank(task: BankTask) -> IRSet:
-    """One room's BRIRs through one head, at the head's directions nearest the request
-    (from the cache when built before; runs on a worker)."""
-    hrirs = read_sofa(task.hrir)
-    exact = hrirs.azimuth_deg[hrirs.indices(task.azimuths, tolerance_deg=task.tolerance_deg)]
-    bank = hall_brirs(exact, hrirs, task.spec)
+    """One room's BRIRs through one head, at the directions of `bank_hrirs` (from the cache
+    when built before; runs on a worker)."""
+    hrirs, az, el = bank_hrirs(task)
+    bank = hall_brirs(az, hrirs, task.spec, elevations_deg=el)
     x, y, z = task.spec.size_m
     return dataclasses.replace(bank, source=f"simulated room {x:g} x {y:g} x {z:g} m, RT60 {task.spec.rt60_s:g} s, "
                                             f"head {Path(task.hrir).stem}")
@@ -122,7 +145,7 @@ def build_banks(tasks: list[BankTask], client=None) -> list[IRSet]:
     return [results[i] for i in range(len(tasks))]
 
 
-def describe(spec: HallSpec) -> dict:
+def room_record(spec: HallSpec) -> dict:
     """A room's parameters as plain JSON (for manifests and `bast-cli irs`)."""
     d = dataclasses.asdict(spec)
     d["volume_m3"] = round(spec.volume_m3, 2)

@@ -59,7 +59,8 @@ class Stage:
     task cut down to the shard indices in `todo`, or None when none is left. `run_task`
     runs on a worker and returns the `ShardInfo`s it wrote. `totals(summary, shards)`
     fills the summary from all shards; `manifest_extra(summary, shards)` adds the stage's
-    own totals to the manifest.
+    own totals to the manifest; `manifest_keys(summary, shards)` adds keys at the
+    manifest's top level (what the data set holds: its directions, its classes).
     """
 
     name: str
@@ -71,6 +72,7 @@ class Stage:
     pending: Callable[[object, set[int]], object | None] | None = None
     totals: Callable[[StageSummary, list[ShardInfo]], None] | None = None
     manifest_extra: Callable[[StageSummary, list[ShardInfo]], dict] = lambda summary, shards: {}
+    manifest_keys: Callable[[StageSummary, list[ShardInfo]], dict] = lambda summary, shards: {}
     key_prefix: str = ""
 
 
@@ -113,7 +115,8 @@ def run_stage(stage: Stage, out_dir, *, client=None, overwrite: bool = False,
         shards = [results[i] for i in sorted(results)]
         (stage.totals or count_totals)(summary, shards)
         write_failures(out_dir, summary.failures)
-        write_manifest(out_dir, stage.name, stage.params, shards, stage.manifest_extra(summary, shards))
+        write_manifest(out_dir, stage.name, stage.params, shards, stage.manifest_extra(summary, shards),
+                       stage.manifest_keys(summary, shards))
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -27,7 +27,7 @@ from bast.fileio import atomic_write_text, sha256_file, versions
 
 __all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "read_manifest", "atomic_write_text", "sha256_file", "versions",
            "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
-           "write_failures", "write_manifest"]
+           "write_failures", "write_manifest", "manifest_directions", "manifest_categories"]
 
 
 @dataclass
@@ -189,8 +189,10 @@ def read_manifest(directory, stage: str, reader: str) -> dict:
     return manifest
 
 
-def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardInfo], extra: dict) -> dict:
-    """manifest.json, written last and atomically: what a complete stage output holds."""
+def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardInfo], extra: dict,
+                   top: dict | None = None) -> dict:
+    """manifest.json, written last and atomically: what a complete stage output holds.
+    `extra` goes into its totals, `top` beside them (e.g. `directions`, `categories`)."""
     totals: dict = {"samples": sum(s.samples for s in shards), "shards": len(shards)}
     for key in ("split", "env", "head", "room"):
         if key in ("head", "room") and not any(getattr(s, key) for s in shards):
@@ -209,6 +211,24 @@ def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardIn
             {k: v for k, v in asdict(s).items() if k not in ("failures", "warnings", "seconds")} for s in shards
         ],
         "totals": {**totals, **extra},
+        **(top or {}),
     }
     atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
+
+
+def manifest_directions(manifest: dict) -> list[list[float]]:
+    """The [[azimuth, elevation], ...] (degrees) a Stage 1 or 2 output holds: its manifest's
+    `directions`, or for an output made before elevations its azimuths at elevation 0."""
+    if "directions" in manifest:
+        return [[float(a), float(e)] for a, e in manifest["directions"]]
+    totals = manifest.get("totals", {})
+    azimuths = totals.get("azimuths_deg", totals.get("stage1_totals", {}).get("azimuths_deg", []))
+    return [[float(a), 0.0] for a in azimuths]
+
+
+def manifest_categories(manifest: dict) -> list[str] | None:
+    """The sorted class list (`category` labels) of a Stage 1 or 2 output, or None for an
+    output made before manifests recorded it (read the shards' `category` then)."""
+    categories = manifest.get("categories")
+    return None if categories is None else [str(c) for c in categories]

@@ -1,8 +1,13 @@
-"""Stage 1: mono clips to binaural clips at every azimuth in every environment.
+"""Stage 1: mono clips to binaural clips at every direction in every environment.
 
     refs = FileCorpus("sounds/").list_clips()          # or DefaultCorpus(...).list_clips()
     with open_client(workers=2) as client:
         summary = spatialize(refs, "out/stage1", SpatializeConfig(), client=client)
+
+Directions: the grid of `azimuths` x `elevations` (elevation 0 by default), or an explicit
+list of (azimuth, elevation) pairs (`directions`: every direction a head measured, or a
+CSV); each is the head's own nearest direction within `tolerance_deg`, or with
+`interpolate` an HRIR interpolated at exactly that direction (docs/sphere.md).
 
 The plan is deterministic from the clip list and the parameters: clips are split into
 train/val/test by source clip (stratified by category, seeded), grouped into shards of a
@@ -39,13 +44,12 @@ from bast.errors import ClipError, ConfigError
 from bast.pipeline import noise as noise_mod
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec, save_bank
-from bast.pipeline.irs import default_hrir_path
+from bast.pipeline.irs import default_hrir_path, direction_grid, unique_directions
 from bast.pipeline.render import Renderer
-from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, describe as describe_room, draw_rooms
+from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, draw_rooms, room_record
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
-
 
 
 def _paths(value) -> str | tuple[str, ...] | None:
@@ -77,6 +81,9 @@ class SpatializeConfig:
     snr_db: tuple[float, float] | None = None  # (low, high) dB, drawn per sample; None = no noise
     noise: str = "diffuse"  # diffuse or directional
     room_ranges: RoomRanges = RoomRanges()
+    elevations: tuple[float, ...] = (0.0,)  # the grid azimuths x elevations, unless `directions` is given
+    directions: tuple[tuple[float, float], ...] | None = None  # explicit (azimuth, elevation) pairs
+    interpolate: bool = False  # HRIRs interpolated at the requested directions (else nearest within tolerance)
 
     def __post_init__(self):
         object.__setattr__(self, "hrir", _paths(self.hrir))
@@ -85,6 +92,29 @@ class SpatializeConfig:
             (self.test_hrir,) if isinstance(self.test_hrir, (str, os.PathLike)) else self.test_hrir or ())))
         if self.snr_db is not None:
             object.__setattr__(self, "snr_db", noise_mod.parse_snr(self.snr_db))
+        object.__setattr__(self, "elevations", tuple(float(e) for e in np.atleast_1d(self.elevations)))
+        if self.directions is not None:
+            pairs = np.asarray(self.directions, dtype=float).reshape(-1, 2)
+            if not len(pairs):
+                raise ConfigError("no directions to render")
+            object.__setattr__(self, "directions", tuple((float(a), float(e)) for a, e in pairs))
+        if any(abs(e) > 90 for e in self.elevations) or any(abs(e) > 90 for _, e in self.directions or ()):
+            raise ConfigError("elevations lie in [-90, 90] deg")
+
+    def grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The requested directions: (azimuths, elevations), each (D,) in degrees."""
+        pairs = (unique_directions(np.array(self.directions)) if self.directions is not None
+                 else direction_grid(self.azimuths, self.elevations))
+        return pairs[:, 0], pairs[:, 1]
+
+    @property
+    def n_directions(self) -> int:
+        return len(self.grid()[0])
+
+    @property
+    def flat(self) -> bool:
+        """Every direction on the horizontal plane (as every data set before elevations)."""
+        return not np.any(self.grid()[1])
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -98,7 +128,8 @@ class SpatializeConfig:
 
 # Fields added after the first release: left out of params.json at their defaults, so an
 # output made before them still resumes.
-_NEW_FIELDS = {"test_hrir": (), "rooms": 0, "test_rooms": 0, "snr_db": None}
+_NEW_FIELDS = {"test_hrir": (), "rooms": 0, "test_rooms": 0, "snr_db": None, "elevations": (0.0,),
+               "directions": None, "interpolate": False}
 
 
 @dataclass(frozen=True)
@@ -125,11 +156,7 @@ class ShardTask:
     policy: ClipPolicy
     out_dir: str
     attrs: tuple = ()  # root attributes of the shards, as (key, value) pairs
-    noise: tuple = ()  # (kind, (snr low, snr high), seed, azimuths), or () for none
-
-    @property
-    def samples_per_env(self) -> int:
-        return len(self.refs)
+    noise: tuple = ()  # (kind, (snr low, snr high), seed, azimuths, elevations), or () for none
 
 
 # --------------------------------------------------------------------------- planning
@@ -260,13 +287,15 @@ def layout(config: SpatializeConfig) -> Layout:
 def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str], out_dir: Path,
          attrs: dict, split_conditions: dict | None = None) -> list[ShardTask]:
     """Shard tasks: for each split, the clips in a seeded order, in groups of
-    samples_per_shard / azimuths, one task per group, one shard per condition of the split."""
+    samples_per_shard / directions, one task per group, one shard per condition of the split."""
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
     split_conditions = split_conditions or layout(config).splits
-    per_shard = max(1, config.samples_per_shard // len(config.azimuths))
+    az, el = config.grid()
+    per_shard = max(1, config.samples_per_shard // len(az))
     rng = np.random.default_rng([config.seed, 0x5B2])
     by_id = {r.clip_id: r for r in refs}
-    noise = (config.noise, config.snr_db, config.seed, tuple(config.azimuths)) if config.snr_db is not None else ()
+    noise = ((config.noise, config.snr_db, config.seed, tuple(az.tolist()), () if config.flat else tuple(el.tolist()))
+             if config.snr_db is not None else ())
     tasks: list[ShardTask] = []
     index = 0
     for split in SPLITS:
@@ -284,8 +313,8 @@ def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str]
 # --------------------------------------------------------------------------- one shard (runs on a worker)
 
 
-def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray]:
-    """The renderer of an IR file and its azimuths, kept for the worker's lifetime:
+def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray, np.ndarray]:
+    """The renderer of an IR file and its azimuths and elevations, kept for the worker's lifetime:
     the IR spectra are computed once per worker, not once per shard."""
     stat = os.stat(ir_path)
     # One per thread too: a Renderer reuses its output buffer, and `dask worker` on an
@@ -294,9 +323,9 @@ def _renderer(ir_path: str) -> tuple[Renderer, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_renderer(ir_path: str, mtime_ns: int, size: int, thread: int) -> tuple[Renderer, np.ndarray]:
+def _cached_renderer(ir_path: str, mtime_ns: int, size: int, thread: int) -> tuple[Renderer, np.ndarray, np.ndarray]:
     irs = read_sofa(ir_path)
-    return Renderer(irs.ir, n_out=CLIP_SAMPLES), irs.azimuth_deg.astype(np.float32)
+    return Renderer(irs.ir, n_out=CLIP_SAMPLES), irs.azimuth_deg.astype(np.float32), irs.elevation_deg.astype(np.float32)
 
 
 _local = threading.local()
@@ -337,13 +366,13 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
 
     infos = []
     for index, cond, ir_path in task.shards:
-        renderer, azimuths = _renderer(ir_path)
+        renderer, azimuths, elevations = _renderer(ir_path)
         n_az = len(azimuths)
         audio = renderer.render(mono, out=_output((len(clips), n_az, 2, renderer.n_out))).reshape(-1, 2, renderer.n_out)
         n = audio.shape[0]
         if task.noise:
-            kind, snr_range, seed, grid = task.noise
-            bank = noise_mod.noise_bank(kind, cond.hrir, grid, seed)
+            kind, snr_range, seed, grid, grid_el = task.noise
+            bank = noise_mod.noise_bank(kind, cond.hrir, grid, seed, grid_el)
             snr = noise_mod.add_noise(audio, ids, n_az, kind=kind, bank=bank, snr_range=snr_range, seed=seed,
                                       condition=f"{cond.head}/{cond.room}")
         else:
@@ -351,6 +380,7 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
         arrays = {
             "audio": audio,
             "azimuth_deg": np.tile(azimuths, len(clips)),
+            "elevation_deg": np.tile(elevations, len(clips)),
             "env": np.full(n, ENV_NAMES.index(cond.env), dtype=np.uint8),
             "clip_id": np.repeat(np.array(ids, dtype=object), n_az),
             "split": np.full(n, task.split, dtype=object),
@@ -374,31 +404,41 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
 # --------------------------------------------------------------------------- the stage
 
 
-def _at(full: IRSet, azimuths, tolerance_deg: float) -> IRSet:
-    idx = full.indices(azimuths, tolerance_deg=tolerance_deg)
-    return IRSet(full.ir[idx], full.fs, full.azimuth_deg[idx], full.elevation_deg[idx], full.distance_m[idx],
-                 full.conventions, full.source, full.attrs)
+def _at(full: IRSet, config: SpatializeConfig, interpolate: bool = False) -> IRSet:
+    """`full` at the requested directions: interpolated, or the nearest within the tolerance."""
+    az, el = config.grid()
+    if interpolate:
+        from bast.pipeline.interpolate import interpolated_set
+
+        return interpolated_set(full, az, el)
+    return full.at(az, el, config.tolerance_deg)
 
 
 def condition_irs(config: SpatializeConfig, client=None, plan: Layout | None = None) -> dict[str, tuple[Condition, IRSet, dict]]:
-    """IR key -> (condition, the IR set it renders with at the requested azimuths, how to
+    """IR key -> (condition, the IR set it renders with at the requested directions, how to
     save it: {"spec": HallSpec} for a simulated room). Simulated banks (one per room and
-    head) are built in parallel on `client` and cached (bast/pipeline/hall.py)."""
+    head) are built in parallel on `client` and cached (bast/pipeline/hall.py). With
+    `interpolate`, heads and simulated rooms render at exactly the requested directions;
+    a measured BRIR set still takes its nearest direction within the tolerance."""
     plan = plan or layout(config)
     conds = plan.conditions()
-    az, tol = config.azimuths, config.tolerance_deg
+    az, el = config.grid()
+    tol = config.tolerance_deg
     heads = {label: read_sofa(path) for label, path in plan.heads.items()}
     simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
-    banks = build_banks([BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(az), tol) for c in simulated], client)
+    banks = build_banks([BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(az.tolist()), tol,
+                                  () if config.flat else tuple(el.tolist()), config.interpolate)
+                         for c in simulated], client)
     built = dict(zip((c.key for c in simulated), banks))
     out = {}
     for k, c in conds.items():
         if c.env == "anechoic":
-            out[k] = (c, _at(heads[c.head], az, tol), {})
-        elif k in built:
-            out[k] = (c, _at(built[k], az, tol), {"spec": plan.rooms[c.room]})
+            out[k] = (c, _at(heads[c.head], config, config.interpolate), {})
+        elif k in built:  # built at the directions asked for (or the head's nearest)
+            bank = built[k] if config.interpolate else built[k].at(az, el, tol)
+            out[k] = (c, bank, {"spec": plan.rooms[c.room]})
         else:
-            out[k] = (c, _at(read_sofa(plan.rooms[c.room]), az, tol), {})
+            out[k] = (c, _at(read_sofa(plan.rooms[c.room]), config), {})
     return out
 
 
@@ -411,6 +451,8 @@ def environment_irs(config: SpatializeConfig, client=None) -> dict[str, tuple[IR
 def _ir_digest(irs: IRSet) -> str:
     h = hashlib.sha256(np.ascontiguousarray(irs.ir).tobytes())
     h.update(np.asarray(irs.azimuth_deg, dtype=np.float64).tobytes())
+    if np.any(np.round(irs.elevation_deg, 6)):  # sets on the horizontal plane keep the digest they had
+        h.update(np.asarray(irs.elevation_deg, dtype=np.float64).tobytes())
     return h.hexdigest()
 
 
@@ -452,7 +494,7 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
     the_layout = layout(config)
     irs = condition_irs(config, client, the_layout)
     params = stage_params(refs, config, irs, source or {})
-    n_az = len(config.azimuths)
+    n_dir = config.n_directions
     ir_paths: dict[str, str] = {}
 
     def plan_tasks(out_dir: Path) -> list[ShardTask]:
@@ -472,21 +514,27 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
                 "heads": {label: {"path": path, "listener": irs_listener(path),
                                   "test_only": label in the_layout.test_heads}
                           for label, path in the_layout.heads.items()},
-                "rooms": {label: ({"simulated": describe_room(r), "test_only": label in the_layout.test_rooms}
+                "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
                                   if isinstance(r, HallSpec) else {"measured": r})
                           for label, r in the_layout.rooms.items()},
                 "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None
                           else None)}
 
+    def manifest_keys(summary: StageSummary, shards: list[ShardInfo]) -> dict:
+        first = next(iter(irs.values()))[1]
+        failed = {f["clip_id"] for f in summary.failures}
+        return {"directions": [[float(a), float(e)] for a, e in zip(first.azimuth_deg, np.round(first.elevation_deg, 6))],
+                "categories": sorted({r.category for r in refs if r.clip_id not in failed})}
+
     out_dir = Path(out_dir)
     stage = Stage(
         name="spatialize", params=params, plan=plan_tasks, run_task=run_shard,
-        shards_of=lambda t: [(i, len(t.refs) * n_az) for i, _, _ in t.shards],
+        shards_of=lambda t: [(i, len(t.refs) * n_dir) for i, _, _ in t.shards],
         # A group is redone only in the conditions whose shard is missing.
         pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
             kept := tuple(s for s in t.shards if s[0] in todo)) else None,
         describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {c.env}, {c.head}, {c.room})" for i, c, _ in t.shards),
-        totals=_summarise, manifest_extra=manifest_extra,
+        totals=_summarise, manifest_extra=manifest_extra, manifest_keys=manifest_keys,
         key_prefix=f"bast-spatialize-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
