@@ -541,8 +541,8 @@ def irs(
 def _print_interpolation(loo: dict) -> None:
     t = Table(title=f"interpolation, leave-one-out: {loo['directions']} directions of {loo['source']} "
                     f"(SD over {loo['sd_band_hz'][0]:g}-{loo['sd_band_hz'][1]:g} Hz)")
-    for col in ("elevation (deg)", "directions", "SD interpolated (dB)", "SD nearest (dB)",
-                "ITD error interpolated (us)", "ITD error nearest (us)"):
+    for col in ("elevation (deg)", "n", "SD interp. (dB)", "SD nearest (dB)", "ITD err. interp. (us)",
+                "ITD err. nearest (us)"):
         t.add_column(col, justify="right")
 
     def row(label: str, s: dict, **style) -> None:

@@ -41,7 +41,7 @@ from bast.errors import SofaError
 from bast.pipeline.sofa import IRSet
 from bast.sphere import azimuth_elevation, great_circle_deg, unit_vector, wrap_azimuth
 
-DELAY_UPSAMPLE = 32  # delays are found on a 32x finer grid: 2 us at 16 kHz
+DELAY_UPSAMPLE = 4  # delays: the cross-correlation on a 4x finer grid, its peak refined by a parabola
 DELAY_LOWPASS_HZ = 1500.0  # delays from the band below 1.5 kHz, where the ITD is the cue
 MAX_DISTANCE_DEG = 30.0  # refuse directions farther than this from every measured one
 EXACT_DEG = 1e-3  # a measured direction: its own IR
@@ -61,14 +61,22 @@ def minimum_phase(magnitude: np.ndarray, nfft: int) -> np.ndarray:
 def delays(spectra: np.ndarray, minimum: np.ndarray, nfft: int, fs: int) -> np.ndarray:
     """Each IR's delay (samples, fractional) behind its minimum-phase version: the lag of
     their cross-correlation's peak, low-passed at DELAY_LOWPASS_HZ (as the ITD is
-    measured, bast.pipeline.acoustics.itd_ms), on a DELAY_UPSAMPLE-times finer grid."""
+    measured, bast.pipeline.acoustics.itd_ms), on a DELAY_UPSAMPLE-times finer grid, the
+    peak refined by the parabola through it and its neighbours (the low-passed peak is
+    smooth: on the bundled KEMAR the parabola is within 0.2 us of the peak on a 32x grid)."""
     f = np.fft.rfftfreq(nfft, 1.0 / fs)
     _, response = sosfreqz(butter(4, DELAY_LOWPASS_HZ, fs=fs, output="sos"), worN=f, fs=fs)
     cross = spectra * np.conj(minimum) * np.abs(response) ** 2
     fine = nfft * DELAY_UPSAMPLE
     cc = np.fft.irfft(cross, fine, axis=-1)
     lag = np.argmax(cc, axis=-1)
-    return np.where(lag > fine // 2, lag - fine, lag) / DELAY_UPSAMPLE
+    left = np.take_along_axis(cc, ((lag - 1) % fine)[..., None], -1)[..., 0]
+    peak = np.take_along_axis(cc, lag[..., None], -1)[..., 0]
+    right = np.take_along_axis(cc, ((lag + 1) % fine)[..., None], -1)[..., 0]
+    curvature = left - 2 * peak + right
+    offset = np.where(curvature < 0, 0.5 * (left - right) / np.where(curvature < 0, curvature, -1.0), 0.0)
+    lag = np.where(lag > fine // 2, lag - fine, lag) + offset
+    return lag / DELAY_UPSAMPLE
 
 
 @dataclass(frozen=True)

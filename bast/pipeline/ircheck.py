@@ -259,19 +259,20 @@ def spectral_distortion_db(reference: np.ndarray, estimate: np.ndarray, fs: int,
     return float(np.sqrt(np.mean(diff**2)))
 
 
-def interpolation_check(irs: IRSet, on_step=None) -> dict:
-    """Leave-one-out on the set: each measured direction is dropped and rebuilt from the
-    others, by interpolation (bast.pipeline.interpolate) and by the nearest remaining
-    direction. Per direction, spectral distortion (dB) and the error of the ITD
-    (acoustics.itd_ms on a 32x finer grid, in us) against the measured IR; summaries
-    overall and per elevation. `on_step(done, total)` reports progress."""
+def interpolation_check(irs: IRSet, on_step=None, only=None) -> dict:
+    """Leave-one-out on the set: each measured direction (or those indexed by `only`) is
+    dropped and rebuilt from all the others, by interpolation (bast.pipeline.interpolate)
+    and by the nearest remaining direction. Per direction, spectral distortion (dB) and the
+    error of the ITD (acoustics.itd_ms on a 32x finer grid, in us) against the measured
+    IR; summaries overall and per elevation. `on_step(done, total)` reports progress."""
     from bast.pipeline import interpolate
 
     fs = irs.fs
     prepared = interpolate.prepare(irs)
     itd_us = lambda pair: acoustics.itd_ms(pair, fs, upsample=32) * 1000.0  # noqa: E731
     rows = []
-    for i in range(len(irs)):
+    which = range(len(irs)) if only is None else [int(i) for i in only]
+    for k, i in enumerate(which):
         interp, nearest = interpolate.leave_one_out(irs, i, prepared)
         ref = irs.ir[i]
         itd = itd_us(ref)
@@ -280,7 +281,7 @@ def interpolation_check(irs: IRSet, on_step=None) -> dict:
                                "nearest": spectral_distortion_db(ref, nearest, fs)},
                      "itd_error_us": {"interpolated": abs(itd_us(interp) - itd), "nearest": abs(itd_us(nearest) - itd)}})
         if on_step:
-            on_step(i + 1, len(irs))
+            on_step(k + 1, len(which))
 
     def summary(subset: list[dict]) -> dict:
         out = {"directions": len(subset)}
@@ -292,7 +293,7 @@ def interpolation_check(irs: IRSet, on_step=None) -> dict:
         return out
 
     elevations = np.round([r["elevation_deg"] for r in rows], 3)
-    return {"source": irs.source, "fs": fs, "directions": len(irs), "sd_band_hz": list(SD_BAND_HZ),
+    return {"source": irs.source, "fs": fs, "directions": len(rows), "sd_band_hz": list(SD_BAND_HZ),
             "overall": summary(rows),
             "by_elevation": {f"{e:g}": summary([r for r, x in zip(rows, elevations) if x == e])
                              for e in np.unique(elevations)},
