@@ -134,7 +134,7 @@ def spatialize(
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     small = cluster.small_job("spatialize", samples, workers, scheduler)
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering") as progress:
-        progress.console.print(f"running {cluster.describe(client)}"
+        progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
         summary = run(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
                       on_start=progress.on_start, on_shard=progress.on_shard)
@@ -233,7 +233,7 @@ def featurize(
     samples = manifest.get("totals", {}).get("samples", 0)
     small = cluster.small_job("featurize", samples, workers, scheduler)
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("featurizing") as progress:
-        progress.console.print(f"running {cluster.describe(client)}"
+        progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
         summary = run(stage1, out, dtype=dtype, phase=phase, client=client, overwrite=overwrite, on_start=progress.on_start,
                       on_shard=progress.on_shard)

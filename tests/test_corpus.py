@@ -86,7 +86,7 @@ def test_listing_synthesises_nothing(monkeypatch):
 
     for kind in P.KINDS:
         monkeypatch.setitem(P.KINDS, kind, boom)
-    monkeypatch.setattr(S, "synthesise", boom)
+    monkeypatch.setattr(S, "speak", boom)
     monkeypatch.setattr(S, "_espeak", boom)
     assert len(P.DefaultCorpus(n_clips=5000).list_clips()) == 5000
     with pytest.raises(AssertionError):

@@ -266,7 +266,7 @@ def synthesise(kind: str, seed: int, index: int) -> np.ndarray:
     """The N_SAMPLES float32 samples of clip `index` of kind `kind` under `seed`."""
     rng = np.random.default_rng([seed, index])
     if kind == SPEECH:
-        return _speech.synthesise(rng, FS, N_SAMPLES, PEAK)
+        return _speech.speak(rng, FS, N_SAMPLES, PEAK)
     try:
         generator = KINDS[kind]
     except KeyError:

@@ -78,7 +78,7 @@ def _espeak(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, 
     return audio.mean(axis=1), int(sr)
 
 
-def synthesise(rng: np.random.Generator, fs: int, n_samples: int, peak: float) -> np.ndarray:
+def speak(rng: np.random.Generator, fs: int, n_samples: int, peak: float) -> np.ndarray:
     """A spoken word or phrase chosen by `rng`: resampled to `fs`, cut to its loudest
     `n_samples` (or padded with silence at a random offset), peak-normalised to `peak`."""
     voices = list(PHRASES)

@@ -21,7 +21,7 @@ def small_job(stage: str, samples: int, workers: int | None = None, scheduler: s
     return workers is None and scheduler is None and samples < SMALL_JOB_SAMPLES.get(stage, 0)
 
 
-def describe(client) -> str:
+def where_tasks_run(client) -> str:
     """Where tasks run, for the user: 'in this process' or 'on dask (N workers)'."""
     if client is None:
         return "in this process"

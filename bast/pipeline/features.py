@@ -18,6 +18,7 @@ import scipy.fft as sfft
 from scipy.signal import get_window
 
 from bast.conventions import FS
+from bast.errors import DataError
 NPERSEG = 256
 NOVERLAP = 128
 WINDOW = ("tukey", 0.25)
@@ -100,7 +101,7 @@ def spectrogram_and_phase(audio, floor_db: float = FLOOR_DB, chunk: int = 8) -> 
     """
     audio = np.asarray(audio)
     if audio.ndim < 2 or audio.shape[-2] != 2:
-        raise ValueError(f"binaural audio must be (..., 2, samples), got {audio.shape}")
+        raise DataError(f"binaural audio must be (..., 2, samples), got {audio.shape}")
     lead, n = audio.shape[:-2], audio.shape[-1]
     flat = audio.reshape(-1, 2, n)
     shape = (flat.shape[0], 2, NPERSEG // 2 + 1, n_frames(n))

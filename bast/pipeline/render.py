@@ -1,14 +1,16 @@
-"""Binaural rendering: every clip at every azimuth, as batched FFT convolution.
+"""Binaural rendering: every clip at every direction, as batched FFT convolution.
 
 The IR spectra are computed once per bank (and a worker keeps its banks), each clip's
 spectrum once per shard; a rendered sample then costs one complex multiply and one inverse
-FFT per ear, instead of a full convolution per clip, azimuth and ear.
+FFT per ear, instead of a full convolution per clip, direction and ear.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.fft as sfft
+
+from bast.errors import ConfigError
 
 
 class Renderer:
@@ -22,7 +24,7 @@ class Renderer:
     def __init__(self, pairs: np.ndarray, n_out: int = 8000):
         pairs = np.asarray(pairs, dtype=np.float32)
         if pairs.ndim != 3 or pairs.shape[1] != 2:
-            raise ValueError(f"IR pairs must be (azimuths, 2, taps), got {pairs.shape}")
+            raise ConfigError(f"IR pairs must be (directions, 2, taps), got {pairs.shape}")
         taps = min(pairs.shape[-1], n_out)
         self.n_out = n_out
         # Linear (not circular) convolution for the first n_out samples needs n_out + taps - 1.
@@ -45,12 +47,12 @@ class Renderer:
         rendering again."""
         clips = np.asarray(clips, dtype=np.float32)
         if clips.ndim != 2 or clips.shape[1] != self.n_out:
-            raise ValueError(f"clips must be (count, {self.n_out}), got {clips.shape}")
+            raise ConfigError(f"clips must be (count, {self.n_out}), got {clips.shape}")
         spectra = sfft.rfft(clips, self.nfft, axis=-1)  # (C, F)
         if out is None:
             out = self._buffer(clips.shape[0])
         elif out.shape != (clips.shape[0], self.n_azimuths, 2, self.n_out) or out.dtype != np.float32:
-            raise ValueError(f"out must be float32 {(clips.shape[0], self.n_azimuths, 2, self.n_out)}, got {out.shape}")
+            raise ConfigError(f"out must be float32 {(clips.shape[0], self.n_azimuths, 2, self.n_out)}, got {out.shape}")
         product = np.empty_like(self.spectra)
         for c in range(clips.shape[0]):  # one clip at a time keeps the working set in cache
             np.multiply(self.spectra, spectra[c], out=product)

@@ -367,7 +367,7 @@ def run_shard(task: ShardTask) -> list[ShardInfo]:
     infos = []
     for index, cond, ir_path in task.shards:
         renderer, azimuths, elevations = _renderer(ir_path)
-        n_az = len(azimuths)
+        n_az = len(azimuths)  # directions
         audio = renderer.render(mono, out=_output((len(clips), n_az, 2, renderer.n_out))).reshape(-1, 2, renderer.n_out)
         n = audio.shape[0]
         if task.noise:
@@ -443,7 +443,7 @@ def condition_irs(config: SpatializeConfig, client=None, plan: Layout | None = N
 
 
 def environment_irs(config: SpatializeConfig, client=None) -> dict[str, tuple[IRSet, dict]]:
-    """IR key -> (IR set at the requested azimuths, how it is saved). With one head and the
+    """IR key -> (IR set at the requested directions, how it is saved). With one head and the
     default rooms the keys are the environments, as before conditions existed."""
     return {k: (irs, how) for k, (_, irs, how) in condition_irs(config, client).items()}
 
@@ -596,7 +596,8 @@ def _write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
 
 def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)) -> list[Path]:
     """WAV files of a few rendered clips, for listening: the first `n_clips` clips of the
-    test split (or the first split there is), at `azimuths`, in every environment."""
+    test split (or the first split there is), at `azimuths` on the horizontal plane, in every
+    environment."""
     import h5py
     import soundfile as sf
 
@@ -619,10 +620,11 @@ def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)
             with h5py.File(out_dir / s["path"], "r") as f:
                 ids = f["clip_id"].asstr()[()]
                 az = f["azimuth_deg"][()]
-                for i, (clip, a) in enumerate(zip(ids, az)):
+                el = f["elevation_deg"][()] if "elevation_deg" in f else np.zeros_like(az)
+                for i, (clip, a, e) in enumerate(zip(ids, az, el)):
                     if clip not in wanted and len(wanted) < n_clips:
                         wanted.append(clip)
-                    if clip in wanted and np.any(np.isclose(a, azimuths)):
+                    if clip in wanted and np.any(np.isclose(a, azimuths)) and abs(e) < 1e-3:
                         name = f"{clip.replace('/', '_').replace('#', '-')}_az{int(round(a)):03d}.wav"
                         path = out_dir / "examples" / folder / name
                         path.parent.mkdir(parents=True, exist_ok=True)
