@@ -173,21 +173,25 @@ def test_a_room_sphere_shrinks_to_keep_sources_off_floor_and_ceiling():
 
 
 def test_rooms_render_elevated_sources_with_interpolated_direct_sound(tmp_path):
-    from bast.pipeline.rooms import RoomRanges
+    from bast.pipeline.rooms import RoomRanges, draw_rooms
 
-    fast = RoomRanges(width_m=(5.0, 6.0), length_m=(6.0, 7.0), height_m=(3.0, 3.5), rt60_s=(0.3, 0.4),
-                      distance_m=(1.0, 1.2), n_rays=2000)
-    config = SpatializeConfig(directions=((45.0, 35.0), (200.0, -25.0)), interpolate=True, rooms=1, room_ranges=fast,
+    # Low rooms: a source 1-1.2 m away at 60 deg elevation would be within 0.3 m of the ceiling.
+    fast = RoomRanges(width_m=(5.0, 6.0), length_m=(6.0, 7.0), height_m=(2.5, 2.6), rt60_s=(0.3, 0.4),
+                      listener_height_m=(1.6, 1.7), distance_m=(1.0, 1.2), n_rays=2000)
+    config = SpatializeConfig(directions=((45.0, 60.0), (200.0, -25.0)), interpolate=True, rooms=1, room_ranges=fast,
                               environments=("hall",), seed=2)
+    drawn = draw_rooms(1, 2, fast)[0].spec
+    assert drawn.listener_m[2] + drawn.distance_m * np.sin(np.radians(60.0)) > drawn.size_m[2] - 0.3
     out = tmp_path / "s1"
     spatialize(refs(2), out, config)
     data = read_all(out)
-    assert {(float(a), float(e)) for a, e in zip(data["azimuth_deg"], data["elevation_deg"])} == {(45.0, 35.0), (200.0, -25.0)}
+    assert {(float(a), float(e)) for a, e in zip(data["azimuth_deg"], data["elevation_deg"])} == {(45.0, 60.0), (200.0, -25.0)}
     manifest = json.loads((out / "manifest.json").read_text())
     room = manifest["totals"]["rooms"]["room-00"]["simulated"]
     height, ear = room["size_m"][2], room["listener_m"][2]
-    assert ear + room["distance_m"] * np.sin(np.radians(35.0)) <= height - 0.3 + 1e-6
+    assert ear + room["distance_m"] * np.sin(np.radians(60.0)) <= height - 0.3 + 1e-6
     assert ear - room["distance_m"] * np.sin(np.radians(25.0)) >= 0.3 - 1e-6
+    assert room["distance_m"] < drawn.distance_m
 
 
 def test_stage2_carries_elevation_and_categories_and_reads_older_shards_as_elevation_0(tmp_path):

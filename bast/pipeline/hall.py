@@ -127,7 +127,8 @@ class HallSpec:
         if radius <= 0.1:
             raise ConfigError(f"a room {self.size_m[2]:g} m high with the ear at {ear:g} m cannot hold sources at "
                               f"elevations {np.min(elevations_deg):g}..{np.max(elevations_deg):g} deg")
-        return self if radius >= self.distance_m else dataclasses.replace(self, distance_m=round(float(radius), 3))
+        radius = np.floor(radius * 1000) / 1000  # to the mm below, as rooms are drawn: the margin holds
+        return self if radius >= self.distance_m else dataclasses.replace(self, distance_m=float(radius))
 
     def _head_axes(self) -> tuple[np.ndarray, np.ndarray]:
         ahead = np.asarray(self.view, dtype=float)

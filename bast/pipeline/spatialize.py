@@ -251,6 +251,10 @@ def layout(config: SpatializeConfig) -> Layout:
             simulated = [("hall", HallSpec(rt60_s=config.rt60_s, seed=config.seed))]
     test_simulated = ([(r.name, r.spec) for r in draw_rooms(config.test_rooms, config.seed, config.room_ranges, test=True)]
                       if config.test_rooms else simulated)
+    if not config.flat:  # sources on a sphere that the room's floor and ceiling do not cut
+        elevations = config.grid()[1]
+        simulated = [(name, spec.fitted(elevations)) for name, spec in simulated]
+        test_simulated = [(name, spec.fitted(elevations)) for name, spec in test_simulated]
     test_measured = {} if (test_only or config.test_rooms) else measured
     clash = set(measured) & ({n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_heads) | set(test_only))
     if clash:
