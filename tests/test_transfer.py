@@ -127,7 +127,7 @@ def test_extra_shard_labels_are_broken_down_and_older_shards_lack_them(study, tm
         if s["split"] != "test":
             continue
         with h5py.File(data / s["path"], "r+") as f:
-            for name in ("head", "room", "snr_db"):  # Stage 1 writes these now: start without them
+            for name in ("head", "room", "snr_db", "elevation_deg"):  # Stage 1 writes these now: start without them
                 if name in f:
                     del f[name]
             if k != manifest["shards"].index(test_shards[-1]):  # the last: an older shard, without labels
