@@ -309,7 +309,7 @@ def _progress(what: str):
 
 @command
 def featurize(
-    stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize).")],
+    stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize, or bast-cli scenes: whole scenes with label tracks, docs/scenes.md).")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
     dtype: Annotated[str, typer.Option(help="Storage type of the dB spectrograms: float16 (31 KB a sample) or float32.")] = "float16",
     phase: Annotated[bool, typer.Option("--phase", help="Also store the interaural phase (cos, sin) of every bin and frame, for models trained with --phase.")] = False,
