@@ -9,7 +9,7 @@ scene, an onset at which no 100 ms label frame would hold more than `max_overlap
 a grid direction, and whether and how fast it moves. Everything here is pure: the audio
 comes in through a callback, so the drawing is testable alone.
 
-Labels (SPEC section 10): per scene, rows (frame, category index, track index,
+Labels (docs/scenes.md): per scene, rows (frame, category index, track index,
 azimuth_deg, elevation_deg, distance_m), one per active event per 100 ms frame, sorted by
 frame then track; frames without events have no row. An event is active in a frame when
 any of its samples lies in it; its direction there is the trajectory's at the frame's
