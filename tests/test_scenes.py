@@ -384,3 +384,27 @@ def test_killed_scenes_run_resumes_to_byte_identical_shards(tmp_path):
     b = sorted((whole / "shards").glob("*.h5"))
     assert [p.name for p in a] == [p.name for p in b] and len(a) == 24
     assert [digest(p) for p in a] == [digest(p) for p in b]
+
+
+def test_cli_on_a_folder_records_a_broken_sound_and_exports(tmp_path):
+    """Class folders become categories; an unreadable sound is skipped with its reason
+    (exit 3) and never drawn; export-dcase writes the DCASE layout of the result."""
+    rng = np.random.default_rng(9)
+    for cls in ("dog", "bell"):
+        (tmp_path / "sounds" / cls).mkdir(parents=True)
+        for i in range(6):
+            sf.write(tmp_path / "sounds" / cls / f"{cls}{i}.wav", 0.1 * rng.standard_normal(4000 + 500 * i), FS)
+    (tmp_path / "sounds" / "dog" / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    out = tmp_path / "s1"
+    r = CliRunner().invoke(app, ["scenes", str(tmp_path / "sounds"), str(out), "--count", "4", "--duration", "1",
+                                 "--env", "anechoic", "--events", "4", "--test-fraction", "0.2", "--workers", "0"])
+    assert r.exit_code == 3, r.output
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["categories"] == ["bell", "dog"]
+    used = {c for sh in read_scene_shards(out) for c in sh["event_clip_id"]}
+    assert all(f["clip_id"] not in used for f in failures)
+    assert [f["clip_id"] for f in failures] == ["dog/broken.wav"] and "corrupt" in failures[0]["reason"]
+    r = CliRunner().invoke(app, ["export-dcase", str(out), str(tmp_path / "dcase")])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "dcase" / "metadata_dev").rglob("*.csv"))) == 4
