@@ -145,6 +145,119 @@ def spatialize(
     raise typer.Exit(3 if summary.failures else 0)
 
 
+@command
+def scenes(
+    source: Annotated[str, typer.Argument(help="A folder of sounds (searched recursively), a CSV manifest with a 'path' column, or 'default' for the procedural corpus.")],
+    out: Annotated[Path, typer.Argument(help="Output directory (Stage 1 scene shards).")],
+    count: Annotated[int, typer.Option(help="Scenes over all splits (each rendered in every condition of its split).")] = 100,
+    duration: Annotated[float, typer.Option(help="Length of a scene in seconds.")] = 5.0,
+    max_overlap: Annotated[int, typer.Option(help="Most events at once (per 100 ms label frame).")] = 2,
+    events: Annotated[str, typer.Option(help="Events drawn per scene, N or LO:HI (fewer when they do not fit).")] = "2:8",
+    max_event: Annotated[float, typer.Option(help="Longest event in seconds: a longer sound is cut to its loudest window.")] = 2.0,
+    azimuths: Annotated[str, typer.Option(help="Azimuths of the grid (still sources; moving ones start there): start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
+    elevations: Annotated[Optional[str], typer.Option(help="Elevations of the grid: start:stop:step or a list (default 0).")] = None,
+    directions: Annotated[Optional[str], typer.Option(help="The grid as azimuth/elevation pairs, e.g. 0/0,90/30 (replaces --azimuths/--elevations).")] = None,
+    moving: Annotated[float, typer.Option(help="Share of events that move (0-1).")] = 0.0,
+    speed: Annotated[str, typer.Option(help="Speed of moving events in deg/s, V or LO:HI.")] = "10:60",
+    test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
+    sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
+    speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
+    env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
+    hrir: Annotated[Optional[list[Path]], typer.Option(help="SOFA HRIR set(s) (heads); repeatable or a folder (default: bundled MIT KEMAR).")] = None,
+    test_hrir: Annotated[Optional[list[Path]], typer.Option(help="Heads used only for the test split; repeatable.")] = None,
+    brir: Annotated[Optional[list[Path]], typer.Option(help="Measured BRIR SOFA file(s) for the hall; repeatable (default: simulated hall).")] = None,
+    rt60: Annotated[float, typer.Option(help="Simulated hall: RT60 in seconds.")] = 0.8,
+    rooms: Annotated[int, typer.Option(help="Generate N shoebox rooms from --seed (replacing the default hall) for train/val.")] = 0,
+    test_rooms: Annotated[int, typer.Option(help="Generate M other rooms used only for the test split.")] = 0,
+    snr: Annotated[Optional[str], typer.Option(help="Add noise at this SNR in dB (both ears, whole scene): 0, or LO:HI drawn per scene.")] = None,
+    noise: Annotated[Optional[str], typer.Option(help="With --snr: diffuse or directional. [default: diffuse]")] = None,
+    ir_tolerance: Annotated[float, typer.Option(help="Largest angle (deg) between a grid direction and the IR used.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice (splits, scenes, noise, hall tail).")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the training sounds held out for validation.")] = 0.25,
+    test_fraction: Annotated[float, typer.Option(help="Share of the sounds held out for test when --test is not given.")] = 0.1,
+    min_ms: Annotated[float, typer.Option(help="Sounds shorter than this are skipped.")] = 100.0,
+    normalize: Annotated[str, typer.Option(help="Level of each event: 'rms' (-20 dBFS over the event), 'peak', or 'none'.")] = "rms",
+    scenes_per_shard: Annotated[int, typer.Option(help="Scenes per HDF5 shard.")] = 20,
+    export_dcase: Annotated[Optional[Path], typer.Option("--export-dcase", help="Also write the scenes in the DCASE layout (stereo WAV + metadata CSV) to this folder.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
+) -> None:
+    """Stage 1 for sound scenes: overlapping events of the corpus's categories, still or moving, labelled every 100 ms.
+
+    Writes OUT/shards/*.h5 (audio of whole scenes, scene_id, split, env, head, room,
+    snr_db, label rows and the events), OUT/manifest.json (with the sorted class list,
+    "categories"), OUT/failures.jsonl and the IRs used. A re-run resumes; exit status 0 =
+    done, 3 = done but some sounds were skipped, 1 = error. docs/scenes.md.
+    """
+    from bast.corpora.sources import resolve_source
+    from bast.errors import ConfigError
+    from bast.pipeline import cluster
+    from bast.pipeline.clips import ClipPolicy
+    from bast.pipeline.irs import parse_environments, sofa_files
+    from bast.pipeline.noise import parse_snr
+    from bast.pipeline.scenemodel import parse_directions
+    from bast.pipeline.scenes import ScenesConfig, render_scenes
+    from bast.pipeline.spatialize import layout
+
+    if noise is not None and snr is None:
+        raise ConfigError("--noise needs --snr (the level of the noise)")
+    config = ScenesConfig(
+        count=count, duration_s=duration, max_overlap=max_overlap, events=events, max_event_s=max_event,
+        directions=parse_directions(azimuths, elevations, directions), moving=moving, speed=speed,
+        environments=parse_environments(env), policy=ClipPolicy(min_ms=min_ms, normalize=normalize),
+        seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, scenes_per_shard=scenes_per_shard,
+        hrir=sofa_files(hrir, "--hrir") or None, brir=sofa_files(brir, "--brir") or None,
+        test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
+        tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
+    )
+    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
+    for note in found.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    conditions = layout(config.spatialize_config()).splits
+    renders = count * max(len(c) for c in conditions.values())
+    console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
+                  f"{len(config.directions)} grid directions, {moving:.0%} moving; "
+                  f"{len(conditions['train'])} train/val and {len(conditions['test'])} test conditions"
+                  + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
+    small = cluster.small_job("scenes", renders, workers, scheduler)
+    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering scenes") as progress:
+        progress.console.print(f"running {cluster.describe(client)}"
+                               + (f" (a small job: {renders:,} scene renders; --workers N starts a cluster)" if small else ""))
+        summary = render_scenes(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
+                                on_start=progress.on_start, on_shard=progress.on_shard)
+    rate = f"{summary.samples_per_s:,.1f} scenes/s" if summary.shards_written else "nothing to do"
+    console.print(f"[bold green]done[/]: {summary.samples:,} scenes with {summary.clips:,} events in "
+                  f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
+                  f"{summary.seconds:.1f} s, {rate}")
+    for text, n in sorted(summary.warnings.items()):
+        console.print(f"[yellow]warning[/]: {n} x {text}")
+    if summary.failures:
+        console.print(f"[yellow]{len(summary.failures)} sounds skipped[/] (see {out / 'failures.jsonl'})")
+    console.print(f"manifest: {out / 'manifest.json'}")
+    if export_dcase is not None:
+        _export_dcase(out, export_dcase)
+    raise typer.Exit(3 if summary.failures else 0)
+
+
+def _export_dcase(stage1: Path, out: Path) -> None:
+    from bast.pipeline.dcase import export_dcase as run
+
+    with console.status(f"writing {out}"):
+        summary = run(stage1, out)
+    console.print(f"DCASE layout: {summary['files']} WAV + CSV pairs at {summary['fs']} Hz in {out} "
+                  f"(folds {summary['folds']}; index {out / 'bast_index.csv'})")
+
+
+@command
+def export_dcase(
+    stage1: Annotated[Path, typer.Argument(help="A scenes output directory (bast-cli scenes).")],
+    out: Annotated[Path, typer.Argument(help="Folder for stereo_dev/ and metadata_dev/ (the DCASE layout).")],
+) -> None:
+    """Write scenes as DCASE SELD data: one stereo WAV and one metadata CSV (frame, class, source, azimuth, elevation, distance) per scene. docs/scenes.md."""
+    _export_dcase(stage1, out)
+
+
 def _print_summary(summary, out: Path) -> None:
     rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
     console.print(
@@ -211,7 +324,7 @@ def _progress(what: str):
 
 @command
 def featurize(
-    stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize).")],
+    stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize, or bast-cli scenes: whole scenes with label tracks, docs/scenes.md).")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
     dtype: Annotated[str, typer.Option(help="Storage type of the dB spectrograms: float16 (31 KB a sample) or float32.")] = "float16",
     phase: Annotated[bool, typer.Option("--phase", help="Also store the interaural phase (cos, sin) of every bin and frame, for models trained with --phase.")] = False,

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator
 # Jobs smaller than this many samples run in this process unless workers are asked for:
 # starting a LocalCluster (worker processes, their imports) costs more than it saves.
 # Measured on 2 cores (docs/performance.md, "small jobs").
-SMALL_JOB_SAMPLES = {"spatialize": 10_000, "featurize": 10_000}
+SMALL_JOB_SAMPLES = {"spatialize": 10_000, "featurize": 10_000, "scenes": 40}  # scenes: scene renders
 
 
 def small_job(stage: str, samples: int, workers: int | None = None, scheduler: str | None = None) -> bool:

@@ -23,6 +23,7 @@ from bast.conventions import CLIP_SAMPLES as SAMPLES
 from bast.conventions import FS, N_FREQ
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
 from bast.pipeline.irs import default_hrir_path
+from bast.pipeline import scenefeatures
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.shards import (ShardInfo, StageError, manifest_categories, manifest_directions, read_manifest,
                                   shard_name, write_shard)
@@ -53,6 +54,8 @@ def read_stage1(stage1_dir) -> dict:
     """The Stage 1 manifest, after checking that the directory is complete Stage 1 output
     whose shards have the shapes and sample rate Stage 2 needs; errors name the file."""
     stage1_dir = Path(stage1_dir)
+    if scenefeatures.is_scenes(stage1_dir):
+        return scenefeatures.read_scene_stage1(stage1_dir)
     manifest = read_manifest(stage1_dir, "spatialize", "featurize")
     for s in manifest["shards"]:
         check_stage1_shard(stage1_dir / s["path"], s["samples"])
@@ -153,6 +156,10 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
     if dtype not in ("float16", "float32"):
         raise StageError(f"dtype {dtype!r}: choose float16 or float32")
+    if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
+        return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, phase=phase,
+                                              client=client, overwrite=overwrite, on_start=on_start,
+                                              on_shard=on_shard)
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
     manifest = read_stage1(stage1_dir)
     params = {

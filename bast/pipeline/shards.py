@@ -166,7 +166,8 @@ def write_failures(out_dir: Path, failures: list[dict]) -> None:
     atomic_write_text(Path(out_dir) / "failures.jsonl", lines)
 
 
-STAGE_NAMES = {"spatialize": "Stage 1 output (bast-cli spatialize)", "featurize": "Stage 2 output (bast-cli featurize)"}
+STAGE_NAMES = {"spatialize": "Stage 1 output (bast-cli spatialize)", "featurize": "Stage 2 output (bast-cli featurize)",
+               "scenes": "Stage 1 scene output (bast-cli scenes)"}
 
 
 def read_manifest(directory, stage: str, reader: str) -> dict:
