@@ -394,11 +394,11 @@ def localize(
     or 40 dB under the file's loudest are marked silent, with no azimuth. Exit 1 when any
     file could not be used (each named on an `error:` line); the others are still written.
     """
-    from bast.model.localize import (check_window_ms, localize_audio, load_localizer, output_stems, write_csv,
+    from bast.model.localize import (check_request, localize_audio, load_localizer, output_stems, write_csv,
                                      write_summary)
     from bast.report.figures import localization_timeline
 
-    check_window_ms(window_ms)
+    check_request(run, audio, out, hop_ms=hop_ms, window_ms=window_ms)
     with console.status(f"loading {run}"):
         model, dev = load_localizer(run, device)
     failed = 0
@@ -466,16 +466,21 @@ def irs(
     target, direct ITD/ILD against the anechoic head, tail coherence, DRR against theory);
     exit status 1 if a room fails a check.
     """
+    from bast import options
     from bast.errors import DataError
+    from bast.fileio import atomic_write_text
     from bast.pipeline import acoustics, cluster, ircheck
     from bast.pipeline.hall import HallSpec
     from bast.pipeline.irs import IRSources, default_hrir_path, parse_azimuths, parse_environments
     from bast.pipeline.rooms import BankTask, build_banks, describe as describe_room, draw_rooms
 
+    options.output_dir(out, "--out", inputs=[("--hrir", hrir), ("--brir", brir)])
+    options.workers(workers)
     envs = parse_environments(env or "RI") if (env or not (rooms or test_rooms)) else ()
     grid = parse_azimuths(azimuths)
     spec = HallSpec(rt60_s=rt60, seed=seed)
     sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
+    generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
     results = {}
     for name in envs:
         with console.status(f"loading {name} impulse responses"):
@@ -488,7 +493,6 @@ def irs(
         results[name] = m
         _print_measurement(name, m, spec if simulated else None)
     failed = []
-    generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
     if generated:
         head = str(hrir or default_hrir_path())
         anechoic = ircheck.measure(IRSources(hrir=hrir).irset("anechoic", grid))
@@ -507,7 +511,7 @@ def irs(
             if not all(c["ok"] for c in m["checks"]):
                 failed.append(room.name)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "irs.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(out / "irs.json", json.dumps(results, indent=1))
     console.print(f"figures: {', '.join(r['png'] for r in results.values())}; numbers: {out / 'irs.json'}")
     if failed:
         raise DataError(f"{len(failed)} generated room(s) failed a physics check: {', '.join(failed)} "

@@ -10,6 +10,7 @@ import numpy as np
 from bast.pipeline import acoustics
 from bast.pipeline.sofa import IRSet
 from bast.errors import DataError
+from bast.fileio import atomic_path
 
 CARDINAL = (0.0, 90.0, 180.0, 270.0)
 
@@ -132,7 +133,8 @@ def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
