@@ -43,6 +43,15 @@ def command(fn):
         except BastError as exc:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)))  # not markup: messages hold [ ]
             raise typer.Exit(1) from None
+        except OSError as exc:  # a full, read-only or forbidden disk met outside bast's own writes
+            from bast.fileio import storage_advice, storage_errno
+
+            code = storage_errno(exc)
+            if code is None:
+                raise  # anything else is a bug: keep its traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(Text.assemble(("error: ", "bold red"), f"{where}{os.strerror(code)}; {storage_advice(code)}"))
+            raise typer.Exit(1) from None
 
     return app.command()(run)
 
@@ -90,8 +99,9 @@ def spatialize(
     from bast.errors import ConfigError
     from bast.pipeline.irs import parse_azimuths, parse_environments, sofa_files
     from bast.pipeline.noise import parse_snr
-    from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize as run, write_examples
+    from bast.pipeline.spatialize import SpatializeConfig, check_examples, layout, spatialize as run, write_examples
 
+    check_examples(examples)  # before rendering, not after
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
     found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)

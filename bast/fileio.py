@@ -29,15 +29,23 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-def _errno(exc: BaseException) -> int | None:
-    """The errno of an OSError, also when a library (h5py) only quotes it in the text."""
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError that is the machine's state (full, read-only or forbidden
+    disk), also when a library (h5py) only quotes it in the text; None for any other."""
     if getattr(exc, "errno", None):
-        return exc.errno
+        return exc.errno if exc.errno in STORAGE_ERRNOS else None
     text = str(exc)
     for code in STORAGE_ERRNOS:
         if f"errno = {code}," in text or os.strerror(code) in text:
             return code
     return None
+
+
+def storage_advice(code: int) -> str:
+    """What to do about a storage errno, for the end of a message."""
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free some space or choose another output folder, then run the same command again"
+    return "check the folder's permissions (or choose another one), then run the same command again"
 
 
 @contextlib.contextmanager
@@ -49,11 +57,10 @@ def storage_errors(path):
     except StorageError:
         raise
     except OSError as exc:
-        code = _errno(exc)
-        if code not in STORAGE_ERRNOS:
+        code = storage_errno(exc)
+        if code is None:
             raise
-        error = StorageError(f"{path}: cannot write it ({os.strerror(code)}); free some space or choose "
-                             "another output folder, then run the same command again")
+        error = StorageError(f"{path}: cannot write it ({os.strerror(code)}); {storage_advice(code)}")
         error.errno = code
         raise error from None
 

@@ -169,6 +169,7 @@ SMALL = ("--sounds", "4", "--no-speech", "--env", "anechoic", "--azimuths", "0,9
     ("--seed", "-1", ["seed", "-1"]),
     ("--snr", "inf", ["--snr"]),
     ("--min-ms", "nan", ["min_ms"]),
+    ("--examples", "-1", ["--examples -1"]),
 ])
 def test_spatialize_refuses_an_out_of_range_option(tmp_path, option, value, words):
     args = {"--azimuths": "0,90", "--env": "anechoic"}
@@ -328,6 +329,37 @@ def test_a_fifo_in_place_of_a_shard_is_refused_not_read(stage1, tmp_path):
     refused(*cli_process("featurize", stage1, tmp_path / "out"), str(shard.name), "not a regular file")
 
 
+def test_a_stage_cleans_temporary_files_only_where_it_writes(stage1, tmp_path):
+    # Stage 1 inside Stage 2's folder is allowed; its files, even temporary-looking ones
+    # (another run's shard in the making), are not Stage 2's to delete
+    inner = tmp_path / "data"
+    inner.mkdir()
+    shutil.move(stage1, inner / "s1")
+    pending = inner / "s1" / "shards" / ".shard-00099.h5.4242.tmp"
+    pending.write_bytes(b"another run's shard in the making")
+    before = snapshot(inner / "s1")
+    code, out = cli("featurize", inner / "s1", inner, "--workers", "0")
+    assert code == 0, out
+    assert snapshot(inner / "s1") == before and (inner / "manifest.json").exists()
+
+
+def test_a_torn_params_file_is_named_not_a_traceback(stage1, tmp_path):
+    out = tmp_path / "out"
+    assert cli("featurize", stage1, out, "--workers", "0")[0] == 0
+    (out / "params.json").write_text('{"stage": "featu')
+    refused(*cli("featurize", stage1, out), "params.json", "--overwrite")
+
+
+def test_a_torn_stage2_manifest_is_named_by_evaluate(data, tmp_path):
+    s2 = tmp_path / "s2"
+    shutil.copytree(data / "s2", s2)
+    text = (s2 / "manifest.json").read_text()
+    (s2 / "manifest.json").write_text(text[: len(text) // 3])
+    run = tmp_path / "run"
+    shutil.copytree(data / "run", run)
+    refused(*cli("evaluate", run, "--on", s2, "--device", "cpu"), "manifest.json", "bast-cli featurize")
+
+
 # --------------------------------------------------------------------------- disk full
 
 
@@ -356,6 +388,15 @@ def test_disk_full_while_writing_a_shard_is_one_line(stage1, tmp_path, monkeypat
     monkeypatch.setattr(shards.h5py, "File", full)
     refused(*cli("featurize", stage1, tmp_path / "out", "--workers", "0"), "No space left on device", "shard-00000.h5")
     assert not list((tmp_path / "out").rglob("*.tmp")) and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_full_disk_met_anywhere_is_one_line_not_a_traceback(data, tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    refused(*cli("report", data / "run", "--out", tmp_path / "rep", "--rollout-samples", "0"),
+            "No space left on device", "rep")
 
 
 def test_atomic_writes_leave_the_old_file_whole_when_the_disk_is_full(tmp_path, monkeypatch):

@@ -156,8 +156,13 @@ def prepare_output(out_dir: Path, params: dict, overwrite: bool) -> None:
             clear_outputs(out_dir)
     elif overwrite:
         clear_outputs(out_dir)
-    for tmp in out_dir.rglob(".*.tmp"):
-        tmp.unlink()
+    # A killed run's temporary files, only where a stage writes: an input folder that lies
+    # in OUT (e.g. OUT/sounds) keeps whatever it holds.
+    for place in (out_dir, *(out_dir / d for d in OUTPUT_DIRS)):
+        if place.is_dir():
+            found = place.glob(".*.tmp*") if place == out_dir else place.rglob(".*.tmp*")
+            for tmp in [p for p in found if p.is_file()]:
+                tmp.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pinned, json.dumps(params, indent=1, sort_keys=True))
 

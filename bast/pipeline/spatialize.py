@@ -100,6 +100,7 @@ class SpatializeConfig:
 
 # Most samples one shard may hold: a shard is written whole by one worker (64 KB a sample).
 MAX_SAMPLES_PER_SHARD = 100_000
+MAX_EXAMPLES = 1000  # example clips to write as WAV (x 4 azimuths x conditions): for listening
 
 
 def _check(config: SpatializeConfig) -> None:
@@ -579,12 +580,17 @@ def _write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
     return paths
 
 
+def check_examples(n_clips: int) -> int:
+    return options.count(n_clips, "--examples", 0, MAX_EXAMPLES)
+
+
 def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)) -> list[Path]:
     """WAV files of a few rendered clips, for listening: the first `n_clips` clips of the
     test split (or the first split there is), at `azimuths`, in every environment."""
     import h5py
     import soundfile as sf
 
+    check_examples(n_clips)
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     shards = manifest["shards"]
