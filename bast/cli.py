@@ -43,6 +43,15 @@ def command(fn):
         except BastError as exc:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)))  # not markup: messages hold [ ]
             raise typer.Exit(1) from None
+        except OSError as exc:  # a full, read-only or forbidden disk met outside bast's own writes
+            from bast.fileio import storage_advice, storage_errno
+
+            code = storage_errno(exc)
+            if code is None:
+                raise  # anything else is a bug: keep its traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(Text.assemble(("error: ", "bold red"), f"{where}{os.strerror(code)}; {storage_advice(code)}"))
+            raise typer.Exit(1) from None
 
     return app.command()(run)
 
@@ -93,8 +102,9 @@ def spatialize(
     from bast.errors import ConfigError
     from bast.pipeline.irs import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
     from bast.pipeline.noise import parse_snr
-    from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize as run, write_examples
+    from bast.pipeline.spatialize import SpatializeConfig, check_examples, layout, spatialize as run, write_examples
 
+    check_examples(examples)  # before rendering, not after
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
     grid_el, el_limit = parse_elevations(elevations)
@@ -222,7 +232,7 @@ def scenes(
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     small = cluster.small_job("scenes", renders, workers, scheduler)
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering scenes") as progress:
-        progress.console.print(f"running {cluster.describe(client)}"
+        progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {renders:,} scene renders; --workers N starts a cluster)" if small else ""))
         summary = render_scenes(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
                                 on_start=progress.on_start, on_shard=progress.on_shard)
@@ -522,11 +532,11 @@ def localize(
     or 40 dB under the file's loudest are marked silent, with no azimuth. Exit 1 when any
     file could not be used (each named on an `error:` line); the others are still written.
     """
-    from bast.model.localize import (check_window_ms, localize_audio, load_localizer, output_stems, write_csv,
+    from bast.model.localize import (check_request, localize_audio, load_localizer, output_stems, write_csv,
                                      write_summary)
     from bast.report.figures import localization_timeline
 
-    check_window_ms(window_ms)
+    check_request(run, audio, out, hop_ms=hop_ms, window_ms=window_ms)
     with console.status(f"loading {run}"):
         model, dev = load_localizer(run, device)
     failed = 0
@@ -600,6 +610,7 @@ def irs(
     """
     import numpy as np
 
+    from bast import options
     from bast.errors import ConfigError, DataError
     from bast.pipeline import cluster, ircheck
     from bast.pipeline.hall import HallSpec
@@ -607,6 +618,8 @@ def irs(
                                    parse_elevations, parse_environments)
     from bast.pipeline.rooms import draw_rooms
 
+    options.output_dir(out, "--out", inputs=[("--hrir", hrir), ("--brir", brir)])
+    options.workers(workers)
     envs = parse_environments(env or "RI") if (env or not (rooms or test_rooms or interpolation_check)) else ()
     grid_el, limit = parse_elevations(elevations)
     if grid_el is None:
@@ -617,6 +630,7 @@ def irs(
     if el is not None:
         spec = spec.fitted(el)
     sources = IRSources(hrir=hrir, brir=brir, hall=spec, tolerance_deg=tolerance)
+    generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
     results = {}
     for name in envs:
         with console.status(f"loading {name} impulse responses"):
@@ -624,7 +638,6 @@ def irs(
         results[name] = m
         _print_measurement(name, m)
     failed = []
-    generated = draw_rooms(rooms, seed) + draw_rooms(test_rooms, seed, test=True)
     if generated:
         with console.status(f"building {len(generated)} rooms"), cluster.open_client(workers or 0) as client:
             built = ircheck.check_generated_rooms(generated, str(hrir or default_hrir_path()), az, el, out=out,

@@ -18,6 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
+
+# Fewer sounds than this leave the 10 % test and 25 % validation shares empty; more than
+# this is not a demo.
+MIN_SOUNDS, MAX_SOUNDS = 10, 100_000
+
 
 class Progress:
     """What the demo reports as it goes; the CLI draws it, a library caller may ignore it."""
@@ -60,8 +66,11 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
     from bast.pipeline.spatialize import SpatializeConfig, spatialize
     from bast.report.build import build_report
 
+    options.count(sounds, "--sounds", MIN_SOUNDS, MAX_SOUNDS)
+    options.seed(seed)
+    options.workers(workers)
+    out = options.output_dir(out, "--out")
     p = progress or Progress()
-    out = Path(out)
     stage1, stage2, report_dir = out / "stage1", out / "stage2", out / "report"
     with cluster.open_client(workers, None) as client:
         p.stage("1/4 spatialize")

@@ -41,5 +41,10 @@ class MissingError(DataError, FileNotFoundError):
     """A file or folder that should exist does not."""
 
 
+class StorageError(BastError, OSError):
+    """A file could not be written: the disk is full, read-only or not ours; the message
+    names the file. Nothing half-written is left under the final name."""
+
+
 class MissingToolError(BastError, RuntimeError):
     """An optional program bast needs for what was asked is not installed."""

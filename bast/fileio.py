@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.metadata
 import os
@@ -9,6 +11,8 @@ import platform
 from pathlib import Path
 
 import numpy as np
+
+from bast.errors import StorageError
 
 PACKAGES = ("bast", "numpy", "scipy", "h5py", "soundfile", "pyroomacoustics", "dask", "distributed", "torch")
 
@@ -21,13 +25,73 @@ def sha256_file(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# Write failures that are the machine's state, not a bug: said in one line, no traceback.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def storage_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError that is the machine's state (full, read-only or forbidden
+    disk), also when a library (h5py) only quotes it in the text; None for any other."""
+    if getattr(exc, "errno", None):
+        return exc.errno if exc.errno in STORAGE_ERRNOS else None
+    text = str(exc)
+    for code in STORAGE_ERRNOS:
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return code
+    return None
+
+
+def storage_advice(code: int) -> str:
+    """What to do about a storage errno, for the end of a message."""
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "free some space or choose another output folder, then run the same command again"
+    return "check the folder's permissions (or choose another one), then run the same command again"
+
+
+@contextlib.contextmanager
+def storage_errors(path):
+    """Turn a full, read-only or forbidden disk met while writing `path` into a
+    StorageError naming it; any other OSError stays what it is."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        code = storage_errno(exc)
+        if code is None:
+            raise
+        error = StorageError(f"{path}: cannot write it ({os.strerror(code)}); {storage_advice(code)}")
+        error.errno = code
+        raise error from None
+
+
 def atomic_write_text(path, text: str) -> None:
     """Write to a temporary name beside `path`, then rename: a reader sees the old file or
-    the whole new one, never a part."""
+    the whole new one, never a part. A full disk is a StorageError and leaves no
+    temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with storage_errors(path):
+            tmp.write_text(text)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary name beside `path` to write to (with any library: matplotlib, soundfile,
+    csv); renamed to `path` when the block ends without error, removed otherwise. A full
+    disk is a StorageError naming `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells writers the format
+    try:
+        with storage_errors(path):
+            yield tmp
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def versions() -> dict:

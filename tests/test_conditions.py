@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from bast.cli import app
 from bast.corpora.procedural import DefaultCorpus
 from bast.errors import ConfigError
+from bast.fileio import sha256_file
 from bast.pipeline import acoustics, hall, ircheck, noise
 from bast.pipeline.hall import HallSpec
 from bast.pipeline.irs import default_hrir_path, load_hrirs
@@ -246,6 +247,10 @@ def test_stage2_carries_the_labels_and_fills_them_for_older_shards(tmp_path, hea
         with h5py.File(p, "a") as f:
             for k in ("head", "room", "snr_db"):
                 del f[k]
+    manifest = json.loads((old / "manifest.json").read_text())  # as an older Stage 1 listed its shards
+    for s in manifest["shards"]:
+        s["sha256"] = sha256_file(old / s["path"])
+    (old / "manifest.json").write_text(json.dumps(manifest))
     featurize(old, tmp_path / "old2")
     data = read_all(tmp_path / "old2")
     assert set(data["head"]) == {default_hrir_path().stem}

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.corpora.base import ClipError, ClipRef, register
 from bast.errors import DataError, MissingError
 
@@ -108,6 +109,16 @@ class _Entry:
 
 
 def _read_manifest(csv_path: Path, warnings: list[str]) -> list[_Entry]:
+    try:
+        return _read_manifest_rows(csv_path, warnings)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"CSV manifest {csv_path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                        f"offset {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"CSV manifest {csv_path}: not a readable CSV file ({exc})") from None
+
+
+def _read_manifest_rows(csv_path: Path, warnings: list[str]) -> list[_Entry]:
     base = csv_path.parent
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
@@ -162,6 +173,7 @@ def _scan(source: Path, exclude: Path | None, ignored: list[str],
           warnings: list[str]) -> list[_Entry]:
     if not source.exists():
         raise MissingError(f"sound source {source} does not exist")
+    options.input_path(source, "sound source", "folder, CSV manifest or audio file")
     if source.is_dir():
         audio, other = _walk(source, exclude)
         ignored.extend(str(p) for p in other)

@@ -22,7 +22,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch.distributed as dist
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.conventions import canonical_env as _canonical_env
 from bast.errors import ConfigError, DataError, MissingError
-from bast.fileio import atomic_write_text, json_default, sha256_file
+from bast.fileio import atomic_path, atomic_write_text, json_default, sha256_file
 from bast.model import losses
 from bast.model.checkpoint import load_model
 from bast.model.config import TrainConfig
@@ -100,13 +99,11 @@ def save_predictions(pred: dict, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = list(FIELDS) + [k for k in pred if k not in FIELDS]
     n = _n(pred)
-    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed: never half a table
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:  # never half a table
         w = csv.writer(f)
         w.writerow(names)
         for i in range(n):
             w.writerow([_fmt(pred[name][i]) for name in names])
-    os.replace(tmp, path)
     return path
 
 
@@ -514,6 +511,10 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
     data = EvalData(sel, cfg.eval_batch_size, dev, cfg.memory_budget_gb)
     _, table = evaluate(model, data, ctx)
+    broken = int((~np.isfinite(table["ad_deg"])).sum())
+    if broken or not len(table["ad_deg"]):  # a NaN is never a result
+        raise DataError(f"{run_dir}: {broken} of {len(table['ad_deg'])} predictions on {features_dir} are not finite "
+                        f"numbers (NaN or Inf weights in {ckpt}?); nothing written. Train the run again")
     labels = _extra_labels(features_dir, shards)
     table.update(labels)
 
@@ -526,6 +527,8 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
               "labels": sorted(labels)}
     for label, values in labels.items():
         result[f"by_{label}"] = by_label(table, label)
+    if not math.isfinite(result["front_back_rate"]):
+        result["front_back_rate"] = None  # absent: every sample at 90 or 270 deg, where it is undefined
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(table, out / "predictions.csv")
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=json_default))

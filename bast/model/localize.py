@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bast import options
 from bast.conventions import CLIP_SAMPLES, FS
 from bast.errors import ConfigError, DataError
-from bast.fileio import atomic_write_text
+from bast.fileio import atomic_path, atomic_write_text
 from bast.model.data import model_input
 
 WINDOW_MS = 1000.0 * CLIP_SAMPLES / FS  # 500 ms: what the model reads
@@ -75,7 +74,7 @@ class Localization:
         voiced = ~self.silent
         left = voiced & (az > 0) & (az < 180)
         right = voiced & (az > 180) & (az < 360)
-        mean = math.nan
+        mean = None  # absent (JSON null), never NaN, when every window is silent
         if voiced.any():  # circular mean of the unit directions of the non-silent windows
             mean = float(np.mod(np.rad2deg(np.arctan2(np.sin(np.deg2rad(az[voiced])).mean(),
                                                       np.cos(np.deg2rad(az[voiced])).mean())), 360.0))
@@ -83,7 +82,7 @@ class Localization:
                 "window_ms": self.window_ms, "hop_ms": self.hop_ms, "windows": int(self.silent.size),
                 "silent_windows": int(self.silent.sum()), "circular_mean_azimuth_deg": mean,
                 "left_hemifield_windows": int(left.sum()), "right_hemifield_windows": int(right.sum()),
-                "median_confidence": float(np.median(self.confidence[voiced])) if voiced.any() else math.nan,
+                "median_confidence": float(np.median(self.confidence[voiced])) if voiced.any() else None,
                 "max_level_dbfs": float(np.max(self.level_dbfs)), **self.info}
 
 
@@ -93,7 +92,7 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    path = Path(path)
+    path = options.input_file(path, "AUDIO", "audio file")  # a FIFO would block the read
     try:
         data, fs = sf.read(str(path), dtype="float64", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError, OSError
@@ -101,6 +100,13 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
     if data.shape[1] != 2:
         raise DataError(f"{path}: {data.shape[1]} channel(s); localize needs a binaural recording with exactly 2 "
                         "(left ear first, right ear second)")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        # One NaN would spread through the resampler and the window's level, and its window
+        # (and those the loudest-level rule compares with it) would be called silent.
+        first = np.flatnonzero(bad.any(axis=1))[0]
+        raise DataError(f"{path}: {int(np.isnan(data).sum())} NaN and {int(np.isinf(data).sum())} Inf sample(s), "
+                        f"the first at {first / fs:.3f} s; localize needs finite audio (repair or cut the file)")
     audio = data.T
     if fs != FS:
         ratio = Fraction(FS, int(fs)).limit_denominator(1000)
@@ -128,7 +134,13 @@ def silent_windows(levels: np.ndarray, floor_dbfs: float = SILENCE_DBFS,
     return (levels < floor_dbfs) | (levels < levels.max() - below_loudest_db)
 
 
+# Time steps between windows: finer than 10 ms (the STFT's own step is 8 ms) only multiplies
+# near-identical windows (0.001 ms made 24,000 windows of a 2 s file); a minute at most.
+MIN_HOP_MS, MAX_HOP_MS = 10.0, 60_000.0
+
+
 def check_window_ms(window_ms: float) -> None:
+    options.number(window_ms, "--window-ms", lo=0, lo_open=True, unit="ms")
     if abs(float(window_ms) - WINDOW_MS) > 1e-6:
         raise ConfigError(f"--window-ms {window_ms:g}: the model reads {WINDOW_MS:g} ms windows (8000 samples at "
                           f"16 kHz), the length it was trained on; choose the time step with --hop-ms")
@@ -156,8 +168,7 @@ def localize_audio(model: torch.nn.Module, path, device="cpu", hop_ms: float = 1
                    window_ms: float = WINDOW_MS) -> Localization:
     """The model's azimuth for every window of one binaural file."""
     check_window_ms(window_ms)
-    if not hop_ms > 0:
-        raise ConfigError(f"--hop-ms {hop_ms:g}: give a positive time step")
+    options.number(hop_ms, "--hop-ms", lo=MIN_HOP_MS, hi=MAX_HOP_MS, unit="ms")
     audio, fs_in = read_binaural(path)
     hop = max(1, int(round(hop_ms * FS / 1000.0)))
     starts = window_starts(audio.shape[1], hop)
@@ -176,13 +187,27 @@ def localize_audio(model: torch.nn.Module, path, device="cpu", hop_ms: float = 1
                         hop_ms=float(hop_ms), window_ms=float(window_ms))
 
 
+def check_request(run_dir, audio, out, *, hop_ms: float = 100.0, window_ms: float = WINDOW_MS) -> None:
+    """What `bast-cli localize` is asked, checked before the model loads: the options in
+    range and --out a folder that is neither the run nor an input (nor inside one)."""
+    check_window_ms(window_ms)
+    options.number(hop_ms, "--hop-ms", lo=MIN_HOP_MS, hi=MAX_HOP_MS, unit="ms")
+    if not audio:
+        raise ConfigError("AUDIO: name at least one binaural recording")
+    options.output_dir(out, "--out", inputs=[("the run", run_dir)] + [("AUDIO", a) for a in audio])
+    names = {p.name for stem in output_stems(audio) for p in (Path(out) / f"{stem}.csv", Path(out) / f"{stem}.png",
+                                                                    Path(out) / f"{stem}.json")}
+    for a in audio:
+        if Path(a).resolve().parent == Path(out).resolve() and Path(a).name in names:
+            raise ConfigError(f"--out {out}: localize would write over the input {a}; choose another folder")
+
+
 def write_csv(loc: Localization, path) -> Path:
     """One row per window: CSV_FIELDS; azimuth, x, y and confidence empty where silent."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     az, conf = loc.azimuth_deg, loc.confidence
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
         for i in range(loc.silent.size):
@@ -190,7 +215,6 @@ def write_csv(loc: Localization, path) -> Path:
             w.writerow([i, f"{loc.start_s[i]:.4f}", f"{loc.centre_s[i]:.4f}", "" if s else f"{az[i]:.2f}",
                         "" if s else f"{loc.x[i]:.5f}", "" if s else f"{loc.y[i]:.5f}", "" if s else f"{conf[i]:.4f}",
                         f"{loc.level_dbfs[i]:.2f}", int(s)])
-    os.replace(tmp, path)
     return path
 
 

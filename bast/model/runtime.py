@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,7 @@ def resolve_device(spec: str, local_rank: int = 0, world: int = 1, cuda_availabl
         if not cuda_available:
             return torch.device("cpu"), "--device auto: CUDA is not available"
         spec = "cuda"
-    if spec != "cuda" and not spec.startswith("cuda:"):
+    if spec != "cuda" and not re.fullmatch(r"cuda:\d+", spec):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {spec!r}")
     if not cuda_available:
         raise ConfigError(f"--device {spec}: CUDA is not available (torch {torch.__version__}"

@@ -8,11 +8,14 @@ import logging
 import os
 from typing import Callable, Iterable, Iterator
 
+from bast import options
+from bast.errors import StageError
 
 # Jobs smaller than this many samples run in this process unless workers are asked for:
 # starting a LocalCluster (worker processes, their imports) costs more than it saves.
 # Measured on 2 cores (docs/performance.md, "small jobs").
 SMALL_JOB_SAMPLES = {"spatialize": 10_000, "featurize": 10_000, "scenes": 40}  # scenes: scene renders
+CONNECT_TIMEOUT_S = 20  # how long to wait for a --scheduler to answer
 
 
 def small_job(stage: str, samples: int, workers: int | None = None, scheduler: str | None = None) -> bool:
@@ -33,6 +36,7 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     """A dask Client: on `scheduler` (tcp://host:port) if given, else on a LocalCluster of
     `workers` processes with one thread each (HDF5 and FFT work do not share a GIL well).
     `workers=0` yields None: tasks then run in this process, one after another."""
+    workers, scheduler = options.workers(workers), options.scheduler(scheduler)
     if scheduler is None and workers == 0:
         yield None
         return
@@ -41,7 +45,12 @@ def open_client(workers: int | None = None, scheduler: str | None = None) -> Ite
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler:
-        with Client(scheduler) as client:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:  # refused, unknown host, nobody answering
+            raise StageError(f"--scheduler {scheduler}: cannot reach a dask scheduler there ({exc}); "
+                             "start one (dask scheduler) or leave --scheduler out to run locally") from None
+        with client:
             yield client
         return
     n = workers or os.cpu_count() or 1

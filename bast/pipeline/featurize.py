@@ -18,15 +18,16 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from bast import __version__
+from bast import __version__, options
 from bast.conventions import CLIP_SAMPLES as SAMPLES
 from bast.conventions import FS, N_FREQ
+from bast.errors import DataError
 from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
 from bast.pipeline.irs import default_hrir_path
 from bast.pipeline import scenefeatures
 from bast.pipeline.runner import Stage, StageSummary, run_stage
-from bast.pipeline.shards import (ShardInfo, StageError, manifest_categories, manifest_directions, read_manifest,
-                                  shard_name, write_shard)
+from bast.pipeline.shards import (OWNED, ShardInfo, StageError, manifest_categories, manifest_directions,
+                                  read_manifest, shard_name, verify_sha256, write_shard)
 
 LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db", "elevation_deg")
 # Stage 1 shards made before heads, rooms, noise and elevations existed hold only these; the
@@ -52,31 +53,55 @@ class FeatureTask:
 
 def read_stage1(stage1_dir) -> dict:
     """The Stage 1 manifest, after checking that the directory is complete Stage 1 output
-    whose shards have the shapes and sample rate Stage 2 needs; errors name the file."""
+    whose shards are the bytes the manifest lists (sha256), with the shapes, label lengths
+    and sample rate Stage 2 needs; errors name the file and how to rewrite it."""
     stage1_dir = Path(stage1_dir)
     if scenefeatures.is_scenes(stage1_dir):
         return scenefeatures.read_scene_stage1(stage1_dir)
     manifest = read_manifest(stage1_dir, "spatialize", "featurize")
-    for s in manifest["shards"]:
-        check_stage1_shard(stage1_dir / s["path"], s["samples"])
+    try:
+        listed = [(s["path"], int(s["samples"]), s.get("sha256")) for s in manifest["shards"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{stage1_dir / 'manifest.json'}: malformed manifest ({type(exc).__name__}: {exc}); "
+                        f"re-run bast-cli spatialize into {stage1_dir} to rewrite it") from None
+    for rel, samples, sha256 in listed:
+        check_stage1_shard(stage1_dir / rel, samples, sha256)
     return manifest
 
 
-def check_stage1_shard(path: Path, samples: int) -> None:
+def _rewrite_hint(path: Path) -> str:
+    return (f"delete it and {path.with_suffix('.json').name} beside it, and re-run bast-cli spatialize "
+            f"with the arguments that made {path.parent.parent} to rewrite it")
+
+
+def check_stage1_shard(path: Path, samples: int, sha256: str | None = None) -> None:
+    """One Stage 1 shard as its manifest lists it: a regular file (a FIFO would block the
+    reader), with the manifest's sha256 when given, `samples` rows of 2 x 8000 audio at
+    16 kHz and every label as long as the audio."""
+    path = Path(path)
     if not path.exists():
-        raise StageError(f"{path}: listed in the Stage 1 manifest but missing")
+        raise StageError(f"{path}: listed in the Stage 1 manifest but missing; {_rewrite_hint(path)}")
+    if not path.is_file():
+        raise DataError(f"{path}: listed in the Stage 1 manifest but not a regular file")
+    if sha256:
+        verify_sha256(path, sha256, _rewrite_hint(path))
     try:
         with h5py.File(path, "r") as f:
             if "audio" not in f or any(name not in f for name in REQUIRED_LABELS):
                 missing = [n for n in ("audio",) + REQUIRED_LABELS if n not in f]
                 raise StageError(f"{path}: not a Stage 1 shard (missing {', '.join(missing)})")
             shape, fs = f["audio"].shape, f.attrs.get("fs")
+            lengths = {name: f[name].shape[0] if f[name].shape else 0 for name in LABELS if name in f}
     except OSError as exc:
-        raise StageError(f"{path}: unreadable HDF5 shard ({exc})") from None
+        raise DataError(f"{path}: unreadable HDF5 shard ({exc}); {_rewrite_hint(path)}") from None
     if shape != (samples, 2, SAMPLES):
         raise StageError(f"{path}: audio has shape {shape}; Stage 2 needs ({samples}, 2, {SAMPLES})")
     if fs != FS:
         raise StageError(f"{path}: sample rate {fs}; Stage 2 needs {FS} Hz")
+    short = {name: n for name, n in lengths.items() if n != samples}
+    if short:
+        raise DataError(f"{path}: label(s) {', '.join(f'{k} ({n} rows)' for k, n in short.items())} do not match "
+                        f"the {samples} rows of audio; {_rewrite_hint(path)}")
 
 
 def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
@@ -156,6 +181,8 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
     if dtype not in ("float16", "float32"):
         raise StageError(f"dtype {dtype!r}: choose float16 or float32")
+    options.number(floor_db, "floor_db", hi=0, unit="dB")
+    options.output_dir(out_dir, "OUT", inputs=[("the Stage 1 folder", stage1_dir)], owned=OWNED)
     if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
         return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, phase=phase,
                                               client=client, overwrite=overwrite, on_start=on_start,

@@ -33,7 +33,7 @@ import numpy as np
 import pyroomacoustics as pra
 from scipy.signal import fftconvolve
 
-from bast import __version__
+from bast import __version__, options
 from bast.conventions import FS
 from bast.errors import ConfigError
 from bast.pipeline import acoustics
@@ -47,6 +47,9 @@ WALLS = ("west", "east", "south", "north", "floor", "ceiling")
 ALGORITHM_VERSION = 1
 # A source on the sphere stays this far from the floor and the ceiling (`HallSpec.fitted`).
 SURFACE_MARGIN_M = 0.3
+# RT60s a simulated room may have: below 0.1 s the "hall" is nearly anechoic and the
+# calibration's absorption saturates; above 10 s the bank (1.25 x RT60 long) outgrows memory.
+MIN_RT60_S, MAX_RT60_S = 0.1, 10.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class HallSpec:
     # y = 0, y = max, floor, ceiling); None = every wall alike (the default hall). The
     # calibration scales the common absorption so the decay still meets rt60_s.
     wall_factors: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        options.number(self.rt60_s, "--rt60", lo=MIN_RT60_S, hi=MAX_RT60_S, unit="s")
+        options.seed(self.seed)
 
     @property
     def volume_m3(self) -> float:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bast.errors import DataError
+from bast.fileio import atomic_path
 from bast.pipeline import acoustics
 from bast.pipeline.rooms import room_record
 from bast.pipeline.sofa import IRSet
@@ -143,7 +144,8 @@ def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.conventions import DEFAULT_AZIMUTHS, ENVIRONMENTS, parse_environments
 from bast.errors import ConfigError
 from bast.pipeline.hall import HallSpec
 from bast.pipeline.sofa import IRSet, read_sofa
 from bast.sphere import unit_vector
 
-__all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "direction_grid", "load_hrirs",
-           "parse_azimuths", "parse_directions", "parse_elevations", "parse_environments", "sofa_files"]
+__all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "check_azimuths", "direction_grid",
+           "load_hrirs", "parse_azimuths", "parse_directions", "parse_elevations", "parse_environments", "sofa_files"]
+
+
+# Directions on the circle a request may name: 3600 is a 0.1 deg grid, finer than any
+# measured HRIR set and than the model can tell apart.
+MAX_AZIMUTHS = 3600
 
 
 def default_hrir_path() -> Path:
@@ -44,10 +50,8 @@ def sofa_files(paths, option: str) -> tuple[str, ...]:
             if not found:
                 raise ConfigError(f"{option} {p}: the folder holds no .sofa files")
             out += [str(f) for f in found]
-        elif p.exists():
-            out.append(str(p))
         else:
-            raise ConfigError(f"{option} {p}: no such file or folder")
+            out.append(str(options.input_file(p, option, "file or folder")))
     return tuple(out)
 
 
@@ -59,13 +63,16 @@ def parse_azimuths(text: str) -> np.ndarray:
             start, stop, step = (float(v) for v in text.split(":"))
         except ValueError:
             raise ConfigError(f"azimuths {text!r}: give start:stop:step or a list such as 0,90,180") from None
-        if step <= 0:
+        if not step > 0:
             raise ConfigError(f"azimuth step must be positive in {text!r}")
-        return np.arange(start, stop - 1e-9, step)
+        if not (np.isfinite(start) and np.isfinite(stop)) or (stop - start) / step > MAX_AZIMUTHS:
+            raise ConfigError(f"azimuths {text!r}: at most {MAX_AZIMUTHS} azimuths from 0 to 360 deg")
+        return check_azimuths(np.arange(start, stop - 1e-9, step), "--azimuths")
     try:
-        return np.array([float(v) for v in text.replace(",", " ").split()])
+        values = np.array([float(v) for v in text.replace(",", " ").split()])
     except ValueError:
         raise ConfigError(f"azimuths {text!r}: give start:stop:step or a list such as 0,90,180") from None
+    return check_azimuths(values, "--azimuths")
 
 
 def parse_elevations(text: str) -> tuple[np.ndarray | None, tuple[float, float] | None]:
@@ -158,6 +165,23 @@ def read_directions_csv(path) -> np.ndarray:
     return unique_directions(pairs)
 
 
+def check_azimuths(azimuths, option: str = "--azimuths") -> np.ndarray:
+    """At least one azimuth, each finite in [0, 360) (SOFA: 0 ahead, 90 left, 270 right),
+    none twice (a repeated azimuth would render every clip twice under one label)."""
+    values = np.asarray(azimuths, dtype=float).reshape(-1)
+    if values.size == 0:
+        raise ConfigError(f"{option}: no azimuth given; e.g. 0:360:10 or 0,90,180")
+    if values.size > MAX_AZIMUTHS:
+        raise ConfigError(f"{option}: {values.size} azimuths; at most {MAX_AZIMUTHS}")
+    bad = values[~(np.isfinite(values) & (values >= 0) & (values < 360))]
+    if bad.size:
+        raise ConfigError(f"{option} {bad[0]:g}: every azimuth must be from 0 to 360 deg, 360 excluded "
+                          f"(SOFA: 0 ahead, 90 left, 270 right; -90 is 270)")
+    uniq, counts = np.unique(values, return_counts=True)
+    if (counts > 1).any():
+        raise ConfigError(f"{option}: azimuth {uniq[counts > 1][0]:g} given twice; name each azimuth once")
+    return values
+
 @dataclass(frozen=True)
 class IRSources:
     """Where each environment's impulse responses come from."""
@@ -166,6 +190,12 @@ class IRSources:
     brir: Path | None = None  # measured BRIR SOFA for `hall`; None = simulated hall
     hall: HallSpec = HallSpec()
     tolerance_deg: float = 0.0  # how far a set's direction may be from the requested one
+
+    def __post_init__(self):
+        options.number(self.tolerance_deg, "--tolerance", lo=0, hi=180, unit="deg")
+        for name in ("hrir", "brir"):
+            if getattr(self, name) is not None:
+                options.input_file(getattr(self, name), f"--{name}", "SOFA file")
 
     def irset(self, env: str, azimuths_deg, elevations_deg=None, interpolate: bool = False) -> IRSet:
         """The IR set of `env`: the whole SOFA set, or the hall's bank at the requested

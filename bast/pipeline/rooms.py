@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.errors import ConfigError, StageError
 from bast.pipeline.cluster import run_tasks
 from bast.pipeline.hall import WALLS, HallSpec, hall_brirs
 from bast.pipeline.sofa import IRSet, read_sofa
 
 TRAIN_STREAM, TEST_STREAM = 0x400D5, 0x7E57
+MAX_ROOMS = 1000  # generated rooms per split: each is a ray-traced bank of BRIRs (seconds to build)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ def draw_rooms(n: int, seed: int, ranges: RoomRanges = RoomRanges(), test: bool 
     """`n` shoebox rooms drawn from `ranges`, deterministic from `seed`; `test=True` draws
     from another stream (names testroom-NN instead of room-NN)."""
     ranges.check()
+    options.count(n, "--test-rooms" if test else "--rooms", 0, MAX_ROOMS)
+    options.seed(seed)
     rng = np.random.default_rng([seed, TEST_STREAM if test else TRAIN_STREAM])
     prefix = "testroom" if test else "room"
     rooms = []

@@ -150,8 +150,11 @@ def is_scenes(stage1_dir) -> bool:
             try:
                 data = json.loads(path.read_text())
             except ValueError:
+                return False  # the reader of the Stage 1 output names the torn file
+            if not isinstance(data, dict):
                 return False
-            return data.get("stage") == "scenes" or data.get("params", {}).get("stage") == "scenes"
+            params = data.get("params")
+            return data.get("stage") == "scenes" or (isinstance(params, dict) and params.get("stage") == "scenes")
     return False
 
 

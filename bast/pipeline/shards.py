@@ -23,11 +23,11 @@ import numpy as np
 from bast.conventions import ENVIRONMENTS as ENV_NAMES  # stored codes: env = index in this tuple
 from bast.conventions import SPLITS
 from bast.errors import DataError, MissingError, StageError
-from bast.fileio import atomic_write_text, sha256_file, versions
+from bast.fileio import atomic_write_text, sha256_file, storage_errors, versions
 
 __all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "read_manifest", "atomic_write_text", "sha256_file", "versions",
            "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
-           "write_failures", "write_manifest", "manifest_directions", "manifest_categories"]
+           "write_failures", "write_manifest", "manifest_directions", "manifest_categories", "verify_sha256", "OWNED"]
 
 
 @dataclass
@@ -65,18 +65,20 @@ def write_shard(out_dir: Path, info: ShardInfo, arrays: dict, attrs: dict) -> Sh
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for name, data in arrays.items():
-                data = np.asarray(data)
-                if data.dtype.kind in "UO":
-                    f.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype(), track_times=False)
-                else:
-                    f.create_dataset(name, data=data, track_times=False)
-        info.sha256 = sha256_file(tmp)
-        atomic_write_text(final.with_suffix(".json"), json.dumps(asdict(info)))
-        os.replace(tmp, final)
+        with storage_errors(final):
+            with h5py.File(tmp, "w", track_order=True) as f:
+                for key, value in attrs.items():
+                    f.attrs[key] = value
+                for name, data in arrays.items():
+                    data = np.asarray(data)
+                    if data.dtype.kind in "UO":
+                        f.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype(),
+                                         track_times=False)
+                    else:
+                        f.create_dataset(name, data=data, track_times=False)
+            info.sha256 = sha256_file(tmp)
+            atomic_write_text(final.with_suffix(".json"), json.dumps(asdict(info)))
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -104,8 +106,9 @@ class DirectoryLock:
         self.fd: int | None = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with storage_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -115,8 +118,13 @@ class DirectoryLock:
                 f"{self.path.parent} is in use by another run ({holder or 'unknown process'}); "
                 "wait for it to finish or choose another output directory"
             ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()} since {time.ctime()}".encode(), 0)
+        try:
+            with storage_errors(self.path):
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, f"pid {os.getpid()} on {platform.node()} since {time.ctime()}".encode(), 0)
+        except BaseException:
+            os.close(self.fd)
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -133,7 +141,11 @@ def prepare_output(out_dir: Path, params: dict, overwrite: bool) -> None:
     out_dir = Path(out_dir)
     pinned = out_dir / "params.json"
     if pinned.exists():
-        old = json.loads(pinned.read_text())
+        try:
+            old = json.loads(pinned.read_text())
+        except (ValueError, OSError) as exc:
+            raise StageError(f"{pinned}: unreadable ({exc}); use --overwrite to replace {out_dir}, "
+                             "or another output directory") from None
         if old != params:
             if not overwrite:
                 changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
@@ -144,21 +156,55 @@ def prepare_output(out_dir: Path, params: dict, overwrite: bool) -> None:
             clear_outputs(out_dir)
     elif overwrite:
         clear_outputs(out_dir)
-    for tmp in out_dir.rglob(".*.tmp"):
-        tmp.unlink()
+    # A killed run's temporary files, only where a stage writes: an input folder that lies
+    # in OUT (e.g. OUT/sounds) keeps whatever it holds.
+    for place in (out_dir, *(out_dir / d for d in OUTPUT_DIRS)):
+        if place.is_dir():
+            found = place.glob(".*.tmp*") if place == out_dir else place.rglob(".*.tmp*")
+            for tmp in [p for p in found if p.is_file()]:
+                tmp.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pinned, json.dumps(params, indent=1, sort_keys=True))
 
 
+# What a stage writes in its output folder, and --overwrite clears: no input may lie there.
+OUTPUT_FILES = ("manifest.json", "failures.jsonl", "params.json")
+OUTPUT_DIRS = ("shards", "examples", "irs")
+OWNED = OUTPUT_FILES + OUTPUT_DIRS
+
+
 def clear_outputs(out_dir: Path) -> None:
-    for name in ("manifest.json", "failures.jsonl", "params.json"):
+    for name in OUTPUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    for sub in ("shards", "examples", "irs"):
+    for sub in OUTPUT_DIRS:
         d = out_dir / sub
         if d.exists():
             for p in sorted(d.rglob("*"), reverse=True):
                 p.unlink() if p.is_file() else p.rmdir()
             d.rmdir()
+
+
+# Shards found intact in this process: (path, size, mtime_ns) -> sha256.
+_VERIFIED: dict[tuple, str] = {}
+
+
+def verify_sha256(path, sha256: str, hint: str) -> None:
+    """DataError naming `path` and `hint` (how to rewrite it) when its bytes are not the
+    ones `sha256` records. A file found intact is not read again in this process while its
+    size and modification time stay the same."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if _VERIFIED.get(key) == sha256:
+            return
+        actual = sha256_file(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); {hint}") from None
+    if actual != sha256:
+        raise DataError(f"{path}: corrupt (its sha256 {actual[:12]}... differs from the manifest's "
+                        f"{sha256[:12]}...); {hint}")
+    _VERIFIED[key] = sha256
 
 
 def write_failures(out_dir: Path, failures: list[dict]) -> None:
@@ -180,10 +226,15 @@ def read_manifest(directory, stage: str, reader: str) -> dict:
         unfinished = (directory / "params.json").exists()
         hint = f" (a run that did not finish: run bast-cli {stage} again to complete it)" if unfinished else ""
         raise MissingError(f"{directory} is not {what}: no manifest.json{hint}")
+    redo = f"re-run bast-cli {stage} with the arguments that made {directory} to rewrite it"
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; {redo}")
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # torn, truncated, not UTF-8, unreadable
+        raise DataError(f"{path}: unreadable manifest ({exc}); {redo}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        raise DataError(f"{path}: not a bast manifest (no list of shards); {redo}")
     if manifest.get("stage") != stage:
         raise DataError(f"{path}: stage {manifest.get('stage')!r}; {reader} reads the output of {stage} "
                         f"(bast-cli {stage})")

@@ -172,6 +172,31 @@ def _head_frame(view: np.ndarray, up: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=-2)
 
 
+# What a set of binaural FIRs may be, beyond any real measurement's: sampled from 8 kHz
+# (telephone band) to 768 kHz, at most 20 s long (a cathedral's tail), its loudest tap
+# between -100 and +60 dB re 1 (HRIR and BRIR sets peak at 0.1-10; MIT KEMAR at 1.7).
+MIN_FS, MAX_FS = 8000.0, 768000.0
+MAX_IR_SECONDS = 20.0
+MIN_PEAK, MAX_PEAK = 1e-5, 1e3
+
+
+def check_levels(ir: np.ndarray, where: str) -> None:
+    """Refuse a set (..., 2, N) that is silent, has a silent direction (both ears all
+    zero) or is scaled absurdly: rendering through it would make silent or overflowing
+    clips that still look like data."""
+    peak = float(np.max(np.abs(ir)))
+    if peak == 0.0:
+        raise SofaError(f"{where}: every impulse response is zero (a silent set)")
+    if not MIN_PEAK <= peak <= MAX_PEAK:
+        raise SofaError(f"{where}: loudest tap {peak:.3g}; impulse responses peak between {MIN_PEAK:g} and "
+                        f"{MAX_PEAK:g} (HRIR and BRIR sets at 0.1-10): the set is scaled wrongly")
+    per_direction = np.abs(ir).max(axis=(1, -1)) if ir.ndim == 4 else np.abs(ir).max(axis=(-2, -1))
+    silent = np.flatnonzero(per_direction.reshape(-1) == 0.0)
+    if silent.size:
+        raise SofaError(f"{where}: {silent.size} direction(s) with both ears all zero (first: measurement "
+                        f"{silent[0]}); every direction needs an impulse response")
+
+
 def read_sofa(path, fs: int = FS) -> IRSet:
     """Load a SOFA file of binaural FIRs as an IRSet at `fs` (16 kHz by default).
 
@@ -182,6 +207,8 @@ def read_sofa(path, fs: int = FS) -> IRSet:
     source work too. Data.Delay is applied. Any failure is a SofaError naming the file.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO would block the open
+        raise SofaError(f"{path}: not a regular file")
     try:
         with h5py.File(path, "r") as f:
             return _read(f, path, fs)
@@ -227,8 +254,14 @@ def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
     fs_in = float(rate.reshape(-1)[0])
     if not np.isfinite(fs_in) or fs_in <= 0:
         raise SofaError(f"{where}: sampling rate {fs_in} is not positive")
+    if not MIN_FS <= fs_in <= MAX_FS:
+        raise SofaError(f"{where}: sampling rate {fs_in:g} Hz; bast reads sets sampled from {MIN_FS:g} to "
+                        f"{MAX_FS:g} Hz (is Data.SamplingRate in Hz?)")
+    if n / fs_in > MAX_IR_SECONDS:
+        raise SofaError(f"{where}: impulse responses {n / fs_in:g} s long; at most {MAX_IR_SECONDS:g} s")
     if not np.all(np.isfinite(ir)):
         raise SofaError(f"{where}: Data.IR holds NaN or Inf values")
+    check_levels(ir, where)
 
     ir = _apply_delay(ir, _array(f, "Data.Delay"), where)
     ir = _left_first(ir, f)

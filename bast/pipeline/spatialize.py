@@ -37,18 +37,19 @@ from typing import Callable
 
 import numpy as np
 
-from bast import __version__
+from bast import __version__, options
 from bast.conventions import CLIP_SAMPLES, DEFAULT_AZIMUTHS, ENVIRONMENTS, FS
 from bast.corpora.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError
+from bast.fileio import atomic_path
 from bast.pipeline import noise as noise_mod
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec, save_bank
-from bast.pipeline.irs import default_hrir_path, direction_grid, unique_directions
+from bast.pipeline.irs import check_azimuths, default_hrir_path, direction_grid, unique_directions
 from bast.pipeline.render import Renderer
-from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, draw_rooms, room_record
+from bast.pipeline.rooms import MAX_ROOMS, BankTask, RoomRanges, build_banks, draw_rooms, room_record
 from bast.pipeline.runner import Stage, StageSummary, run_stage
-from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
+from bast.pipeline.shards import ENV_NAMES, OWNED, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa, write_sofa
 
 
@@ -101,6 +102,8 @@ class SpatializeConfig:
         if any(abs(e) > 90 for e in self.elevations) or any(abs(e) > 90 for _, e in self.directions or ()):
             raise ConfigError("elevations lie in [-90, 90] deg")
 
+        _check(self)
+
     def grid(self) -> tuple[np.ndarray, np.ndarray]:
         """The requested directions: (azimuths, elevations), each (D,) in degrees."""
         pairs = (unique_directions(np.array(self.directions)) if self.directions is not None
@@ -124,6 +127,26 @@ class SpatializeConfig:
     @property
     def brirs(self) -> tuple[str, ...]:
         return (self.brir,) if isinstance(self.brir, str) else self.brir or ()
+
+
+# Most samples one shard may hold: a shard is written whole by one worker (64 KB a sample).
+MAX_SAMPLES_PER_SHARD = 100_000
+MAX_EXAMPLES = 1000  # example clips to write as WAV (x 4 azimuths x conditions): for listening
+
+
+def _check(config: SpatializeConfig) -> None:
+    """Every setting in its range, named by its command-line option."""
+    check_azimuths(config.azimuths, "--azimuths")
+    if not config.environments:
+        raise ConfigError("--env: name at least one environment (anechoic, hall, RI01, RI02, RI)")
+    options.seed(config.seed)
+    options.fraction(config.val_fraction, "--val-fraction")
+    options.fraction(config.test_fraction, "--test-fraction")
+    options.count(config.samples_per_shard, "--samples-per-shard", 1, MAX_SAMPLES_PER_SHARD)
+    options.number(config.tolerance_deg, "--ir-tolerance", lo=0, hi=180, unit="deg")
+    options.count(config.rooms, "--rooms", 0, MAX_ROOMS)
+    options.count(config.test_rooms, "--test-rooms", 0, MAX_ROOMS)
+    HallSpec(rt60_s=config.rt60_s)  # its own range check
 
 
 # Fields added after the first release: left out of params.json at their defaults, so an
@@ -495,6 +518,7 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
     """
     if not refs:
         raise StageError("no input clips found")
+    check_output(out_dir, refs, config, source or {})
     the_layout = layout(config)
     irs = condition_irs(config, client, the_layout)
     params = stage_params(refs, config, irs, source or {})
@@ -541,6 +565,17 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         totals=_summarise, manifest_extra=manifest_extra, manifest_keys=manifest_keys,
         key_prefix=f"bast-spatialize-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
+
+
+def check_output(out_dir, refs: list[ClipRef], config: SpatializeConfig, source: dict) -> None:
+    """OUT is a folder (new or existing) that is no input nor inside one, and no input
+    (a sound, a SOFA file) lies where the stage writes or --overwrite clears."""
+    inputs = [("--hrir", p) for p in config.heads] + [("--brir", p) for p in config.brirs]
+    inputs += [("--test-hrir", p) for p in config.test_hrir]
+    inputs += [(name, source[key]) for key, name in (("source", "the sound source"), ("test", "--test"))
+               if source.get(key)]
+    inputs += [("sound", r.locator) for r in refs if r.recipe == "files"]
+    options.output_dir(out_dir, "OUT", inputs=inputs, owned=OWNED)
 
 
 def irs_listener(path: str) -> str:
@@ -598,6 +633,10 @@ def _write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
     return paths
 
 
+def check_examples(n_clips: int) -> int:
+    return options.count(n_clips, "--examples", 0, MAX_EXAMPLES)
+
+
 def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)) -> list[Path]:
     """WAV files of a few rendered clips, for listening: the first `n_clips` clips of the
     test split (or the first split there is), at `azimuths` on the horizontal plane, in every
@@ -605,6 +644,7 @@ def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)
     import h5py
     import soundfile as sf
 
+    check_examples(n_clips)
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     shards = manifest["shards"]
@@ -632,7 +672,8 @@ def write_examples(out_dir, n_clips: int = 3, azimuths=(0.0, 90.0, 180.0, 270.0)
                         name = f"{clip.replace('/', '_').replace('#', '-')}_az{int(round(a)):03d}.wav"
                         path = out_dir / "examples" / folder / name
                         path.parent.mkdir(parents=True, exist_ok=True)
-                        sf.write(path, f["audio"][i].T, FS, subtype="FLOAT")
+                        with atomic_path(path) as tmp:
+                            sf.write(tmp, f["audio"][i].T, FS, subtype="FLOAT")
                         written.append(path)
             if len(wanted) >= n_clips:
                 break

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.conventions import parse_environments
-from bast.errors import ConfigError, MissingError
-from bast.fileio import json_default
+from bast.errors import ConfigError, DataError, MissingError
+from bast.fileio import atomic_path, atomic_write_text, json_default
 from bast.model import evaluate as ev
 from bast.report import figures, stats
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
 
+MAX_ROLLOUT_SAMPLES = 64  # attention rollout figures per run: each is a forward pass and a PNG
 INTEGRATIONS = ("concat", "add", "sub")
 LOSSES = ("mse", "ad", "mix")
 ENV_NAMES = {"anechoic": "AE (anechoic)", "hall": "RV (hall)"}
@@ -117,11 +119,18 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     matrix; `per_set_figures` adds a polar plot and per-category bars for each set."""
     out = Path(out_dir)
     device = str(ev.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
+    options.count(rollout_samples, "--rollout-samples", 0, MAX_ROLLOUT_SAMPLES)
+    if not run_dirs:
+        raise ConfigError("no runs given")
+    options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
+    runs = [load_run(p, device) for p in run_dirs]
+    for r in runs:  # a NaN is never a result: a run without finite test predictions is refused
+        ad = np.asarray(r.pred["ad_deg"], dtype=np.float64)
+        if not ad.size or not np.isfinite(ad).all():
+            raise DataError(f"{r.path}: {'no test predictions' if not ad.size else 'test predictions that are not finite'}"
+                            "; its training did not end with a usable test evaluation (bast-cli train writes it)")
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(p, device) for p in run_dirs]
-    if not runs:
-        raise ConfigError("no runs given")
     names = [r.path.name for r in runs]
     for r in runs:  # runs of the same folder name (a/run, b/run) keep apart in labels and files
         if names.count(r.path.name) > 1:
@@ -163,9 +172,9 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
         if explained is not None:
             sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=json_default))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=json_default))
     page = _page(sections, out)
-    (out / "index.html").write_text(page)
+    atomic_write_text(out / "index.html", page)
     return out / "index.html", summary
 
 
@@ -238,11 +247,8 @@ def _per_azimuth(runs: list[Run], fig_dir: Path) -> str:
         t = ev.per_azimuth(r.pred)
         lines[r.label] = (t["azimuth_deg"], t["ad_deg"])
     png = figures.polar_ad(lines, fig_dir / "polar_ad.png", title="Angular distance per azimuth (test set)")
-    with open(fig_dir.parent / "per_azimuth.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["run", "azimuth_deg", "ad_deg"])
-        for label, (az, ad) in lines.items():
-            w.writerows([label, a, d] for a, d in zip(az, ad))
+    _write_csv(fig_dir.parent / "per_azimuth.csv", ["run", "azimuth_deg", "ad_deg"],
+               [[label, a, d] for label, (az, ad) in lines.items() for a, d in zip(az, ad)])
     return _section("Angular distance per azimuth (paper Fig. 2)",
                     "Mean test AD at each true azimuth, one line per run. The listener is seen from above, facing "
                     "up: 0° ahead, 90° left, 180° behind, 270° right.", _img(png))
@@ -471,7 +477,7 @@ def _page(sections: list[str], out: Path) -> str:
 
 
 def _write_csv(path: Path, head, rows) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(head)
         w.writerows(rows)

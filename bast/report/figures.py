@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bast.conventions import FS
+from bast.fileio import atomic_path
 from bast.model import evaluate as ev
 
 CONVENTION = "SOFA azimuth: 0° ahead, 90° left, 180° behind, 270° right"
@@ -57,7 +58,8 @@ def _save(fig: Figure, path) -> Path:
             y = sub.get_window_extent(renderer).y1 / fig.dpi / h + 0.006
         if title:
             fig.text(x, y, title, ha="center", va="bottom", fontsize=12, fontweight="bold")
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     return path
 
 
