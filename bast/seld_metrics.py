@@ -139,6 +139,7 @@ class SeldCounts:
     substitutions: int = 0
     deletions: int = 0
     insertions: int = 0
+    recordings: int = 0
 
     _PER_CLASS = ("tp", "fp", "fp_spatial", "fn", "n_ref", "total_de", "de_tp", "de_fp", "de_fn")
 
@@ -154,6 +155,7 @@ class SeldCounts:
         out.substitutions = self.substitutions + other.substitutions
         out.deletions = self.deletions + other.deletions
         out.insertions = self.insertions + other.insertions
+        out.recordings = self.recordings + other.recordings
         return out
 
 
@@ -179,7 +181,7 @@ def count_recording(ref_rows, pred_rows, n_classes: int, *, n_frames: int | None
                             f"(0..{n_classes - 1})")
     if n_frames is None:
         n_frames = reference_frames(ref, pred)
-    c = SeldCounts(n_classes)
+    c = SeldCounts(n_classes, recordings=1)
     for gt, pr in zip(_segments(ref, n_frames), _segments(pred, n_frames)):
         _count_segment(c, gt, pr, doa_threshold)
     return c
@@ -274,6 +276,7 @@ class SeldScores:
                          "reference_tracks": int(c.n_ref[k]), "TP": int(c.tp[k]),
                          "FP": int(c.fp[k] + c.fp_spatial[k]), "FN": int(c.fn[k])} for k in range(c.n_classes)],
             "substitutions": int(c.substitutions), "deletions": int(c.deletions), "insertions": int(c.insertions),
+            "recordings": int(c.recordings),
         }
 
 

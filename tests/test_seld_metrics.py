@@ -182,3 +182,34 @@ def test_classes_beyond_the_count_and_bad_options_are_refused():
         count_recording(rows, rows, 3)
     with pytest.raises(ConfigError, match="average"):
         score_recordings([(rows, rows)], 4, average="weighted")
+
+
+def test_cli_scores_a_reference_against_itself_perfectly(tmp_path):
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(app, ["seld-metrics", str(DATA / "random" / "ref"), str(DATA / "random" / "ref"),
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "F 100.0 %" in result.output and "ER 0.000" in result.output and "LE 0.0 deg" in result.output
+    import json
+
+    d = json.loads(out.read_text())
+    assert d["overall"]["F"] == pytest.approx(1.0) and d["overall"]["ER"] == 0.0
+    assert d["overall"]["LE"] < 1e-6 and d["recordings"] == 2 and d["n_classes"] == 4
+
+
+def test_cli_scores_predictions_and_names_a_missing_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    result = CliRunner().invoke(app, ["seld-metrics", str(DATA / "random" / "ref"), str(DATA / "random" / "pred")])
+    assert result.exit_code == 0, result.output
+    assert f"F {100 * REFERENCE['random/macro']['F']:.1f} %" in result.output
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "scene-e.csv").write_text((DATA / "random" / "pred" / "scene-e.csv").read_text())
+    result = CliRunner().invoke(app, ["seld-metrics", str(DATA / "random" / "ref"), str(tmp_path / "pred")])
+    assert result.exit_code == 1 and "error:" in result.output and "scene-f.csv" in result.output
