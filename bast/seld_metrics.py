@@ -176,6 +176,8 @@ def count_recording(ref_rows, pred_rows, n_classes: int, *, n_frames: int | None
     ref = np.asarray(ref_rows, dtype=np.float64).reshape(-1, 5)
     pred = np.asarray(pred_rows, dtype=np.float64).reshape(-1, 5)
     for name, rows in (("reference", ref), ("prediction", pred)):
+        if len(rows) and (rows[:, 0].min() < 0 or rows[:, 1].min() < 0):
+            raise DataError(f"a {name} row has a negative frame or class index")
         if len(rows) and rows[:, 1].max() >= n_classes:
             raise DataError(f"a {name} row has class {int(rows[:, 1].max())}, but there are {n_classes} classes "
                             f"(0..{n_classes - 1})")

@@ -180,6 +180,8 @@ def test_classes_beyond_the_count_and_bad_options_are_refused():
     rows = np.array([[0, 3, 0, 0.0, 0.0]])
     with pytest.raises(DataError, match="class 3"):
         count_recording(rows, rows, 3)
+    with pytest.raises(DataError, match="negative"):
+        count_recording(rows * [-1, 1, 1, 1, 1] - [1, 0, 0, 0, 0], rows, 4)
     with pytest.raises(ConfigError, match="average"):
         score_recordings([(rows, rows)], 4, average="weighted")
 
