@@ -516,6 +516,45 @@ def evaluate(
 
 
 @command
+def seld_metrics(
+    ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (frame,class,source,azimuth,elevation[,distance]), searched recursively.")],
+    pred_dir: Annotated[Path, typer.Argument(help="Predicted CSVs of the same names, in the same format.")],
+    classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the largest class index seen + 1); classes never seen count in the macro average.")] = None,
+    threshold: Annotated[float, typer.Option(help="DOA threshold in degrees for a detection to count as true.")] = 20.0,
+    average: Annotated[str, typer.Option(help="macro (DCASE 2023: the mean over classes) or micro (pooled counts).")] = "macro",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores, per class and overall, to this JSON file.")] = None,
+) -> None:
+    """Score any system's DCASE-format predictions the DCASE 2023 task 3 way (docs/seld.md).
+
+    Location-aware error rate and F-score at the DOA threshold on 1 s segments, and the
+    class-dependent localization error and recall, as the DCASE 2023 baseline's reference
+    implementation computes them; files are matched by name, and a missing or extra file
+    is an error.
+    """
+    from bast.fileio import atomic_write_text, json_default, versions
+    from bast.seld_metrics import score_directories
+
+    s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
+    t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
+    for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):
+        t.add_column(col, justify="right")
+    d = s.to_dict()
+    for row in d["classes"]:
+        t.add_row(str(row["class"]), str(row["reference_tracks"]), f"{100 * row['F']:.1f}", f"{row['LE']:.1f}",
+                  f"{100 * row['LR']:.1f}", f"{row['SELD']:.3f}")
+    t.add_row("all", str(int(s.counts.n_ref.sum())), f"{100 * s.f:.1f}", f"{s.le:.1f}", f"{100 * s.lr:.1f}",
+              f"{s.seld:.3f}", style="bold")
+    console.print(t)
+    console.print(f"ER {s.er:.3f} (S {d['substitutions']}, D {d['deletions']}, I {d['insertions']}), "
+                  f"F {100 * s.f:.1f} %, LE {s.le:.1f} deg, LR {100 * s.lr:.1f} %, SELD {s.seld:.3f}")
+    if json_out is not None:
+        d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
+                 doa_threshold_deg=threshold, versions=versions())
+        atomic_write_text(json_out, json.dumps(d, indent=1, default=json_default) + "\n")
+        console.print(f"scores: {json_out}")
+
+
+@command
 def localize(
     run: Annotated[Path, typer.Argument(help="A run directory (bast-cli train --out).")],
     audio: Annotated[list[Path], typer.Argument(help="Binaural recordings: any format and sample rate libsndfile reads, 2 channels (left first).")],
