@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from bast.model import evaluate as ev
+from bast.model import metrics as ev
 from bast.report import figures, paper, rollout, stats
 
 AZ = np.arange(0.0, 360.0, 10.0)

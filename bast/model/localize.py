@@ -215,11 +215,12 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
     """The best checkpoint of a run, in float32 on `device` ('auto': the GPU when there is
     one), after checking that the run was trained on the spectrograms computed here."""
     from bast.model.checkpoint import load_model
-    from bast.model.evaluate import (_run_config, check_spectrogram_params, eval_device,
-                                     current_spectrogram_params, trained_spectrogram_params)
+    from bast.model.evaluate import eval_device
+    from bast.model.transfer import (check_spectrogram_params, current_spectrogram_params, run_config,
+                                     trained_spectrogram_params)
 
     run_dir = Path(run_dir)
-    _run_config(run_dir)
+    run_config(run_dir)
     if not (run_dir / "checkpoints" / "best.pt").exists():
         raise DataError(f"{run_dir}: no checkpoints/best.pt (a run that has not finished an epoch?)")
     check_spectrogram_params(trained_spectrogram_params(run_dir), current_spectrogram_params(),

@@ -20,7 +20,8 @@ import numpy as np
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, MissingError
 from bast.fileio import json_default
-from bast.model import evaluate as ev
+from bast.model import evaluate, transfer
+from bast.model import metrics as ev
 from bast.report import figures, stats
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
 
@@ -102,8 +103,8 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
     if not (path / "checkpoints" / "best.pt").exists():
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
-    ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
-                  Context(device=ev.eval_device(device), amp_dtype=None))
+    evaluate.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
+                  Context(device=evaluate.eval_device(device), amp_dtype=None))
 
 
 # --------------------------------------------------------------------------- building
@@ -116,7 +117,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     Runs evaluated on other data sets (`bast-cli evaluate`) add the generalisation
     matrix; `per_set_figures` adds a polar plot and per-category bars for each set."""
     out = Path(out_dir)
-    device = str(ev.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
+    device = str(evaluate.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     runs = [load_run(p, device) for p in run_dirs]
@@ -296,7 +297,7 @@ def _generalisation(runs: list[Run], fig_dir: Path, out: Path, summary: dict, pe
     """Rows: runs; columns: the run's own test split, then every data set any run was
     evaluated on (RUN/eval/index.json); cells: AD / MSE. Table 3 is the special case of
     one room's data evaluated by runs trained on either room."""
-    stored = {r.label: ev.stored_evaluations(r.path) for r in runs}
+    stored = {r.label: transfer.stored_evaluations(r.path) for r in runs}
     names: list[str] = []
     for sets in stored.values():
         names += [n for n in sets if n not in names]
@@ -342,9 +343,9 @@ def _per_set_figures(runs: list[Run], names: list[str], fig_dir: Path) -> list[s
     for k, name in enumerate(names):
         lines, bars = {}, []
         for r in runs:
-            if name not in ev.stored_evaluations(r.path):
+            if name not in transfer.stored_evaluations(r.path):
                 continue
-            m, _ = ev.load_stored(r.path, name)
+            m, _ = transfer.load_stored(r.path, name)
             pa = m["per_azimuth"]
             lines[r.label] = (pa["azimuth_deg"], pa["ad_deg"])
             if m.get("by_category"):

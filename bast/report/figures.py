@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bast.conventions import FS
-from bast.model import evaluate as ev
+from bast.model import metrics as ev
 
 CONVENTION = "SOFA azimuth: 0° ahead, 90° left, 180° behind, 270° right"
 DPI = 130
@@ -158,7 +158,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
     (correct) and the front-back mirror line (predicted = 180° - true, mod 360)."""
     true = np.mod(_np(pred["azimuth_deg"]), 360.0)
     p = ev.predicted_azimuth(pred)
-    envs = ev._canonical_envs(pred["env"])
+    envs = ev.canonical_envs(pred["env"])
     fig = _new((6.4, 6.0))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
 
 def error_histogram(pred: dict, path, bins=None, title: str = "Distribution of angular distance") -> Path:
     """Histogram of per-sample AD (degrees) per environment, log-scaled counts."""
-    envs = ev._canonical_envs(pred["env"])
+    envs = ev.canonical_envs(pred["env"])
     ad = _np(pred["ad_deg"])
     if bins is None:  # 0-180° when there are gross errors, else zoomed on the data
         top = float(np.nanmax(ad)) if np.isfinite(ad).any() else 180.0
