@@ -412,11 +412,13 @@ def localize(
     check_window_ms(window_ms)
     with console.status(f"loading {run}"):
         model, dev = load_localizer(run, device)
+        from bast.model.localize import load_target
+        target = load_target(run)  # elevation and class columns when the run predicts them
     failed = 0
     for path, stem in zip(audio, output_stems(audio)):
         try:
             with console.status(f"localizing {path}"):
-                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms)
+                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms, target=target)
                 csv_path = write_csv(loc, out / f"{stem}.csv")
                 png = localization_timeline(loc, out / f"{stem}.png")
                 write_summary(loc, out / f"{stem}.json", {"run": str(run), "device": str(dev), "csv": str(csv_path),

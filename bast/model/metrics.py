@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bast.conventions import canonical_env as _canonical_env
-from bast.errors import DataError
+from bast.errors import ConfigError, DataError
 from bast.sphere import great_circle_deg, lateral_polar
 
 STR_FIELDS = ("clip_id", "category", "env")
@@ -105,14 +105,14 @@ def save_predictions(pred: dict, path) -> Path:
 
 def make_predictions(azimuth_deg, pred_x, pred_y, clip_id=None, category=None, env=None) -> dict[str, np.ndarray]:
     """A predictions table from true azimuths and predicted vectors; AD and squared error
-    are computed by the definitions of docs/conventions.md (`angular_distance_deg`, `squared_error`).
+    are computed by the definitions of docs/conventions.md (`azimuth_ad_deg`, `azimuth_sq_err`).
     Missing clip_id / category / env default to running numbers / '' / 'anechoic'."""
     az = np.asarray(azimuth_deg, dtype=np.float64).ravel()
     px = np.asarray(pred_x, dtype=np.float64).ravel()
     py = np.asarray(pred_y, dtype=np.float64).ravel()
     n = az.size
     if px.size != n or py.size != n:
-        raise ValueError("azimuth_deg, pred_x and pred_y must have the same length")
+        raise ConfigError("azimuth_deg, pred_x and pred_y must have the same length")
 
     def strings(v, default):
         if v is None:
@@ -125,12 +125,12 @@ def make_predictions(azimuth_deg, pred_x, pred_y, clip_id=None, category=None, e
         "category": strings(category, lambda i: ""),
         "env": canonical_envs(strings(env, lambda i: "anechoic")),
         "azimuth_deg": az, "pred_x": px, "pred_y": py,
-        "ad_deg": angular_distance_deg(az, px, py),
-        "sq_err": squared_error(az, px, py),
+        "ad_deg": azimuth_ad_deg(az, px, py),
+        "sq_err": azimuth_sq_err(az, px, py),
     }
 
 
-def angular_distance_deg(azimuth_deg, pred_x, pred_y) -> np.ndarray:
+def azimuth_ad_deg(azimuth_deg, pred_x, pred_y) -> np.ndarray:
     """Per-sample AD (docs/conventions.md): arccos of the cosine between label (cos az, sin az) and the
     prediction, clipped to [-1, 1], in degrees. NaN where the prediction is the zero vector."""
     a = np.deg2rad(np.asarray(azimuth_deg, dtype=np.float64))
@@ -141,7 +141,7 @@ def angular_distance_deg(azimuth_deg, pred_x, pred_y) -> np.ndarray:
     return np.rad2deg(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def squared_error(azimuth_deg, pred_x, pred_y) -> np.ndarray:
+def azimuth_sq_err(azimuth_deg, pred_x, pred_y) -> np.ndarray:
     """Per-sample |C - C^|^2, summed over x and y (docs/conventions.md; not halved like nn.MSELoss)."""
     a = np.deg2rad(np.asarray(azimuth_deg, dtype=np.float64))
     return (np.cos(a) - np.asarray(pred_x, dtype=np.float64)) ** 2 + (np.sin(a) - np.asarray(pred_y, dtype=np.float64)) ** 2
@@ -241,7 +241,7 @@ def by_env(pred: dict) -> dict[str, dict]:
     return _group_summary(pred, canonical_envs(pred["env"]), skip_empty=False)
 
 
-def error_histogram(pred: dict, bins=None) -> tuple[np.ndarray, np.ndarray]:
+def ad_histogram(pred: dict, bins=None) -> tuple[np.ndarray, np.ndarray]:
     """Histogram of AD: (counts, bin edges in degrees). Default bins: 1 deg wide, 0..180."""
     if bins is None:
         bins = np.arange(0.0, 181.0, 1.0)

@@ -16,7 +16,7 @@ from bast.fileio import atomic_write_text, json_default, sha256_file
 from bast.model.checkpoint import load_model
 from bast.model.data import EvalData, Selection
 from bast.model.evaluate import extra_labels, eval_device, evaluate
-from bast.model.metrics import by_label, per_azimuth, per_azimuth_by_env, summary
+from bast.model.metrics import by_label, load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
 from bast.model.runtime import Context
 from bast.model.targets import target_of
 from bast.pipeline.shards import read_manifest

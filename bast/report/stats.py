@@ -15,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats as _sps
 
+from bast.errors import ConfigError
 from bast.model.metrics import azimuth_key, canonical_envs, filter_env
 
 # ----------------------------------------------------------------------------- hemifields
@@ -52,9 +53,9 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
     """
     field = _METRICS.get(metric)
     if field is None:
-        raise ValueError(f"unknown metric {metric!r}; choose from {sorted(_METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; choose from {sorted(_METRICS)}")
     if level not in ("azimuth", "clip", "sound"):
-        raise ValueError(f"unknown level {level!r}; choose 'azimuth', 'clip' or 'sound'")
+        raise ConfigError(f"unknown level {level!r}; choose 'azimuth', 'clip' or 'sound'")
     pred = filter_env(pred, env)
     az = azimuth_key(pred["azimuth_deg"])
     val = np.asarray(pred[field], dtype=np.float64)
@@ -112,7 +113,7 @@ def paired_t_test(a, b) -> tuple[float, float]:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
+        raise ConfigError(f"paired samples differ in length: {a.size} and {b.size}")
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if a.size < 2:
@@ -138,7 +139,7 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     if m == 0:
         return out
     if np.any((flat[ok] < 0) | (flat[ok] > 1)):
-        raise ValueError("p-values must lie in [0, 1]")
+        raise ConfigError("p-values must lie in [0, 1]")
     order = ok[np.argsort(flat[ok], kind="mergesort")]
     ranked = flat[order] * m / np.arange(1, m + 1)
     adjusted = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
