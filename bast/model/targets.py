@@ -63,6 +63,7 @@ class Target(nn.Module):
     name: ClassVar[str] = ""
     label_shape: ClassVar[tuple[int, ...]] = ()
     label_columns: ClassVar[tuple[str, ...]] = ()
+    uses_classes: ClassVar[bool] = False  # needs the data set's class list (TargetSettings.classes)
 
     def __init__(self, settings: TargetSettings):
         super().__init__()
@@ -132,7 +133,14 @@ def attach(model: nn.Module, target: Target) -> nn.Module:
 
 
 def needs_classes(name: str) -> bool:
-    return "category" in name.split("+")
+    """Whether target `name` needs the data set's class list."""
+    return make_target_class(name).uses_classes
+
+
+def make_target_class(name: str) -> type[Target]:
+    if name not in TARGETS:
+        raise ConfigError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    return TARGETS[name]
 
 
 # ----------------------------------------------------------------------------- directions
@@ -206,6 +214,7 @@ class Category(Target):
     name = "category"
     label_shape = ()
     label_columns = ("category",)
+    uses_classes = True
 
     def __init__(self, settings: TargetSettings):
         super().__init__(settings)
@@ -314,12 +323,14 @@ class Multitask(Target):
 class DirectionCategory(Multitask):
     name = "direction+category"
     parts = (Direction, Category)
+    uses_classes = True
 
 
 @register
 class AzimuthCategory(Multitask):
     name = "azimuth+category"
     parts = (Azimuth, Category)
+    uses_classes = True
 
 
 def chance_accuracy(classes) -> float:
