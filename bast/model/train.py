@@ -244,8 +244,8 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=ctx.device)
         for x, y, idx in data.epoch(epoch):
             loss = train_step(net, optimizer, x, y, loss_fn, ctx, lr_at(step, cfg, total_steps), guard, step)
-            loss_sum += loss * len(y)
-            seen += len(y)
+            loss_sum += loss * len(x)
+            seen += len(x)  # x: a multitask target is a tuple
             step += 1
             if guard.due(step):
                 guard.check(ctx, epoch, ckpt_dir / "last.pt")
