@@ -377,6 +377,8 @@ def train(
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category. docs/sphere.md.")] = None,
+    task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="mse, ad (angular distance) or mix (hybrid).")] = None,
     integration: Annotated[Optional[str], typer.Option(help="How TE-C joins the ears: add, sub or concat.")] = None,
     shared: Annotated[Optional[bool], typer.Option("--shared/--no-shared", help="BAST-SP (one encoder for both ears) or BAST-NSP.")] = None,
@@ -405,7 +407,7 @@ def train(
     from bast.model.config import preset as make_preset
     from bast.model.train import train as run
 
-    given = {"arch": model, "phase": phase, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+    given = {"arch": model, "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
@@ -428,20 +430,29 @@ def train(
             progress.update(bar, completed=done, total=total)
 
         def on_epoch(row):
+            figures = (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
+                       else "") + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
             progress.console.print(
                 f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  "
-                f"{row['train_samples_per_s']:,.0f} samples/s")
+                f"{figures}{row['train_samples_per_s']:,.0f} samples/s")
 
         def on_info(text):
             progress.console.print(text, markup=False, highlight=False)
 
         result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
                      resume_changes=resume_changes, on_info=on_info)
-    if result:
+    if result and "ad_deg" in result:
         envs = ", ".join(f"{e} {m['ad_deg']:.2f} deg" for e, m in result["by_env"].items())
         console.print(f"[bold green]test[/] (best checkpoint): AD {result['ad_deg']:.2f} deg "
                       f"(median {result['median_ad_deg']:.2f}), MSE {result['mse']:.4f}, n={result['n']}; {envs}")
+    if result and "great_circle_deg" in result:
+        console.print(f"[bold green]test[/] on the sphere: great circle {result['great_circle_deg']:.1f} deg, lateral "
+                      f"{result['lateral_error_deg']:.1f} deg, polar {result['polar_error_deg']:.1f} deg, quadrant "
+                      f"error {result['quadrant_error_pct']:.1f} %")
+    if result and "accuracy" in result:
+        console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
+                      f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
+    if result:
         console.print(f"run: {out}")
 
 
@@ -496,7 +507,7 @@ def evaluate(
     reused while the data and the checkpoint are unchanged. Data featurized with other
     spectrogram parameters than the run's training data is refused.
     """
-    from bast.model.evaluate import evaluate_run
+    from bast.model.transfer import evaluate_run
 
     t = Table(title=f"best checkpoints on the {split} split" + (f" ({env})" if env else ""))
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
@@ -578,11 +589,13 @@ def localize(
     check_request(run, audio, out, hop_ms=hop_ms, window_ms=window_ms)
     with console.status(f"loading {run}"):
         model, dev = load_localizer(run, device)
+        from bast.model.localize import load_target
+        target = load_target(run)  # elevation and class columns when the run predicts them
     failed = 0
     for path, stem in zip(audio, output_stems(audio)):
         try:
             with console.status(f"localizing {path}"):
-                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms)
+                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms, target=target)
                 csv_path = write_csv(loc, out / f"{stem}.csv")
                 png = localization_timeline(loc, out / f"{stem}.png")
                 write_summary(loc, out / f"{stem}.json", {"run": str(run), "device": str(dev), "csv": str(csv_path),

@@ -17,7 +17,7 @@ import bast
 
 ROOT = Path(bast.__file__).parent
 RANKS = {"__init__": 0, "errors": 0, "fileio": 0.5, "options": 0.5, "conventions": 0.5, "sphere": 0.5,
-         "seld_metrics": 0.5,
+         "seld_metrics": 0.75,
          "corpora": 1, "pipeline": 2, "model": 3, "report": 4, "demo": 5, "cli": 6}
 
 

@@ -46,7 +46,7 @@ def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
     """Shards with rooms and a drawn SNR: the final test and the report break the error
     down per room and against SNR (binned when the SNR takes many values)."""
     from bast.corpora.procedural import DefaultCorpus
-    from bast.model.evaluate import by_label
+    from bast.model.metrics import by_label
     from bast.pipeline.featurize import featurize
     from bast.pipeline.spatialize import SpatializeConfig, spatialize
 

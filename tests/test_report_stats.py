@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from bast.model import evaluate as ev
+from bast.model import metrics as ev
 from bast.report import figures, paper, rollout, stats
 
 AZ = np.arange(0.0, 360.0, 10.0)
@@ -88,7 +88,7 @@ def test_per_azimuth_and_groups():
     assert cat["a"]["n"] == 2 and cat["a"]["ad_deg"] == pytest.approx(6.0)  # AD 2 and 10
     env = ev.by_env(pred)
     assert env["anechoic"]["n"] == 2 and env["hall"]["ad_deg"] == pytest.approx(7.0)  # AD 4 and 10
-    counts, edges = ev.error_histogram(pred, bins=[0, 1, 5, 20])
+    counts, edges = ev.ad_histogram(pred, bins=[0, 1, 5, 20])
     assert counts.tolist() == [1, 2, 1] and len(edges) == 4
     s = ev.summary(pred)
     assert s["n"] == 4 and s["ad_deg"] == pytest.approx(4.0) and s["median_ad_deg"] == pytest.approx(3.0)
@@ -369,9 +369,9 @@ def test_every_figure_writes_a_png(tmp_path):
     spec = rng.normal(-60, 10, (2, 129, 61))
     attn = {k: _softmax_attn(3, b=1, t=180, seed=i) for i, k in enumerate(("left", "right", "center"))}
     maps = rollout.rollout_maps(attn)
-    out.append(figures.rollout_maps(spec, maps["left"], maps["right"], tmp_path / "maps.png", "rollout",
+    out.append(figures.rollout_figure(spec, maps["left"], maps["right"], tmp_path / "maps.png", "rollout",
                                     center_map=maps["center"]))
-    out.append(figures.rollout_maps(spec, maps["left"], maps["right"], tmp_path / "maps2.png", "rollout"))
+    out.append(figures.rollout_figure(spec, maps["left"], maps["right"], tmp_path / "maps2.png", "rollout"))
     rolls = rollout.bast_rollout(attn)
     out.append(figures.rollout_layers({k: [r[0] for r in v] for k, v in rolls.items()}, (20, 9), tmp_path / "layers.png"))
     for path in out:

@@ -23,7 +23,8 @@ from bast.errors import ConfigError, DataError
 from bast.fileio import sha256_file
 from bast.model import localize as lz
 from bast.model.data import read_shard
-from bast.model.evaluate import evaluate_run, load_predictions
+from bast.model.metrics import load_predictions
+from bast.model.transfer import evaluate_run
 from bast.model.train import preset, train
 from bast.pipeline.featurize import featurize
 from bast.pipeline.sofa import write_sofa

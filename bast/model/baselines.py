@@ -62,6 +62,7 @@ class MLPConfig(_Config):
     depth: int = 2  # hidden layers
     dropout: float = 0.1
     phase: bool = False
+    outputs: int = 2  # set by the target (bast/model/targets.py)
     n_freq: int = N_FREQ
 
     def __post_init__(self):
@@ -80,7 +81,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
             width = cfg.hidden
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(width, 2)
+        self.head = nn.Linear(width, cfg.outputs)
 
     @staticmethod
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +106,7 @@ class CNNConfig(_Config):
     hidden: int = 512
     dropout: float = 0.5  # Chakrabarty & Habets' dense layers
     phase: bool = False
+    outputs: int = 2  # set by the target (bast/model/targets.py)
     n_freq: int = N_FREQ
 
     def __post_init__(self):
@@ -129,7 +131,7 @@ class CNN(nn.Module):
         self.dense = nn.Sequential(
             nn.Linear(cfg.filters * bands, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.head = nn.Linear(cfg.hidden, 2)
+        self.head = nn.Linear(cfg.hidden, cfg.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Time-averaging after the convolutions: the filters see single frames (as the
@@ -153,6 +155,7 @@ class ASTConfig(_Config):
     dropout: float = 0.0
     padding: str = "zero"
     phase: bool = False
+    outputs: int = 2  # set by the target (bast/model/targets.py)
 
     def __post_init__(self):
         self._positive("n_freq", "n_time", "patch", "stride", "dim", "heads", "mlp_dim", "depth")
@@ -177,7 +180,7 @@ class AST(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(cfg.dim, cfg.depth, cfg.heads, cfg.dim // cfg.heads, cfg.mlp_dim, cfg.dropout, 0.0)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, 2)
+        self.head = nn.Linear(cfg.dim, cfg.outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(self.pad(x)).flatten(2).transpose(1, 2)

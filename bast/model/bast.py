@@ -108,6 +108,8 @@ class BASTConfig:
     # and the tiny BAST did not learn to average it (demo data, test AD: 22.9 deg averaged,
     # 27.4 per frame, 26.3 without phase; docs/performance.md).
     phase_average: bool = True
+    # Output size: 2 for the azimuth target; the target sets it (bast/model/targets.py).
+    outputs: int = 2
 
     def __post_init__(self):
         self.integration = self.integration.lower()
@@ -396,7 +398,7 @@ class BAST(nn.Module):
         self.encoder_center = encoder(cfg.center_dim)
 
         self.norm = nn.LayerNorm(cfg.center_dim)
-        self.head = nn.Linear(cfg.center_dim, 2)
+        self.head = nn.Linear(cfg.center_dim, cfg.outputs)
         self.init_weights()
 
     @torch.no_grad()

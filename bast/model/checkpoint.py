@@ -11,6 +11,7 @@ import torch
 from bast import __version__
 from bast.model.registry import build_model
 from bast.model.config import TrainConfig
+from bast.model.targets import attach, target_of
 
 
 def rng_state(device: torch.device) -> dict:
@@ -69,7 +70,7 @@ def load_model(run_dir, which: str = "best", device="cpu") -> tuple[torch.nn.Mod
     """The trained model of a run directory, in eval mode, and its training config."""
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt", map_location=device)
     cfg = TrainConfig.from_dict(ckpt["config"])
-    model = build_model(cfg.arch, cfg.model).to(device)
+    model = attach(build_model(cfg.arch, cfg.model), target_of(cfg)).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
 

@@ -11,6 +11,7 @@ from bast.conventions import parse_environments
 from bast.errors import ConfigError
 from bast.model.bast import BASTConfig
 from bast.model.registry import BASELINE_PRESETS, MODELS, model_config
+from bast.model.targets import TARGETS, TASK_WEIGHTS
 
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
 SCHEDULES = ("constant", "cosine")
@@ -29,8 +30,15 @@ class TrainConfig:
     preset: str = "tiny"
     model: BASTConfig = field(default_factory=BASTConfig)  # or the config of `arch`
     arch: str = "bast"
-    loss: str = "mix"  # mse | ad | mix (hybrid)
+    # What the model learns (bast/model/targets.py): azimuth (paper), direction, category,
+    # direction+category, azimuth+category.
+    target: str = "azimuth"
+    loss: str = "mix"  # mse | ad | mix (hybrid): the direction loss
     mix_weight: float = 1.0  # weight of the AD term in mix
+    task_weights: str = "fixed"  # multitask targets: fixed, or learned (Kendall et al. 2018)
+    category_weight: float = 1.0  # multitask, fixed weights: the category loss's (direction's: 1)
+    # The data set's classes, sorted (category targets); filled in from the training data.
+    classes: tuple = ()
     lr: float = 1e-3
     schedule: str = "cosine"  # constant (paper) | cosine (after a linear warm-up)
     warmup_steps: int = 100
@@ -65,6 +73,13 @@ class TrainConfig:
                               f"not {type(self.model).__name__}")
         _check_types(TrainConfig, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                                    if f.name != "model"})
+        if self.target not in TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        if self.task_weights not in TASK_WEIGHTS:
+            raise ConfigError(f"task_weights must be one of {', '.join(TASK_WEIGHTS)}, not {self.task_weights!r}")
+        if not isinstance(self.classes, (list, tuple)) or not all(isinstance(c, str) for c in self.classes):
+            raise ConfigError(f"classes must be a list of names, not {self.classes!r}")
+        self.classes = tuple(self.classes)
         if self.loss.lower() not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
         self.loss = self.loss.lower()  # --loss MSE is mse: the report looks losses up by name
@@ -83,7 +98,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
-        for name in ("mix_weight", "warmup_steps", "weight_decay", "epochs", "memory_budget_gb"):
+        for name in ("mix_weight", "category_weight", "warmup_steps", "weight_decay", "epochs", "memory_budget_gb"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, not {getattr(self, name)!r}")
         if not 0 <= self.min_lr_ratio <= 1:

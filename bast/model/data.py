@@ -12,7 +12,8 @@ shard (one sequential read; never per-sample fancy indexing).
   shards.
 
 Both give standardised float32 batches (per sample, over all 2 x 129 x 61 values) and
-(x, y) unit-vector targets. With several processes (DDP), rank r of w takes its share of
+the target's encoded labels (bast/model/targets.py; the paper's (x, y) unit vector by
+default). With several processes (DDP), rank r of w takes its share of
 the samples (resident) or of the shards, dealt afresh each epoch (streaming), and every
 rank makes the same number of steps per epoch.
 """
@@ -33,7 +34,7 @@ import torch
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import DataError
 from bast.fileio import sha256_file
-from bast.model.losses import azimuth_to_vector
+from bast.model.targets import Target, make_target
 from bast.pipeline.shards import read_manifest
 
 SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (twice that with the phase)
@@ -102,6 +103,9 @@ def read_shard(path: Path, phase: bool = False) -> dict:
             if phase:
                 spec = np.concatenate([spec, f["phase"][()].astype(np.float16, copy=False)], axis=1)
             out = {"spec": spec, "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
+            # Shards of before the sphere lie on the horizontal plane.
+            out["elevation_deg"] = (f["elevation_deg"][()].astype(np.float32) if "elevation_deg" in f
+                                    else np.zeros_like(out["azimuth_deg"]))
             names = json.loads(f.attrs["env_names"])
             out["env"] = np.asarray(names, dtype=object)[f["env"][()]]
             for k in ("clip_id", "category"):
@@ -109,6 +113,25 @@ def read_shard(path: Path, phase: bool = False) -> dict:
     except (OSError, KeyError, ValueError, IndexError) as exc:
         raise corrupt_shard(path, exc) from None
     return out
+
+
+def data_classes(features_dir) -> tuple[str, ...]:
+    """The sorted class list of a Stage 2 data set: its manifest's `categories`, or (older
+    data) the sorted distinct non-empty `category` labels of all its shards, so that class
+    indices are the same for every split."""
+    root = Path(features_dir)
+    manifest = read_manifest(root, "featurize", "training")
+    if manifest.get("categories") is not None:
+        return tuple(sorted(str(c) for c in manifest["categories"]))
+    found: set[str] = set()
+    for s in manifest["shards"]:
+        path = root / s["path"]
+        try:
+            with h5py.File(path, "r") as f:
+                found.update(f["category"].asstr()[()].tolist())
+        except (OSError, KeyError, ValueError) as exc:
+            raise corrupt_shard(path, exc) from None
+    return tuple(sorted(found - {""}))
 
 
 # Shards found intact in this process: (path, size, mtime_ns) -> sha256.
@@ -150,7 +173,7 @@ def verify_shard(path, sha256: str | None) -> None:
 
 
 # Datasets of a shard that are not per-sample labels for the breakdowns.
-_NOT_LABELS = {"spec", "phase", "audio", "azimuth_deg", "env", "clip_id", "split", "category"}
+_NOT_LABELS = {"spec", "phase", "audio", "azimuth_deg", "elevation_deg", "env", "clip_id", "split", "category"}
 
 
 def read_extra_labels(path: Path) -> dict[str, np.ndarray]:
@@ -178,6 +201,7 @@ def read_selection(sel: Selection, rank: int = 0, world: int = 1) -> dict:
     parts = [read_shard(sel.root / s["path"], sel.phase) for s in sel.shards[rank::world]]
     if not parts:
         return {"spec": np.zeros((0, *sel.shape), np.float16), "azimuth_deg": np.zeros(0, np.float32),
+                "elevation_deg": np.zeros(0, np.float32),
                 "env": np.zeros(0, object), "clip_id": np.zeros(0, object), "category": np.zeros(0, object)}
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -199,16 +223,21 @@ def model_input(spec: torch.Tensor) -> torch.Tensor:
     return torch.cat([standardize(spec[:, :SPEC_SHAPE[0]]), spec[:, SPEC_SHAPE[0]:].float()], dim=1)
 
 
-def _batch(spec16: torch.Tensor, az: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(spec16: torch.Tensor, labels: torch.Tensor, device, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
     x = model_input(spec16.to(device, non_blocking=True))
-    return x, azimuth_to_vector(az.to(device, non_blocking=True))
+    return x, target.encode(labels.to(device, non_blocking=True))
+
+
+def _default(target: Target | None) -> Target:
+    return target if target is not None else make_target("azimuth")
 
 
 class ResidentData:
     """Every selected sample on `device` as float16; shuffled there each epoch."""
 
     def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
-                 drop_last: bool = True):
+                 drop_last: bool = True, target: Target | None = None):
+        self.target = target = _default(target)
         n = sel.samples
         # A fixed, seeded partition of the samples across ranks, each rank its share; a rank
         # holds only its share, read shard by shard.
@@ -217,14 +246,15 @@ class ResidentData:
         # One preallocated array on the device, filled shard by shard: the host holds one
         # shard at a time, never a second copy of the split (no list of parts concatenated).
         self.spec = torch.empty((len(share), *sel.shape), dtype=torch.float16, device=device)
-        self.azimuth = torch.empty(len(share), dtype=torch.float32, device=device)
+        # The target's labels of each sample (the azimuth, for the paper's target).
+        self.labels = torch.empty((len(share), *target.label_shape), dtype=torch.float32, device=device)
         start, filled = 0, 0
         for s in sel.shards:
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
                 part = read_shard(sel.root / s["path"], sel.phase)
                 self.spec[filled:filled + rows.size] = torch.from_numpy(part["spec"][rows])
-                self.azimuth[filled:filled + rows.size] = torch.from_numpy(part["azimuth_deg"][rows])
+                self.labels[filled:filled + rows.size] = torch.from_numpy(target.labels(part)[rows])
                 filled += rows.size
                 del part
             start += s["samples"]
@@ -242,10 +272,10 @@ class ResidentData:
         """Batches (x, target, sample index) of one epoch, shuffled from (seed, epoch, rank)
         alone, so a resumed run replays the same order."""
         g = torch.Generator(device=self.device).manual_seed(self.seed * 100003 + epoch * 31 + self.rank)
-        perm = torch.randperm(len(self.azimuth), generator=g, device=self.device)
+        perm = torch.randperm(len(self.labels), generator=g, device=self.device)
         for b in range(self.steps):
             idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            x, y = _batch(self.spec[idx], self.azimuth[idx], self.device)
+            x, y = _batch(self.spec[idx], self.labels[idx], self.device, self.target)
             yield x, y, self.indices[idx]
 
 
@@ -261,7 +291,8 @@ class StreamingData:
     """
 
     def __init__(self, sel: Selection, batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
-                 window: int = 8192):
+                 window: int = 8192, target: Target | None = None):
+        self.target = target = _default(target)
         if len(sel.shards) < world:
             raise DataError(f"{len(sel.shards)} shards cannot be streamed to {world} ranks: re-run featurize "
                              "with smaller shards, or raise --memory-budget-gb to keep the data resident")
@@ -272,14 +303,16 @@ class StreamingData:
         pin = self.device.type == "cuda"
         self.buffer = torch.empty((self.window + max(s["samples"] for s in sel.shards), *sel.shape),
                                   dtype=torch.float16, pin_memory=pin)
-        self.az_buffer = torch.empty(self.buffer.shape[0], dtype=torch.float32, pin_memory=pin)
+        self.label_buffer = torch.empty((self.buffer.shape[0], *target.label_shape), dtype=torch.float32,
+                                        pin_memory=pin)
         self.index_buffer = torch.empty(self.buffer.shape[0], dtype=torch.int64)
         # A batch is gathered (index_select) into a pinned staging buffer, the source of an
         # asynchronous copy to the GPU; two of them alternate, and a buffer is refilled only
         # once its previous copy has finished (a CUDA event), so the copy of batch k+1
         # overlaps the compute of batch k without being overwritten in flight.
         self.staging = [(torch.empty((batch_size, *sel.shape), dtype=torch.float16, pin_memory=pin),
-                         torch.empty(batch_size, dtype=torch.float32, pin_memory=pin)) for _ in range(2)]
+                         torch.empty((batch_size, *target.label_shape), dtype=torch.float32, pin_memory=pin))
+                        for _ in range(2)]
         self.copied = [None, None]  # CUDA events of the staging buffers' last copies
         self.resident, self.share_bytes = False, sel.samples // world * sel.sample_bytes
 
@@ -300,6 +333,7 @@ class StreamingData:
                 for i in order:
                     part = read_shard(self.sel.root / self.sel.shards[i]["path"], self.sel.phase)
                     part["index"] = np.arange(self.offsets[i], self.offsets[i + 1])
+                    part["labels"] = self.target.labels(part)
                     if not _put(out, part, stop):
                         return
                     delivered += len(part["index"])
@@ -328,7 +362,7 @@ class StreamingData:
                         raise item
                     n = len(item["azimuth_deg"])
                     self.buffer[fill:fill + n] = torch.from_numpy(item["spec"])
-                    self.az_buffer[fill:fill + n] = torch.from_numpy(item["azimuth_deg"])
+                    self.label_buffer[fill:fill + n] = torch.from_numpy(item["labels"])
                     self.index_buffer[fill:fill + n] = torch.from_numpy(item["index"])
                     fill += n
                 if fill < self.batch_size:
@@ -342,7 +376,7 @@ class StreamingData:
                 holes = pick[pick < fill]
                 movers = np.setdiff1d(np.arange(fill, fill + self.batch_size), pick)
                 self.buffer[holes] = self.buffer[movers]
-                self.az_buffer[holes] = self.az_buffer[movers]
+                self.label_buffer[holes] = self.label_buffer[movers]
                 self.index_buffer[holes] = self.index_buffer[movers]
                 steps += 1
                 yield x, y, index
@@ -351,12 +385,12 @@ class StreamingData:
 
 
     def _gather(self, pick: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        spec, az = self.staging[slot]
+        spec, labels = self.staging[slot]
         if self.copied[slot] is not None:
             self.copied[slot].synchronize()  # its copy of two batches ago has finished
         torch.index_select(self.buffer, 0, pick, out=spec)
-        torch.index_select(self.az_buffer, 0, pick, out=az)
-        x, y = _batch(spec, az, self.device)
+        torch.index_select(self.label_buffer, 0, pick, out=labels)
+        x, y = _batch(spec, labels, self.device, self.target)
         if self.device.type == "cuda":
             self.copied[slot] = torch.cuda.Event()
             self.copied[slot].record()
@@ -375,11 +409,12 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
 
 
 def make_data(sel: Selection, batch_size: int, device, seed: int, memory_budget_gb: float, rank: int = 0,
-              world: int = 1):
-    """Resident when the rank's share fits the budget, else streaming."""
+              world: int = 1, target: Target | None = None):
+    """Resident when the rank's share fits the budget, else streaming; batches of `target`
+    (default: the azimuth)."""
     if sel.samples / world * sel.sample_bytes <= memory_budget_gb * 1e9:
-        return ResidentData(sel, batch_size, device, seed, rank, world)
-    return StreamingData(sel, batch_size, device, seed, rank, world)
+        return ResidentData(sel, batch_size, device, seed, rank, world, target=target)
+    return StreamingData(sel, batch_size, device, seed, rank, world, target=target)
 
 
 class EvalData:
@@ -390,8 +425,9 @@ class EvalData:
     (rank r of w takes shards r, r + w, ...)."""
 
     def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, target: Target | None = None):
         self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
+        self.target = _default(target)
         self.rank, self.world = rank, world
         self.shards = sel.shards[rank::world]
         self.resident = sum(s["samples"] for s in self.shards) * sel.sample_bytes <= memory_budget_gb * 1e9
@@ -411,7 +447,7 @@ class EvalData:
             (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.phase)
                                                           for s in self.shards))
         for spec, labels in parts:
-            az = torch.from_numpy(labels["azimuth_deg"])
-            for i in range(0, len(az), self.batch_size):
-                x, y = _batch(spec[i:i + self.batch_size], az[i:i + self.batch_size], self.device)
+            encoded = torch.from_numpy(self.target.labels(labels))
+            for i in range(0, len(encoded), self.batch_size):
+                x, y = _batch(spec[i:i + self.batch_size], encoded[i:i + self.batch_size], self.device, self.target)
                 yield x, y, {k: v[i:i + self.batch_size] for k, v in labels.items()}

@@ -54,6 +54,9 @@ class Localization:
     hop_ms: float
     window_ms: float = WINDOW_MS
     info: dict = field(default_factory=dict)
+    # What else the run predicts, per window (its target's decoded columns): elevation_deg
+    # for a run on the sphere, category for a run that learned sound classes.
+    columns: dict = field(default_factory=dict)
 
     @property
     def centre_s(self) -> np.ndarray:
@@ -148,12 +151,13 @@ def check_window_ms(window_ms: float) -> None:
 
 @torch.no_grad()
 def predict_windows(model: torch.nn.Module, windows: np.ndarray, device, batch: int = 256) -> np.ndarray:
-    """Model output (x, y) of each binaural window (W, 2, 8000) at 16 kHz, float32."""
+    """Model output of each binaural window (W, 2, 8000) at 16 kHz, float32: (W, 2) = (x, y)
+    for the paper's target, (W, outputs) for others."""
     from bast.pipeline.features import spectrogram_and_phase, spectrogram_db
 
     model.eval()
     phase = bool(getattr(model.cfg, "phase", False))  # a model trained with the interaural phase
-    out = np.zeros((len(windows), 2), dtype=np.float32)
+    out = np.zeros((len(windows), int(getattr(model.cfg, "outputs", 2))), dtype=np.float32)
     for i in range(0, len(windows), batch):
         if phase:
             spec = np.concatenate(spectrogram_and_phase(windows[i:i + batch]), axis=1)
@@ -165,8 +169,9 @@ def predict_windows(model: torch.nn.Module, windows: np.ndarray, device, batch: 
 
 
 def localize_audio(model: torch.nn.Module, path, device="cpu", hop_ms: float = 100.0,
-                   window_ms: float = WINDOW_MS) -> Localization:
-    """The model's azimuth for every window of one binaural file."""
+                   window_ms: float = WINDOW_MS, target=None) -> Localization:
+    """The model's azimuth (and what else its `target` predicts: elevation, class) for every
+    window of one binaural file. `target`: the run's (`load_target`); None: the azimuth."""
     check_window_ms(window_ms)
     options.number(hop_ms, "--hop-ms", lo=MIN_HOP_MS, hi=MAX_HOP_MS, unit="ms")
     audio, fs_in = read_binaural(path)
@@ -179,12 +184,36 @@ def localize_audio(model: torch.nn.Module, path, device="cpu", hop_ms: float = 1
     windows = np.ascontiguousarray(windows)
     levels = level_dbfs(windows)
     silent = silent_windows(levels)
-    pred = np.zeros((len(windows), 2), dtype=np.float32)
+    pred = np.zeros((len(windows), int(getattr(model.cfg, "outputs", 2))), dtype=np.float32)
     if (~silent).any():
         pred[~silent] = predict_windows(model, windows[~silent], device)
+    columns = decoded_columns(target, pred) if target is not None else {}
+    x, y = (pred[:, 0], pred[:, 1]) if target is None or "pred_x" in target.output_columns else (
+        np.full(len(pred), np.nan, np.float32),) * 2  # a run that predicts no direction
     return Localization(path=str(path), fs_in=fs_in, duration_s=audio.shape[1] / FS, audio=audio,
-                        start_s=starts / FS, x=pred[:, 0], y=pred[:, 1], level_dbfs=levels, silent=silent,
-                        hop_ms=float(hop_ms), window_ms=float(window_ms))
+                        start_s=starts / FS, x=x, y=y, level_dbfs=levels, silent=silent,
+                        hop_ms=float(hop_ms), window_ms=float(window_ms), columns=columns)
+
+
+# Columns of the predictions table that localize writes, and their names in its CSV.
+LOCALIZE_COLUMNS = {"pred_elevation_deg": "elevation_deg", "pred_category": "category"}
+
+
+def decoded_columns(target, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """What `target` predicts beyond (x, y), per window: elevation_deg, category."""
+    out = torch.from_numpy(pred)
+    dummy = target.encode(torch.zeros((len(pred), *target.label_shape)))  # decode wants a truth; unused here
+    decoded = target.decode(out, dummy)
+    return {name: np.asarray(decoded[key]) for key, name in LOCALIZE_COLUMNS.items() if key in decoded}
+
+
+def load_target(run_dir):
+    """The target a run was trained on (bast/model/targets.py), from its best checkpoint."""
+    from bast.model.checkpoint import load_checkpoint
+    from bast.model.config import TrainConfig
+    from bast.model.targets import target_of
+
+    return target_of(TrainConfig.from_dict(load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")["config"]))
 
 
 def check_request(run_dir, audio, out, *, hop_ms: float = 100.0, window_ms: float = WINDOW_MS) -> None:
@@ -209,12 +238,14 @@ def write_csv(loc: Localization, path) -> Path:
     az, conf = loc.azimuth_deg, loc.confidence
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_FIELDS)
+        w.writerow(CSV_FIELDS + tuple(loc.columns))
         for i in range(loc.silent.size):
             s = bool(loc.silent[i])
+            extra = ["" if s else (f"{v[i]:.2f}" if np.issubdtype(v.dtype, np.floating) else str(v[i]))
+                     for v in loc.columns.values()]
             w.writerow([i, f"{loc.start_s[i]:.4f}", f"{loc.centre_s[i]:.4f}", "" if s else f"{az[i]:.2f}",
                         "" if s else f"{loc.x[i]:.5f}", "" if s else f"{loc.y[i]:.5f}", "" if s else f"{conf[i]:.4f}",
-                        f"{loc.level_dbfs[i]:.2f}", int(s)])
+                        f"{loc.level_dbfs[i]:.2f}", int(s), *extra])
     return path
 
 
@@ -239,11 +270,12 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
     """The best checkpoint of a run, in float32 on `device` ('auto': the GPU when there is
     one), after checking that the run was trained on the spectrograms computed here."""
     from bast.model.checkpoint import load_model
-    from bast.model.evaluate import (_run_config, check_spectrogram_params, eval_device,
-                                     current_spectrogram_params, trained_spectrogram_params)
+    from bast.model.evaluate import eval_device
+    from bast.model.transfer import (check_spectrogram_params, current_spectrogram_params, run_config,
+                                     trained_spectrogram_params)
 
     run_dir = Path(run_dir)
-    _run_config(run_dir)
+    run_config(run_dir)
     if not (run_dir / "checkpoints" / "best.pt").exists():
         raise DataError(f"{run_dir}: no checkpoints/best.pt (a run that has not finished an epoch?)")
     check_spectrogram_params(trained_spectrogram_params(run_dir), current_spectrogram_params(),

@@ -28,10 +28,10 @@ from bast.fileio import atomic_write_text, versions
 from bast.model.bast import count_parameters
 from bast.model.checkpoint import _unwrap, load_checkpoint, load_model, restore_rng, rng_state, save_checkpoint
 from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
-from bast.model.data import EvalData, Selection, make_data
+from bast.model.data import EvalData, Selection, data_classes, make_data
 from bast.model.evaluate import evaluate, final_test
-from bast.model.losses import make_loss
 from bast.model.registry import build_model
+from bast.model.targets import attach, needs_classes, target_of
 from bast.model.runtime import Context, autocast, describe, rank_seed, setup
 
 # What callers of this module use, wherever it is defined.
@@ -167,6 +167,9 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     elif (run_dir / "config.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
 
+    if not resume:  # what the target needs from the data: the classes, the output size
+        cfg = _with_target(cfg, features_dir)
+    target = target_of(cfg)
     ctx = setup(cfg)
     phase = cfg.model.phase  # the interaural phase as input channels (featurize --phase)
     train_sel = Selection.of(features_dir, "train", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
@@ -180,18 +183,20 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     if cfg.batch_size % ctx.world:
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
     data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
-                     ctx.rank, ctx.world)
+                     ctx.rank, ctx.world, target=target)
     if len(data) == 0:
         raise TrainingError(f"{train_sel.samples} training samples make no batch of {cfg.batch_size}; "
                             "lower --batch-size")
     # Every rank validates its share of the validation shards; the tables are gathered.
-    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, ctx.rank, ctx.world)
+    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, ctx.rank, ctx.world, target)
     info = describe(ctx, cfg, data, cfg.batch_size // ctx.world,
                     torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "")
     if on_info and ctx.main:
         on_info(info)
 
-    model = build_model(cfg.arch, cfg.model).to(ctx.device)  # the same initial weights on every rank (setup seeded)
+    # The same initial weights on every rank (setup seeded); a target's own parameters
+    # (learned task weights) ride along as a submodule.
+    model = attach(build_model(cfg.arch, cfg.model), target).to(ctx.device)
     optimizer = make_optimizer(model, cfg)
     # Dropout draws differ between ranks: each its own stream, saved and restored per rank.
     torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
@@ -206,7 +211,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
             atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
         if not restore_rng(saved, ctx.rank, ctx.device):  # more ranks than the run had
             torch.manual_seed(rank_seed(cfg.seed + 1_000_003 * start_epoch, ctx.rank))
-    loss_fn = make_loss(cfg.loss, cfg.mix_weight)
+    loss_fn = target.loss
     net = model
     if ctx.world > 1:
         # No buffer changes in training (the sinusoidal position table is fixed; no
@@ -239,8 +244,8 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=ctx.device)
         for x, y, idx in data.epoch(epoch):
             loss = train_step(net, optimizer, x, y, loss_fn, ctx, lr_at(step, cfg, total_steps), guard, step)
-            loss_sum += loss * len(y)
-            seen += len(y)
+            loss_sum += loss * len(x)
+            seen += len(x)  # x: a multitask target is a tuple
             step += 1
             if guard.due(step):
                 guard.check(ctx, epoch, ckpt_dir / "last.pt")
@@ -256,10 +261,11 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
                "train_loss": float(loss_sum) / (seen * ctx.world),
                "train_samples_per_s": seen * ctx.world / train_seconds, "seconds": train_seconds}
         # The bare model, not the DDP wrapper (no gradient sync in evaluation).
-        metrics, _ = evaluate(model, val, ctx, loss_fn)
+        metrics, _ = evaluate(model, val, ctx, target)
         rng = _gather_rng(ctx)
         if ctx.main:
-            row.update(val_loss=metrics.get("loss"), val_ad_deg=metrics["ad_deg"], val_mse=metrics["mse"],
+            row.update(val_loss=metrics.get("loss"), **{f"val_{k}": v for k, v in metrics.items()
+                                                         if k not in ("n", "loss", "by_env")},
                        val_by_env=metrics["by_env"])
             improved = metrics.get("loss", float("inf")) < best
             best = min(best, metrics.get("loss", float("inf")))
@@ -291,6 +297,16 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
+    """`cfg` with the data set's classes (category targets) and the target's output size."""
+    if needs_classes(cfg.target) and not cfg.classes:
+        cfg = dataclasses.replace(cfg, classes=data_classes(features_dir))
+    outputs = target_of(cfg).outputs
+    if cfg.model.outputs != outputs:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=outputs))
+    return cfg
 
 
 def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context) -> None:

@@ -21,13 +21,14 @@ from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_path, atomic_write_text, json_default
-from bast.model import evaluate as ev
+from bast.model import evaluate, transfer
+from bast.model import metrics as ev
 from bast.report import figures, stats
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
 
-MAX_ROLLOUT_SAMPLES = 64  # attention rollout figures per run: each is a forward pass and a PNG
 INTEGRATIONS = ("concat", "add", "sub")
 LOSSES = ("mse", "ad", "mix")
+MAX_ROLLOUT_SAMPLES = 64  # attention rollout figures per run: each is a forward pass and a PNG
 ENV_NAMES = {"anechoic": "AE (anechoic)", "hall": "RV (hall)"}
 
 
@@ -79,7 +80,9 @@ class Run:
     def label(self) -> str:
         env = "" if self.train_env == "both" else f", trained {self.train_env}"
         model = f"{self.mode}-{self.integration.upper()}" if self.arch == "bast" else self.mode
-        return f"{model}-{self.loss.upper()}{'+phase' if self.phase else ''}{env} ({self.name})"
+        target = self.config.get("target", "azimuth")
+        task = "" if target == "azimuth" else f" -> {target}"
+        return f"{model}-{self.loss.upper()}{'+phase' if self.phase else ''}{task}{env} ({self.name})"
 
 
 def load_run(path, device: str = "cpu") -> Run:
@@ -104,11 +107,23 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
     if not (path / "checkpoints" / "best.pt").exists():
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
-    ev.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
-                  Context(device=ev.eval_device(device), amp_dtype=None))
+    evaluate.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
+                  Context(device=evaluate.eval_device(device), amp_dtype=None))
 
 
 # --------------------------------------------------------------------------- building
+
+
+def _check_finite(run) -> None:
+    """A run whose test predictions are missing or not finite (what it predicted: the
+    pred_* columns and the angular distance) is refused: its training did not end well."""
+    cols = [k for k in run.pred if k.startswith("pred_") or k == "ad_deg"]
+    values = [np.asarray(run.pred[k]) for k in cols]
+    n = len(values[0]) if values else 0
+    bad = any(v.dtype.kind == "f" and not np.isfinite(v).all() for v in values)
+    if not n or bad:
+        raise DataError(f"{run.path}: {'no test predictions' if not n else 'test predictions that are not finite'}"
+                        "; its training did not end with a usable test evaluation (bast-cli train writes it)")
 
 
 def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu",
@@ -118,17 +133,14 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     Runs evaluated on other data sets (`bast-cli evaluate`) add the generalisation
     matrix; `per_set_figures` adds a polar plot and per-category bars for each set."""
     out = Path(out_dir)
-    device = str(ev.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
+    device = str(evaluate.eval_device(device))  # auto, cpu, cuda, cuda:N; no CUDA is one clear error
     options.count(rollout_samples, "--rollout-samples", 0, MAX_ROLLOUT_SAMPLES)
     if not run_dirs:
         raise ConfigError("no runs given")
     options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
     runs = [load_run(p, device) for p in run_dirs]
     for r in runs:  # a NaN is never a result: a run without finite test predictions is refused
-        ad = np.asarray(r.pred["ad_deg"], dtype=np.float64)
-        if not ad.size or not np.isfinite(ad).all():
-            raise DataError(f"{r.path}: {'no test predictions' if not ad.size else 'test predictions that are not finite'}"
-                            "; its training did not end with a usable test evaluation (bast-cli train writes it)")
+        _check_finite(r)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     names = [r.path.name for r in runs]
@@ -144,8 +156,10 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
         s = ev.summary(r.pred)
         summary["runs"][r.label] = {"path": str(r.path), "summary": s, "test": r.test, "config": r.config}
         rows.append([r.label, r.config.get("preset", ""), f"{r.config.get('parameters', 0):,}",
-                     r.config.get("train_env", ""), str(len(r.metrics)), f"{s['ad_deg']:.2f}",
-                     f"{s['median_ad_deg']:.2f}", f"{s['mse']:.4f}", f"{s['front_back_rate']:.3f}", str(s["n"])])
+                     r.config.get("train_env", ""), str(len(r.metrics)),
+                     *(f"{s[k]:{f}}" if k in s else "" for k, f in (("ad_deg", ".2f"), ("median_ad_deg", ".2f"),
+                                                                    ("mse", ".4f"), ("front_back_rate", ".3f"))),
+                     str(s["n"])])
     head = ["run", "preset", "parameters", "trained on", "epochs", "test AD (deg)", "median AD (deg)",
             "test MSE", "front-back confusions", "test samples"]
     _write_csv(out / "runs.csv", head, rows)
@@ -153,18 +167,21 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
                              "AD: angular distance between predicted and true direction; MSE: squared distance "
                              "between the (x, y) unit vectors (not halved; see docs/conventions.md).", _table(head, rows)))
 
-    t1 = _table1(runs, out)
-    if t1:
-        sections.append(t1)
-    sections.append(_models(runs, fig_dir, out))
-    sections.append(_per_azimuth(runs, fig_dir))
-    sections.append(_hemifields(runs, fig_dir, out, summary))
-    t3 = _table3(runs, out)
-    if t3:
-        sections.append(t3)
-    gen = _generalisation(runs, fig_dir, out, summary, per_set_figures)
-    if gen:
-        sections.append(gen)
+    all_runs, runs = runs, [r for r in runs if "ad_deg" in r.pred]  # the azimuth figures: runs with a direction
+    if runs:
+        t1 = _table1(runs, out)
+        if t1:
+            sections.append(t1)
+        sections.append(_models(runs, fig_dir, out))
+        sections.append(_per_azimuth(runs, fig_dir))
+        sections.append(_hemifields(runs, fig_dir, out, summary))
+        t3 = _table3(runs, out)
+        if t3:
+            sections.append(t3)
+        gen = _generalisation(runs, fig_dir, out, summary, per_set_figures)
+        if gen:
+            sections.append(gen)
+    runs = all_runs
     for r in runs:
         sections.append(_run_section(r, fig_dir))
     if rollout_samples:
@@ -302,7 +319,7 @@ def _generalisation(runs: list[Run], fig_dir: Path, out: Path, summary: dict, pe
     """Rows: runs; columns: the run's own test split, then every data set any run was
     evaluated on (RUN/eval/index.json); cells: AD / MSE. Table 3 is the special case of
     one room's data evaluated by runs trained on either room."""
-    stored = {r.label: ev.stored_evaluations(r.path) for r in runs}
+    stored = {r.label: transfer.stored_evaluations(r.path) for r in runs}
     names: list[str] = []
     for sets in stored.values():
         names += [n for n in sets if n not in names]
@@ -348,9 +365,9 @@ def _per_set_figures(runs: list[Run], names: list[str], fig_dir: Path) -> list[s
     for k, name in enumerate(names):
         lines, bars = {}, []
         for r in runs:
-            if name not in ev.stored_evaluations(r.path):
+            if name not in transfer.stored_evaluations(r.path):
                 continue
-            m, _ = ev.load_stored(r.path, name)
+            m, _ = transfer.load_stored(r.path, name)
             pa = m["per_azimuth"]
             lines[r.label] = (pa["azimuth_deg"], pa["ad_deg"])
             if m.get("by_category"):
@@ -364,9 +381,11 @@ def _per_set_figures(runs: list[Run], names: list[str], fig_dir: Path) -> list[s
 
 def _run_section(r: Run, fig_dir: Path) -> str:
     stem = r.name
+    directions = "ad_deg" in r.pred  # a category-only run predicts no direction
     imgs = [figures.scatter_pred_vs_true(r.pred, fig_dir / f"{stem}_scatter.png", title=f"Predicted vs true azimuth: {r.label}"),
-            figures.error_histogram(r.pred, fig_dir / f"{stem}_errors.png", title=f"Angular distance: {r.label}")]
-    cats = ev.by_category(r.pred)
+            figures.error_histogram(r.pred, fig_dir / f"{stem}_errors.png", title=f"Angular distance: {r.label}")
+            ] if directions else []
+    cats = ev.by_category(r.pred) if directions else {}
     if cats:
         imgs.append(figures.category_bars(cats, fig_dir / f"{stem}_categories.png",
                                           title=f"AD per sound category: {r.label}"))
@@ -374,7 +393,7 @@ def _run_section(r: Run, fig_dir: Path) -> str:
         imgs.append(figures.training_curves(r.metrics, fig_dir / f"{stem}_training.png", title=f"Training: {r.label}"))
     conditions = []  # the Stage 1 conditions the test split holds: heads, rooms, noise
     for label in r.test.get("labels", []):
-        groups = ev.by_label(r.pred, label) if label in r.pred else {}
+        groups = ev.by_label(r.pred, label) if label in r.pred and directions else {}
         if len(groups) < 2:
             continue
         if label == "snr_db":
@@ -383,7 +402,23 @@ def _run_section(r: Run, fig_dir: Path) -> str:
         conditions.append(f"Per {label}: " + ", ".join(f"{k} {v['ad_deg']:.1f}° (n={v['n']})"
                                                         for k, v in sorted(groups.items())) + ".")
     s = ev.summary(r.pred)
-    text = (" ".join(conditions) + " " if conditions else "") + (f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
+    if "pred_elevation_deg" in r.pred:  # a run on the sphere
+        imgs.insert(0, figures.sphere_error_map(ev.error_by_direction(r.pred), fig_dir / f"{stem}_sphere.png",
+                                                title=f"Great-circle error over the sphere: {r.label}"))
+        imgs.insert(1, figures.lateral_polar_scatter(r.pred, fig_dir / f"{stem}_lateral_polar.png",
+                                                     title=f"Lateral and polar angles: {r.label}"))
+        conf = ", ".join(f"{k} {v:.1f} %" for k, v in s["confusions_pct"].items())
+        conditions.append(f"On the sphere: great-circle error {s['great_circle_deg']:.1f}°, azimuth "
+                          f"{s['azimuth_error_deg']:.1f}°, elevation {s['elevation_error_deg']:.1f}°, lateral "
+                          f"{s['lateral_error_deg']:.1f}°, polar {s['polar_error_deg']:.1f}°, quadrant error "
+                          f"{s['quadrant_error_pct']:.1f} %; responses: {conf} (docs/sphere.md).")
+    if "pred_category" in r.pred:
+        classes, counts = ev.confusion_matrix(r.pred, r.config.get("classes") or None)  # every class the run knew
+        imgs.append(figures.confusion_matrix(classes, counts, fig_dir / f"{stem}_confusion.png",
+                                             title=f"Sound classes: {r.label}"))
+        conditions.append(f"Sound classes: accuracy {s['accuracy']:.1%} (chance {s['chance_accuracy']:.1%}), "
+                          f"macro F1 {s['macro_f1']:.3f}.")
+    text = (" ".join(conditions) + " " if conditions else "") + ("" if not directions else f"Front-back confusion rate {s['front_back_rate']:.3f} (predictions nearer the front-back mirror of the "
             f"true azimuth than to it, 90° and 270° excluded). "
             + ("Per category: " + ", ".join(f"{c} {v['ad_deg']:.1f}°" for c, v in sorted(cats.items(), key=lambda kv: kv[1]['ad_deg']))
                + ". Broadband sounds carry interaural cues in every band; narrowband ones in a few." if cats else ""))
@@ -419,7 +454,7 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
         title = (f"{run.pred['category'][row] or 'sound'} {run.pred['clip_id'][row]}, {run.pred['env'][row]}, "
                  f"true {az:.0f}°, predicted {pa:.0f}°")
         stem = f"rollout_{number}"
-        parts.append(_img(figures.rollout_maps(spec[0, :2].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
+        parts.append(_img(figures.rollout_figure(spec[0, :2].numpy(), maps["left"], maps["right"], fig_dir / f"{stem}.png",
                                                title=title, center_map=maps["center"])))
         parts.append(_img(figures.rollout_layers({e: [m[0] for m in rolled[e]] for e in rolled}, geometry["grid"],
                                                  fig_dir / f"{stem}_layers.png", title=f"Rollout per layer: {title}")))

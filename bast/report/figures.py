@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 
 from bast.conventions import FS
 from bast.fileio import atomic_path
-from bast.model import evaluate as ev
+from bast.model import metrics as ev
 
 CONVENTION = "SOFA azimuth: 0° ahead, 90° left, 180° behind, 270° right"
 DPI = 130
@@ -160,7 +160,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
     (correct) and the front-back mirror line (predicted = 180° - true, mod 360)."""
     true = np.mod(_np(pred["azimuth_deg"]), 360.0)
     p = ev.predicted_azimuth(pred)
-    envs = ev._canonical_envs(pred["env"])
+    envs = ev.canonical_envs(pred["env"])
     fig = _new((6.4, 6.0))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
@@ -193,7 +193,7 @@ def scatter_pred_vs_true(pred: dict, path, title: str = "Predicted vs true azimu
 
 def error_histogram(pred: dict, path, bins=None, title: str = "Distribution of angular distance") -> Path:
     """Histogram of per-sample AD (degrees) per environment, log-scaled counts."""
-    envs = ev._canonical_envs(pred["env"])
+    envs = ev.canonical_envs(pred["env"])
     ad = _np(pred["ad_deg"])
     if bins is None:  # 0-180° when there are gross errors, else zoomed on the data
         top = float(np.nanmax(ad)) if np.isfinite(ad).any() else 180.0
@@ -213,6 +213,78 @@ def error_histogram(pred: dict, path, bins=None, title: str = "Distribution of a
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _title(fig, title, "AD = angle between (cos az, sin az) and the predicted (x, y); " + CONVENTION)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the sphere
+SPHERE_CONVENTION = ("SOFA: azimuth 0° ahead, 90° left; elevation up from the horizontal plane; lateral "
+                     "left positive, polar 0° ahead, 90° above, 180° behind")
+
+
+def sphere_error_map(grid: dict, path, title: str = "Great-circle error over the sphere") -> Path:
+    """Mean great-circle error (colour) at each true (azimuth, elevation) of the test set:
+    the map of the sphere (`metrics.error_by_direction`)."""
+    fig = _new((8.0, 4.4))
+    ax = fig.add_subplot()
+    az = np.where(_np(grid["azimuth_deg"]) > 180.0, _np(grid["azimuth_deg"]) - 360.0, _np(grid["azimuth_deg"]))
+    sc = ax.scatter(az, _np(grid["elevation_deg"]), c=_np(grid["error_deg"]), cmap="viridis", s=40, marker="s",
+                    vmin=0.0, edgecolors="none")
+    fig.colorbar(sc, ax=ax, label="mean great-circle error (°)")
+    ax.set_xlim(185, -185)  # left on the left, as seen from behind the listener
+    ax.set_ylim(-95, 95)
+    ax.set_xticks(np.arange(-180, 181, 45))
+    ax.set_xlabel("true azimuth (°; 90 = left, -90 = right)")
+    ax.set_ylabel("true elevation (°)")
+    ax.grid(alpha=0.3)
+    _title(fig, title, f"{int(np.sum(grid['n']))} samples at {len(grid['n'])} directions; " + SPHERE_CONVENTION)
+    return _save(fig, path)
+
+
+def lateral_polar_scatter(pred: dict, path, title: str = "Responses in interaural-polar coordinates") -> Path:
+    """True against predicted lateral angle and polar angle: the two scatter plots of
+    localization studies (front-back confusions lie off the polar diagonal near +-180°)."""
+    from bast.sphere import lateral_polar
+
+    lat_t, pol_t = lateral_polar(*ev.true_direction(pred))
+    lat_r, pol_r = lateral_polar(*ev.predicted_direction(pred))
+    fig = _new((10.0, 4.8))
+    alpha = float(np.clip(300.0 / max(lat_t.size, 1), 0.05, 0.8))
+    for k, (t, r, name, lo, hi) in enumerate(((lat_t, lat_r, "lateral", -90, 90), (pol_t, pol_r, "polar", -90, 270))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.scatter(t, r, s=5, alpha=alpha, color="#1f77b4", edgecolors="none", rasterized=True)
+        ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+        ax.set_xlim(lo - 5, hi + 5)
+        ax.set_ylim(lo - 5, hi + 5)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"true {name} angle (°)")
+        ax.set_ylabel(f"predicted {name} angle (°)")
+        ax.grid(alpha=0.3)
+    e = ev.sphere_errors(pred)
+    _title(fig, title, f"lateral error {e['lateral_error_deg']:.1f}°, polar error {e['polar_error_deg']:.1f}°, "
+           f"quadrant error {e['quadrant_error_pct']:.1f} %; " + SPHERE_CONVENTION)
+    return _save(fig, path)
+
+
+def confusion_matrix(classes, counts, path, title: str = "Sound class confusion matrix") -> Path:
+    """Rows: true class; columns: predicted class; each row normalised to 1, counts written."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(classes)
+    fig = _new((1.2 + 0.55 * n, 0.9 + 0.5 * n))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    _title(fig, title, f"accuracy {accuracy:.1%} over {int(counts.sum())} samples, chance {1 / max(n, 1):.1%}")
     return _save(fig, path)
 
 
@@ -341,7 +413,7 @@ def _spec_extent(shape):
     return [t0 - dt / 2, t0 + (nt - 0.5) * dt, -df / 2, (nf - 0.5) * df]
 
 
-def rollout_maps(spectrogram, left_map, right_map, path, title: str = "Attention rollout",
+def rollout_figure(spectrogram, left_map, right_map, path, title: str = "Attention rollout",
                  center_map=None) -> Path:
     """The left and right spectrograms (2, 129, 61; dB or standardised) beside the folded
     attention rollout of TE-L and TE-R (129, 61 each, from `rollout.fold_to_spectrogram`),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from bast.conventions import parse_environments
 
-MODES = ("NSP", "SP")
 LOSSES = ("mse", "ad", "mix")
 INTEGRATIONS = ("concat", "add", "sub")
 
@@ -54,7 +53,6 @@ PAPER_TABLE3: dict[tuple[str, str], tuple[float, float]] = {
     ("both", "anechoic"): (1.10, 0.001),
     ("both", "hall"): (1.48, 0.001),
 }
-TABLE3_MODEL = ("NSP", "mix", "sub")
 
 # Baselines of Table 1, for context: PAPER_BASELINES[(model, loss, integration)] =
 # (AD, MSE or None); integration None for the single-stream models.

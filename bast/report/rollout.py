@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from bast.errors import ConfigError
 from bast.model.bast import BASTConfig, padding_amounts, token_grid
 
 
@@ -63,14 +64,14 @@ def fuse_heads(attn: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
     if attn.dim() == 3:
         return attn
     if attn.dim() != 4:
-        raise ValueError(f"attention must be (B, heads, T, T) or (B, T, T), got {tuple(attn.shape)}")
+        raise ConfigError(f"attention must be (B, heads, T, T) or (B, T, T), got {tuple(attn.shape)}")
     if head_fusion == "mean":
         return attn.mean(dim=1)
     if head_fusion == "max":
         return attn.amax(dim=1)
     if head_fusion == "min":
         return attn.amin(dim=1)
-    raise ValueError(f"unknown head_fusion {head_fusion!r}; choose mean, max or min")
+    raise ConfigError(f"unknown head_fusion {head_fusion!r}; choose mean, max or min")
 
 
 def row_normalize(m: torch.Tensor) -> torch.Tensor:
@@ -99,15 +100,15 @@ def rollout(attentions, start=None, head_fusion: str = "mean") -> list[torch.Ten
         if r.dim() == 2:
             r = r.expand(b, t, t)
         if r.shape != (b, t, t):
-            raise ValueError(f"start has shape {tuple(r.shape)}, expected {(b, t, t)}")
+            raise ConfigError(f"start has shape {tuple(r.shape)}, expected {(b, t, t)}")
         if (r < 0).any():
-            raise ValueError("start must be non-negative")
+            raise ConfigError("start must be non-negative")
         r = row_normalize(r)
     out = []
     for layer, attn in enumerate(attentions):
         a = first if layer == 0 else fuse_heads(attn, head_fusion).to(first.dtype)
         if a.shape != (b, t, t):
-            raise ValueError(f"layer {layer}: attention {tuple(a.shape)} does not match {(b, t, t)}")
+            raise ConfigError(f"layer {layer}: attention {tuple(a.shape)} does not match {(b, t, t)}")
         a = row_normalize(a + eye)  # residual connection: half the signal skips attention
         r = a @ r
         out.append(r)
@@ -122,7 +123,7 @@ def bast_rollout(attn: dict, head_fusion: str = "mean") -> dict[str, list[torch.
            "right": rollout(attn["right"], head_fusion=head_fusion)}
     if attn.get("center"):
         if not out["left"] or not out["right"]:
-            raise ValueError("TE-C rollout needs TE-L and TE-R attention")
+            raise ConfigError("TE-C rollout needs TE-L and TE-R attention")
         start = row_normalize(out["left"][-1] + out["right"][-1])
         out["center"] = rollout(attn["center"], start=start, head_fusion=head_fusion)
     else:
@@ -150,7 +151,7 @@ def tokens_to_grid(weights, grid=GRID, cls_token: bool = False) -> np.ndarray:
         w = w[..., 1:]
     rows, cols = grid
     if w.shape[-1] != rows * cols:
-        raise ValueError(f"{w.shape[-1]} tokens do not fill a {rows} x {cols} grid")
+        raise ConfigError(f"{w.shape[-1]} tokens do not fill a {rows} x {cols} grid")
     return w.reshape(w.shape[:-1] + (rows, cols))
 
 
@@ -163,7 +164,7 @@ def _fold_matrix(grid, patch, stride, shape, pad, pad_before) -> np.ndarray:
     hp = pad_before[0] + h + pad[0]
     wp = pad_before[1] + w + pad[1]
     if (hp - patch) // stride + 1 != rows or (wp - patch) // stride + 1 != cols:
-        raise ValueError(f"grid {grid} does not match shape {shape} with pad {pad_before}+{pad}, "
+        raise ConfigError(f"grid {grid} does not match shape {shape} with pad {pad_before}+{pad}, "
                          f"patch {patch}, stride {stride} (gives {(hp - patch) // stride + 1} x "
                          f"{(wp - patch) // stride + 1})")
     cover = np.zeros((rows * cols, hp, wp), dtype=np.float64)
@@ -173,7 +174,7 @@ def _fold_matrix(grid, patch, stride, shape, pad, pad_before) -> np.ndarray:
     cover = cover[:, pad_before[0]:pad_before[0] + h, pad_before[1]:pad_before[1] + w]
     count = cover.sum(axis=0)
     if (count == 0).any():
-        raise ValueError("some spectrogram bins are covered by no patch")
+        raise ConfigError("some spectrogram bins are covered by no patch")
     m = (cover / count).reshape(rows * cols, h * w)
     m.setflags(write=False)
     return m
@@ -199,7 +200,7 @@ def fold_to_spectrogram(token_weights, grid=GRID, patch: int = PATCH, stride: in
     elif cls_token:
         w = w[..., 1:]
     if w.shape[-1] != rows * cols:
-        raise ValueError(f"{w.shape[-1]} token weights do not match a {rows} x {cols} grid")
+        raise ConfigError(f"{w.shape[-1]} token weights do not match a {rows} x {cols} grid")
     m = _fold_matrix(tuple(grid), int(patch), int(stride), tuple(shape), tuple(pad), tuple(pad_before))
     return (w @ m).reshape(w.shape[:-1] + tuple(shape))
 

@@ -15,7 +15,8 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats as _sps
 
-from bast.model.evaluate import _az_key, _canonical_envs, filter_env
+from bast.errors import ConfigError
+from bast.model.metrics import azimuth_key, canonical_envs, filter_env
 
 # ----------------------------------------------------------------------------- hemifields
 _METRICS = {"ad_deg": "ad_deg", "ad": "ad_deg", "sq_err": "sq_err", "mse": "sq_err"}
@@ -52,11 +53,11 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
     """
     field = _METRICS.get(metric)
     if field is None:
-        raise ValueError(f"unknown metric {metric!r}; choose from {sorted(_METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; choose from {sorted(_METRICS)}")
     if level not in ("azimuth", "clip", "sound"):
-        raise ValueError(f"unknown level {level!r}; choose 'azimuth', 'clip' or 'sound'")
+        raise ConfigError(f"unknown level {level!r}; choose 'azimuth', 'clip' or 'sound'")
     pred = filter_env(pred, env)
-    az = _az_key(pred["azimuth_deg"])
+    az = azimuth_key(pred["azimuth_deg"])
     val = np.asarray(pred[field], dtype=np.float64)
 
     if level == "azimuth":
@@ -67,7 +68,7 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
             s[1] += 1
         left, right, keys = [], [], []
         for a in sorted(sums):
-            mirror = _az_key(360.0 - a)
+            mirror = azimuth_key(360.0 - a)
             if 0.0 < a < 180.0 and mirror in sums:
                 left.append(sums[a][0] / sums[a][1])
                 right.append(sums[mirror][0] / sums[mirror][1])
@@ -75,7 +76,7 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
         return np.array(left), np.array(right), np.array(keys, dtype=np.float64)
 
     clips = np.asarray(pred["clip_id"], dtype=str)
-    envs = _canonical_envs(pred["env"])
+    envs = canonical_envs(pred["env"])
     cell: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
     for c, e, a, v in zip(clips.tolist(), envs.tolist(), az.tolist(), val.tolist()):
         s = cell[(c, e, a)]
@@ -84,7 +85,7 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
     pairs = []  # (clip, env, a, left, right)
     for (c, e, a), s in cell.items():
         if 0.0 < a < 180.0:
-            r = cell.get((c, e, _az_key(360.0 - a)))
+            r = cell.get((c, e, azimuth_key(360.0 - a)))
             if r is not None:
                 pairs.append((c, e, a, s[0] / s[1], r[0] / r[1]))
     pairs.sort(key=lambda t: (t[0], t[1], t[2]))
@@ -112,7 +113,7 @@ def paired_t_test(a, b) -> tuple[float, float]:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
+        raise ConfigError(f"paired samples differ in length: {a.size} and {b.size}")
     ok = np.isfinite(a) & np.isfinite(b)
     a, b = a[ok], b[ok]
     if a.size < 2:
@@ -138,7 +139,7 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     if m == 0:
         return out
     if np.any((flat[ok] < 0) | (flat[ok] > 1)):
-        raise ValueError("p-values must lie in [0, 1]")
+        raise ConfigError("p-values must lie in [0, 1]")
     order = ok[np.argsort(flat[ok], kind="mergesort")]
     ranked = flat[order] * m / np.arange(1, m + 1)
     adjusted = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
