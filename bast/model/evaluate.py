@@ -19,6 +19,7 @@ No pandas: `load_predictions` reads the CSV with the csv module.
 from __future__ import annotations
 
 import csv
+import contextlib
 import hashlib
 import json
 import math
@@ -37,10 +38,10 @@ from bast.conventions import canonical_env as _canonical_env
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text, json_default, sha256_file
 from bast.model import losses
-from bast.model.checkpoint import load_model
+from bast.model.checkpoint import load_model, read_metrics, read_run_config
 from bast.model.config import TrainConfig
 from bast.model.data import EvalData, Selection, read_extra_labels
-from bast.model.runtime import Context, full_precision, resolve_device
+from bast.model.runtime import Context, autocast, full_precision, resolve_device
 from bast.pipeline.shards import read_manifest
 
 STR_FIELDS = ("clip_id", "category", "env")
@@ -281,15 +282,23 @@ def summary(pred: dict) -> dict:
 
 # ----------------------------------------------------------------------------- a model on a split
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: EvalData) -> dict[str, np.ndarray]:
+def predict(model: torch.nn.Module, data: EvalData, training_precision: Context | None = None) -> dict[str, np.ndarray]:
     """The per-sample table of `model` on `data` (this rank's shards), in float32: no
-    autocast and no TF32, whatever the training precision, so that the final test, a
-    validation and `bast-cli report` give the same numbers for the same checkpoint (bf16
-    would round every prediction to 8 bits of mantissa)."""
+    autocast and no TF32, whatever the training precision, so that the final test,
+    `evaluate` and `bast-cli report` give the same numbers for the same checkpoint (bf16
+    would round every prediction to 8 bits of mantissa). Validation during training passes
+    `training_precision` (the run's Context) and runs under its autocast and TF32 instead:
+    it only ranks epochs, and in float32 it cost half a GPU epoch (issue 22)."""
     model.eval()
     rows: dict[str, list] = {k: [] for k in FIELDS}
     device_type = torch.device(data.device).type
-    with full_precision(), torch.autocast(device_type, enabled=False):
+    scope = contextlib.ExitStack()
+    if training_precision is None:
+        scope.enter_context(full_precision())
+        scope.enter_context(torch.autocast(device_type, enabled=False))
+    else:
+        scope.enter_context(autocast(training_precision))
+    with scope:
         for x, y, labels in data.batches():
             pred = model(x).float()
             ad, se = losses.angular_distance_deg(pred, y).cpu().numpy(), losses.squared_error(pred, y).cpu().numpy()
@@ -327,12 +336,14 @@ def table_metrics(table: dict, loss_fn: Callable | None = None) -> dict:
     return metrics
 
 
-def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Callable | None = None) -> tuple[dict, dict]:
+def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss_fn: Callable | None = None,
+             training_precision: bool = False) -> tuple[dict, dict]:
     """AD and MSE (docs/conventions.md) on a split, overall and per environment, and the
-    per-sample table; float32 (see `predict`). With several ranks each evaluates its
+    per-sample table; float32, or under ctx's training precision when
+    `training_precision` (validation; see `predict`). With several ranks each evaluates its
     shards (`EvalData(..., rank, world)`) and every rank gets the whole split's result,
     the same as one process's."""
-    table = predict(model, data)
+    table = predict(model, data, ctx if training_precision else None)
     if data.world > 1:
         gathered: list = [None] * data.world
         dist.all_gather_object(gathered, table)
@@ -352,6 +363,10 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     metrics["labels"] = sorted(labels)
     for label in labels:
         metrics[f"by_{label}"] = by_label(table, label)
+    if not (metrics["n"] and math.isfinite(metrics["ad_deg"])):  # a NaN is never a result
+        raise DataError(f"{run_dir}: the test of checkpoints/best.pt on {test_sel.root} gave AD {metrics['ad_deg']} "
+                        f"over {metrics['n']} samples; nothing written to eval/test.json (non-finite spectra in the "
+                        "test shards? re-run bast-cli featurize)")
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1))
     save_predictions(table, run_dir / "eval" / "test_predictions.csv")
@@ -571,15 +586,11 @@ def load_stored(run_dir, name: str) -> tuple[dict, dict]:
 
 
 def _run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise MissingError(f"{run_dir} is not a run directory (no config.json; bast-cli train --out makes one)")
-    return json.loads(path.read_text())
+    return read_run_config(run_dir)
 
 
 def _checkpoint_epoch(run_dir: Path):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (
-        run_dir / "metrics.jsonl").exists() else []
+    rows = read_metrics(run_dir)
     losses_ = [(r["val_loss"], r["epoch"]) for r in rows if r.get("val_loss") is not None]
     return min(losses_)[1] if losses_ else None
 
