@@ -204,12 +204,12 @@ def test_torn_and_foreign_checkpoints_are_named_not_loaded(finished, features, t
 
     best = run / "checkpoints" / "best.pt"
     best.write_bytes(pickle.dumps(Evil()))
-    result = runner.invoke(app, ["evaluate", str(run), str(features), "--device", "cpu"])
+    result = runner.invoke(app, ["evaluate", str(run), "--on", str(features), "--device", "cpu"])
     text = one_error_line(result, "best.pt", "not a bast checkpoint")
     assert "weights_only" not in text and not marker.exists()
     # a torch file that is no checkpoint
     torch.save({"weights": torch.zeros(3)}, best)
-    one_error_line(runner.invoke(app, ["evaluate", str(run), str(features), "--device", "cpu"]),
+    one_error_line(runner.invoke(app, ["evaluate", str(run), "--on", str(features), "--device", "cpu"]),
                    "best.pt", "not a bast checkpoint")
 
 
@@ -221,7 +221,7 @@ def test_torn_run_records_are_named_and_resume_rewrites_them(finished, features,
         read_metrics(run)
     config = (run / "config.json").read_text()
     (run / "config.json").write_text(config[: len(config) // 2])
-    one_error_line(runner.invoke(app, ["evaluate", str(run), str(features), "--device", "cpu"]),
+    one_error_line(runner.invoke(app, ["evaluate", str(run), "--on", str(features), "--device", "cpu"]),
                    "config.json", "torn", "--resume")
     train(features, run, preset("tiny"), resume=True, resume_changes={"epochs": 4})
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2, 3, 4]
@@ -231,7 +231,7 @@ def test_torn_run_records_are_named_and_resume_rewrites_them(finished, features,
 def test_a_run_whose_best_checkpoint_was_deleted(finished, features, tmp_path):
     run = copy_run(finished, tmp_path)
     (run / "checkpoints" / "best.pt").unlink()
-    one_error_line(runner.invoke(app, ["evaluate", str(run), str(features), "--device", "cpu"]), "best.pt")
+    one_error_line(runner.invoke(app, ["evaluate", str(run), "--on", str(features), "--device", "cpu"]), "best.pt")
     result = cli_train(features, "--out", run, "--resume", "--epochs", "4")
     assert result.exit_code == 0, result.output
     assert "best.pt is missing" in " ".join(result.output.split())
