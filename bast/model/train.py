@@ -149,6 +149,7 @@ class RunState:
     step: int = 0
     best: float = math.inf
     best_epoch: int | None = None
+    best_lost: bool = False  # best.pt was deleted before a resume
 
 
 @dataclass
@@ -330,7 +331,7 @@ def restore(saved: dict, model, optimizer, run_dir: Path, ctx: Context, say: Cal
         torch.manual_seed(rank_seed(saved["config"]["seed"] + 1_000_003 * state.epoch, ctx.rank))
     if ctx.main:
         _trim_metrics(run_dir, state.epoch, say)
-        _repair_best(run_dir, state, say)
+    _repair_best(run_dir, state, ctx, say)
     return state
 
 
@@ -353,17 +354,18 @@ def _trim_metrics(run_dir: Path, epoch: int, say: Callable[[str], None]) -> None
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _repair_best(run_dir: Path, state: RunState, say: Callable[[str], None]) -> None:
+def _repair_best(run_dir: Path, state: RunState, ctx: Context, say: Callable[[str], None]) -> None:
     """best.pt as last.pt says it is: last.pt's own weights when it is the best epoch (a kill
     between the two saves left best.pt behind); a best.pt deleted otherwise cannot be
-    rebuilt, so the best is sought afresh from the next epoch on."""
+    rebuilt, so the best is sought afresh from the next epoch on (on every rank alike)."""
     ckpt_dir = run_dir / "checkpoints"
     if state.best_epoch is not None and state.best_epoch == state.epoch:
-        copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-    elif not (ckpt_dir / "best.pt").exists() and state.epoch > 0:
+        if ctx.main:
+            copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+    elif not (ckpt_dir / "best.pt").exists() and state.best < math.inf:
         say(f"{ckpt_dir / 'best.pt'} is missing (deleted?); the best checkpoint is chosen again among the "
             "epochs still to train")
-        state.best, state.best_epoch = math.inf, None
+        state.best, state.best_epoch, state.best_lost = math.inf, None, True
 
 
 def optimizer_state_for(saved: dict, fused: bool) -> dict:
@@ -523,6 +525,9 @@ def run_final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Co
     result: dict = {}
     try:
         if state.best_epoch is None and not (run_dir / "checkpoints" / "best.pt").exists():
+            if state.best_lost:  # validated, but best.pt deleted and nothing trained since
+                raise TrainingError(f"{run_dir / 'checkpoints' / 'best.pt'} is missing (deleted?); resume with more "
+                                    "--epochs to choose a best checkpoint again")
             raise TrainingError(f"{run_dir}: no epoch had a finite validation loss (metrics.jsonl), so there is no "
                                 "best checkpoint to test; the model's predictions on the validation split are not "
                                 "finite: check the data (bast-cli featurize) or lower the learning rate (--lr)")
