@@ -489,7 +489,7 @@ def test_loss_names_are_case_insensitive_and_stored_lower_case():
     assert preset("tiny", loss="MSE").loss == "mse" and preset("tiny", loss="Hybrid").loss == "hybrid"
 
 
-def test_bench_takes_mfu_against_the_precision_used_and_counts_attention(features):
+def test_bench_takes_mfu_against_the_precision_used_and_counts_attention():
     bench = _bench()
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "tf32") == 494 and bench.peak_tflops("NVIDIA A100", "fp32") == 19.5
     # validation joins the projection: 50 epochs of training at 1 h plus 50 validations at 0.5 h

@@ -232,10 +232,18 @@ def test_a_run_whose_best_checkpoint_was_deleted(finished, features, tmp_path):
     run = copy_run(finished, tmp_path)
     (run / "checkpoints" / "best.pt").unlink()
     one_error_line(runner.invoke(app, ["evaluate", str(run), "--on", str(features), "--device", "cpu"]), "best.pt")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    if last["best_epoch"] == last["epoch"]:  # last.pt holds the best weights: rebuilt exactly
+        assert cli_train(features, "--out", run, "--resume").exit_code == 0
+        a, b = (load_checkpoint(r / "checkpoints" / "best.pt") for r in (finished, run))
+        assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        (run / "checkpoints" / "best.pt").unlink()
+    # an earlier epoch was the best: lost with best.pt, so chosen again among the epochs to come
+    torch.save({**last, "best_epoch": last["epoch"] - 1}, run / "checkpoints" / "last.pt")
     result = cli_train(features, "--out", run, "--resume", "--epochs", "4")
     assert result.exit_code == 0, result.output
     assert "best.pt is missing" in " ".join(result.output.split())
-    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 4  # chosen among the epochs trained since
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 4
     assert np.isfinite(json.loads((run / "eval" / "test.json").read_text())["ad_deg"])
 
 
