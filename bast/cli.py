@@ -312,9 +312,12 @@ class _Bar:
     def on_step(self, done: int, total: int) -> None:
         self.progress.update(self.task, completed=done, total=total)
 
+    def note(self, text: str) -> None:
+        self.console.print(f"[yellow]note:[/] {text}")
+
     def on_epoch(self, row: dict) -> None:
-        self.console.print(f"epoch {row['epoch']:3d}  val AD {row['val_ad_deg']:6.2f} deg  "
-                           f"{row['train_samples_per_s']:,.0f} samples/s")
+        val = f"val AD {row['val_ad_deg']:6.2f} deg" if row.get("val_ad_deg") is not None else "val AD n/a"
+        self.console.print(f"epoch {row['epoch']:3d}  {val}  {row['train_samples_per_s']:,.0f} samples/s")
 
 
 @contextlib.contextmanager
@@ -394,7 +397,8 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed of initial weights, dropout and batch order. [default: 0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N (one process only). [default: auto]")] = None,
     amp: Annotated[Optional[str], typer.Option(help="auto (bf16 on a GPU, float32 on a CPU), bf16 or none (float32; TF32 matmuls on a GPU). [default: auto]")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model (GPU).")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model. [default: on a GPU, off on a CPU]")] = None,
+    val_every: Annotated[Optional[int], typer.Option(help="Validate every K epochs (and after the last). [default: 1]")] = None,
     deterministic: Annotated[Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume; slower on a GPU, docs/train.md).")] = None,
     memory_budget_gb: Annotated[Optional[float], typer.Option(help="Keep the training split on the device up to this size, else stream it.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other setting, KEY=VALUE (e.g. --set dim=128 --set dropout=0).")] = None,
@@ -411,7 +415,7 @@ def train(
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
-             "amp": amp, "compile": compile, "deterministic": deterministic}
+             "amp": amp, "compile": compile, "deterministic": deterministic, "val_every": val_every}
     overrides = {k: v for k, v in given.items() if v is not None}
     for item in set_ or []:
         key, _, value = item.partition("=")
@@ -430,11 +434,15 @@ def train(
             progress.update(bar, completed=done, total=total)
 
         def on_epoch(row):
-            figures = (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
-                       else "") + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
-            progress.console.print(
-                f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
-                f"{figures}{row['train_samples_per_s']:,.0f} samples/s")
+            if row.get("val_loss") is not None:
+                val = (f"val loss {row['val_loss']:.4f}  "
+                       + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
+                          else "")
+                       + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else ""))
+            else:
+                val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
+            progress.console.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
+                                   f"{row['train_samples_per_s']:,.0f} samples/s")
 
         def on_info(text):
             progress.console.print(text, markup=False, highlight=False)

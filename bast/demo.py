@@ -5,9 +5,11 @@
 
 Renders the sounds, featurizes them (log power and interaural phase), trains the tiny BAST
 and the mlp baseline (time-averaged power and interaural phase) for a fixed number of
-epochs, and builds one report of both. No step depends on the wall clock, so the same seed
-gives the same figures on any machine (CPU). Every stage resumes: running it again
-finishes what a killed run left and redoes nothing.
+epochs, and builds one report of both. No step depends on the wall clock: the same seed
+gives bitwise the same figures on the same machine; another machine (other CPU, BLAS or
+torch build) lands within the spread between seeds (README, docs/performance.md). Without
+espeak-ng the corpus has no speech, which the demo says and the manifest records. Every
+stage resumes: running it again finishes what a killed run left and redoes nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Progress:
     """What the demo reports as it goes; the CLI draws it, a library caller may ignore it."""
 
     def stage(self, name: str) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
     def on_start(self, total: int, resumed: int) -> None: ...
 
@@ -74,9 +78,12 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
     stage1, stage2, report_dir = out / "stage1", out / "stage2", out / "report"
     with cluster.open_client(workers, None) as client:
         p.stage("1/4 spatialize")
-        refs = DefaultCorpus(n_clips=sounds, seed=seed).list_clips()
-        spatialize(refs, stage1, SpatializeConfig(seed=seed), client=client, on_start=p.on_start,
-                   source={"recipe": "default", "sounds": sounds, "seed": seed}, on_shard=p.on_shard)
+        corpus = DefaultCorpus(n_clips=sounds, seed=seed)
+        if corpus.note():  # e.g. no espeak-ng: no speech, so other figures than the README's
+            p.note(corpus.note())
+        spatialize(corpus.list_clips(), stage1, SpatializeConfig(seed=seed), client=client, on_start=p.on_start,
+                   source={"recipe": "default", "sounds": sounds, "seed": seed, **corpus.manifest_info()},
+                   on_shard=p.on_shard)
         p.stage("2/4 featurize")
         featurize(stage1, stage2, phase=True, client=client, on_start=p.on_start, on_shard=p.on_shard)
     run_dirs, runs, noise = {}, {}, {}

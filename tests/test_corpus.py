@@ -331,3 +331,22 @@ def test_missing_espeak(monkeypatch):
     ref = ClipRef("default/speech-00010", "default", '{"kind":"speech","index":10,"seed":0}', "speech")
     with pytest.raises(ClipError, match="espeak-ng is not installed"):
         load_clip(ref)
+
+
+def test_a_corpus_without_espeak_ng_says_so_and_records_why(monkeypatch):
+    from bast.corpora import speech
+    from bast.corpora.procedural import DefaultCorpus
+    from bast.corpora.sources import resolve_source
+
+    monkeypatch.setattr(speech, "available", lambda: False)
+    corpus = DefaultCorpus(n_clips=30, seed=0)
+    assert "speech" not in corpus.kinds and "espeak-ng is not installed" in corpus.manifest_info()["missing_kinds"]["speech"]
+    assert {r.category for r in corpus.list_clips()} == set(corpus.kinds)  # the others fill the 30
+    found = resolve_source("default", sounds=30)
+    assert found.info["missing_kinds"] == {"speech": speech.MISSING} and found.info["kinds"] == corpus.kinds
+    assert any("no speech clips" in n and "espeak-ng" in n for n in found.notes)
+    monkeypatch.setattr(speech, "available", lambda: True)
+    whole = DefaultCorpus(n_clips=30, seed=0)
+    assert "speech" in whole.kinds and whole.manifest_info()["missing_kinds"] == {} and whole.note() is None
+    assert DefaultCorpus(n_clips=30, seed=0, speech=False).manifest_info()["missing_kinds"] == {
+        "speech": "left out (speech=False)"}

@@ -487,3 +487,32 @@ def test_training_selects_heads_and_rooms_by_name(small_features):
 
 def test_loss_names_are_case_insensitive_and_stored_lower_case():
     assert preset("tiny", loss="MSE").loss == "mse" and preset("tiny", loss="Hybrid").loss == "hybrid"
+
+
+def test_bench_takes_mfu_against_the_precision_used_and_counts_attention():
+    bench = _bench()
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "tf32") == 494 and bench.peak_tflops("NVIDIA A100", "fp32") == 19.5
+    # validation joins the projection: 50 epochs of training at 1 h plus 50 validations at 0.5 h
+    train_rate = 248_400 * 50 / 3600
+    assert bench.projected_hours(train_rate, val_samples_per_s=62_100 * 50 / 1800) == pytest.approx(1.5)
+    assert bench.projected_hours(train_rate, val_samples_per_s=62_100 * 50 / 1800, val_every=5) == pytest.approx(1.1)
+    # FLOPs on the eager model with attention on its matmuls: more than torch counts with
+    # the CPU's fused attention kernel, by at least the attention's own matmuls
+    from torch.utils.flop_counter import FlopCounterMode
+    from bast.model.losses import make_loss
+    from bast.model.registry import build_model
+    from bast.model.runtime import Context
+    from bast.model.train import make_optimizer
+
+    cfg = preset("tiny", **SMALL)
+    model = build_model("bast", cfg.model)
+    x = torch.randn(4, 2, 129, 61)
+    y = azimuth_to_vector(torch.tensor([0.0, 90.0, 180.0, 270.0]))
+    ctx = Context(torch.device("cpu"), None)
+    counted = bench.flops_per_sample(model, make_optimizer(model, cfg), make_loss("mix"), ctx, (x, y, None))
+    with FlopCounterMode(display=False) as naive:
+        make_loss("mix")(model(x), y).backward()
+    # QK^T and AV, 2 N^2 D multiply-adds each, forward + twice that backward, in TE-L, TE-R
+    # and TE-C (one layer each, D 32, N 55 tokens at stride 12)
+    attention = 3 * 3 * 2 * (2 * 55 ** 2 * 32)
+    assert counted - naive.get_total_flops() / 4 == pytest.approx(attention)

@@ -292,6 +292,20 @@ class DefaultCorpus:
             raise MissingToolError(_speech.MISSING + "; install it (e.g. apt-get install espeak-ng) or pass speech=False")
         self.speech = bool(speech)
         self.kinds = list(KINDS) + ([SPEECH] if self.speech else [])
+        # Why a kind is absent: two users whose corpora differ can tell why from the manifest.
+        self.missing: dict[str, str] = {} if self.speech else {
+            SPEECH: "left out (speech=False)" if speech is False and _speech.available() else _speech.MISSING}
+
+    def note(self) -> str | None:
+        """A line for the user when a kind is missing, else None."""
+        if not self.missing:
+            return None
+        why = "; ".join(f"no {k} clips: {v}" for k, v in self.missing.items())
+        return f"{why}; the other {len(self.kinds)} kinds fill the {self.n_clips} sounds (recorded in the manifest)"
+
+    def manifest_info(self) -> dict:
+        """What the manifest records of this corpus: its kinds and why any is missing."""
+        return {"kinds": list(self.kinds), "missing_kinds": dict(self.missing)}
 
     def list_clips(self) -> list[ClipRef]:
         width = max(5, len(str(self.n_clips - 1)))

@@ -30,8 +30,12 @@ def resolve_source(source: str, *, test: Path | None = None, sounds: int = 200, 
 
     test_info = str(Path(test).resolve()) if test else None
     if source in RECIPES and source != "files":
-        refs = RECIPES[source](n_clips=sounds, seed=seed, speech=speech).list_clips()
-        out = Sources(refs, {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech, "test": test_info})
+        corpus = RECIPES[source](n_clips=sounds, seed=seed, speech=speech)
+        refs = corpus.list_clips()
+        out = Sources(refs, {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech, "test": test_info,
+                             **(corpus.manifest_info() if hasattr(corpus, "manifest_info") else {})})
+        if getattr(corpus, "note", None) and corpus.note():
+            out.notes.append(corpus.note())
         if test:
             from bast.corpora.files import test_clips
 

@@ -4,8 +4,10 @@ by name (docs/train.md lists every setting)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from bast.conventions import parse_environments
 from bast.errors import ConfigError
@@ -56,10 +58,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
-    compile: bool = False  # torch.compile the model (GPU)
+    # torch.compile the model; None: on a GPU (an uncompiled paper-preset step launches
+    # about 735 small kernels, near launch-bound), off on a CPU (compiling costs more than
+    # a tiny model's run saves).
+    compile: bool | None = None
     deterministic: bool = False
     memory_budget_gb: float = 8.0  # selected samples up to this stay resident on the device
     eval_batch_size: int = 256
+    # Validate every val_every epochs (and after the last): validation picks the best
+    # checkpoint, so an epoch without it cannot become the best one.
+    val_every: int = 1
 
     def __post_init__(self):
         if self.arch not in MODELS:
@@ -67,6 +75,7 @@ class TrainConfig:
         kind = MODELS[self.arch][0]
         if isinstance(self.model, dict):
             _check_types(kind, self.model, "model setting ")
+            _check_model_ranges(kind, self.model)  # before the config divides by heads
             self.model = model_config(self.arch, self.model)
         elif not isinstance(self.model, kind):
             raise ConfigError(f"model must be a {kind.__name__} or a dict for --model {self.arch}, "
@@ -94,17 +103,13 @@ class TrainConfig:
                 parse_environments(getattr(self, name))
             except ConfigError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
-        positive = ("lr", "batch_size", "eval_batch_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
-        for name in ("mix_weight", "category_weight", "warmup_steps", "weight_decay", "epochs", "memory_budget_gb"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, not {getattr(self, name)!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"min_lr_ratio must lie in [0, 1], not {self.min_lr_ratio!r}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise ConfigError(f"max_minutes must be positive, not {self.max_minutes!r}")
+        _check_model_ranges(kind, dataclasses.asdict(self.model))
+        # Every number in its range; NaN fails every comparison, so each test is written
+        # as "inside", never as "not outside".
+        for name, allowed, inside in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not inside(value):
+                raise ConfigError(f"{name} must be {allowed}, not {value!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON types; `model` as a dict (what config.json and checkpoints hold)."""
@@ -123,6 +128,38 @@ class TrainConfig:
 
 
 _RESOLVED_AMP = {"torch.bfloat16": "bf16", "None": "none"}
+
+SEED_LIMIT = 2 ** 32  # numpy's and torch's generators take any seed in [0, 2^32)
+
+# (setting, its allowed range in words, the test): every numeric TrainConfig setting.
+_RANGES: tuple[tuple[str, str, Callable], ...] = (
+    ("lr", "a finite number > 0", lambda v: 0 < v < math.inf),
+    ("mix_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    ("category_weight", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    ("weight_decay", "a finite number >= 0", lambda v: 0 <= v < math.inf),
+    ("min_lr_ratio", "in [0, 1]", lambda v: 0 <= v <= 1),
+    ("warmup_steps", "a whole number >= 0", lambda v: v >= 0),
+    ("batch_size", "a whole number >= 1", lambda v: v >= 1),
+    ("eval_batch_size", "a whole number >= 1", lambda v: v >= 1),
+    ("epochs", "a whole number >= 1 (a run with no epoch has no model to test)", lambda v: v >= 1),
+    ("val_every", "a whole number >= 1", lambda v: v >= 1),
+    ("seed", f"a whole number in [0, {SEED_LIMIT - 1}]", lambda v: 0 <= v < SEED_LIMIT),
+    ("memory_budget_gb", "a number >= 0 (GB)", lambda v: 0 <= v <= math.inf),
+    ("max_minutes", "a number > 0 (minutes) or null", lambda v: 0 < v <= math.inf),
+)
+
+
+def _check_model_ranges(kind: type, values: dict) -> None:
+    """Model sizes are whole numbers >= 1 and dropout rates lie in [0, 1), by name (every
+    model config's int and float fields are one or the other)."""
+    hints = {f.name: str(f.type) for f in dataclasses.fields(kind)}
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if hints.get(name) == "int" and not value >= 1:
+            raise ConfigError(f"model setting {name} must be a whole number >= 1, not {value!r}")
+        if hints.get(name) == "float" and "dropout" in name and not 0 <= value < 1:
+            raise ConfigError(f"model setting {name} must be in [0, 1), not {value!r}")
 
 
 _TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
@@ -190,4 +227,4 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 # What a resumed run may change: how long it runs, and where (not what it learns from).
-RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "memory_budget_gb", "eval_batch_size")
+RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "memory_budget_gb", "eval_batch_size", "val_every")

@@ -5,7 +5,9 @@ test (eval/test.json, eval/test_predictions.csv); `bast.model.transfer` for othe
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -13,29 +15,38 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from bast.errors import DataError
 from bast.fileio import atomic_write_text, json_default
 from bast.model import losses
 from bast.model.checkpoint import load_model
 from bast.model.config import TrainConfig
 from bast.model.data import EvalData, Selection, read_extra_labels
 from bast.model.metrics import FIELDS, by_category, by_env, by_label, headline, save_predictions, summary
-from bast.model.runtime import Context, full_precision, resolve_device
+from bast.model.runtime import Context, autocast, full_precision, resolve_device
 from bast.model.targets import Target, target_of
 
 # ----------------------------------------------------------------------------- a model on a split
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: EvalData) -> dict[str, np.ndarray]:
+def predict(model: torch.nn.Module, data: EvalData, training_precision: Context | None = None) -> dict[str, np.ndarray]:
     """The per-sample table of `model` on `data` (this rank's shards), in float32: no
-    autocast and no TF32, whatever the training precision, so that the final test, a
-    validation and `bast-cli report` give the same numbers for the same checkpoint (bf16
-    would round every prediction to 8 bits of mantissa). Its columns: the labels, then what
-    the data's target decodes from the output (`Target.decode`)."""
+    autocast and no TF32, whatever the training precision, so that the final test,
+    `evaluate` and `bast-cli report` give the same numbers for the same checkpoint (bf16
+    would round every prediction to 8 bits of mantissa). Validation during training passes
+    `training_precision` (the run's Context) and runs under its autocast and TF32 instead:
+    it only ranks epochs, and in float32 it cost half a GPU epoch. Its columns: the labels,
+    then what the data's target decodes from the output (`Target.decode`)."""
     model.eval()
     target = data.target
     keep = tuple(dict.fromkeys(("clip_id", "category", "env", "azimuth_deg") + tuple(target.label_columns)))
     rows: dict[str, list] = {}
     device_type = torch.device(data.device).type
-    with full_precision(), torch.autocast(device_type, enabled=False):
+    scope = contextlib.ExitStack()
+    if training_precision is None:
+        scope.enter_context(full_precision())
+        scope.enter_context(torch.autocast(device_type, enabled=False))
+    else:
+        scope.enter_context(autocast(training_precision))
+    with scope:
         for x, y, labels in data.batches():
             pred = model(x).float()
             for k in keep:
@@ -77,13 +88,14 @@ def table_metrics(table: dict, loss: Target | Callable | None = None) -> dict:
     return metrics
 
 
-def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss: Target | Callable | None = None
-             ) -> tuple[dict, dict]:
+def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss: Target | Callable | None = None,
+             training_precision: bool = False) -> tuple[dict, dict]:
     """The headline metrics (docs/conventions.md) on a split, overall and per environment,
-    and the per-sample table; float32 (see `predict`). With several ranks each evaluates
+    and the per-sample table; float32, or under ctx's training precision when
+    `training_precision` (validation; see `predict`). With several ranks each evaluates
     its shards (`EvalData(..., rank, world)`) and every rank gets the whole split's result,
     the same as one process's."""
-    table = predict(model, data)
+    table = predict(model, data, ctx if training_precision else None)
     if data.world > 1:
         gathered: list = [None] * data.world
         dist.all_gather_object(gathered, table)
@@ -106,6 +118,13 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     metrics["labels"] = sorted(labels)
     for label in labels:
         metrics[f"by_{label}"] = by_label(table, label)
+    headline_ = [k for k in ("ad_deg", "accuracy") if k in metrics]
+    if not (metrics["n"] and headline_ and all(metrics[k] is not None and math.isfinite(float(metrics[k]))
+                                               for k in headline_)):  # a NaN is never a result
+        raise DataError(f"{run_dir}: the test of checkpoints/best.pt on {test_sel.root} gave "
+                        f"{', '.join(f'{k} {metrics[k]}' for k in headline_) or 'no figures'} over {metrics['n']} "
+                        "samples; nothing written to eval/test.json (non-finite spectra in the test shards? re-run "
+                        "bast-cli featurize)")
     (run_dir / "eval").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1, default=json_default))
     save_predictions(table, run_dir / "eval" / "test_predictions.csv")

@@ -26,7 +26,8 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    tf32: bool = False  # TF32 matmuls / convolutions in float32 training (never in evaluation)
+    tf32: bool = False  # TF32 matmuls / convolutions in float32 training and validation (never in the test)
+    compile: bool = False  # torch.compile the training model (the setting resolved for this device)
     device_note: str = ""  # why this device (e.g. "--device auto: CUDA is not available")
 
     @property
@@ -102,7 +103,13 @@ def setup(cfg: TrainConfig) -> Context:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank; train() then seeds per rank
-    return Context(device, torch.bfloat16 if use_bf16 else None, rank, world, local_rank, tf32, note)
+    return Context(device, torch.bfloat16 if use_bf16 else None, rank, world, local_rank, tf32, note,
+                   compile_default(cfg.compile, device.type))
+
+
+def compile_default(setting: bool | None, device_type: str) -> bool:
+    """--compile / --no-compile as given; unset: on a GPU, off on a CPU."""
+    return setting if setting is not None else device_type == "cuda"
 
 
 def autocast(ctx: Context):
@@ -130,7 +137,14 @@ def describe(ctx: Context, cfg: TrainConfig, data, per_rank_batch: int, device_n
         precision = f"{str(ctx.amp_dtype).removeprefix('torch.')} autocast (float32 weights and optimizer)"
     else:
         precision = "float32" + (", TF32 matmuls on" if ctx.tf32 else (", TF32 off" if ctx.device.type == "cuda" else ""))
-    precision += "; evaluation in float32"
+    if ctx.amp_dtype is None and not ctx.tf32:
+        precision += "; evaluation in float32"
+    else:  # validation only picks the best epoch; the test is the judgement
+        precision += "; validation the same, the final test and evaluate in float32"
+    if cfg.val_every > 1:
+        precision += f"; validation every {cfg.val_every} epochs"
+    if ctx.compile:
+        precision += "; torch.compile"
     if cfg.deterministic:
         precision += "; deterministic algorithms"
     share_gb = getattr(data, "share_bytes", 0) / 1e9

@@ -7,37 +7,46 @@ GPU or several (torchrun).
 A run directory holds config.json, metrics.jsonl (one line per epoch), checkpoints/last.pt
 and best.pt (config, model, optimizer, step, epoch, RNG state; written atomically each
 epoch) and eval/ (test.json, test_predictions.csv) after the final test.
+
+Read top to bottom: `train` takes the run directory's lock, then `resume_settings` (a
+resumed run), `open_splits` (data), `restore` (a resumed run's state), `write_run_record`
+(config.json), `run_epochs` (`train_epoch`, `validate`, `save_epoch`) and `run_final_test`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from bast.errors import ConfigError, TrainingError
+from bast.errors import ConfigError, DataError, StageError, TrainingError
 from bast.fileio import atomic_write_text, versions
 from bast.model.bast import count_parameters
-from bast.model.checkpoint import _unwrap, load_checkpoint, load_model, restore_rng, rng_state, save_checkpoint
+from bast.model.checkpoint import (_unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
+                                   remove_leftovers, restore_rng, rng_state, save_checkpoint)
 from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
-from bast.model.data import EvalData, Selection, data_classes, make_data
+from bast.model.data import EvalData, ResidentData, Selection, StreamingData, data_classes, make_data
 from bast.model.evaluate import evaluate, final_test
+from bast.model.transfer import data_sha256, features_manifest
 from bast.model.registry import build_model
-from bast.model.targets import attach, needs_classes, target_of
+from bast.model.targets import Target, attach, needs_classes, target_of
 from bast.model.runtime import Context, autocast, describe, rank_seed, setup
+from bast.pipeline.shards import DirectoryLock
 
 # What callers of this module use, wherever it is defined.
 __all__ = ["PRESETS", "RESUME_CHANGES", "TrainConfig", "TrainingError", "preset", "lr_at", "train",
            "Context", "setup", "autocast", "evaluate", "final_test", "load_checkpoint", "load_model",
-           "save_checkpoint", "_unwrap", "train_step", "make_optimizer", "NonFiniteGuard"]
+           "save_checkpoint", "_unwrap", "train_step", "make_optimizer", "NonFiniteGuard", "optimizer_state_for"]
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -95,8 +104,12 @@ class NonFiniteGuard:
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam; the fused CUDA kernel when every parameter is on a GPU (one launch per step
     instead of several per parameter group), else the default (foreach) implementation."""
-    fused = all(p.is_cuda for p in model.parameters())
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **({"fused": True} if fused else {}))
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            **({"fused": True} if _fused(model) else {}))
+
+
+def _fused(model: torch.nn.Module) -> bool:
+    return all(p.is_cuda for p in model.parameters())
 
 
 def train_step(net, optimizer, x, y, loss_fn, ctx: Context, lr: float, guard: NonFiniteGuard, step: int) -> torch.Tensor:
@@ -125,92 +138,275 @@ def _gather_rng(ctx: Context) -> list:
     return gathered
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """Where a run stands: epochs completed, optimizer steps, and the best validation loss
+    so far with its epoch (the weights in best.pt)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+    best_epoch: int | None = None
+    best_lost: bool = False  # best.pt was deleted before a resume
+
+
+@dataclass
+class Splits:
+    """A run's data: the three selections, the training loader and the validation set."""
+
+    train_sel: Selection
+    val_sel: Selection
+    test_sel: Selection
+    data: ResidentData | StreamingData | None
+    val: EvalData | None
 
 
 def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
           on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int, int], None] | None = None,
           resume_changes: dict | None = None, on_info: Callable[[str], None] | None = None) -> dict:
-    """Train `cfg` on the train split of `features_dir`, validate every epoch, test the
-    best checkpoint. Returns the test metrics (rank 0; {} on other ranks).
+    """Train `cfg` on the train split of `features_dir`, validate every `cfg.val_every`
+    epochs, test the best checkpoint. Returns the test metrics (rank 0; {} on other ranks).
 
     resume=True continues the run in `run_dir` with its own settings (`cfg` is not used);
     `resume_changes` may set the fields of RESUME_CHANGES, e.g. {"epochs": 20} to extend a
     finished run. With a decaying learning rate, more epochs stretch the rest of the schedule,
     so an extended run is not the run that had those epochs from the start (it is with the
     paper preset's constant rate). `on_info` receives (rank 0) the lines saying where and
-    how the run trains: device, precision, loader mode, batch per rank (`runtime.describe`)."""
+    how the run trains: device, precision, loader mode, batch per rank (`runtime.describe`).
+    One process writes a run directory at a time (a lock, as the data stages take)."""
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    start_epoch, step, best = 0, 0, float("inf")
     if resume_changes and not resume:
         raise ConfigError("resume_changes applies to resume=True only")
-    if resume:
-        if not (ckpt_dir / "last.pt").exists():
-            raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
-        saved = load_checkpoint(ckpt_dir / "last.pt")
-        cfg = TrainConfig.from_dict(saved["config"])  # the run's own settings, not today's
-        changes = dict(resume_changes or {})
-        # The command that started the run may be repeated with --resume: only a setting
-        # given a different value is refused.
-        saved_settings = cfg.to_dict()
-        current = {**saved_settings, **saved_settings["model"]}
-        refused = sorted(k for k, v in changes.items() if k not in RESUME_CHANGES and current.get(k) != v)
-        if refused:
-            raise TrainingError(f"a resumed run keeps its settings; {', '.join(refused)} cannot change "
-                                f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out elsewhere")
-        changes = {k: v for k, v in changes.items() if k in RESUME_CHANGES}
-        if changes.get("epochs", cfg.epochs) < saved["epoch"]:
-            raise TrainingError(f"{run_dir} has already trained {saved['epoch']} epochs; "
-                                f"--epochs {changes['epochs']} would undo them")
-        cfg = dataclasses.replace(cfg, **changes)
-    elif (run_dir / "config.json").exists():
-        raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is an existing file, not a run directory")
+    say = on_info if on_info and int(os.environ.get("RANK", "0")) == 0 else (lambda text: None)
+    with _writer_lock(run_dir):
+        saved = None
+        if resume:
+            saved, cfg = resume_settings(run_dir, features_dir, resume_changes)
+        elif (run_dir / "config.json").exists():
+            raise TrainingError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
+        else:  # what the target needs from the data: the classes, the output size
+            cfg = _with_target(cfg, features_dir)
+        target = target_of(cfg)
+        ctx = setup(cfg)
+        splits = open_splits(features_dir, cfg, ctx, target)
+        say(describe(ctx, cfg, splits.data, cfg.batch_size // ctx.world,
+                     torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else ""))
+        # The same initial weights on every rank (setup seeded); a target's own parameters
+        # (learned task weights) ride along as a submodule.
+        model = attach(build_model(cfg.arch, cfg.model), target).to(ctx.device)
+        optimizer = make_optimizer(model, cfg)
+        # Dropout draws differ between ranks: each its own stream, saved and restored per rank.
+        torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
+        state = RunState()
+        if saved is not None:
+            state = restore(saved, model, optimizer, run_dir, ctx, say)
+        write_run_record(run_dir, features_dir, cfg, ctx, splits, model)
+        if saved is None:  # so that even a first epoch that fails leaves a usable checkpoint
+            rng = _gather_rng(ctx)
+            if ctx.main:
+                save_checkpoint(run_dir / "checkpoints" / "last.pt", model, optimizer, cfg, 0, 0, state.best, rng)
+        run_epochs(run_dir, cfg, ctx, model, optimizer, splits, state, target, on_epoch, on_step)
+        splits.data = splits.val = None  # one memory budget: the test split loads after these are freed
+        return run_final_test(run_dir, splits.test_sel, cfg, ctx, state)
 
-    if not resume:  # what the target needs from the data: the classes, the output size
-        cfg = _with_target(cfg, features_dir)
-    target = target_of(cfg)
-    ctx = setup(cfg)
+
+@contextlib.contextmanager
+def _writer_lock(run_dir: Path):
+    """The run directory's lock (rank 0 holds it for the whole run): a second `train` into
+    the same --out, or a --resume of a live run, is refused instead of interleaving rows."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    try:
+        with DirectoryLock(run_dir):
+            yield
+    except StageError as exc:
+        if "in use by another run" in str(exc):
+            raise TrainingError(f"{exc} (a live `bast-cli train` writes it)") from None
+        raise
+
+
+def resume_settings(run_dir: Path, features_dir, changes: dict | None) -> tuple[dict, TrainConfig]:
+    """The last checkpoint of `run_dir` and the run's own settings with `changes` (fields of
+    RESUME_CHANGES) applied; other changes, and other features than the run's, refused."""
+    ckpt_dir = run_dir / "checkpoints"
+    remove_leftovers(ckpt_dir)  # a save that a full disk or a kill interrupted
+    if not (ckpt_dir / "last.pt").exists():
+        raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    saved = load_checkpoint(ckpt_dir / "last.pt")
+    cfg = TrainConfig.from_dict(saved["config"])  # the run's own settings, not today's
+    changes = dict(changes or {})
+    # The command that started the run may be repeated with --resume: only a setting
+    # given a different value is refused.
+    saved_settings = cfg.to_dict()
+    current = {**saved_settings, **saved_settings["model"]}
+    refused = sorted(k for k, v in changes.items() if k not in RESUME_CHANGES and current.get(k) != v)
+    if refused:
+        raise TrainingError(f"a resumed run keeps its settings; {', '.join(refused)} cannot change "
+                            f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out elsewhere")
+    changes = {k: v for k, v in changes.items() if k in RESUME_CHANGES}
+    if changes.get("epochs", cfg.epochs) < saved["epoch"]:
+        raise TrainingError(f"{run_dir} has already trained {saved['epoch']} epochs; "
+                            f"--epochs {changes['epochs']} would undo them")
+    _check_same_features(run_dir, features_dir)
+    return saved, dataclasses.replace(cfg, **changes)
+
+
+def _check_same_features(run_dir: Path, features_dir) -> None:
+    """A resumed run reads the data it started on: the same checksum (the folder may move)."""
+    try:
+        trained_on = read_run_config(run_dir)
+    except DataError:  # a torn config.json: the run record is rewritten below
+        return
+    want = trained_on.get("data_sha256")
+    if want is None:  # a run of an older bast: no checksum recorded
+        return
+    have = data_sha256(features_manifest(features_dir))
+    if have != want:
+        raise TrainingError(f"{features_dir} holds other features than {run_dir} was trained on "
+                            f"({trained_on.get('features_dir')}; data checksum {want[:12]}..., this data "
+                            f"{have[:12]}...); resume with the run's own features, or start a new run with --out "
+                            "elsewhere")
+
+
+def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | None = None) -> Splits:
+    """The run's selections (checked against the manifest's checksums by rank 0, the others
+    waiting), the training loader and the validation set, within one memory budget."""
     phase = cfg.model.phase  # the interaural phase as input channels (featurize --phase)
     train_sel = Selection.of(features_dir, "train", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
     val_sel = Selection.of(features_dir, "val", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
     test_sel = Selection.of(features_dir, "test", cfg.test_env, phase)
-    for sel in (train_sel, val_sel, test_sel):  # a corrupt shard: one clear error now, not an h5py traceback later
-        sel.verify()
+    problem = None
+    if ctx.main:  # a corrupt shard: one clear error now, not an h5py traceback later
+        try:
+            for sel in (train_sel, val_sel, test_sel):
+                sel.verify()
+        except DataError as exc:
+            problem = str(exc)
+    if ctx.world > 1:  # one rank reads every shard for its checksum, not all of them
+        shared = [problem]
+        dist.broadcast_object_list(shared, src=0)
+        problem = shared[0]
+    if problem:
+        raise DataError(problem)
     for name, sel in (("training", train_sel), ("validation", val_sel)):
         if sel.samples == 0:  # validation picks the best checkpoint: training without it has no result
             raise TrainingError(f"{features_dir}: no {name} samples for environments {cfg.train_env}")
+    if test_sel.samples == 0:  # refused now, not after hours of training with a NaN to show
+        raise TrainingError(f"{features_dir}: no test samples for --test-env {cfg.test_env} (it holds "
+                            f"{_split_envs(features_dir)}); choose another --test-env, or spatialize with a "
+                            "test split")
     if cfg.batch_size % ctx.world:
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
+    target = target if target is not None else target_of(cfg)
     data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
                      ctx.rank, ctx.world, target=target)
     if len(data) == 0:
         raise TrainingError(f"{train_sel.samples} training samples make no batch of {cfg.batch_size}; "
                             "lower --batch-size")
+    # One budget for what is resident together: validation gets what training left; the
+    # final test loads after both are freed.
+    left_gb = max(0.0, cfg.memory_budget_gb - (data.share_bytes / 1e9 if data.resident else 0.0))
     # Every rank validates its share of the validation shards; the tables are gathered.
-    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, ctx.rank, ctx.world, target)
-    info = describe(ctx, cfg, data, cfg.batch_size // ctx.world,
-                    torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "")
-    if on_info and ctx.main:
-        on_info(info)
+    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target)
+    return Splits(train_sel, val_sel, test_sel, data, val)
 
-    # The same initial weights on every rank (setup seeded); a target's own parameters
-    # (learned task weights) ride along as a submodule.
-    model = attach(build_model(cfg.arch, cfg.model), target).to(ctx.device)
-    optimizer = make_optimizer(model, cfg)
-    # Dropout draws differ between ranks: each its own stream, saved and restored per rank.
-    torch.manual_seed(rank_seed(cfg.seed, ctx.rank))
-    if resume:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        start_epoch, step, best = saved["epoch"], saved["step"], saved["best_val"]
-        metrics_file = run_dir / "metrics.jsonl"
-        if ctx.main and metrics_file.exists():  # rows of epochs after the checkpoint are redone
-            kept = [line for line in metrics_file.read_text().splitlines()
-                    if json.loads(line).get("epoch", 0) <= start_epoch and "stopped" not in line]
-            atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-        if not restore_rng(saved, ctx.rank, ctx.device):  # more ranks than the run had
-            torch.manual_seed(rank_seed(cfg.seed + 1_000_003 * start_epoch, ctx.rank))
+
+def _split_envs(features_dir) -> str:
+    """What a Stage 2 folder holds, by split and environment, in words."""
+    counts: dict[str, int] = {}
+    for s in features_manifest(features_dir).get("shards", []):
+        if s.get("samples"):
+            key = f"{s['split']} {s['env']}"
+            counts[key] = counts.get(key, 0) + s["samples"]
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no samples"
+
+
+def restore(saved: dict, model, optimizer, run_dir: Path, ctx: Context, say: Callable[[str], None]) -> RunState:
+    """Put a resumed run back where its last checkpoint left it: weights, optimizer (fused
+    or not as this device wants), random state; metrics rows of epochs after the checkpoint
+    are dropped (they are redone) and best.pt is made to agree with last.pt."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(optimizer_state_for(saved["optimizer"], fused=_fused(model)))
+    state = RunState(saved["epoch"], saved["step"], saved["best_val"], saved.get("best_epoch"))
+    if not restore_rng(saved, ctx.rank, ctx.device):  # more ranks than the run had
+        torch.manual_seed(rank_seed(saved["config"]["seed"] + 1_000_003 * state.epoch, ctx.rank))
+    if ctx.main:
+        _trim_metrics(run_dir, state.epoch, say)
+    _repair_best(run_dir, state, ctx, say)
+    return state
+
+
+def _trim_metrics(run_dir: Path, epoch: int, say: Callable[[str], None]) -> None:
+    """Keep the metrics rows up to `epoch`; a line torn by a kill is dropped, and said."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if row.get("epoch", 0) <= epoch and "stopped" not in row:
+            kept.append(line)
+    if torn:
+        say(f"{path}: dropped {torn} torn line(s) (a run killed while writing them)")
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _repair_best(run_dir: Path, state: RunState, ctx: Context, say: Callable[[str], None]) -> None:
+    """best.pt as last.pt says it is: last.pt's own weights when it is the best epoch (a kill
+    between the two saves left best.pt behind); a best.pt deleted otherwise cannot be
+    rebuilt, so the best is sought afresh from the next epoch on (on every rank alike)."""
+    ckpt_dir = run_dir / "checkpoints"
+    if state.best_epoch is not None and state.best_epoch == state.epoch:
+        if ctx.main:
+            copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+    elif not (ckpt_dir / "best.pt").exists() and state.best < math.inf:
+        say(f"{ckpt_dir / 'best.pt'} is missing (deleted?); the best checkpoint is chosen again among the "
+            "epochs still to train")
+        state.best, state.best_epoch, state.best_lost = math.inf, None, True
+
+
+def optimizer_state_for(saved: dict, fused: bool) -> dict:
+    """A saved optimizer state with Adam's fused flag set for this device: a run started on
+    a CPU and resumed on a GPU gets the fused kernel (and back). Set before loading, as
+    Adam places its step counters by the flag it loads."""
+    groups = [{**g, "fused": True if fused else None, **({"foreach": None} if fused else {})}
+              for g in saved["param_groups"]]
+    return {**saved, "param_groups": groups}
+
+
+def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context, splits: Splits, model) -> None:
+    """config.json: the settings, what they resolved to, the data (with its checksum) and
+    the versions. Rewritten by every start, so a resumed run records where it ran last."""
+    if not ctx.main:
+        return
+    info = describe(ctx, cfg, splits.data, cfg.batch_size // ctx.world,
+                    torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps({
+        **cfg.to_dict(), "features_dir": str(Path(features_dir).resolve()),
+        "data_sha256": data_sha256(features_manifest(features_dir)), "parameters": count_parameters(model),
+        "train_samples": splits.train_sel.samples, "val_samples": splits.val_sel.samples,
+        "test_samples": splits.test_sel.samples, "steps_per_epoch": len(splits.data),
+        "loader": type(splits.data).__name__, "world_size": ctx.world,
+        # the settings device, amp and compile stay as given; what they resolved to:
+        "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32,
+        "compiled": ctx.compile, "setup": info, "versions": versions()}, indent=1))
+
+
+def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, splits: Splits, state: RunState,
+               target: Target, on_epoch=None, on_step=None) -> None:
+    """The epoch loop: train, check for NaN, decide whether to stop, validate when due,
+    save. Every rank runs it; rank 0 writes."""
     loss_fn = target.loss
     net = model
     if ctx.world > 1:
@@ -218,84 +414,136 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         # BatchNorm), so nothing is broadcast before each forward.
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
-    if cfg.compile:
+    if ctx.compile:
         net = torch.compile(net)
-
-    total_steps = cfg.epochs * len(data)
-    ddp_report = ctx.world > 1 and os.environ.get("BAST_DDP_REPORT") == "1"  # the DDP test asks for it
-    if ctx.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps({
-            **cfg.to_dict(), "features_dir": str(Path(features_dir).resolve()), "parameters": count_parameters(model),
-            "train_samples": train_sel.samples, "val_samples": val_sel.samples, "test_samples": test_sel.samples,
-            "steps_per_epoch": len(data), "loader": type(data).__name__, "world_size": ctx.world,
-            # the settings device and amp stay as given; what they resolved to:
-            "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32, "setup": info,
-            "versions": versions()}, indent=1))
-    if not resume:  # so that even a first epoch that fails leaves a usable checkpoint
-        rng = _gather_rng(ctx)
-        if ctx.main:
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, cfg, 0, 0, best, rng)
     guard = NonFiniteGuard(ctx.device)
+    ddp_report = ctx.world > 1 and os.environ.get("BAST_DDP_REPORT") == "1"  # the DDP test asks for it
     coverage: list = []
     started = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=ctx.device)
-        for x, y, idx in data.epoch(epoch):
-            loss = train_step(net, optimizer, x, y, loss_fn, ctx, lr_at(step, cfg, total_steps), guard, step)
-            loss_sum += loss * len(x)
-            seen += len(x)  # x: a multitask target is a tuple
-            step += 1
-            if guard.due(step):
-                guard.check(ctx, epoch, ckpt_dir / "last.pt")
-            if ddp_report and epoch == start_epoch:
-                coverage.append(idx.cpu())
-            if on_step and ctx.main:
-                on_step(step - epoch * len(data), len(data))
-        guard.check(ctx, epoch, ckpt_dir / "last.pt")  # before anything of this epoch is saved
-        train_seconds = time.perf_counter() - t0
-        if ctx.world > 1:
-            dist.all_reduce(loss_sum)
-        row = {"epoch": epoch + 1, "step": step, "lr": lr_at(step - 1, cfg, total_steps),
-               "train_loss": float(loss_sum) / (seen * ctx.world),
-               "train_samples_per_s": seen * ctx.world / train_seconds, "seconds": train_seconds}
-        # The bare model, not the DDP wrapper (no gradient sync in evaluation).
-        metrics, _ = evaluate(model, val, ctx, target)
-        rng = _gather_rng(ctx)
-        if ctx.main:
-            row.update(val_loss=metrics.get("loss"), **{f"val_{k}": v for k, v in metrics.items()
-                                                         if k not in ("n", "loss", "by_env")},
-                       val_by_env=metrics["by_env"])
-            improved = metrics.get("loss", float("inf")) < best
-            best = min(best, metrics.get("loss", float("inf")))
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, cfg, epoch + 1, step, best, rng)
-            if improved:
-                save_checkpoint(ckpt_dir / "best.pt", model, optimizer, cfg, epoch + 1, step, best, rng)
-            if on_epoch:
-                on_epoch(row)
-        budget_spent = cfg.max_minutes is not None and (time.perf_counter() - started) / 60 >= cfg.max_minutes
-        if ctx.world > 1:  # every rank stops together (and waits here for rank 0's checkpoint)
-            flag = torch.tensor(float(budget_spent), device=ctx.device)
-            dist.all_reduce(flag)
-            budget_spent = bool(flag.item())
-        if budget_spent and epoch + 1 < cfg.epochs:
+    for epoch in range(state.epoch, cfg.epochs):
+        row = train_epoch(net, optimizer, splits.data, loss_fn, ctx, cfg, state, guard, epoch, on_step,
+                          coverage if ddp_report and epoch == state.epoch else None,
+                          run_dir / "checkpoints" / "last.pt")
+        guard.check(ctx, epoch, run_dir / "checkpoints" / "last.pt")  # before anything of this epoch is saved
+        stop = _all_ranks(ctx, cfg.max_minutes is not None and (time.perf_counter() - started) / 60 >= cfg.max_minutes)
+        stop = stop and epoch + 1 < cfg.epochs
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs or stop:
+            # The bare model, not the DDP wrapper (no gradient sync in evaluation).
+            row.update(validate(model, splits.val, ctx, target))
+        save_epoch(run_dir, model, optimizer, cfg, ctx, state, row)
+        if on_epoch and ctx.main:
+            on_epoch(row)
+        if stop:
             if ctx.main:
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"stopped": f"time budget of {cfg.max_minutes} min", "epoch": epoch + 1}) + "\n")
+                _append_row(run_dir, {"stopped": f"time budget of {cfg.max_minutes} min", "epoch": epoch + 1})
             break
-
     if ddp_report:
         _ddp_report(run_dir, model, coverage, ctx)
-    result: dict = {}
-    # The final test runs once, on rank 0 (a few seconds against the whole training).
-    if ctx.main:
-        result = final_test(run_dir, test_sel, cfg, ctx)
+
+
+def train_epoch(net, optimizer, data, loss_fn, ctx: Context, cfg: TrainConfig, state: RunState,
+                guard: NonFiniteGuard, epoch: int, on_step=None, coverage: list | None = None,
+                last_good: Path = Path("checkpoints/last.pt")) -> dict:
+    """One epoch of training steps; the metrics row's training part."""
+    net.train()
+    total_steps = cfg.epochs * len(data)
+    t0, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=ctx.device)
+    for x, y, idx in data.epoch(epoch):
+        loss = train_step(net, optimizer, x, y, loss_fn, ctx, lr_at(state.step, cfg, total_steps), guard, state.step)
+        loss_sum += loss * len(x)  # on the device: no sync per step
+        seen += len(x)  # x: a multitask target is a tuple
+        state.step += 1
+        if guard.due(state.step):
+            guard.check(ctx, epoch, last_good)
+        if coverage is not None:
+            coverage.append(idx.cpu())
+        if on_step and ctx.main:
+            on_step(state.step - epoch * len(data), len(data))
+    seconds = time.perf_counter() - t0
     if ctx.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.all_reduce(loss_sum)
+    return {"epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step - 1, cfg, total_steps),
+            "train_loss": float(loss_sum) / (seen * ctx.world),  # a sync, once per epoch
+            "train_samples_per_s": seen * ctx.world / seconds, "seconds": seconds}
+
+
+def validate(model, val: EvalData, ctx: Context, target: Target) -> dict:
+    """The metrics row's validation part, under the training precision (it only ranks
+    epochs). A non-finite result is written as null with `val_nonfinite`, never as NaN."""
+    t0 = time.perf_counter()
+    metrics, _ = evaluate(model, val, ctx, target, training_precision=True)
+    row = {"val_loss": metrics.get("loss"), **{f"val_{k}": v for k, v in metrics.items() if k not in ("n", "loss", "by_env")},
+           "val_by_env": metrics["by_env"]}
+    clean = _finite_or_none(row)
+    if clean != row:
+        clean["val_nonfinite"] = True
+    clean["val_seconds"] = time.perf_counter() - t0
+    return clean
+
+
+def _finite_or_none(value):
+    """`value` with every NaN / Inf float (in nested dicts and lists) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def save_epoch(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: Context, state: RunState, row: dict) -> None:
+    """Record an epoch: its metrics row, then last.pt, then best.pt as a copy of last.pt when
+    validation improved. last.pt says which epoch best.pt holds, so a kill between the two
+    saves is repaired on resume (`_repair_best`); a kill before last.pt redoes the epoch."""
+    state.epoch = row["epoch"]
+    loss = row.get("val_loss")
+    improved = loss is not None and loss < state.best  # the same on every rank: metrics are gathered
+    if improved:
+        state.best, state.best_epoch = loss, state.epoch
+    rng = _gather_rng(ctx)
+    if ctx.main:
+        ckpt_dir = run_dir / "checkpoints"
+        _append_row(run_dir, row)
+        save_checkpoint(ckpt_dir / "last.pt", model, optimizer, cfg, state.epoch, state.step, state.best, rng,
+                        state.best_epoch)
+        if improved:
+            copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+
+
+def _append_row(run_dir: Path, row: dict) -> None:
+    """One metrics.jsonl line in one write (a kill leaves at most that line torn; resume drops it)."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row, allow_nan=False) + "\n")
+
+
+def _all_ranks(ctx: Context, flag: bool) -> bool:
+    """True on every rank when it is true on any (every rank stops together)."""
+    if ctx.world == 1:
+        return flag
+    t = torch.tensor(float(flag), device=ctx.device)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def run_final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Context, state: RunState) -> dict:
+    """The final test of best.pt, once, on rank 0 (a few seconds against the whole training).
+    No best checkpoint (no epoch with a finite validation loss) is an error, not a NaN."""
+    result: dict = {}
+    try:
+        if state.best_epoch is None and not (run_dir / "checkpoints" / "best.pt").exists():
+            if state.best_lost:  # validated, but best.pt deleted and nothing trained since
+                raise TrainingError(f"{run_dir / 'checkpoints' / 'best.pt'} is missing (deleted?); resume with more "
+                                    "--epochs to choose a best checkpoint again")
+            raise TrainingError(f"{run_dir}: no epoch had a finite validation loss (metrics.jsonl), so there is no "
+                                "best checkpoint to test; the model's predictions on the validation split are not "
+                                "finite: check the data (bast-cli featurize) or lower the learning rate (--lr)")
+        if ctx.main:
+            result = final_test(run_dir, test_sel, cfg, ctx)
+    finally:
+        if ctx.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
     return result
 
 

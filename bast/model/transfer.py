@@ -13,7 +13,7 @@ import numpy as np
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text, json_default, sha256_file
-from bast.model.checkpoint import load_model
+from bast.model.checkpoint import load_model, read_metrics, read_run_config
 from bast.model.data import EvalData, Selection
 from bast.model.evaluate import extra_labels, eval_device, evaluate
 from bast.model.metrics import by_label, load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
@@ -191,15 +191,11 @@ def load_stored(run_dir, name: str) -> tuple[dict, dict]:
 
 
 def run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise MissingError(f"{run_dir} is not a run directory (no config.json; bast-cli train --out makes one)")
-    return json.loads(path.read_text())
+    return read_run_config(run_dir)
 
 
 def _checkpoint_epoch(run_dir: Path):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()] if (
-        run_dir / "metrics.jsonl").exists() else []
+    rows = read_metrics(run_dir)
     losses_ = [(r["val_loss"], r["epoch"]) for r in rows if r.get("val_loss") is not None]
     return min(losses_)[1] if losses_ else None
 

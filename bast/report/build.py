@@ -87,11 +87,10 @@ class Run:
 
 def load_run(path, device: str = "cpu") -> Run:
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise MissingError(f"{path} is not a run directory (no config.json)")
-    config = json.loads((path / "config.json").read_text())
-    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()] if (
-        path / "metrics.jsonl").exists() else []
+    from bast.model.checkpoint import read_metrics, read_run_config
+
+    config = read_run_config(path)  # a missing or torn file: an error naming it
+    rows = read_metrics(path)
     if not (path / "eval" / "test_predictions.csv").exists():
         _evaluate(path, config, device)
     test = json.loads((path / "eval" / "test.json").read_text())
