@@ -340,7 +340,8 @@ def featurize(
     stage1: Annotated[Path, typer.Argument(help="A Stage 1 output directory (bast-cli spatialize, or bast-cli scenes: whole scenes with label tracks, docs/scenes.md).")],
     out: Annotated[Path, typer.Argument(help="Output directory (Stage 2 shards).")],
     dtype: Annotated[str, typer.Option(help="Storage type of the dB spectrograms: float16 (31 KB a sample) or float32.")] = "float16",
-    phase: Annotated[bool, typer.Option("--phase", help="Also store the interaural phase (cos, sin) of every bin and frame, for models trained with --phase.")] = False,
+    features: Annotated[Optional[str], typer.Option("--features", help="Feature kinds to store, comma-separated: logpower (always, the default), phase (interaural cos, sin); docs/featurize.md.")] = None,
+    phase: Annotated[bool, typer.Option("--phase", help="Also store the interaural phase (cos, sin) of every bin and frame: short for --features logpower,phase.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
@@ -361,7 +362,7 @@ def featurize(
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("featurizing") as progress:
         progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
-        summary = run(stage1, out, dtype=dtype, phase=phase, client=client, overwrite=overwrite, on_start=progress.on_start,
+        summary = run(stage1, out, dtype=dtype, features=features, phase=phase, client=client, overwrite=overwrite, on_start=progress.on_start,
                       on_shard=progress.on_shard)
     rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
     console.print(f"[bold green]done[/]: {summary.samples:,} spectrograms in "
@@ -373,13 +374,23 @@ def featurize(
     raise typer.Exit(3 if summary.failures else 0)
 
 
+def _feature_names(text: Optional[str]) -> Optional[list]:
+    """--features a,b as a list of names (checked by the model config); None when not given."""
+    if text is None:
+        return None
+    from bast.pipeline import featurekinds
+
+    return list(featurekinds.parse(text))
+
+
 @command
 def train(
     features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
-    phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase).")] = None,
+    kinds: Annotated[Optional[str], typer.Option("--features", help="Feature kinds the model reads, comma-separated (the data must hold them): logpower (default), phase; docs/featurize.md.")] = None,
+    phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase): short for --features logpower,phase.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category. docs/sphere.md.")] = None,
     task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="mse, ad (angular distance) or mix (hybrid).")] = None,
@@ -411,7 +422,7 @@ def train(
     from bast.model.config import preset as make_preset
     from bast.model.train import train as run
 
-    given = {"arch": model, "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+    given = {"arch": model, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,

@@ -45,8 +45,8 @@ class Progress:
 
 # What the demo trains: run folder name -> (model, settings over its tiny preset).
 MODELS = {
-    "bast": ("bast", {"phase": True}),  # the paper's model at CPU size, with the (clip-averaged) phase
-    "mlp": ("mlp", {"phase": True}),  # Tang et al. 2022 with interaural phase
+    "bast": ("bast", {"features": ("logpower", "phase")}),  # the paper's model at CPU size, with the (clip-averaged) phase
+    "mlp": ("mlp", {"features": ("logpower", "phase")}),  # Tang et al. 2022 with interaural phase
 }
 
 
@@ -85,7 +85,7 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
                    source={"recipe": "default", "sounds": sounds, "seed": seed, **corpus.manifest_info()},
                    on_shard=p.on_shard)
         p.stage("2/4 featurize")
-        featurize(stage1, stage2, phase=True, client=client, on_start=p.on_start, on_shard=p.on_shard)
+        featurize(stage1, stage2, features=("logpower", "phase"), client=client, on_start=p.on_start, on_shard=p.on_shard)
     run_dirs, runs, noise = {}, {}, {}
     for k, (name, (arch, settings)) in enumerate(MODELS.items()):
         run_dir = run_dirs[name] = out / f"run-{name}"

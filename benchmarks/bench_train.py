@@ -101,8 +101,8 @@ def main() -> None:
         torch.cuda.set_device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}")
-    sel = Selection.of(args.features, "train", "RI", args.phase)
-    val_sel = Selection.of(args.features, "val", "RI", args.phase)
+    sel = Selection.of(args.features, "train", "RI", ("logpower", "phase") if args.phase else ("logpower",))
+    val_sel = Selection.of(args.features, "val", "RI", ("logpower", "phase") if args.phase else ("logpower",))
     for preset_name in args.presets.split(","):
         cfg = preset(preset_name, arch=args.model, phase=args.phase, amp=args.amp,
                      memory_budget_gb=args.memory_budget_gb)

@@ -17,7 +17,7 @@ feats, steps, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 print(bast.__file__, torch.get_num_threads(), "threads")
 for arch in ("mlp", "bast"):
     cfg = preset("tiny", arch=arch, phase=True, device="cpu")
-    sel = Selection.of(feats, "train", "RI", phase=True)
+    sel = Selection.of(feats, "train", "RI", ("logpower", "phase"))
     t0 = time.perf_counter(); data = make_data(sel, cfg.batch_size, torch.device("cpu"), 0, 8.0); load = time.perf_counter() - t0
     torch.manual_seed(0)
     model = build_model(arch, cfg.model); opt = make_optimizer(model, cfg); loss_fn = make_loss(cfg.loss, cfg.mix_weight)

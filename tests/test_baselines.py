@@ -34,16 +34,16 @@ def test_phase_adds_only_input_channels():
 
 def test_each_ear_hears_the_phase_from_its_own_side():
     x = torch.randn(3, 4, 129, 61)
-    left, right = ears(x, phase=True)
+    left, right = ears(x, ("logpower", "phase"))
     torch.testing.assert_close(left, torch.stack([x[:, 0], x[:, 2], x[:, 3]], 1))
     torch.testing.assert_close(right, torch.stack([x[:, 1], x[:, 2], -x[:, 3]], 1))
     # A left-right mirror of the scene (ears swapped, the phase's sine negated) swaps the ears.
     mirror = torch.stack([x[:, 1], x[:, 0], x[:, 2], -x[:, 3]], 1)
-    m_left, m_right = ears(mirror, phase=True)
+    m_left, m_right = ears(mirror, ("logpower", "phase"))
     torch.testing.assert_close(m_left, right)
     torch.testing.assert_close(m_right, left)
     # Averaged over the frames: every frame holds the clip's mean cos and sin.
-    a_left, a_right = ears(x, phase=True, average=True)
+    a_left, a_right = ears(x, ("logpower", "phase"), average=True)
     torch.testing.assert_close(a_left[:, 0], x[:, 0])
     torch.testing.assert_close(a_left[..., 7], torch.stack([x[:, 0, :, 7], x[:, 2].mean(-1), x[:, 3].mean(-1)], 1))
     torch.testing.assert_close(a_right[..., 0], torch.stack([x[:, 1, :, 0], x[:, 2].mean(-1), -x[:, 3].mean(-1)], 1))

@@ -24,6 +24,7 @@ from torch import nn
 from bast.conventions import N_FRAMES, N_FREQ
 from bast.errors import ConfigError
 from bast.model.bast import Encoder, SinusoidalPosEmbed, padding_amounts, token_grid
+from bast.pipeline import featurekinds
 
 
 class _Config:
@@ -49,8 +50,15 @@ class _Config:
             raise ConfigError(f"dropout must be in [0, 1), not {self.dropout!r}")
 
 
-def channels(phase: bool) -> int:
-    return 4 if phase else 2
+def channels(features) -> int:
+    """Input channels of the stacked feature kinds `features` (2: the log power; 4 with the phase)."""
+    return featurekinds.channels(features)
+
+
+def _features(cfg) -> None:
+    """A config's feature kinds from `features` and `phase` (older configs: phase only)."""
+    cfg.features = featurekinds.model_features(cfg.features, cfg.phase)
+    cfg.phase = "phase" in cfg.features
 
 
 # ----------------------------------------------------------------------------- mlp
@@ -61,11 +69,13 @@ class MLPConfig(_Config):
     hidden: int = 512
     depth: int = 2  # hidden layers
     dropout: float = 0.1
-    phase: bool = False
+    features: tuple = ()  # the feature kinds read (bast/pipeline/featurekinds.py); () = the log power
+    phase: bool = False  # adds the phase to features (--phase, older configs)
     outputs: int = 2  # set by the target (bast/model/targets.py)
     n_freq: int = N_FREQ
 
     def __post_init__(self):
+        _features(self)
         self._positive("hidden", "depth", "n_freq")
 
 
@@ -75,7 +85,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: MLPConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or MLPConfig()
-        width = cfg.n_freq * (5 if cfg.phase else 3)  # L, R, ILD [, cos, sin] per band
+        width = cfg.n_freq * (channels(cfg.features) + 1)  # L, R, ILD [, cos, sin, other kinds] per band
         layers: list[nn.Module] = [nn.LayerNorm(width)]
         for _ in range(cfg.depth):
             layers += [nn.Linear(width, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout)]
@@ -105,11 +115,13 @@ class CNNConfig(_Config):
     kernel_freq: int = 2  # 2 x 1 filters: neighbouring frequency bands, one frame
     hidden: int = 512
     dropout: float = 0.5  # Chakrabarty & Habets' dense layers
-    phase: bool = False
+    features: tuple = ()  # the feature kinds read (bast/pipeline/featurekinds.py); () = the log power
+    phase: bool = False  # adds the phase to features (--phase, older configs)
     outputs: int = 2  # set by the target (bast/model/targets.py)
     n_freq: int = N_FREQ
 
     def __post_init__(self):
+        _features(self)
         self._positive("filters", "conv_layers", "kernel_freq", "hidden", "n_freq")
         if self.conv_layers * (self.kernel_freq - 1) >= self.n_freq:
             raise ConfigError("the convolutions would consume every frequency band")
@@ -122,7 +134,7 @@ class CNN(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or CNNConfig()
         convs: list[nn.Module] = []
-        c = channels(cfg.phase)
+        c = channels(cfg.features)
         for _ in range(cfg.conv_layers):
             convs += [nn.Conv2d(c, cfg.filters, kernel_size=(cfg.kernel_freq, 1)), nn.ReLU()]
             c = cfg.filters
@@ -154,10 +166,12 @@ class ASTConfig(_Config):
     depth: int = 2
     dropout: float = 0.0
     padding: str = "zero"
-    phase: bool = False
+    features: tuple = ()  # the feature kinds read (bast/pipeline/featurekinds.py); () = the log power
+    phase: bool = False  # adds the phase to features (--phase, older configs)
     outputs: int = 2  # set by the target (bast/model/targets.py)
 
     def __post_init__(self):
+        _features(self)
         self._positive("n_freq", "n_time", "patch", "stride", "dim", "heads", "mlp_dim", "depth")
         if self.dim % self.heads or self.dim % 2:
             raise ConfigError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
@@ -174,7 +188,7 @@ class AST(nn.Module):
         self.cfg = cfg = cfg or ASTConfig()
         ph, pw = padding_amounts(cfg)
         self.pad = nn.ZeroPad2d((0, pw, ph, 0))
-        self.proj = nn.Conv2d(channels(cfg.phase), cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
+        self.proj = nn.Conv2d(channels(cfg.features), cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
         rows, cols = token_grid(cfg)
         self.pos_embed = SinusoidalPosEmbed(rows * cols, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)

@@ -74,6 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from bast.errors import ConfigError
+from bast.pipeline import featurekinds
 
 INTEGRATIONS = ("add", "sub", "concat")
 POS_EMBEDDINGS = ("sinusoidal", "learned")
@@ -99,11 +100,15 @@ class BASTConfig:
     cls_token: bool = False  # reference code: a class token, included in the mean over tokens
     padding: str = "zero"  # "zero" (paper) | "reflect" (reference code)
     proj_dropout: float = 0.0  # after the attention output projection (reference code: 0.2)
-    # Interaural phase as input (featurize --phase): each ear's patch embedding sees its log
+    # The feature kinds read (bast/pipeline/featurekinds.py; featurize --features): each
+    # ear's patch embedding sees the channels its kinds declare for that ear, e.g. its log
     # power plus the cos and sin of the phase as that ear hears it (the right ear's sine
     # negated), so a left-right mirror of the scene is a swap of the ears.
+    features: tuple = ()
+    # The interaural phase as input (--phase; configs of before feature kinds): adds "phase"
+    # to `features`, and is set whenever `features` holds it.
     phase: bool = False
-    # With phase, average its cos and sin over the clip's frames first (the interaural phase
+    # With phase (any kind declared frame_average), average its cos and sin over the clip's frames first (the interaural phase
     # spectrum of the whole clip, the cue the mlp baseline reads): per-frame phase is noisy,
     # and the tiny BAST did not learn to average it (demo data, test AD: 22.9 deg averaged,
     # 27.4 per frame, 26.3 without phase; docs/performance.md).
@@ -112,6 +117,8 @@ class BASTConfig:
     outputs: int = 2
 
     def __post_init__(self):
+        self.features = featurekinds.model_features(self.features, self.phase)
+        self.phase = "phase" in self.features
         self.integration = self.integration.lower()
         self.pos_embedding = self.pos_embedding.lower()
         self.padding = self.padding.lower()
@@ -211,23 +218,32 @@ class PatchEmbed(nn.Module):
         ph, pw = padding_amounts(cfg)
         pad = (0, pw, ph, 0)  # (left, right, top, bottom): rows before row 0, columns after the last
         self.pad = nn.ReflectionPad2d(pad) if cfg.padding == "reflect" else nn.ZeroPad2d(pad)
-        self.proj = nn.Conv2d(3 if cfg.phase else 1, cfg.dim, kernel_size=cfg.patch, stride=cfg.stride)
+        self.proj = nn.Conv2d(featurekinds.ear_channels(cfg.features), cfg.dim, kernel_size=cfg.patch,
+                              stride=cfg.stride)
         self.grid = token_grid(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.pad(x)).flatten(2).transpose(1, 2)
 
 
-def ears(x: torch.Tensor, phase: bool, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 2, F, T) -> each ear (B, 1, F, T); with phase, (B, 4, F, T) = (power L, power R,
-    cos, sin) -> left (power L, cos, sin) and right (power R, cos, -sin), (B, 3, F, T) each;
-    `average`: cos and sin averaged over the frames, the same in every frame."""
-    if not phase:
+def ears(x: torch.Tensor, features=featurekinds.DEFAULT, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stacked feature kinds `features` (B, C, F, T) -> what each ear's stream sees, the
+    channels each kind declares for that ear (`left`, `right`: channel and sign). The log
+    power alone: (B, 2, F, T) -> each ear (B, 1, F, T); with the phase, (B, 4, F, T) =
+    (power L, power R, cos, sin) -> left (power L, cos, sin) and right (power R, cos, -sin),
+    (B, 3, F, T) each; `average`: the channels of kinds declared `frame_average` (cos and
+    sin) averaged over the frames, the same in every frame."""
+    if tuple(features) == featurekinds.DEFAULT:
         return x[:, 0:1], x[:, 1:2]
-    cos, sin = x[:, 2:3], x[:, 3:4]
-    if average:
-        cos, sin = cos.mean(dim=-1, keepdim=True).expand_as(cos), sin.mean(dim=-1, keepdim=True).expand_as(sin)
-    return torch.cat([x[:, 0:1], cos, sin], dim=1), torch.cat([x[:, 1:2], cos, -sin], dim=1)
+    left, right, at = [], [], 0
+    for kind in featurekinds.kinds(features):
+        part = x[:, at:at + kind.channels]
+        if average and kind.frame_average:
+            part = part.mean(dim=-1, keepdim=True).expand_as(part)
+        for side, out in ((kind.left, left), (kind.right, right)):
+            out.extend(part[:, c:c + 1] if sign > 0 else -part[:, c:c + 1] for c, sign in side)
+        at += kind.channels
+    return torch.cat(left, dim=1), torch.cat(right, dim=1)
 
 
 class ClassToken(nn.Module):
@@ -428,7 +444,7 @@ class BAST(nn.Module):
         to attn_maps["left"], ["right"] and ["center"].
         """
         maps = attn_maps if attn_maps is not None else {}
-        left_ear, right_ear = ears(x, self.cfg.phase, self.cfg.phase_average)
+        left_ear, right_ear = ears(x, self.cfg.features, self.cfg.phase_average)
         left = self.encoder_left(self.embed(left_ear), maps.get("left"))
         right = self.encoder_right(self.embed(right_ear), maps.get("right"))
         return self.encoder_center(self.integrate(left, right), maps.get("center"))

@@ -35,9 +35,10 @@ from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import DataError
 from bast.fileio import sha256_file
 from bast.model.targets import Target, make_target
+from bast.pipeline import featurekinds
 from bast.pipeline.shards import read_manifest
 
-SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (twice that with the phase)
+SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (more with other feature kinds)
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,9 @@ class Selection:
 
     root: Path
     shards: tuple[dict, ...]
-    # Also the interaural phase: samples are then (4, F, T) = (power L, power R, cos, sin).
-    phase: bool = False
+    # The feature kinds read (bast/pipeline/featurekinds.py), stacked as channels in this
+    # order: the log power (power L, power R), then e.g. the phase (cos, sin).
+    features: tuple = featurekinds.DEFAULT
 
     @property
     def samples(self) -> int:
@@ -56,22 +58,22 @@ class Selection:
     @property
     def shape(self) -> tuple[int, int, int]:
         """One sample as the loaders deliver it: (channels, frequencies, frames)."""
-        return (4 if self.phase else 2, *SPEC_SHAPE[1:])
+        return (featurekinds.channels(self.features), *SPEC_SHAPE[1:])
 
     @property
     def sample_bytes(self) -> int:
         return SAMPLE_BYTES * self.shape[0] // SPEC_SHAPE[0]
 
     @classmethod
-    def of(cls, features_dir, split: str, envs="RI", phase: bool = False, heads: str = "",
+    def of(cls, features_dir, split: str, envs="RI", features=featurekinds.DEFAULT, heads: str = "",
            rooms: str = "") -> "Selection":
-        """The shards of `split` in environments `envs`; `heads` / `rooms`, comma-separated
-        names ("" = all), keep only the shards rendered with those heads / in those rooms."""
+        """The shards of `split` in environments `envs`, read as the feature kinds `features`
+        (which the data must hold); `heads` / `rooms`, comma-separated names ("" = all),
+        keep only the shards rendered with those heads / in those rooms."""
         root = Path(features_dir)
         manifest = read_manifest(root, "featurize", "training")
-        if phase and not manifest.get("params", {}).get("phase"):
-            raise DataError(f"{root} holds no interaural phase, which this model reads; featurize with it: "
-                            f"bast-cli featurize {manifest.get('params', {}).get('stage1', 'STAGE1')} OUT --phase")
+        features = featurekinds.normalize(features)
+        featurekinds.require(manifest, features, root)
         wanted = parse_environments(envs)
         shards = tuple(s for s in manifest["shards"] if s["split"] == split and s["env"] in wanted and s["samples"])
         for key, names in (("head", heads), ("room", rooms)):
@@ -82,7 +84,7 @@ class Selection:
                     raise DataError(f"{root}: no {key} named {', '.join(sorted(chosen - known))}; it holds "
                                     f"{', '.join(sorted(k for k in known if k)) or f'no {key} labels (older data)'}")
                 shards = tuple(s for s in shards if s.get(key, "") in chosen)
-        return cls(root, shards, phase)
+        return cls(root, shards, features)
 
     def verify(self) -> "Selection":
         """Check every shard of the selection against the manifest's sha256 (each file once
@@ -93,15 +95,15 @@ class Selection:
         return self
 
 
-def read_shard(path: Path, phase: bool = False) -> dict:
-    """One whole shard: spec (float16) and the labels the trainer and the report use; with
-    `phase`, spec holds the phase's cos and sin as channels 2 and 3.
+def read_shard(path: Path, features=featurekinds.DEFAULT) -> dict:
+    """One whole shard: spec (float16) and the labels the trainer and the report use; spec
+    stacks the feature kinds `features` as channels, in that order (the log power first,
+    then e.g. the phase's cos and sin as channels 2 and 3).
     An unreadable or corrupt shard is a DataError naming the file and how to recover."""
     try:
         with h5py.File(path, "r") as f:
-            spec = f["spec"][()].astype(np.float16, copy=False)
-            if phase:
-                spec = np.concatenate([spec, f["phase"][()].astype(np.float16, copy=False)], axis=1)
+            parts = [f[k.dataset][()].astype(np.float16, copy=False) for k in featurekinds.kinds(features)]
+            spec = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             out = {"spec": spec, "azimuth_deg": f["azimuth_deg"][()].astype(np.float32)}
             # Shards of before the sphere lie on the horizontal plane.
             out["elevation_deg"] = (f["elevation_deg"][()].astype(np.float32) if "elevation_deg" in f
@@ -173,7 +175,7 @@ def verify_shard(path, sha256: str | None) -> None:
 
 
 # Datasets of a shard that are not per-sample labels for the breakdowns.
-_NOT_LABELS = {"spec", "phase", "audio", "azimuth_deg", "elevation_deg", "env", "clip_id", "split", "category"}
+_NOT_LABELS = {"spec", "phase", *(k.dataset for k in featurekinds.FEATURE_KINDS.values()), "audio", "azimuth_deg", "elevation_deg", "env", "clip_id", "split", "category"}
 
 
 def read_extra_labels(path: Path) -> dict[str, np.ndarray]:
@@ -198,7 +200,7 @@ def read_extra_labels(path: Path) -> dict[str, np.ndarray]:
 
 def read_selection(sel: Selection, rank: int = 0, world: int = 1) -> dict:
     """All samples of a selection (rank's share: every world-th shard) concatenated."""
-    parts = [read_shard(sel.root / s["path"], sel.phase) for s in sel.shards[rank::world]]
+    parts = [read_shard(sel.root / s["path"], sel.features) for s in sel.shards[rank::world]]
     if not parts:
         return {"spec": np.zeros((0, *sel.shape), np.float16), "azimuth_deg": np.zeros(0, np.float32),
                 "elevation_deg": np.zeros(0, np.float32),
@@ -215,16 +217,27 @@ def standardize(spec: torch.Tensor) -> torch.Tensor:
     return ((flat - mean) / std).reshape(spec.shape)
 
 
-def model_input(spec: torch.Tensor) -> torch.Tensor:
-    """What a model reads, float32: the log power (channels 0, 1) standardised per sample;
-    the phase's cos and sin (channels 2, 3, when present) as they are, already in [-1, 1]."""
-    if spec.shape[1] == SPEC_SHAPE[0]:
-        return standardize(spec)
-    return torch.cat([standardize(spec[:, :SPEC_SHAPE[0]]), spec[:, SPEC_SHAPE[0]:].float()], dim=1)
+def model_input(spec: torch.Tensor, features=featurekinds.DEFAULT) -> torch.Tensor:
+    """What a model reads, float32, from the stacked feature kinds `features`: each kind
+    declared `standardize` (the log power, channels 0, 1) standardised per sample over its
+    channels jointly; the others (the phase's cos and sin, already in [-1, 1]) as they are."""
+    kinds = featurekinds.kinds(features)
+    if sum(k.channels for k in kinds) != spec.shape[1]:
+        raise DataError(f"{spec.shape[1]} input channels, but the feature kinds {', '.join(features)} make "
+                        f"{sum(k.channels for k in kinds)}")
+    if len(kinds) == 1:
+        return standardize(spec) if kinds[0].standardize else spec.float()
+    parts, at = [], 0
+    for k in kinds:
+        part = spec[:, at:at + k.channels]
+        parts.append(standardize(part) if k.standardize else part.float())
+        at += k.channels
+    return torch.cat(parts, dim=1)
 
 
-def _batch(spec16: torch.Tensor, labels: torch.Tensor, device, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-    x = model_input(spec16.to(device, non_blocking=True))
+def _batch(spec16: torch.Tensor, labels: torch.Tensor, device, target: Target,
+           features=featurekinds.DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
+    x = model_input(spec16.to(device, non_blocking=True), features)
     return x, target.encode(labels.to(device, non_blocking=True))
 
 
@@ -260,10 +273,10 @@ class ResidentData:
         for s in sel.shards:
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
-                part = read_shard(sel.root / s["path"], sel.phase)
+                part = read_shard(sel.root / s["path"], sel.features)
                 for a in range(0, rows.size, _STANDARDISE_CHUNK):  # bounded float32 temporaries
                     chunk = torch.from_numpy(part["spec"][rows[a:a + _STANDARDISE_CHUNK]]).to(self.spec.device)
-                    self.spec[filled + a:filled + a + len(chunk)] = model_input(chunk).to(torch.float16)
+                    self.spec[filled + a:filled + a + len(chunk)] = model_input(chunk, sel.features).to(torch.float16)
                 self.labels[filled:filled + rows.size] = torch.from_numpy(target.labels(part)[rows])
                 filled += rows.size
                 del part
@@ -344,7 +357,7 @@ class StreamingData:
             delivered = 0
             while delivered < needed:
                 for i in order:
-                    part = read_shard(self.sel.root / self.sel.shards[i]["path"], self.sel.phase)
+                    part = read_shard(self.sel.root / self.sel.shards[i]["path"], self.sel.features)
                     part["index"] = np.arange(self.offsets[i], self.offsets[i + 1])
                     part["labels"] = self.target.labels(part)
                     if not _put(out, part, stop):
@@ -404,7 +417,7 @@ class StreamingData:
         torch.index_select(self.buffer, 0, pick, out=spec)
         torch.index_select(self.label_buffer, 0, pick, out=labels)
         if self.copy_stream is None:
-            return _batch(spec, labels, self.device, self.target)
+            return _batch(spec, labels, self.device, self.target, self.sel.features)
         compute = torch.cuda.current_stream(self.device)
         with torch.cuda.stream(self.copy_stream):
             spec_d = spec.to(self.device, non_blocking=True)
@@ -416,7 +429,7 @@ class StreamingData:
         # their memory out again before the compute stream is done with them.
         spec_d.record_stream(compute)
         labels_d.record_stream(compute)
-        return _batch(spec_d, labels_d, self.device, self.target)
+        return _batch(spec_d, labels_d, self.device, self.target, self.sel.features)
 
 
 def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
@@ -457,7 +470,7 @@ class EvalData:
         if self.resident:  # one shard at a time to the device: no host copy of the whole split
             self.parts = []
             for s in self.shards:
-                d = read_shard(sel.root / s["path"], sel.phase)
+                d = read_shard(sel.root / s["path"], sel.features)
                 self.parts.append((torch.from_numpy(d.pop("spec")).to(self.device), d))
 
     def __len__(self) -> int:
@@ -466,10 +479,11 @@ class EvalData:
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """(x, target, labels of the batch as numpy arrays)."""
         parts = self.parts if self.resident else (
-            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.phase)
+            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.features)
                                                           for s in self.shards))
         for spec, labels in parts:
             encoded = torch.from_numpy(self.target.labels(labels))
             for i in range(0, len(encoded), self.batch_size):
-                x, y = _batch(spec[i:i + self.batch_size], encoded[i:i + self.batch_size], self.device, self.target)
+                x, y = _batch(spec[i:i + self.batch_size], encoded[i:i + self.batch_size], self.device, self.target,
+                              self.sel.features)
                 yield x, y, {k: v[i:i + self.batch_size] for k, v in labels.items()}

@@ -153,18 +153,17 @@ def check_window_ms(window_ms: float) -> None:
 def predict_windows(model: torch.nn.Module, windows: np.ndarray, device, batch: int = 256) -> np.ndarray:
     """Model output of each binaural window (W, 2, 8000) at 16 kHz, float32: (W, 2) = (x, y)
     for the paper's target, (W, outputs) for others."""
-    from bast.pipeline.features import spectrogram_and_phase, spectrogram_db
+    from bast.pipeline import featurekinds
+    from bast.pipeline.features import FLOOR_DB
 
     model.eval()
-    phase = bool(getattr(model.cfg, "phase", False))  # a model trained with the interaural phase
+    # The feature kinds the model was trained on, computed by the functions featurize used.
+    kinds = featurekinds.model_features(getattr(model.cfg, "features", ()), bool(getattr(model.cfg, "phase", False)))
     out = np.zeros((len(windows), int(getattr(model.cfg, "outputs", 2))), dtype=np.float32)
     for i in range(0, len(windows), batch):
-        if phase:
-            spec = np.concatenate(spectrogram_and_phase(windows[i:i + batch]), axis=1)
-        else:
-            spec = spectrogram_db(windows[i:i + batch])
+        spec = featurekinds.stacked(kinds, windows[i:i + batch], FLOOR_DB)
         x = torch.from_numpy(spec).to(device)
-        out[i:i + batch] = model(model_input(x)).float().cpu().numpy()
+        out[i:i + batch] = model(model_input(x, kinds)).float().cpu().numpy()
     return out
 
 

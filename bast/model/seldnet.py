@@ -35,7 +35,7 @@ from torch import nn
 
 from bast.conventions import N_FREQ
 from bast.errors import ConfigError
-from bast.model.baselines import _Config, channels
+from bast.model.baselines import _Config, _features, channels
 from bast.model.seld import N_TRACKS, n_label_frames
 
 
@@ -43,7 +43,8 @@ from bast.model.seld import N_TRACKS, n_label_frames
 class SELDnetConfig(_Config):
     classes: int = 13  # DCASE 2023 (STARSS23); set from the data set's class list
     tracks: int = N_TRACKS
-    phase: bool = False
+    features: tuple = ()  # the feature kinds read (bast/pipeline/featurekinds.py); () = the log power
+    phase: bool = False  # adds the phase to features
     n_freq: int = N_FREQ
     filters: int = 64  # nb_cnn2d_filt
     f_pool: tuple = (4, 4, 2)  # f_pool_size: one conv block per entry
@@ -56,6 +57,7 @@ class SELDnetConfig(_Config):
     dropout: float = 0.05
 
     def __post_init__(self):
+        _features(self)
         self.f_pool = tuple(int(p) for p in self.f_pool)
         self._positive("classes", "tracks", "n_freq", "filters", "rnn_size", "rnn_layers", "heads", "fnn_size")
         if not self.f_pool or min(self.f_pool) < 1:
@@ -101,7 +103,7 @@ class SELDnet(nn.Module):
         self.cfg = cfg = cfg or SELDnetConfig()
         self.conv_block_list = nn.ModuleList()
         for k, pool in enumerate(cfg.f_pool):
-            self.conv_block_list.append(ConvBlock(cfg.filters if k else channels(cfg.phase), cfg.filters))
+            self.conv_block_list.append(ConvBlock(cfg.filters if k else channels(cfg.features), cfg.filters))
             self.conv_block_list.append(nn.MaxPool2d((1, pool)))  # (time, frequency); time: see forward
             self.conv_block_list.append(nn.Dropout2d(cfg.dropout))
         self.gru = nn.GRU(cfg.filters * (cfg.n_freq // _prod(cfg.f_pool)), cfg.rnn_size, num_layers=cfg.rnn_layers,

@@ -277,10 +277,10 @@ def _check_same_features(run_dir: Path, features_dir) -> None:
 def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | None = None) -> Splits:
     """The run's selections (checked against the manifest's checksums by rank 0, the others
     waiting), the training loader and the validation set, within one memory budget."""
-    phase = cfg.model.phase  # the interaural phase as input channels (featurize --phase)
-    train_sel = Selection.of(features_dir, "train", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
-    val_sel = Selection.of(features_dir, "val", cfg.train_env, phase, cfg.train_heads, cfg.train_rooms)
-    test_sel = Selection.of(features_dir, "test", cfg.test_env, phase)
+    kinds = cfg.model.features  # the feature kinds read, stacked as input channels (featurize --features)
+    train_sel = Selection.of(features_dir, "train", cfg.train_env, kinds, cfg.train_heads, cfg.train_rooms)
+    val_sel = Selection.of(features_dir, "val", cfg.train_env, kinds, cfg.train_heads, cfg.train_rooms)
+    test_sel = Selection.of(features_dir, "test", cfg.test_env, kinds)
     problem = None
     if ctx.main:  # a corrupt shard: one clear error now, not an h5py traceback later
         try:

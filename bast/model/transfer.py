@@ -19,6 +19,7 @@ from bast.model.evaluate import extra_labels, eval_device, evaluate
 from bast.model.metrics import by_label, load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
 from bast.model.runtime import Context
 from bast.model.targets import target_of
+from bast.pipeline import featurekinds
 from bast.pipeline.shards import read_manifest
 
 # ----------------------------------------------------------------------------- a run on any data set
@@ -142,10 +143,8 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
                         "choose another --split or --env")
     dev = eval_device(device)
     model, cfg = load_model(run_dir, "best", dev)
-    if cfg.model.phase and not manifest.get("params", {}).get("phase"):
-        raise DataError(f"{features_dir} holds no interaural phase, which {run_dir} reads; featurize it with "
-                        "--phase")
-    sel = Selection(features_dir, shards, cfg.model.phase).verify()
+    featurekinds.require(manifest, cfg.model.features, features_dir, str(run_dir))
+    sel = Selection(features_dir, shards, cfg.model.features).verify()
     ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
     data = EvalData(sel, cfg.eval_batch_size, dev, cfg.memory_budget_gb, target=target_of(cfg))
     _, table = evaluate(model, data, ctx)

@@ -1,7 +1,8 @@
 """Stage 2: binaural clips (Stage 1 shards) to log-power spectrograms (Stage 2 shards).
 
-One task per Stage 1 shard: read it whole, compute the 2 x 129 x 61 spectrograms in
-batches (`features.spectrogram_db`), write one Stage 2 shard with the same labels. Same
+One task per Stage 1 shard: read it whole, compute the 2 x 129 x 61 spectrograms (and any
+other feature kinds asked for, bast/pipeline/featurekinds.py) in batches, write one Stage 2
+shard with the same labels. Same
 rules as Stage 1: parameters pinned, finished shards skipped on a re-run, atomic writes,
 one run per directory.
 """
@@ -22,7 +23,8 @@ from bast import __version__, options
 from bast.conventions import CLIP_SAMPLES as SAMPLES
 from bast.conventions import FS, N_FREQ
 from bast.errors import DataError
-from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
+from bast.pipeline import featurekinds
+from bast.pipeline.features import FLOOR_DB, STFT_PARAMS, n_frames
 from bast.pipeline.irs import default_hrir_path
 from bast.pipeline import scenefeatures
 from bast.pipeline.runner import Stage, StageSummary, run_stage
@@ -34,8 +36,7 @@ LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", 
 # others are filled in (`older_defaults`): head = the HRIR file's stem, room = the
 # environment, no noise, elevation 0.
 REQUIRED_LABELS = LABELS[:5]
-PHASE = ("phase (N, 2, 129, frames) float16: cos and sin of the angle of X_left * conj(X_right) per bin and "
-         "frame, from the same STFT; 0 where either ear's bin is at the floor")
+PHASE = featurekinds.PHASE_DESCRIPTION
 STANDARDIZE = "per sample, over all its 2 x 129 x 61 values jointly: (spec - mean) / std"
 
 
@@ -47,7 +48,7 @@ class FeatureTask:
     dtype: str
     floor_db: float
     attrs: tuple = ()
-    phase: bool = False  # also the interaural phase (cos, sin) per bin and frame
+    kinds: tuple = (featurekinds.LOGPOWER,)  # the feature kinds to compute, the log power first
     head: str = ""  # the head label of an older Stage 1 shard that does not record it
 
 
@@ -116,9 +117,7 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
             env_names = json.loads(f.attrs["env_names"]) if "env_names" in f.attrs else []
             labels.update({k: v for k, v in older_defaults(labels["env"], env_names, task.head).items()
                            if k not in labels})
-        spec = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=task.dtype)
-        # cos and sin in [-1, 1]: float16 keeps them to 5e-4
-        phase = np.empty((n, 2, N_FREQ, n_frames(SAMPLES)), dtype=np.float16) if task.phase else None
+        out = {k.name: np.empty((n, *k.shape(SAMPLES)), dtype=k.dtype or task.dtype) for k in task.kinds}
         finite = np.ones(n, dtype=bool)
         for i in range(0, n, block):
             audio = f["audio"][i:i + block]
@@ -126,15 +125,13 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
             if not ok.all():  # such a sample is dropped below; zeros keep the batch computable
                 finite[i:i + block] = ok
                 audio[~ok] = 0.0
-            if task.phase:
-                spec[i:i + block], phase[i:i + block] = spectrogram_and_phase(audio, task.floor_db)
-            else:
-                spec[i:i + block] = spectrogram_db(audio, task.floor_db)
+            for name, values in _compute(task.kinds, audio, task.floor_db).items():
+                out[name][i:i + block] = values
         attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split", "head", "room") if k in f.attrs}
     failures = [{"clip_id": labels["clip_id"][i], "azimuth_deg": float(labels["azimuth_deg"][i]),
                  "path": task.source, "reason": "non-finite audio samples"} for i in np.flatnonzero(~finite)]
     keep = finite if failures else slice(None)
-    arrays = {"spec": spec[keep], **({"phase": phase[keep]} if task.phase else {}),
+    arrays = {**{k.dataset: out[k.name][keep] for k in task.kinds},
               **{k: v[keep] for k, v in labels.items()}}
     attrs.update(dict(task.attrs))
     first = lambda k: str(labels[k][0]) if n else ""  # noqa: E731
@@ -142,6 +139,13 @@ def run_task(task: FeatureTask, block: int = 256) -> list[ShardInfo]:
                      env=attrs.get("environment", ""), samples=int(arrays["spec"].shape[0]), clips=0, sha256="",
                      failures=failures, seconds=time.perf_counter() - t0, head=first("head"), room=first("room"))
     return [write_shard(Path(task.out_dir), info, arrays, attrs)]
+
+
+def _compute(kinds, audio, floor_db: float) -> dict:
+    """Each kind of a batch, by the kinds' own compute functions (the task carries the
+    declarations, so that a kind registered in the caller's process reaches the workers)."""
+    scratch: dict = {}
+    return {k.name: k.compute(audio, floor_db, scratch) for k in sorted(kinds, key=lambda k: k.name == "logpower")}
 
 
 def older_defaults(env: np.ndarray, env_names: list, head: str) -> dict:
@@ -175,16 +179,20 @@ def stage1_head(manifest: dict) -> str:
 
 
 def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
-              client=None,
+              features=None, client=None,
               overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
               on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
-    """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable."""
+    """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable. `features`:
+    the feature kinds (names, or a comma-separated string; default the log power);
+    `phase` adds the interaural phase."""
     if dtype not in ("float16", "float32"):
         raise StageError(f"dtype {dtype!r}: choose float16 or float32")
     options.number(floor_db, "floor_db", hi=0, unit="dB")
+    names = featurekinds.parse(features if isinstance(features, str) or features is None else ",".join(features),
+                               phase)
     options.output_dir(out_dir, "OUT", inputs=[("the Stage 1 folder", stage1_dir)], owned=OWNED)
     if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
-        return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, phase=phase,
+        return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, features=names,
                                               client=client, overwrite=overwrite, on_start=on_start,
                                               on_shard=on_shard)
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
@@ -202,12 +210,16 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
         "seed": manifest.get("seed"),
         "bast_version": __version__,
     }
-    if phase:  # only then, so that outputs without it stay byte for byte what they were
+    # Recorded only when held, so that outputs of the log power alone (or with the phase)
+    # stay byte for byte what they were before feature kinds.
+    if "phase" in names:
         params["phase"] = PHASE
+    if set(names) - {"logpower", "phase"}:
+        params["features"] = {n: featurekinds.get(n).record(SAMPLES, dtype) for n in names}
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     head = stage1_head(manifest)
     tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
-                         tuple(sorted(attrs.items())), phase, head) for s in manifest["shards"]]
+                         tuple(sorted(attrs.items())), featurekinds.kinds(names), head) for s in manifest["shards"]]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
     carried = {"directions": manifest_directions(manifest), "categories": stage1_categories(stage1_dir, manifest)}
     stage = Stage(
@@ -218,9 +230,10 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
             "samples_failed": len(summary.failures),
             "spec_shape": [2, N_FREQ, n_frames(SAMPLES)],
             "spec_dtype": dtype,
-            **({"phase_shape": [2, N_FREQ, n_frames(SAMPLES)], "phase": PHASE} if phase else {}),
+            **({"phase_shape": [2, N_FREQ, n_frames(SAMPLES)], "phase": PHASE} if "phase" in names else {}),
             "standardize": STANDARDIZE,
             "stage1_totals": manifest.get("totals", {}),
         },
-        manifest_keys=lambda summary, shards: carried)
+        manifest_keys=lambda summary, shards: {
+            **carried, "features": [featurekinds.get(n).record(SAMPLES, dtype) for n in names]})
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)

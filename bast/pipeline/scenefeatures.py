@@ -24,7 +24,8 @@ import numpy as np
 
 from bast import __version__
 from bast.conventions import FS, N_FRAMES, N_FREQ
-from bast.pipeline.features import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames, spectrogram_and_phase, spectrogram_db
+from bast.pipeline import featurekinds
+from bast.pipeline.features import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.scenemodel import LABEL_SAMPLES
 from bast.pipeline.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
@@ -102,7 +103,7 @@ class SceneFeatureTask:
     floor_db: float
     slots: int
     attrs: tuple = ()
-    phase: bool = False
+    kinds: tuple = (featurekinds.LOGPOWER,)  # the feature kinds to compute, the log power first
 
 
 def run_task(task: SceneFeatureTask) -> list[ShardInfo]:
@@ -113,24 +114,22 @@ def run_task(task: SceneFeatureTask) -> list[ShardInfo]:
         frames = n_frames(samples)
         copied = {k: (f[k].asstr()[()] if f[k].dtype.kind == "O" else f[k][()])
                   for k in f if k != "audio"}
-        spec = np.empty((n, 2, N_FREQ, frames), dtype=task.dtype)
-        phase = np.empty((n, 2, N_FREQ, frames), dtype=np.float16) if task.phase else None
+        out = {k.name: np.empty((n, k.channels, N_FREQ, frames), dtype=k.dtype or task.dtype) for k in task.kinds}
         tracks: dict[str, list] = {}
         for i in range(n):
             audio = f["audio"][i]
             if not np.isfinite(audio).all():
                 raise StageError(f"{task.source}: scene {copied['scene_id'][i]} has non-finite samples")
-            if task.phase:
-                spec[i], phase[i] = spectrogram_and_phase(audio, task.floor_db)
-            else:
-                spec[i] = spectrogram_db(audio, task.floor_db)
+            scratch: dict = {}
+            for k in sorted(task.kinds, key=lambda k: k.name == "logpower"):  # the log power last (featurekinds)
+                out[k.name][i] = k.compute(audio[None], task.floor_db, scratch)[0]
             rows = copied["labels"][copied["label_offsets"][i]:copied["label_offsets"][i + 1]]
             for k, v in frame_tracks(rows, frames, task.slots).items():
                 tracks.setdefault(k, []).append(v)
         attrs = {k: f.attrs[k] for k in ("env_names", "environment", "split", "head", "room", "categories",
                                           "label_columns", "label_hop_s") if k in f.attrs}
     empty = {"track_category": np.int16, "track_index": np.int16}
-    arrays = {"spec": spec, **({"phase": phase} if task.phase else {}),
+    arrays = {**{k.dataset: out[k.name] for k in task.kinds},
               **{k: np.stack(v) if v else np.zeros((0, frames, task.slots), dtype=empty.get(k, np.float32))
                  for k, v in tracks.items()},
               **copied}
@@ -167,10 +166,10 @@ def read_scene_stage1(stage1_dir) -> dict:
     return manifest
 
 
-def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float, phase: bool = False,
+def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float, features=("logpower",),
                      client=None, overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
                      on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
-    """Stage 2 shards (spec, optional phase, label tracks, the Stage 1 labels) of a scenes
+    """Stage 2 shards (spec, the other feature kinds of `features`, label tracks, the Stage 1 labels) of a scenes
     output; resumable, like `featurize`."""
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
     manifest = read_scene_stage1(stage1_dir)
@@ -189,11 +188,15 @@ def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: f
         "seed": manifest.get("seed"),
         "bast_version": __version__,
     }
-    if phase:
+    names = featurekinds.normalize(features)
+    samples = int(round(p1["duration_s"] * FS))
+    if "phase" in names:  # as before feature kinds, so that such outputs stay what they were
         params["phase"] = "cos and sin of the angle of X_left * conj(X_right), float16, as for clips"
+    if set(names) - {"logpower", "phase"}:
+        params["features"] = {n: featurekinds.get(n).record(samples, dtype) for n in names}
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     tasks = [SceneFeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db, slots,
-                              tuple(sorted(attrs.items())), phase) for s in manifest["shards"]]
+                              tuple(sorted(attrs.items())), featurekinds.kinds(names)) for s in manifest["shards"]]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
     totals = manifest.get("totals", {})
     stage = Stage(
@@ -202,10 +205,11 @@ def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: f
         describe=lambda t: f"scene shard {t.index} ({Path(t.source).name})",
         manifest_extra=lambda summary, shards: {
             "scenes": True, "spec_shape": [2, N_FREQ, frames], "spec_dtype": dtype,
-            **({"phase_shape": [2, N_FREQ, frames]} if phase else {}),
+            **({"phase_shape": [2, N_FREQ, frames]} if "phase" in names else {}),
             "categories": totals.get("categories", []), "label_hop_s": totals.get("label_hop_s"),
             "label_columns": totals.get("label_columns"), "track_slots": slots, "tracks": TRACKS,
             "window_frames": N_FRAMES, "stage1_totals": totals,
         },
+        manifest_keys=lambda summary, shards: {"features": [featurekinds.get(n).record(samples, dtype) for n in names]},
         key_prefix="bast-featurize-scenes")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)

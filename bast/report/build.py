@@ -49,8 +49,17 @@ class Run:
         return self.config.get("arch", "bast")
 
     @property
+    def features(self) -> tuple[str, ...]:
+        """The feature kinds the run read (older runs: the log power, and the phase when set)."""
+        model = self.config["model"]
+        names = list(model.get("features") or ("logpower",))
+        if model.get("phase") and "phase" not in names:
+            names.append("phase")
+        return tuple(names)
+
+    @property
     def phase(self) -> bool:
-        return bool(self.config["model"].get("phase", False))
+        return "phase" in self.features
 
     @property
     def train_minutes(self) -> float:
@@ -82,7 +91,7 @@ class Run:
         model = f"{self.mode}-{self.integration.upper()}" if self.arch == "bast" else self.mode
         target = self.config.get("target", "azimuth")
         task = "" if target == "azimuth" else f" -> {target}"
-        return f"{model}-{self.loss.upper()}{'+phase' if self.phase else ''}{task}{env} ({self.name})"
+        return f"{model}-{self.loss.upper()}{''.join(f'+{k}' for k in self.features if k != 'logpower')}{task}{env} ({self.name})"
 
 
 def load_run(path, device: str = "cpu") -> Run:
@@ -106,7 +115,7 @@ def _evaluate(path: Path, config: dict, device: str) -> None:
     if not (path / "checkpoints" / "best.pt").exists():
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
     cfg = TrainConfig.from_dict(config)
-    evaluate.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.phase), cfg,
+    evaluate.final_test(path, Selection.of(config["features_dir"], "test", cfg.test_env, cfg.model.features), cfg,
                   Context(device=evaluate.eval_device(device), amp_dtype=None))
 
 
@@ -241,7 +250,7 @@ def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
         else:
             paper = PAPER_BASELINES.get(({"cnn": "CNN", "ast": "FAViT"}.get(r.arch, ""), r.loss, None))
         quoted = (f"{paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper[1] is not None else "")) if paper else ""
-        values = [r.label, r.arch, "power + phase" if r.phase else "power", r.loss,
+        values = [r.label, r.arch, " + ".join("power" if k == "logpower" else k for k in r.features), r.loss,
                   r.config.get("parameters", 0), len(r.metrics), r.train_minutes, r.test["ad_deg"], r.test["mse"]]
         csv_rows.append(values + [paper[0] if paper else "", paper[1] if paper and paper[1] is not None else ""])
         rows.append(values[:4] + [f"{values[4]:,}", str(values[5]), f"{values[6]:.1f}", f"{values[7]:.2f}",
@@ -433,7 +442,7 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     from bast.report import rollout
 
     model, cfg = load_model(run.path, "best", device)
-    sel = Selection.of(run.config["features_dir"], "test", cfg.test_env, cfg.model.phase)
+    sel = Selection.of(run.config["features_dir"], "test", cfg.test_env, cfg.model.features)
     chosen = _pick_samples(run.pred, n)
     offsets = np.cumsum([0] + [s["samples"] for s in sel.shards])
     geometry = rollout.fold_geometry(model.cfg)
@@ -441,10 +450,10 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     parts = []
     for number, row in enumerate(chosen):
         k = int(np.searchsorted(offsets, row, side="right") - 1)
-        shard = read_shard(sel.root / sel.shards[k]["path"], sel.phase)
+        shard = read_shard(sel.root / sel.shards[k]["path"], sel.features)
         spec = torch.from_numpy(shard["spec"][row - offsets[k]].astype(np.float32))[None]
         with torch.no_grad():
-            pred, attn = model(model_input(spec).to(device), return_attention=True)
+            pred, attn = model(model_input(spec, sel.features).to(device), return_attention=True)
         rolled = rollout.bast_rollout(attn)
         maps = {enc: rollout.fold_to_spectrogram(rollout.token_importance(rolled[enc][-1][0], cls), **geometry)
                 for enc in ("left", "right", "center")}
