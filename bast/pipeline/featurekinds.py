@@ -155,6 +155,15 @@ def require(manifest: dict, names, where, reader: str = "this model") -> None:
                             f"bast-cli featurize {stage1} OUT --features {wanted}")
 
 
+def manifest_entry(names, samples: int, dtype: str) -> dict:
+    """The Stage 2 manifest's `features`: every kind held, with its dataset, shape and
+    parameters; nothing for the log power alone, which is what a manifest without the key
+    holds (`manifest_features`), so that such outputs stay what they were before kinds."""
+    if tuple(names) == DEFAULT:
+        return {}
+    return {"features": [get(n).record(samples, dtype) for n in names]}
+
+
 def compute(names, audio, floor_db: float) -> dict[str, np.ndarray]:
     """Every kind of `names` for binaural audio (B, 2, samples): {name: (B, C, 129, frames)}.
     The log power is computed last, so that a kind from the same STFT can hand it over."""

@@ -234,6 +234,5 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
             "standardize": STANDARDIZE,
             "stage1_totals": manifest.get("totals", {}),
         },
-        manifest_keys=lambda summary, shards: {
-            **carried, "features": [featurekinds.get(n).record(SAMPLES, dtype) for n in names]})
+        manifest_keys=lambda summary, shards: {**carried, **featurekinds.manifest_entry(names, SAMPLES, dtype)})
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)

@@ -210,6 +210,6 @@ def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: f
             "label_columns": totals.get("label_columns"), "track_slots": slots, "tracks": TRACKS,
             "window_frames": N_FRAMES, "stage1_totals": totals,
         },
-        manifest_keys=lambda summary, shards: {"features": [featurekinds.get(n).record(samples, dtype) for n in names]},
+        manifest_keys=lambda summary, shards: featurekinds.manifest_entry(names, samples, dtype),
         key_prefix="bast-featurize-scenes")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
