@@ -1,8 +1,9 @@
 """Baselines beside BAST, trained and scored the same way (`bast-cli train --model NAME`).
 
 All take what BAST takes: standardised log-power spectrograms (B, 2, 129, 61), channel 0
-the left ear; with `phase`, two more channels, the cos and sin of the interaural phase
-(featurize --phase). All return (B, 2) = (x, y), no activation.
+the left ear; then the channels of the other feature kinds of `features`
+(bast/pipeline/featurekinds.py), e.g. the cos and sin of the interaural phase (featurize
+--phase). All return (B, 2) = (x, y), no activation.
 
 - `mlp`: the feed-forward localizer of Tang et al. (2022) on interaural features: per
   frequency band, each ear's log power, the interaural level difference and (with phase)

@@ -1,7 +1,8 @@
 """The models `bast-cli train --model NAME` can train, their configurations and presets.
 
-Every model takes standardised spectrograms (B, 2, 129, 61), plus the interaural phase as
-two more channels when its config says `phase=True`, and returns (B, 2) = (x, y). They
+Every model takes standardised spectrograms (B, 2, 129, 61), plus the channels of the other
+feature kinds its config's `features` names (bast/pipeline/featurekinds.py: the interaural
+phase adds two; `phase=True` is short for it), and returns (B, 2) = (x, y). They
 share the loader, losses, checkpoints, resume, evaluation and report.
 """
 
