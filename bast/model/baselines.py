@@ -157,7 +157,7 @@ class ASTConfig(_Config):
     # The encoder, as BAST's (BASTConfig): vit, swin or mamba, and their settings.
     backbone: str = "vit"
     window: int = 7
-    expand: int = 1
+    expand: float = 0.5
     d_state: int = 8
     d_conv: int = 3
 

@@ -115,7 +115,9 @@ class BASTConfig:
     # Embedding, integration and head are the same for all three.
     backbone: str = "vit"
     window: int = 7  # swin: window side in patches (the fork's and Swin's 7)
-    expand: int = 1  # mamba: inner width = expand * token width (MambaVision's mixer, as the fork: 1)
+    # mamba: each scan's width = expand * token width; 0.5 is MambaVision's mixer (as the fork
+    # uses it): a D-wide input projection split into x and z halves, out_proj D/2 -> D
+    expand: float = 0.5
     d_state: int = 8  # mamba: state size N per channel (MambaVision: 8)
     d_conv: int = 3  # mamba: causal depthwise convolution width (MambaVision: 3)
 
@@ -169,15 +171,17 @@ def check_backbone(cfg) -> None:
     """The backbone settings of a BAST or ast config, refused by name when out of range."""
     if cfg.backbone not in BACKBONES:
         raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, not {cfg.backbone!r}")
-    for name in ("window", "expand", "d_state", "d_conv"):
+    for name in ("window", "d_state", "d_conv"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be positive, not {getattr(cfg, name)!r}")
+    if int(cfg.expand * cfg.dim) < 1:
+        raise ConfigError(f"expand must be positive, not {cfg.expand!r}")
     if cfg.backbone != "vit" and getattr(cfg, "cls_token", False):
         raise ConfigError(f"cls_token needs the vit backbone: the {cfg.backbone} encoder works on the patch grid")
 
 
 def make_encoder(backbone: str, width: int, *, depth: int, heads: int, head_dim: int, mlp_dim: int, drop: float,
-                 proj_drop: float, grid: tuple[int, int], window: int, expand: int, d_state: int, d_conv: int,
+                 proj_drop: float, grid: tuple[int, int], window: int, expand: float, d_state: int, d_conv: int,
                  first_shifted: bool = False) -> nn.Module:
     """TE-L, TE-R or TE-C at token width `width`: (B, tokens, width) -> (B, tokens, width).
     `first_shifted` (swin): this encoder continues a path whose last block was unshifted."""

@@ -116,9 +116,9 @@ class SelectiveSSM(nn.Module):
 class BiMamba(nn.Module):
     """Vision Mamba's bidirectional mixer: (B, L, dim) -> (B, L, dim)."""
 
-    def __init__(self, dim: int, expand: int, d_state: int, d_conv: int):
+    def __init__(self, dim: int, expand: float, d_state: int, d_conv: int):
         super().__init__()
-        d_inner = expand * dim
+        d_inner = int(expand * dim)
         dt_rank = math.ceil(dim / 16)
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         self.ssm_forward = SelectiveSSM(d_inner, d_state, d_conv, dt_rank)
@@ -136,7 +136,7 @@ class BiMamba(nn.Module):
 class MambaBlock(nn.Module):
     """Pre-norm: x + BiMamba(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, mlp_dim: int, drop: float, expand: int, d_state: int, d_conv: int):
+    def __init__(self, dim: int, mlp_dim: int, drop: float, expand: float, d_state: int, d_conv: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.mixer = BiMamba(dim, expand, d_state, d_conv)
@@ -151,7 +151,7 @@ class MambaBlock(nn.Module):
 class MambaEncoder(nn.Module):
     """`depth` bidirectional Mamba blocks over the token sequence; no final LayerNorm."""
 
-    def __init__(self, dim: int, depth: int, mlp_dim: int, drop: float, expand: int, d_state: int, d_conv: int):
+    def __init__(self, dim: int, depth: int, mlp_dim: int, drop: float, expand: float, d_state: int, d_conv: int):
         super().__init__()
         _pscan()  # a missing mambapy is one clear error when the model is built
         self.blocks = nn.ModuleList(MambaBlock(dim, mlp_dim, drop, expand, d_state, d_conv) for _ in range(depth))
