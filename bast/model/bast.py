@@ -13,6 +13,11 @@ the two ears have their own encoder. Integration works on the token sequences: A
 SUB = L - R (as the reference code computes it), CONCAT joins them on the feature axis so TE-C
 and the head work at width 2D.
 
+The encoder is the `backbone` (docs/train.md): "vit", the paper's blocks below (the
+default; every count below is its), "swin" (shifted-window attention over the patch grid,
+bast/model/swin.py) or "mamba" (bidirectional selective state spaces over the patch
+sequence, bast/model/mamba.py). Embedding, integration, SP/NSP and head do not change.
+
 Two configurations matter:
 
 * the paper's (the `BASTConfig` defaults): fixed sinusoidal 1-D position embedding, no
