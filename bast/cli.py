@@ -379,6 +379,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase).")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category. docs/sphere.md.")] = None,
     task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
@@ -411,7 +412,7 @@ def train(
     from bast.model.config import preset as make_preset
     from bast.model.train import train as run
 
-    given = {"arch": model, "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+    given = {"arch": model, "backbone": backbone, "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
