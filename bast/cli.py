@@ -222,7 +222,7 @@ def scenes(
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     small = cluster.small_job("scenes", renders, workers, scheduler)
     with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering scenes") as progress:
-        progress.console.print(f"running {cluster.describe(client)}"
+        progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {renders:,} scene renders; --workers N starts a cluster)" if small else ""))
         summary = render_scenes(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
                                 on_start=progress.on_start, on_shard=progress.on_shard)

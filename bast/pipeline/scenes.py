@@ -39,7 +39,7 @@ from bast.pipeline import noise as noise_mod
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec
 from bast.pipeline.moving import nearest_directions, render
-from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, describe as describe_room
+from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, room_record
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
                                       scene_counts)
@@ -431,7 +431,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
                 "heads": {label: {"path": path, "listener": irs_listener(path),
                                   "test_only": label in the_layout.test_heads}
                           for label, path in the_layout.heads.items()},
-                "rooms": {label: ({"simulated": describe_room(r), "test_only": label in the_layout.test_rooms}
+                "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
                                   if isinstance(r, HallSpec) else {"measured": r})
                           for label, r in the_layout.rooms.items()},
                 "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None
