@@ -45,7 +45,7 @@ from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_ev
                                       scene_counts)
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa
-from bast.pipeline.spatialize import Condition, SpatializeConfig, _write_irs, assign_splits, irs_listener, layout
+from bast.pipeline.spatialize import Condition, SpatializeConfig, write_irs, assign_splits, irs_listener, layout
 from bast.sphere import great_circle_deg
 
 STAGE = "scenes"
@@ -415,7 +415,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     out_dir = Path(out_dir)
 
     def plan_tasks(out_dir: Path) -> list[SceneTask]:
-        ir_paths.update(_write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, irs))
         attrs = {"stage": STAGE, "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True), "categories": json.dumps(list(categories)),
                  "label_columns": json.dumps(list(LABEL_COLUMNS)), "label_hop_s": LABEL_HOP_S}
