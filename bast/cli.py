@@ -165,8 +165,9 @@ def scenes(
     events: Annotated[str, typer.Option(help="Events drawn per scene, N or LO:HI (fewer when they do not fit).")] = "2:8",
     max_event: Annotated[float, typer.Option(help="Longest event in seconds: a longer sound is cut to its loudest window.")] = 2.0,
     azimuths: Annotated[str, typer.Option(help="Azimuths of the grid (still sources; moving ones start there): start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
-    elevations: Annotated[Optional[str], typer.Option(help="Elevations of the grid: start:stop:step or a list (default 0).")] = None,
-    directions: Annotated[Optional[str], typer.Option(help="The grid as azimuth/elevation pairs, e.g. 0/0,90/30 (replaces --azimuths/--elevations).")] = None,
+    elevations: Annotated[str, typer.Option(help="Elevations in degrees (90 = up): a list (-30,0,30) or LO:HI:STEP (HI included), crossed with --azimuths; with --directions all, LO:HI limits them. As in spatialize: docs/sphere.md.")] = "0",
+    directions: Annotated[Optional[str], typer.Option(help="'all': every direction the (first) head measured; or a CSV file with columns azimuth,elevation. Replaces the --azimuths x --elevations grid.")] = None,
+    interpolate: Annotated[bool, typer.Option("--interpolate", help="HRIRs interpolated at the sources' directions, moving ones along their path (else the nearest measured direction). docs/scenes.md.")] = False,
     moving: Annotated[float, typer.Option(help="Share of events that move (0-1).")] = 0.0,
     speed: Annotated[str, typer.Option(help="Speed of moving events in deg/s, V or LO:HI.")] = "10:60",
     test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
@@ -204,20 +205,21 @@ def scenes(
     from bast.errors import ConfigError
     from bast.pipeline import cluster
     from bast.pipeline.clips import ClipPolicy
-    from bast.pipeline.irs import parse_environments, sofa_files
+    from bast.pipeline.irs import parse_direction_options, parse_environments, sofa_files
     from bast.pipeline.noise import parse_snr
-    from bast.pipeline.scenemodel import parse_directions
     from bast.pipeline.scenes import ScenesConfig, render_scenes
     from bast.pipeline.spatialize import layout
 
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
+    heads = sofa_files(hrir, "--hrir") or None
     config = ScenesConfig(
         count=count, duration_s=duration, max_overlap=max_overlap, events=events, max_event_s=max_event,
-        directions=parse_directions(azimuths, elevations, directions), moving=moving, speed=speed,
+        directions=parse_direction_options(azimuths, elevations, directions, heads[0] if heads else None),
+        interpolate=interpolate, moving=moving, speed=speed,
         environments=parse_environments(env), policy=ClipPolicy(min_ms=min_ms, normalize=normalize),
         seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, scenes_per_shard=scenes_per_shard,
-        hrir=sofa_files(hrir, "--hrir") or None, brir=sofa_files(brir, "--brir") or None,
+        hrir=heads, brir=sofa_files(brir, "--brir") or None,
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
         tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
     )
@@ -389,6 +391,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
     kinds: Annotated[Optional[str], typer.Option("--features", help="Feature kinds the model reads, comma-separated (the data must hold them): logpower (default), phase; docs/featurize.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase): short for --features logpower,phase.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category. docs/sphere.md.")] = None,
@@ -422,7 +425,7 @@ def train(
     from bast.model.config import preset as make_preset
     from bast.model.train import train as run
 
-    given = {"arch": model, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
+    given = {"arch": model, "backbone": backbone, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,

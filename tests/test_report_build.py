@@ -57,7 +57,7 @@ def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
     cfg = preset("tiny", dim=32, heads=4, mlp_dim=64, stride=12, batch_size=16, warmup_steps=5, device="cpu",
                  epochs=1)
     test = train(tmp_path / "s2", tmp_path / "run", cfg)
-    assert test["labels"] == ["elevation_deg", "head", "room", "snr_db"]
+    assert test["labels"] == ["head", "room", "snr_db"]
     assert set(test["by_room"]) == {"anechoic", "hall"}
     assert sum(v["n"] for v in test["by_room"].values()) == test["n"]
     snr = test["by_snr_db"]

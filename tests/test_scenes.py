@@ -18,14 +18,15 @@ from scipy.signal import fftconvolve
 from typer.testing import CliRunner
 
 from bast.cli import app
+from bast.errors import ConfigError
 from bast.corpora.procedural import DefaultCorpus
 from bast.pipeline import dcase
 from bast.pipeline.features import spectrogram_and_phase, spectrogram_db
 from bast.pipeline.featurize import featurize
-from bast.pipeline.irs import load_hrirs
+from bast.pipeline.irs import load_hrirs, parse_direction_options
 from bast.pipeline.moving import BLOCK, Trajectory, nearest_directions, render, render_naive, segments
 from bast.pipeline.scenefeatures import cut_window, stft_label_frames
-from bast.pipeline.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, parse_directions, scene_counts
+from bast.pipeline.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, scene_counts
 from bast.pipeline.scenes import ScenesConfig, mix, render_scenes
 from bast.sphere import great_circle_deg
 
@@ -34,8 +35,7 @@ FS = 16000
 
 @pytest.fixture(scope="module")
 def kemar():
-    h = load_hrirs()
-    return h, h.directions()
+    return load_hrirs()
 
 
 def itd_ms(left: np.ndarray, right: np.ndarray, max_lag: int = 16) -> float:
@@ -61,12 +61,12 @@ def test_white_noise_moving_from_left_through_front_to_right_follows_its_labels(
     """90 deg -> 0 -> 270 deg in 3 s (60 deg/s) in the anechoic KEMAR: the ITD measured by
     cross-correlation in 50 ms windows follows the ITD of the HRIRs at the labelled
     direction, and no sample step exceeds what the same noise has through the head standing still."""
-    irs, dirs = kemar
+    irs = kemar
     n = 3 * FS
     dry = np.random.default_rng(0).standard_normal(n) * 0.1
     event = Event("noise", "white_noise", 0, n, Trajectory(90.0, 0.0, -60.0, 0.0))
-    scene = mix([event], {"noise": dry}.__getitem__, irs.ir, dirs, n)
-    rows = label_rows([event], {"white_noise": 0}, n, directions=dirs, distances=irs.distance_m)
+    scene = mix([event], {"noise": dry}.__getitem__, irs, n)
+    rows = label_rows([event], {"white_noise": 0}, n, irs=irs)
     assert rows[0, 3] == pytest.approx(87.0) and rows[-1, 3] == pytest.approx(273.0)  # frame centres
     assert np.all(rows[:, 5] == pytest.approx(1.4))
     hrir_itd = {}
@@ -75,7 +75,7 @@ def test_white_noise_moving_from_left_through_front_to_right_follows_its_labels(
     for start in range(0, n - win + 1, win):
         frame = (start + win // 2) // LABEL_SAMPLES
         az, el = rows[rows[:, 0] == frame][0, 3:5]
-        g = int(nearest_directions(dirs, az, el))
+        g = int(nearest_directions(irs, az, el)[0])
         if g not in hrir_itd:
             hrir_itd[g] = itd_ms(*irs.ir[g].astype(float), max_lag=20)
         measured.append(itd_ms(scene[0, start:start + win], scene[1, start:start + win]))
@@ -84,7 +84,7 @@ def test_white_noise_moving_from_left_through_front_to_right_follows_its_labels(
     assert measured[0] > 0.55 and measured[-1] < -0.55  # left ear leads at 90 deg, right ear at 270
     assert np.abs(measured - expected).max() < 0.1  # ms: under 2 samples, while the ITD swings 1.4 ms
     assert np.corrcoef(measured, expected)[0, 1] > 0.99
-    passed = sorted({g for *_, g in segments(n, event.trajectory, dirs)})
+    passed = sorted({g for *_, g in segments(n, event.trajectory, irs)[0]})
     still = max(max_step(np.stack([fftconvolve(dry, irs.ir[g, c])[:n] for c in (0, 1)])).max() for g in passed)
     assert max_step(scene).max() <= still
 
@@ -93,11 +93,11 @@ def _tone(n: int) -> np.ndarray:
     return 0.1 * np.sin(2 * np.pi * 200.0 * np.arange(n) / FS)
 
 
-def _switched(dry, trajectory, irs, dirs, n):
+def _switched(dry, trajectory, irs, n):
     """The click-prone way: the output of one still render switched to the next at each
     change of direction."""
     out = np.zeros((2, n))
-    runs = segments(n, trajectory, dirs)
+    runs, irs = segments(n, trajectory, irs)
     for k, (a, b, g) in enumerate(runs):
         full = np.stack([fftconvolve(dry, irs[g, c])[:n] for c in (0, 1)])
         lo = 0 if k == 0 else max(a + BLOCK // 2, 0)
@@ -111,28 +111,78 @@ def test_a_moving_tone_has_no_click_where_switching_outputs_would(room, kemar, h
     """A 200 Hz tone moving at 90 deg/s: its largest sample step stays within the largest
     step of the tone rendered still at any direction it passes; switching between still
     renders instead breaks that bound (so the check can fail)."""
-    irs, dirs = kemar if room == "anechoic" else (hall_bank, hall_bank.directions())
+    irs = kemar if room == "anechoic" else hall_bank
     n = FS
     dry = _tone(n)
     trajectory = Trajectory(80.0, 0.0, 90.0, 0.0)
-    y = render(dry, trajectory, irs.ir, dirs, n)
-    passed = sorted({g for *_, g in segments(n, trajectory, dirs)})
+    y = render(dry, trajectory, irs, n)
+    passed = sorted({g for *_, g in segments(n, trajectory, irs)[0]})
     assert len(passed) >= 8
     still = max(max_step(np.stack([fftconvolve(dry, irs.ir[g, c])[:n] for c in (0, 1)])[:, 2000:]).max()
                 for g in passed)
     assert max_step(y[:, 2000:]).max() <= still * 1.05
-    assert max_step(_switched(dry, trajectory, irs.ir, dirs, n)[:, 2000:]).max() > still * 1.5
+    assert max_step(_switched(dry, trajectory, irs, n)[:, 2000:]).max() > still * 1.5
 
 
 def test_grouped_rendering_equals_block_by_block_and_still_equals_convolution(kemar):
-    irs, dirs = kemar
+    irs = kemar
     dry = np.random.default_rng(1).standard_normal(9000)
     moving = Trajectory(10.0, 0.0, -120.0, 0.0)
-    np.testing.assert_allclose(render(dry, moving, irs.ir, dirs), render_naive(dry, moving, irs.ir, dirs), atol=1e-10)
-    g = int(nearest_directions(dirs, 30.0, 0.0))
-    still = render(dry, Trajectory(30.0), irs.ir, dirs)
+    np.testing.assert_allclose(render(dry, moving, irs), render_naive(dry, moving, irs), atol=1e-10)
+    g = int(nearest_directions(irs, 30.0, 0.0)[0])
+    still = render(dry, Trajectory(30.0), irs)
     np.testing.assert_allclose(still, np.stack([fftconvolve(dry, irs.ir[g, c].astype(float)) for c in (0, 1)]),
                                atol=1e-9)
+
+
+def test_interpolated_hrirs_move_a_source_in_finer_steps_than_the_measured_grid(kemar):
+    """A click every 100 ms moving 20 -> 50 deg at 10 deg/s: heard through the nearest
+    measured HRIR, the ITD of the clicks (acoustics.itd_ms) jumps by a 5 deg grid step at a
+    time and stays put between; through HRIRs interpolated along the path it changes at
+    almost every click (1 deg apart), in steps at most half the largest nearest-grid jump,
+    and follows the azimuth."""
+    from bast.pipeline.acoustics import itd_ms
+    from bast.pipeline.interpolate import Interpolator, interpolate
+    from bast.pipeline.moving import Lookup
+
+    n = 3 * FS
+    clicks = np.arange(1200, n, FS // 10)  # 75 ms, 175 ms, ...: 30 clicks
+    dry = np.zeros(n)
+    dry[clicks] = 1.0
+    trajectory = Trajectory(20.0, 0.0, 10.0, 0.0)
+    interpolated = Lookup(kemar, Interpolator(kemar))
+    itd = {}
+    for name, lookup in (("nearest", kemar), ("interpolated", interpolated)):
+        y = render(dry, trajectory, lookup, n)
+        itd[name] = 1000.0 * np.array([itd_ms(y[:, c:c + 512], FS, upsample=32) for c in clicks])
+    centres = 20.0 + 10.0 * clicks / FS
+    jumps = {k: np.abs(np.diff(v)) for k, v in itd.items()}
+    assert jumps["nearest"].max() > 25.0 and np.sum(jumps["nearest"] == 0) >= 15  # a staircase of 5 deg steps
+    assert jumps["interpolated"].max() < 0.5 * jumps["nearest"].max()
+    assert np.sum(jumps["interpolated"] == 0) <= 5  # a new direction at (almost) every click
+    assert np.corrcoef(itd["interpolated"], centres)[0, 1] > 0.99
+    # The interpolated render's blocks are heard within half a path step of the trajectory,
+    # through the interpolated HRIR there.
+    runs, pairs = segments(n, trajectory, interpolated)
+    assert len(pairs) == 31  # 20, 21, ..., 50 deg
+    np.testing.assert_allclose(pairs, interpolate(kemar, np.arange(20.0, 51.0), 0.0), atol=1e-7)
+    for start, stop, g in runs:
+        centre_deg = 20.0 + 10.0 * np.clip(np.arange(start, stop - 256, 256) + 256, 0, n) / FS
+        assert np.abs(centre_deg - (20.0 + g)).max() <= 0.5 + 1e-9
+
+
+def test_interpolated_still_source_is_the_plain_convolution_with_the_interpolated_hrir(kemar):
+    from bast.pipeline.interpolate import Interpolator, interpolate
+    from bast.pipeline.moving import Lookup
+
+    dry = np.random.default_rng(5).standard_normal(4000)
+    lookup = Lookup(kemar, Interpolator(kemar))
+    for az, el in ((33.0, 7.0), (30.0, 0.0)):  # between measured directions; a measured one
+        pair = interpolate(kemar, az, el)[0].astype(float)
+        expect = np.stack([fftconvolve(dry, pair[c]) for c in (0, 1)])
+        np.testing.assert_allclose(render(dry, Trajectory(az, el), lookup), expect, atol=1e-9)
+    g = int(nearest_directions(kemar, 30.0, 0.0)[0])
+    np.testing.assert_array_equal(interpolate(kemar, 30.0, 0.0)[0], kemar.ir[g])
 
 
 def test_elevation_reflects_off_the_grid_range():
@@ -146,17 +196,17 @@ def test_elevation_reflects_off_the_grid_range():
 
 
 def test_two_overlapping_events_sum_to_the_scene_and_are_both_labelled(kemar):
-    irs, dirs = kemar
+    irs = kemar
     rng = np.random.default_rng(4)
     sounds = {"a": rng.standard_normal(12000) * 0.1, "b": np.sin(np.arange(9000) * 0.3) * 0.2}
     events = [Event("a", "white_noise", 1600, 12000, Trajectory(30.0)),
               Event("b", "harmonic", 6400, 9000, Trajectory(270.0))]
     n = 2 * FS
-    scene = mix(events, sounds.__getitem__, irs.ir, dirs, n)
-    parts = [mix([e], sounds.__getitem__, irs.ir, dirs, n) for e in events]
+    scene = mix(events, sounds.__getitem__, irs, n)
+    parts = [mix([e], sounds.__getitem__, irs, n) for e in events]
     np.testing.assert_allclose(parts[0] + parts[1], scene, atol=1e-12)
     assert np.abs(parts[0]).max() > 0 and np.abs(parts[1]).max() > 0
-    rows = label_rows(events, {"harmonic": 0, "white_noise": 1}, n, directions=dirs, distances=irs.distance_m)
+    rows = label_rows(events, {"harmonic": 0, "white_noise": 1}, n, irs=irs)
     both = sorted(set(range(1, 9)) & set(range(4, 10)))  # frames 1-8 and 4-9 (onset 6400 + 9000 samples)
     for k in both:
         at = rows[rows[:, 0] == k]
@@ -168,7 +218,7 @@ def test_two_overlapping_events_sum_to_the_scene_and_are_both_labelled(kemar):
 def test_draw_events_respects_the_overlap_limit_and_the_pool():
     pool = {"x": [f"x{i}" for i in range(10)], "y": [f"y{i}" for i in range(10)]}  # never used up
     lengths = {c: 4000 + 300 * i for i, c in enumerate(pool["x"] + pool["y"])}
-    grid = parse_directions("0:360:90")
+    grid = [tuple(p) for p in parse_direction_options("0:360:90").tolist()]
     for seed in range(20):
         events = draw_events(np.random.default_rng(seed), pool, lengths.get, n_samples=5 * FS, n_events=10,
                              max_overlap=2, grid=grid, moving=0.5, speed=(10, 60))
@@ -187,10 +237,23 @@ def test_scene_counts_follow_the_sound_split():
     assert scene_counts(5, {"train": 4, "val": 0, "test": 1})["val"] == 0
 
 
-def test_parse_directions():
-    assert parse_directions("0:360:90") == ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (270.0, 0.0))
-    assert parse_directions("0,90", "-10,20") == ((0.0, -10.0), (90.0, -10.0), (0.0, 20.0), (90.0, 20.0))
-    assert parse_directions(directions="-90/30, 0/0") == ((270.0, 30.0), (0.0, 0.0))
+def test_scene_directions_are_parsed_as_spatialize_parses_them(tmp_path):
+    """The scenes grid comes from Stage 1's parsing (irs.parse_direction_options): a grid,
+    --directions all limited by --elevations LO:HI, a CSV; ScenesConfig wraps azimuths."""
+    grid = parse_direction_options("0:360:90")
+    assert ScenesConfig(directions=grid).directions == ((0.0, 0.0), (90.0, 0.0), (180.0, 0.0), (270.0, 0.0))
+    assert parse_direction_options("0,90", "-10:20:30").tolist() == [[0, -10], [90, -10], [0, 20], [90, 20]]
+    kemar = load_hrirs()
+    every = parse_direction_options(directions="all", elevations="-10:10")
+    assert len(every) == 216 and set(every[:, 1]) == {-10.0, 0.0, 10.0}
+    assert len(parse_direction_options(directions="all")) == len(kemar) == 710
+    (tmp_path / "d.csv").write_text("azimuth,elevation\n-90,30\n0,0\n")
+    assert ScenesConfig(directions=parse_direction_options(directions=str(tmp_path / "d.csv"))).directions == (
+        (270.0, 30.0), (0.0, 0.0))
+    with pytest.raises(ConfigError, match="LO:HI limits"):
+        parse_direction_options("0:360:90", "-10:10")
+    with pytest.raises(ConfigError, match="CSV"):
+        parse_direction_options(directions="0/0,90/30")  # the old scenes-only syntax is gone
 
 
 # --------------------------------------------------------------------------- the stage
@@ -210,7 +273,7 @@ def scene_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes")
     refs = DefaultCorpus(n_clips=40, seed=6, speech=False).list_clips()
     config = ScenesConfig(count=10, duration_s=2.0, events=(3, 5), max_overlap=2, moving=0.5, speed=(30, 90),
-                          directions=parse_directions("0:360:90"), environments=("anechoic",), seed=6,
+                          directions=parse_direction_options("0:360:90"), environments=("anechoic",), seed=6,
                           scenes_per_shard=3, test_fraction=0.25)
     summary = render_scenes(refs, out / "s1", config)
     return out, refs, config, summary
@@ -238,10 +301,10 @@ def test_scene_shards_hold_audio_labels_and_the_class_list(scene_run):
 
 def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
     """Re-render every event of the shards alone (same seed: the same draw) and sum."""
-    from bast.pipeline.scenes import draw_scene, load_event, load_irs
+    from bast.pipeline.scenes import draw_scene, load_event, load_lookup
 
     out, refs, config, _ = scene_run
-    irs, dirs = load_irs(str(out / "s1" / "irs" / "anechoic.sofa"))
+    irs = load_lookup(str(out / "s1" / "irs" / "anechoic.sofa"))
     by_id = {r.clip_id: r for r in refs}
     checked = 0
     for sh in read_scene_shards(out / "s1"):
@@ -251,7 +314,7 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
             events = draw_scene(sid, config, _split_pool(refs, config, sh["split"][i]),
                                 lambda c: len(load_event(by_id[c], config.policy, 2 * FS)[0]))
             assert [e.clip_id for e in events] == list(ids)
-            parts = [mix([e], sounds.__getitem__, irs.ir, dirs, 2 * FS) for e in events]
+            parts = [mix([e], sounds.__getitem__, irs, 2 * FS) for e in events]
             np.testing.assert_allclose(sum(parts), sh["audio"][i], atol=1e-5)
             checked += len(parts) > 1
     assert checked >= 3
@@ -351,10 +414,80 @@ def test_featurized_scene_windows_equal_the_clip_spectrogram(scene_run):
         cut_window(spec, tracks, rows, 189)
 
 
-def test_cli_refuses_elevations_in_a_simulated_room(tmp_path):
-    r = CliRunner().invoke(app, ["scenes", "default", str(tmp_path / "x"), "--sounds", "10", "--count", "1",
-                                 "--env", "hall", "--elevations", "0,20", "--workers", "0"])
-    assert r.exit_code == 1 and "horizontal plane" in r.output
+def test_elevated_still_events_in_a_generated_room_are_spatialize_renderings(tmp_path):
+    """Scenes in a generated room with sources above and below the head: the room's bank
+    is Stage 1's (the same room, fitted to the elevations, and the same BRIRs as
+    `spatialize` with the same options; its direct sound is tested against physics in
+    test_directions.py), and each scene is its events' dry sounds convolved with
+    spatialize's BRIR of their direction."""
+    from bast.pipeline.rooms import RoomRanges
+    from bast.pipeline.scenes import draw_scene, load_event
+    from bast.pipeline.sofa import read_sofa
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+
+    fast = RoomRanges(width_m=(5.0, 6.0), length_m=(6.0, 7.0), height_m=(2.5, 2.6), rt60_s=(0.3, 0.4),
+                      listener_height_m=(1.6, 1.7), distance_m=(1.0, 1.2), n_rays=2000)
+    grid = ((45.0, 60.0), (200.0, -25.0))
+    refs = DefaultCorpus(n_clips=12, seed=2, speech=False).list_clips()
+    config = ScenesConfig(count=3, duration_s=1.0, events=(2, 2), directions=grid, interpolate=True,
+                          environments=("hall",), rooms=1, room_ranges=fast, seed=2, test_fraction=0.25)
+    render_scenes(refs, tmp_path / "scenes", config)
+    spatialize(refs[:2], tmp_path / "s1", SpatializeConfig(directions=grid, interpolate=True, environments=("hall",),
+                                                            rooms=1, room_ranges=fast, seed=2))
+    rooms = [json.loads((tmp_path / d / "manifest.json").read_text())["totals"]["rooms"] for d in ("scenes", "s1")]
+    assert rooms[0] == rooms[1]
+    theirs = read_sofa(tmp_path / "s1" / "irs" / "room-00.sofa")
+    ours = read_sofa(tmp_path / "scenes" / "irs" / "room-00.sofa")
+    np.testing.assert_array_equal(ours.ir, theirs.ir)
+    np.testing.assert_allclose(np.stack([ours.azimuth_deg, ours.elevation_deg], -1), grid, atol=1e-9)
+    by_id = {r.clip_id: r for r in refs}
+    checked = 0
+    for sh in read_scene_shards(tmp_path / "scenes"):
+        for i, sid in enumerate(sh["scene_id"]):
+            ev = slice(sh["event_offsets"][i], sh["event_offsets"][i + 1])
+            expect = np.zeros((2, FS))
+            for clip, onset, az, el in zip(sh["event_clip_id"][ev], sh["event_onset_s"][ev],
+                                           sh["event_azimuth_deg"][ev], sh["event_elevation_deg"][ev]):
+                dry = load_event(by_id[clip], config.policy, FS)[0]
+                pair = theirs.select([az], el)[0].astype(float)
+                a = int(round(onset * FS))
+                wet = np.stack([fftconvolve(dry, pair[c])[:FS - a] for c in (0, 1)])
+                expect[:, a:a + wet.shape[-1]] += wet
+            np.testing.assert_allclose(sh["audio"][i], expect, atol=1e-5)
+            rows = sh["labels"][sh["label_offsets"][i]:sh["label_offsets"][i + 1]]
+            assert {(float(a), float(e)) for a, e in rows[:, 3:5]} <= set(grid)
+            checked += ev.stop - ev.start
+    assert checked >= 4
+
+
+def test_room_banks_cover_the_grid_and_every_measured_direction_a_moving_source_may_pass(kemar):
+    from bast.pipeline.scenes import bank_directions
+
+    flat = parse_direction_options("0:360:90")
+    assert bank_directions(kemar, flat, False, False).tolist() == flat.tolist()
+    moving = bank_directions(kemar, flat, True, False)
+    assert len(moving) == 72 and not np.any(moving[:, 1])  # the head's horizontal ring
+    band = bank_directions(kemar, parse_direction_options("0:360:90", "0,20"), True, False)
+    assert sorted(set(band[:, 1])) == [0.0, 10.0, 20.0] and len(band) == 216
+    off = parse_direction_options("33", "7")
+    assert [33.0, 7.0] in bank_directions(kemar, off, True, True).tolist()  # interpolated there
+
+
+def test_cli_scenes_at_unmeasured_directions_need_interpolate(tmp_path):
+    (tmp_path / "d.csv").write_text("azimuth,elevation\n33,7\n300,-15\n")
+    args = ["scenes", "default", "--sounds", "12", "--count", "2", "--duration", "1", "--env", "anechoic",
+            "--moving", "0.5", "--directions", str(tmp_path / "d.csv"), "--workers", "0"]
+    r = CliRunner().invoke(app, args[:2] + [str(tmp_path / "a")] + args[2:])
+    assert r.exit_code == 1 and "no impulse response at azimuth 33" in r.output
+    r = CliRunner().invoke(app, args[:2] + [str(tmp_path / "b")] + args[2:] + ["--interpolate"])
+    assert r.exit_code == 0, r.output
+    params = json.loads((tmp_path / "b" / "params.json").read_text())
+    assert params["interpolate"] and params["directions"] == [[33.0, 7.0], [300.0, -15.0]]
+    rows = np.concatenate([sh["labels"] for sh in read_scene_shards(tmp_path / "b")])
+    assert len(rows) and np.all((rows[:, 4] >= -15.0) & (rows[:, 4] <= 7.0))
+
+
+def test_cli_refuses_a_speed_range_upside_down(tmp_path):
     r = CliRunner().invoke(app, ["scenes", "default", str(tmp_path / "y"), "--speed", "60:10", "--workers", "0"])
     assert r.exit_code == 1 and "--speed" in r.output
 

@@ -151,7 +151,7 @@ def test_train_writes_a_complete_run(features, tmp_path):
     assert set(test["by_env"]) == {"anechoic", "hall"} and test["by_category"]
     header = (run / "eval" / "test_predictions.csv").read_text().splitlines()[0].split(",")
     # the standard fields, then the Stage 1 conditions each sample carries
-    assert header == ["clip_id", "category", "env", "azimuth_deg", "pred_x", "pred_y", "ad_deg", "sq_err", "elevation_deg",
+    assert header == ["clip_id", "category", "env", "azimuth_deg", "pred_x", "pred_y", "ad_deg", "sq_err",
                       "head", "room", "snr_db"]
     with pytest.raises(TrainingError, match="already holds a run"):
         train(features, run, cfg)

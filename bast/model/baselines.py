@@ -24,7 +24,8 @@ from torch import nn
 
 from bast.conventions import N_FRAMES, N_FREQ
 from bast.errors import ConfigError
-from bast.model.bast import Encoder, SinusoidalPosEmbed, padding_amounts, token_grid
+from bast.model.bast import (SinusoidalPosEmbed, check_backbone, make_encoder, padding_amounts,
+                             reset_special_parameters, token_grid)
 from bast.pipeline import featurekinds
 
 
@@ -170,9 +171,17 @@ class ASTConfig(_Config):
     features: tuple = ()  # the feature kinds read (bast/pipeline/featurekinds.py); () = the log power
     phase: bool = False  # adds the phase to features (--phase, older configs)
     outputs: int = 2  # set by the target (bast/model/targets.py)
+    # The encoder, as BAST's (BASTConfig): vit, swin or mamba, and their settings.
+    backbone: str = "vit"
+    window: int = 7
+    expand: float = 0.5
+    d_state: int = 8
+    d_conv: int = 3
 
     def __post_init__(self):
         _features(self)
+        self.backbone = self.backbone.lower()
+        check_backbone(self)
         self._positive("n_freq", "n_time", "patch", "stride", "dim", "heads", "mlp_dim", "depth")
         if self.dim % self.heads or self.dim % 2:
             raise ConfigError(f"dim {self.dim} must be even and divisible by heads {self.heads}")
@@ -193,9 +202,12 @@ class AST(nn.Module):
         rows, cols = token_grid(cfg)
         self.pos_embed = SinusoidalPosEmbed(rows * cols, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = Encoder(cfg.dim, cfg.depth, cfg.heads, cfg.dim // cfg.heads, cfg.mlp_dim, cfg.dropout, 0.0)
+        self.encoder = make_encoder(cfg.backbone, cfg.dim, depth=cfg.depth, heads=cfg.heads, head_dim=cfg.dim // cfg.heads,
+                                    mlp_dim=cfg.mlp_dim, drop=cfg.dropout, proj_drop=0.0, grid=(rows, cols),
+                                    window=cfg.window, expand=cfg.expand, d_state=cfg.d_state, d_conv=cfg.d_conv)
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.outputs)
+        reset_special_parameters(self)  # swin's and mamba's own initialisation; nothing for vit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(self.pad(x)).flatten(2).transpose(1, 2)

@@ -13,6 +13,11 @@ the two ears have their own encoder. Integration works on the token sequences: A
 SUB = L - R (as the reference code computes it), CONCAT joins them on the feature axis so TE-C
 and the head work at width 2D.
 
+The encoder is the `backbone` (docs/train.md): "vit", the paper's blocks below (the
+default; every count below is its), "swin" (shifted-window attention over the patch grid,
+bast/model/swin.py) or "mamba" (bidirectional selective state spaces over the patch
+sequence, bast/model/mamba.py). Embedding, integration, SP/NSP and head do not change.
+
 Two configurations matter:
 
 * the paper's (the `BASTConfig` defaults): fixed sinusoidal 1-D position embedding, no
@@ -77,6 +82,7 @@ from bast.errors import ConfigError
 from bast.pipeline import featurekinds
 
 INTEGRATIONS = ("add", "sub", "concat")
+BACKBONES = ("vit", "swin", "mamba")  # the encoder of TE-L, TE-R and TE-C (docs/train.md)
 POS_EMBEDDINGS = ("sinusoidal", "learned")
 PADDINGS = ("zero", "reflect")
 
@@ -115,10 +121,23 @@ class BASTConfig:
     phase_average: bool = True
     # Output size: 2 for the azimuth target; the target sets it (bast/model/targets.py).
     outputs: int = 2
+    # The encoder of TE-L, TE-R and TE-C: "vit" (the paper's transformer blocks), "swin"
+    # (shifted-window attention over the patch grid, bast/model/swin.py) or "mamba"
+    # (bidirectional selective state spaces over the patch sequence, bast/model/mamba.py).
+    # Embedding, integration and head are the same for all three.
+    backbone: str = "vit"
+    window: int = 7  # swin: window side in patches (the fork's and Swin's 7)
+    # mamba: each scan's width = expand * token width; 0.5 is MambaVision's mixer (as the fork
+    # uses it): a D-wide input projection split into x and z halves, out_proj D/2 -> D
+    expand: float = 0.5
+    d_state: int = 8  # mamba: state size N per channel (MambaVision: 8)
+    d_conv: int = 3  # mamba: causal depthwise convolution width (MambaVision: 3)
 
     def __post_init__(self):
         self.features = featurekinds.model_features(self.features, self.phase)
         self.phase = "phase" in self.features
+        self.backbone = self.backbone.lower()
+        check_backbone(self)
         self.integration = self.integration.lower()
         self.pos_embedding = self.pos_embedding.lower()
         self.padding = self.padding.lower()
@@ -162,6 +181,35 @@ class BASTConfig:
         return cls(**d)
 
 
+def check_backbone(cfg) -> None:
+    """The backbone settings of a BAST or ast config, refused by name when out of range."""
+    if cfg.backbone not in BACKBONES:
+        raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, not {cfg.backbone!r}")
+    for name in ("window", "d_state", "d_conv"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be positive, not {getattr(cfg, name)!r}")
+    if int(cfg.expand * cfg.dim) < 1:
+        raise ConfigError(f"expand must be positive, not {cfg.expand!r}")
+    if cfg.backbone != "vit" and getattr(cfg, "cls_token", False):
+        raise ConfigError(f"cls_token needs the vit backbone: the {cfg.backbone} encoder works on the patch grid")
+
+
+def make_encoder(backbone: str, width: int, *, depth: int, heads: int, head_dim: int, mlp_dim: int, drop: float,
+                 proj_drop: float, grid: tuple[int, int], window: int, expand: float, d_state: int, d_conv: int,
+                 first_shifted: bool = False) -> nn.Module:
+    """TE-L, TE-R or TE-C at token width `width`: (B, tokens, width) -> (B, tokens, width).
+    `first_shifted` (swin): this encoder continues a path whose last block was unshifted."""
+    if backbone == "swin":
+        from bast.model.swin import SwinEncoder
+
+        return SwinEncoder(width, depth, heads, head_dim, mlp_dim, drop, proj_drop, grid, window, first_shifted)
+    if backbone == "mamba":
+        from bast.model.mamba import MambaEncoder
+
+        return MambaEncoder(width, depth, mlp_dim, drop, expand, d_state, d_conv)
+    return Encoder(width, depth, heads, head_dim, mlp_dim, drop, proj_drop)
+
+
 def reference_config(shared: bool = False, integration: str = "sub") -> BASTConfig:
     """The reference code's model (github.com/ShengKuangCN/BAST, conf.py + network/BAST.py)."""
     return BASTConfig(shared=shared, integration=integration, pos_embedding="learned",
@@ -185,6 +233,16 @@ def token_grid(cfg: BASTConfig) -> tuple[int, int]:
     ph, pw = padding_amounts(cfg)
     return ((cfg.n_freq + ph - cfg.patch) // cfg.stride + 1,
             (cfg.n_time + pw - cfg.patch) // cfg.stride + 1)
+
+
+@torch.no_grad()
+def reset_special_parameters(model: nn.Module) -> None:
+    """After the generic initialisation: the parameters a backbone initialises its own way
+    (swin's relative position bias, mamba's step sizes, A and D). The ViT has none, so its
+    initial weights, and the random numbers drawn, are what they were before backbones."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_special_parameters"):
+            m.reset_special_parameters()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -404,14 +462,18 @@ class BAST(nn.Module):
         self.pos_embed = pos(self.n_tokens, cfg.dim)
         self.pos_drop = nn.Dropout(cfg.dropout)
 
-        def encoder(width: int) -> Encoder:
-            return Encoder(width, cfg.depth, cfg.heads, cfg.head_dim, cfg.mlp_dim, cfg.dropout, cfg.proj_dropout)
+        def encoder(width: int, first_shifted: bool = False) -> nn.Module:
+            return make_encoder(cfg.backbone, width, depth=cfg.depth, heads=cfg.heads, head_dim=cfg.head_dim,
+                                mlp_dim=cfg.mlp_dim, drop=cfg.dropout, proj_drop=cfg.proj_dropout, grid=(rows, cols),
+                                window=cfg.window, expand=cfg.expand, d_state=cfg.d_state, d_conv=cfg.d_conv,
+                                first_shifted=first_shifted)
 
         self.encoder_left = encoder(cfg.dim)
         # SP: the same module object under both names (state_dict lists it twice, storage once).
         self.encoder_right = self.encoder_left if cfg.shared else encoder(cfg.dim)
         self.integrate = _INTEGRATION[cfg.integration]()
-        self.encoder_center = encoder(cfg.center_dim)
+        # swin: windows shift every second block along a token's path, TE-L then TE-C
+        self.encoder_center = encoder(cfg.center_dim, first_shifted=cfg.depth % 2 == 1)
 
         self.norm = nn.LayerNorm(cfg.center_dim)
         self.head = nn.Linear(cfg.center_dim, cfg.outputs)
@@ -432,6 +494,7 @@ class BAST(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, (LearnedPosEmbed, ClassToken)):
                 nn.init.trunc_normal_(next(iter(m.parameters())), std=0.02)
+        reset_special_parameters(self)
 
     def embed(self, ear: torch.Tensor) -> torch.Tensor:
         """One ear (B, 1, n_freq, n_time) -> tokens (B, n_tokens, D)."""
@@ -456,6 +519,8 @@ class BAST(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """(B, 2, F, T) -> (B, 2); with return_attention, (pred, {"left", "right", "center":
         [per layer (B, heads, T, T)]}). In SP, "left" and "right" both come from TE-L."""
+        if return_attention and self.cfg.backbone != "vit":
+            raise ConfigError(f"attention maps need the vit backbone, not {self.cfg.backbone}")
         maps = {"left": [], "right": [], "center": []} if return_attention else None
         pred = self.forward_head(self.forward_features(x, maps))
         return (pred, maps) if return_attention else pred

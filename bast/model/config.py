@@ -12,7 +12,7 @@ from typing import Callable
 from bast.conventions import parse_environments
 from bast.errors import ConfigError
 from bast.model.bast import BASTConfig
-from bast.model.registry import BASELINE_PRESETS, MODELS, model_config
+from bast.model.registry import BACKBONE_PRESETS, BASELINE_PRESETS, MODELS, model_config
 from bast.model.targets import TARGETS, TASK_WEIGHTS
 
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
@@ -217,6 +217,9 @@ def preset(name: str, **overrides) -> TrainConfig:
         base.update(BASELINE_PRESETS[arch][name])
     model = dict(base.pop("model"))
     model_fields = {f.name for f in dataclasses.fields(MODELS[arch][0])}
+    backbone = overrides.get("backbone", "vit")
+    if "backbone" in model_fields and isinstance(backbone, str) and backbone.lower() in BACKBONE_PRESETS:
+        model.update(BACKBONE_PRESETS[backbone.lower()][name])
     for key in list(overrides):
         if key in model_fields:
             model[key] = overrides.pop(key)

@@ -274,8 +274,11 @@ class ResidentData:
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
                 part = read_shard(sel.root / s["path"], sel.features)
-                for a in range(0, rows.size, _STANDARDISE_CHUNK):  # bounded float32 temporaries
-                    chunk = torch.from_numpy(part["spec"][rows[a:a + _STANDARDISE_CHUNK]]).to(self.spec.device)
+                # Standardised a chunk at a time: its float32 temporaries stay a fraction of
+                # the shard being read (at most _STANDARDISE_CHUNK samples, 64 MB).
+                step = max(1, min(_STANDARDISE_CHUNK, rows.size // 8))
+                for a in range(0, rows.size, step):
+                    chunk = torch.from_numpy(part["spec"][rows[a:a + step]]).to(self.spec.device)
                     self.spec[filled + a:filled + a + len(chunk)] = model_input(chunk, sel.features).to(torch.float16)
                 self.labels[filled:filled + rows.size] = torch.from_numpy(target.labels(part)[rows])
                 filled += rows.size

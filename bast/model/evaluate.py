@@ -118,9 +118,10 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     metrics["labels"] = sorted(labels)
     for label in labels:
         metrics[f"by_{label}"] = by_label(table, label)
-    headline_ = [k for k in ("ad_deg", "accuracy") if k in metrics]
-    if not (metrics["n"] and headline_ and all(metrics[k] is not None and math.isfinite(float(metrics[k]))
-                                               for k in headline_)):  # a NaN is never a result
+    # A NaN is never a result: the headline figures present (AD for a direction, accuracy for
+    # classes; a declared target may report others) must be finite numbers, over some samples.
+    headline_ = [k for k in ("ad_deg", "mse", "accuracy", "loss") if metrics.get(k) is not None]
+    if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in headline_):
         raise DataError(f"{run_dir}: the test of checkpoints/best.pt on {test_sel.root} gave "
                         f"{', '.join(f'{k} {metrics[k]}' for k in headline_) or 'no figures'} over {metrics['n']} "
                         "samples; nothing written to eval/test.json (non-finite spectra in the test shards? re-run "

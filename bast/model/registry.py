@@ -56,6 +56,21 @@ BASELINE_PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+# Per backbone (`--backbone`, BAST and ast) and preset: the encoder's own settings, applied
+# over the model's preset; width, depth, heads, MLP, patch stride and the training settings
+# stay the preset's, so the three backbones of one preset differ only in the encoder.
+# swin: windows that tile the preset's patch grid (tiny 11 x 5: 6 x 5 windows, 2 of them;
+# small 16 x 7: 8 x 7, 2; paper 20 x 9: the fork's 7 x 7, 6 of them over a 21 x 14 padding).
+# mamba: MambaVision's mixer sizes (x and z each half the token width, state 8, convolution
+# 3), as the fork uses it.
+# Parameter counts of the paper presets beside the ViT's: docs/train.md (tests check them).
+BACKBONE_PRESETS: dict[str, dict[str, dict]] = {
+    "vit": {"tiny": {}, "small": {}, "paper": {}},
+    "swin": {"tiny": dict(window=6), "small": dict(window=8), "paper": dict(window=7)},
+    "mamba": {name: dict(expand=0.5, d_state=8, d_conv=3) for name in ("tiny", "small", "paper")},
+}
+
+
 def model_config(arch: str, settings: dict):
     """The typed config of `arch` from a dict; unknown models and settings refused by name."""
     if arch not in MODELS:

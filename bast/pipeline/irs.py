@@ -22,7 +22,8 @@ from bast.pipeline.sofa import IRSet, read_sofa
 from bast.sphere import unit_vector
 
 __all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path", "check_azimuths", "direction_grid",
-           "load_hrirs", "parse_azimuths", "parse_directions", "parse_elevations", "parse_environments", "sofa_files"]
+           "load_hrirs", "parse_azimuths", "parse_direction_options", "parse_directions", "parse_elevations",
+           "parse_environments", "sofa_files"]
 
 
 # Directions on the circle a request may name: 3600 is a 0.1 deg grid, finer than any
@@ -135,6 +136,21 @@ def parse_directions(text: str, hrir=None, elevation_limit: tuple[float, float] 
         # The set's own values, rounded to 1e-6 deg as read_sofa rounds azimuths.
         return np.stack([irs.azimuth_deg[keep], np.round(irs.elevation_deg[keep], 6)], axis=-1)
     return read_directions_csv(text)
+
+
+def parse_direction_options(azimuths: str = "0:360:10", elevations: str = "0", directions: str | None = None,
+                            hrir=None) -> np.ndarray:
+    """The (D, 2) (azimuth, elevation) pairs of the options --azimuths, --elevations and
+    --directions together (docs/sphere.md): the grid azimuths x elevations, or --directions
+    (all / FILE.csv, `hrir` naming the set 'all' lists) limited by --elevations LO:HI."""
+    grid_el, el_limit = parse_elevations(elevations)
+    if el_limit is not None and directions is None:
+        raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
+    if directions is not None and grid_el is not None and str(elevations).strip() != "0":
+        raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    if directions is not None:
+        return parse_directions(directions, hrir, el_limit)
+    return direction_grid(parse_azimuths(azimuths), grid_el)
 
 
 def read_directions_csv(path) -> np.ndarray:

@@ -26,8 +26,8 @@ import numpy as np
 
 from bast.conventions import FS
 from bast.errors import ConfigError
-from bast.pipeline.irs import parse_azimuths
 from bast.pipeline.moving import Trajectory, nearest_directions
+from bast.pipeline.sofa import IRSet
 
 LABEL_HOP_S = 0.1  # DCASE's label resolution
 LABEL_SAMPLES = int(round(LABEL_HOP_S * FS))  # 1600
@@ -48,34 +48,7 @@ class Event:
         return range(self.onset // LABEL_SAMPLES, (self.onset + self.length - 1) // LABEL_SAMPLES + 1)
 
 
-# --------------------------------------------------------------------------- directions
-
-
-def parse_directions(azimuths: str = "0:360:10", elevations: str | None = None,
-                     directions: str | None = None) -> tuple[tuple[float, float], ...]:
-    """The grid of (azimuth, elevation) pairs in degrees that still sources stand at and
-    moving sources start from.
-
-    `directions` ('0/0, 90/30, 180/-10': azimuth/elevation pairs) replaces the others; else
-    every azimuth (start:stop:step or a list) at every elevation (the same syntax; default
-    0). Written here so that the parsing Stage 1 adopts can replace it in one place."""
-    if directions:
-        out = []
-        for token in directions.replace(",", " ").split():
-            try:
-                az, el = (float(v) for v in token.split("/"))
-            except ValueError:
-                raise ConfigError(f"--directions {token!r}: give azimuth/elevation pairs such as 0/0,90/30") from None
-            out.append((az, el))
-    else:
-        els = parse_azimuths(elevations) if elevations else np.array([0.0])
-        out = [(float(a), float(e)) for e in els for a in parse_azimuths(azimuths)]
-    if not out:
-        raise ConfigError("no directions: give --azimuths (and --elevations) or --directions")
-    for az, el in out:
-        if not (np.isfinite(az) and -90.0 <= el <= 90.0):
-            raise ConfigError(f"direction azimuth {az:g}, elevation {el:g}: the elevation must be in [-90, 90]")
-    return tuple((float(az % 360.0), float(el)) for az, el in out)
+# --------------------------------------------------------------------------- ranges
 
 
 def parse_range(text, option: str, *, low: float = 0.0) -> tuple[float, float]:
@@ -167,11 +140,9 @@ def scene_counts(count: int, sounds: dict[str, int]) -> dict[str, int]:
 # --------------------------------------------------------------------------- labels
 
 
-def label_rows(events: list[Event], category_index: dict[str, int], n_samples: int, *,
-               directions: np.ndarray, distances: np.ndarray) -> np.ndarray:
+def label_rows(events: list[Event], category_index: dict[str, int], n_samples: int, *, irs: IRSet) -> np.ndarray:
     """(R, 6) float64 label rows of a scene (module docstring). The distance of a row is
-    that of the IR set's direction nearest the event's (`directions` (M, 3), `distances`
-    (M,)): the distance the event was rendered at."""
+    that of the direction of `irs` nearest the event's: the distance it was rendered at."""
     n_frames = -(-n_samples // LABEL_SAMPLES)
     rows = []
     for track, e in enumerate(events):
@@ -180,7 +151,7 @@ def label_rows(events: list[Event], category_index: dict[str, int], n_samples: i
             continue
         t = np.clip((frames + 0.5) * LABEL_SAMPLES - e.onset, 0, e.length - 1) / FS
         az, el = e.trajectory.at(t)
-        dist = np.asarray(distances)[nearest_directions(directions, az, el)]
+        dist = np.asarray(irs.distance_m)[nearest_directions(irs, az, el)]
         rows.append(np.stack([frames, np.full(frames.size, category_index[e.category]), np.full(frames.size, track),
                               az, el, dist], axis=1))
     if not rows:

@@ -34,19 +34,20 @@ import numpy as np
 from bast import __version__
 from bast.conventions import ENVIRONMENTS, FS
 from bast.corpora.base import ClipRef, load_clip
-from bast.errors import ClipError, ConfigError
+from bast.errors import ClipError, ConfigError, SofaError
 from bast.pipeline import noise as noise_mod
 from bast.pipeline.clips import ClipPolicy, prepare
 from bast.pipeline.hall import HallSpec
-from bast.pipeline.moving import nearest_directions, render
+from bast.pipeline.interpolate import Interpolator
+from bast.pipeline.irs import unique_directions
+from bast.pipeline.moving import Lookup, render
 from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, room_record
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
                                       scene_counts)
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa
-from bast.pipeline.spatialize import Condition, SpatializeConfig, _write_irs, assign_splits, irs_listener, layout
-from bast.sphere import great_circle_deg
+from bast.pipeline.spatialize import Condition, SpatializeConfig, write_irs, assign_splits, irs_listener, layout
 
 STAGE = "scenes"
 
@@ -77,13 +78,17 @@ class ScenesConfig:
     snr_db: tuple[float, float] | None = None
     noise: str = "diffuse"
     room_ranges: RoomRanges = RoomRanges()
+    interpolate: bool = False  # HRIRs interpolated at the sources' directions (else the nearest measured)
 
     def __post_init__(self):
         if self.snr_db is not None:
             object.__setattr__(self, "snr_db", noise_mod.parse_snr(self.snr_db))
         object.__setattr__(self, "events", tuple(int(v) for v in parse_range(self.events, "--events")))
         object.__setattr__(self, "speed", parse_range(self.speed, "--speed"))
-        object.__setattr__(self, "directions", tuple((float(a), float(e)) for a, e in self.directions))
+        pairs = np.asarray(self.directions, dtype=float).reshape(-1, 2)
+        if not len(pairs) or not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
+            raise ConfigError("directions: give at least one, with finite azimuths and elevations in [-90, 90] deg")
+        object.__setattr__(self, "directions", tuple((float(a % 360.0), float(e)) for a, e in unique_directions(pairs)))
         if self.count < 1:
             raise ConfigError(f"--count {self.count}: at least one scene")
         if not 0.1 <= self.duration_s <= 600:
@@ -104,10 +109,12 @@ class ScenesConfig:
         return int(round(self.duration_s * FS))
 
     def spatialize_config(self) -> SpatializeConfig:
-        """The Stage 1 configuration whose conditions (heads, rooms) the scenes use."""
+        """The Stage 1 configuration whose conditions (heads, rooms: their sphere of sources
+        fitted to the grid's elevations) the scenes use."""
         return SpatializeConfig(environments=self.environments, seed=self.seed, hrir=self.hrir, brir=self.brir,
                                 test_hrir=self.test_hrir, rooms=self.rooms, test_rooms=self.test_rooms,
-                                rt60_s=self.rt60_s, tolerance_deg=self.tolerance_deg, room_ranges=self.room_ranges)
+                                rt60_s=self.rt60_s, tolerance_deg=self.tolerance_deg, room_ranges=self.room_ranges,
+                                directions=self.directions, interpolate=self.interpolate)
 
 
 @dataclass(frozen=True)
@@ -131,26 +138,22 @@ class SceneTask:
 def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[Condition, IRSet, dict]]:
     """IR key -> (condition, the IR set its scenes render with, how to save it).
 
-    Anechoic: the head's whole HRIR set (every direction a moving source may pass); a
-    measured BRIR file: its whole set; a simulated room: a bank at the head's horizontal
-    directions when sources move, else at the grid's azimuths. Rooms are simulated on the
-    horizontal plane only, so a grid with other elevations is refused there. Every grid
-    direction must be in every set (within --ir-tolerance)."""
+    Anechoic: the head's whole HRIR set (the nearest measured direction is heard, or with
+    `interpolate` HRIRs interpolated from it). A measured BRIR file: its whole set (nearest;
+    never interpolated). A simulated room: Stage 1's bank (bast/pipeline/rooms.py: the
+    source on a sphere around the head, each image source through the HRIR of its own 3-D
+    direction) at `bank_directions`. Every grid direction must be in every set (within
+    --ir-tolerance), or interpolable from the head."""
     plan = plan or layout(config.spatialize_config())
     conds = plan.conditions()
     heads = {label: read_sofa(path) for label, path in plan.heads.items()}
     grid = np.asarray(config.directions)
     simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
-    if simulated and np.any(grid[:, 1] != 0):
-        raise ConfigError("simulated rooms are rendered on the horizontal plane: give elevation 0 only, or "
-                          "--env anechoic (or measured BRIRs, --brir) for sources above or below it")
     tasks = []
     for c in simulated:
-        head = heads[c.head]
-        # A moving source may pass any azimuth: the bank covers all the head has on the plane.
-        wanted = head.horizontal_azimuths() if config.moving > 0 else np.unique(grid[:, 0])
-        tasks.append(BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(float(a) for a in wanted),
-                              config.tolerance_deg))
+        want = bank_directions(heads[c.head], grid, config.moving > 0, config.interpolate)
+        tasks.append(BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(want[:, 0].tolist()), config.tolerance_deg,
+                              tuple(want[:, 1].tolist()) if np.any(want[:, 1]) else (), config.interpolate))
     built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
     out = {}
     for k, c in conds.items():
@@ -160,29 +163,52 @@ def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[C
             irs, how = built[k], {"spec": plan.rooms[c.room]}
         else:
             irs, how = read_sofa(plan.rooms[c.room]), {}
-        check_grid(irs, grid, config.tolerance_deg, k)
+        check_grid(irs, grid, config.tolerance_deg, k, interpolated=config.interpolate and c.env == "anechoic")
         out[k] = (c, irs, how)
     return out
 
 
-def check_grid(irs: IRSet, grid: np.ndarray, tolerance_deg: float, key: str) -> None:
-    near = nearest_directions(irs.directions(), grid[:, 0], grid[:, 1])
-    gap = great_circle_deg(grid[:, 0], grid[:, 1], irs.azimuth_deg[near], irs.elevation_deg[near])
-    worst = int(np.argmax(gap))
-    if gap[worst] > max(tolerance_deg, 1e-3):
-        raise ConfigError(f"{key}: no impulse response at azimuth {grid[worst, 0]:g}, elevation {grid[worst, 1]:g} "
-                          f"(nearest {gap[worst]:.2f} deg away); allow --ir-tolerance or ask for a grid the set covers")
+def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
+    """(D, 2) directions a simulated room's bank is built at: the grid (still events stand
+    there) and, when events move, every direction the head measured within the grid's
+    elevations (a moving source is heard from the nearest of them). Without `interpolate`
+    Stage 1 maps each to the head's nearest within the tolerance; with it, the direct sound
+    of a grid direction is interpolated there."""
+    if not moving:
+        return grid
+    lo, hi = grid[:, 1].min() - 1e-6, grid[:, 1].max() + 1e-6
+    band = (head.elevation_deg >= lo) & (head.elevation_deg <= hi)
+    measured = np.stack([head.azimuth_deg[band], np.round(head.elevation_deg[band], 6)], axis=-1)
+    return unique_directions(np.concatenate([measured, grid]) if interpolate or not len(measured) else measured)
+
+
+def check_grid(irs: IRSet, grid: np.ndarray, tolerance_deg: float, key: str, interpolated: bool = False) -> None:
+    """Refuse a grid the set cannot render: Stage 1's lookup (`IRSet.indices`, within the
+    tolerance), or with `interpolated` the interpolation's reach."""
+    try:
+        if interpolated:
+            Interpolator(irs).weights(grid[:, 0], grid[:, 1])
+        else:
+            irs.indices(grid[:, 0], grid[:, 1], tolerance_deg)
+    except SofaError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=16)
-def _irset(path: str, mtime_ns: int) -> tuple[IRSet, np.ndarray]:
-    irs = read_sofa(path)
-    return irs, irs.directions()
+def _irset(path: str, mtime_ns: int) -> IRSet:
+    return read_sofa(path)
 
 
-def load_irs(path: str) -> tuple[IRSet, np.ndarray]:
-    """An IR file under irs/ and its unit vectors, kept for the worker's lifetime."""
-    return _irset(path, os.stat(path).st_mtime_ns)
+@functools.lru_cache(maxsize=4)
+def _interpolator(path: str, mtime_ns: int) -> Interpolator:
+    return Interpolator(_irset(path, mtime_ns))
+
+
+def load_lookup(path: str, interpolate: bool = False) -> Lookup:
+    """The IR lookup of an IR file under irs/ (with `interpolate`: HRIRs interpolated from
+    it), kept for the worker's lifetime."""
+    mtime = os.stat(path).st_mtime_ns
+    return Lookup(_irset(path, mtime), _interpolator(path, mtime) if interpolate else None)
 
 
 # --------------------------------------------------------------------------- one scene
@@ -223,14 +249,12 @@ def draw_scene(scene_id: str, config: ScenesConfig, pool: dict[str, list[str]],
                        speed=config.speed)
 
 
-def mix(events: list[Event], audio_of: Callable[[str], np.ndarray], irs: np.ndarray, directions: np.ndarray,
-        n_samples: int) -> np.ndarray:
-    """(2, n_samples) float64: the events rendered through the IR pairs `irs` (M, 2, L)
-    (unit vectors `directions` (M, 3)) and summed; tails past the scene's end are cut."""
+def mix(events: list[Event], audio_of: Callable[[str], np.ndarray], irs: IRSet | Lookup, n_samples: int) -> np.ndarray:
+    """(2, n_samples) float64: the events heard through `irs` (an IRSet: its nearest
+    measured directions; or a moving.Lookup) and summed; tails past the scene's end are cut."""
     out = np.zeros((2, n_samples))
     for e in events:
-        out[:, e.onset:] += render(audio_of(e.clip_id)[:e.length], e.trajectory, irs, directions,
-                                   n_out=n_samples - e.onset)
+        out[:, e.onset:] += render(audio_of(e.clip_id)[:e.length], e.trajectory, irs, n_out=n_samples - e.onset)
     return out
 
 
@@ -313,20 +337,21 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
     n, s = len(task.scene_ids), config.n_samples
     infos = []
     for index, cond, ir_path in task.shards:
-        irs, directions = load_irs(ir_path)
+        lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
         audio = np.empty((n, 2, s), dtype=np.float32)
         snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
         labels = []
-        bank = (noise_mod.noise_bank(config.noise, cond.hrir, sorted({a for a, _ in config.directions}), config.seed)
+        grid = np.asarray(config.directions)
+        bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
+                                     grid[:, 1] if np.any(grid[:, 1]) else ())
                 if config.snr_db is not None else None)
         for i, sid in enumerate(task.scene_ids):
-            scene = mix(scenes[sid], sounds.__getitem__, irs.ir, directions, s)
+            scene = mix(scenes[sid], sounds.__getitem__, lookup, s)
             if bank is not None:
                 snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
                                          f"{cond.head}/{cond.room}")
             audio[i] = scene
-            labels.append(label_rows(scenes[sid], category_index, s, directions=directions,
-                                     distances=irs.distance_m))
+            labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
         rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
         arrays = {
             "audio": audio,
@@ -415,7 +440,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     out_dir = Path(out_dir)
 
     def plan_tasks(out_dir: Path) -> list[SceneTask]:
-        ir_paths.update(_write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, irs))
         attrs = {"stage": STAGE, "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True), "categories": json.dumps(list(categories)),
                  "label_columns": json.dumps(list(LABEL_COLUMNS)), "label_hop_s": LABEL_HOP_S}

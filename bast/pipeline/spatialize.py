@@ -526,7 +526,7 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
     ir_paths: dict[str, str] = {}
 
     def plan_tasks(out_dir: Path) -> list[ShardTask]:
-        ir_paths.update(_write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, irs))
         attrs = {"stage": "spatialize", "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True)}
         return plan(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
@@ -616,7 +616,7 @@ def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
     summary.warnings = dict(warnings)
 
 
-def _write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
+def write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
     """Save the exact IR pairs each condition renders with beside the data (provenance,
     and what workers on any machine load): irs/<key>.sofa."""
     paths = {}

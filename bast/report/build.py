@@ -24,9 +24,10 @@ from bast.fileio import atomic_path, atomic_write_text, json_default
 from bast.model import evaluate, transfer
 from bast.model import metrics as ev
 from bast.report import figures, stats
-from bast.report.paper import PAPER_BASELINES, PAPER_TABLE1, PAPER_TABLE3
+from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
 
 INTEGRATIONS = ("concat", "add", "sub")
+BACKBONES = ("vit", "swin", "mamba")
 LOSSES = ("mse", "ad", "mix")
 MAX_ROLLOUT_SAMPLES = 64  # attention rollout figures per run: each is a forward pass and a PNG
 ENV_NAMES = {"anechoic": "AE (anechoic)", "hall": "RV (hall)"}
@@ -81,6 +82,11 @@ class Run:
         return self.config["model"].get("integration", "sub")
 
     @property
+    def backbone(self) -> str:
+        """The encoder (vit, swin, mamba); runs from before backbones are vit."""
+        return self.config["model"].get("backbone", "vit")
+
+    @property
     def train_env(self) -> str:
         envs = parse_environments(self.config.get("train_env", "RI"))
         return "both" if len(envs) > 1 else envs[0]
@@ -89,6 +95,8 @@ class Run:
     def label(self) -> str:
         env = "" if self.train_env == "both" else f", trained {self.train_env}"
         model = f"{self.mode}-{self.integration.upper()}" if self.arch == "bast" else self.mode
+        if self.backbone != "vit":
+            model = f"{self.backbone.capitalize()}-{model}"
         target = self.config.get("target", "azimuth")
         task = "" if target == "azimuth" else f" -> {target}"
         return f"{model}-{self.loss.upper()}{''.join(f'+{k}' for k in self.features if k != 'logpower')}{task}{env} ({self.name})"
@@ -193,7 +201,8 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     for r in runs:
         sections.append(_run_section(r, fig_dir))
     if rollout_samples:
-        explained = next((r for r in runs if r.arch == "bast"), None)  # rollout needs attention
+        # rollout needs the ViT's global attention maps
+        explained = next((r for r in runs if r.arch == "bast" and r.backbone == "vit"), None)
         if explained is not None:
             sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
@@ -204,38 +213,47 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
 
 
 def _table1(runs: list[Run], out: Path) -> str:
-    """Table 1 of the paper: SP/NSP x loss x integration, AD and MSE, best AD in bold; the
-    paper trained these on both rooms, so runs trained on one room go to Table 3 instead."""
+    """Table 1 of the paper: backbone x SP/NSP x loss x integration, AD and MSE, best AD in
+    bold; the paper trained these on both rooms, so runs trained on one room go to Table 3
+    instead. Published figures beside each cell: the paper's for the ViT, the BAST fork's
+    for Mamba (AD only), none for Swin."""
     both = [r for r in runs if r.train_env == "both" and r.arch == "bast"] or [r for r in runs if r.arch == "bast"]
     if not both:
         return ""
-    cells = {(r.mode, r.loss, r.integration): r for r in both}
+    cells = {(r.backbone, r.mode, r.loss, r.integration): r for r in both}
     best = min(r.test["ad_deg"] for r in both)
-    head = ["mode", "loss"] + [i.upper() for i in INTEGRATIONS]
+    head = ["backbone", "mode", "loss"] + [i.upper() for i in INTEGRATIONS]
     rows, csv_rows = [], []
-    for mode in ("NSP", "SP"):
-        for loss in LOSSES:
-            if not any((mode, loss, i) in cells for i in INTEGRATIONS):
-                continue
-            row = [mode, {"mix": "hybrid"}.get(loss, loss).upper()]
-            for i in INTEGRATIONS:
-                paper = PAPER_TABLE1.get((mode, loss, i))
-                paper_txt = f"paper {paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper and paper[1] is not None else "") if paper else ""
-                if (mode, loss, i) in cells:
-                    r = cells[(mode, loss, i)]
-                    ours = f"{r.test['ad_deg']:.2f} / {r.test['mse']:.4f}"
-                    ours = f"<b>{ours}</b>" if r.test["ad_deg"] == best else ours
-                    row.append(f"{ours}<br><small>{paper_txt}</small>")
-                    csv_rows.append([mode, loss, i, r.test["ad_deg"], r.test["mse"], paper[0] if paper else "",
-                                     paper[1] if paper and paper[1] is not None else ""])
-                else:
-                    row.append(f"<small>{paper_txt}</small>")
-            rows.append(row)
-    _write_csv(out / "table1.csv", ["mode", "loss", "integration", "ad_deg", "mse", "paper_ad_deg", "paper_mse"], csv_rows)
-    return _section("Table 1: integration x loss x parameter sharing",
-                    "Test AD (deg) / MSE of these runs, best AD in bold, with the paper's figures for the same cell "
-                    "(their data: 4,600 real-life training sounds; theirs may report MSE halved, as nn.MSELoss "
-                    "does). Cells without a run show the paper's value only.", _table(head, rows, raw=True))
+    for backbone in BACKBONES:
+        published = TABLE1_BY_BACKBONE[backbone]
+        source = "paper" if backbone == "vit" else "fork"
+        for mode in ("NSP", "SP"):
+            for loss in LOSSES:
+                if not any((backbone, mode, loss, i) in cells for i in INTEGRATIONS):
+                    continue
+                row = [backbone, mode, {"mix": "hybrid"}.get(loss, loss).upper()]
+                for i in INTEGRATIONS:
+                    paper = published.get((mode, loss, i))
+                    paper_txt = (f"{source} {paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper[1] is not None else "")
+                                 if paper else "")
+                    if (backbone, mode, loss, i) in cells:
+                        r = cells[(backbone, mode, loss, i)]
+                        ours = f"{r.test['ad_deg']:.2f} / {r.test['mse']:.4f}"
+                        ours = f"<b>{ours}</b>" if r.test["ad_deg"] == best else ours
+                        row.append(f"{ours}<br><small>{paper_txt}</small>")
+                        csv_rows.append([mode, loss, i, r.test["ad_deg"], r.test["mse"], paper[0] if paper else "",
+                                         paper[1] if paper and paper[1] is not None else "", backbone])
+                    else:
+                        row.append(f"<small>{paper_txt}</small>")
+                rows.append(row)
+    _write_csv(out / "table1.csv", ["mode", "loss", "integration", "ad_deg", "mse", "paper_ad_deg", "paper_mse",
+                                    "backbone"], csv_rows)
+    return _section("Table 1: backbone x integration x loss x parameter sharing",
+                    "Test AD (deg) / MSE of these runs, best AD in bold, with the published figures for the same "
+                    "cell: the paper's for the ViT backbone, the BAST fork's (Heterochromi/BAST, AD only) for "
+                    "Mamba, none for Swin (their data: 4,600 real-life training sounds; the paper may report MSE "
+                    "halved, as nn.MSELoss does). Cells without a run show the published value only.",
+                    _table(head, rows, raw=True))
 
 
 def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
@@ -246,11 +264,11 @@ def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
     rows, csv_rows = [], []
     for r in sorted(runs, key=lambda r: r.test["ad_deg"]):
         if r.arch == "bast":
-            paper = PAPER_TABLE1.get((r.mode, r.loss, r.integration))
+            paper = TABLE1_BY_BACKBONE[r.backbone].get((r.mode, r.loss, r.integration))
         else:
             paper = PAPER_BASELINES.get(({"cnn": "CNN", "ast": "FAViT"}.get(r.arch, ""), r.loss, None))
         quoted = (f"{paper[0]:.2f}" + (f" / {paper[1]:.3f}" if paper[1] is not None else "")) if paper else ""
-        values = [r.label, r.arch, " + ".join("power" if k == "logpower" else k for k in r.features), r.loss,
+        values = [r.label, r.arch if r.backbone == "vit" else f"{r.arch} ({r.backbone})", " + ".join("power" if k == "logpower" else k for k in r.features), r.loss,
                   r.config.get("parameters", 0), len(r.metrics), r.train_minutes, r.test["ad_deg"], r.test["mse"]]
         csv_rows.append(values + [paper[0] if paper else "", paper[1] if paper and paper[1] is not None else ""])
         rows.append(values[:4] + [f"{values[4]:,}", str(values[5]), f"{values[6]:.1f}", f"{values[7]:.2f}",
@@ -261,7 +279,8 @@ def _models(runs: list[Run], fig_dir: Path, out: Path) -> str:
     return _section("Table 1, every model: BAST and the baselines side by side",
                     "Each run's test figures on its own data, best first, with its training time; "
                     "\"paper\" quotes the BAST paper's Table 1 for the same model and loss (BAST-NSP/SP; CNN; "
-                    "FAViT, the paper's single-stream transformer, beside bast's ast), on their data. The mlp "
+                    "FAViT, the paper's single-stream transformer, beside bast's ast; for BAST with the Mamba backbone, "
+                    "the BAST fork's figures), on their data. The mlp "
                     "baseline (Tang et al. 2022) is not in the paper. \"phase\": the interaural phase as input "
                     "(featurize --phase).", _table(head, rows) + _img(png))
 

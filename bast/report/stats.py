@@ -141,7 +141,9 @@ def benjamini_hochberg(pvalues) -> np.ndarray:
     if np.any((flat[ok] < 0) | (flat[ok] > 1)):
         raise ConfigError("p-values must lie in [0, 1]")
     order = ok[np.argsort(flat[ok], kind="mergesort")]
-    ranked = flat[order] * m / np.arange(1, m + 1)
+    # m / i >= 1, so p * m / i >= p; np.maximum keeps that true after rounding (p * 3 / 3
+    # can come out one ulp below p, and an adjusted p-value below its own p is wrong).
+    ranked = np.maximum(flat[order] * m / np.arange(1, m + 1), flat[order])
     adjusted = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
     res = out.ravel()
     res[order] = adjusted
