@@ -24,6 +24,7 @@ import numpy as np
 
 from bast import __version__
 from bast.conventions import FS, N_FRAMES, N_FREQ
+from bast.errors import ConfigError
 from bast.pipeline import featurekinds
 from bast.pipeline.features import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames
 from bast.pipeline.runner import Stage, StageSummary, run_stage
@@ -78,7 +79,7 @@ def cut_window(spec: np.ndarray, tracks: dict, rows: np.ndarray, start: int, len
     of the 100 ms frames whose centre falls in the window, numbered from its first frame."""
     frames = spec.shape[-1]
     if not 0 <= start <= frames - length:
-        raise ValueError(f"window [{start}, {start + length}) is outside the scene's {frames} frames")
+        raise ConfigError(f"window [{start}, {start + length}) is outside the scene's {frames} frames")
     cut = slice(start, start + length)
     first_sample, end_sample = start * HOP, (start + length - 1) * HOP + NPERSEG
     centres = (np.arange(-(-end_sample // LABEL_SAMPLES) + 1) + 0.5) * LABEL_SAMPLES
