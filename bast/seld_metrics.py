@@ -45,8 +45,13 @@ def read_dcase_csv(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise MissingError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a text CSV in UTF-8 ({exc.reason} at byte {exc.start}); a DCASE file holds "
+                        "rows frame,class,source,azimuth,elevation") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

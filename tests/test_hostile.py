@@ -583,3 +583,21 @@ def test_the_library_checks_what_the_cli_checks(data, tmp_path):
         load_hrirs(sofa_copy(tmp_path, "zero.sofa", _silent))
     with pytest.raises(DataError, match="NaN"):
         read_binaural(_wav(tmp_path / "n.wav", bad=np.nan))
+
+
+# --------------------------------------------------------------------------- scenes and seld-metrics
+
+
+def test_scenes_into_an_existing_file_is_refused_and_the_file_kept(tmp_path):
+    target = tmp_path / "afile"
+    target.write_bytes(b"keep me")
+    refused(*cli("scenes", "default", target, "--count", "2", "--sounds", "10"), "OUT", "existing file")
+    assert target.read_bytes() == b"keep me"
+
+
+def test_seld_metrics_on_a_csv_not_in_utf8_names_the_file(tmp_path):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    (ref / "a.csv").write_bytes(b"\xff\xfe1,2\n")
+    refused(*cli("seld-metrics", ref, ref), str(ref / "a.csv"), "UTF-8")
+    assert (ref / "a.csv").read_bytes() == b"\xff\xfe1,2\n"

@@ -47,7 +47,8 @@ from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_ev
                                       scene_counts)
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa
-from bast.pipeline.spatialize import Condition, SpatializeConfig, write_irs, assign_splits, irs_listener, layout
+from bast.pipeline.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, irs_listener, layout,
+                                     write_irs)
 
 STAGE = "scenes"
 
@@ -432,6 +433,8 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     Progress counts scenes."""
     if not refs:
         raise StageError("no input sounds found")
+    # OUT a folder that is no input nor inside one (as for spatialize), before any work
+    check_output(out_dir, refs, config.spatialize_config(), source or {})
     the_layout = layout(config.spatialize_config())
     irs = scene_irs(config, client, the_layout)
     params = stage_params(refs, config, irs, source or {})
