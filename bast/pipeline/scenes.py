@@ -48,7 +48,7 @@ from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_ev
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa
 from bast.pipeline.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, irs_listener, layout,
-                                     write_irs)
+                                     summarise_shards, write_irs)
 
 STAGE = "scenes"
 
@@ -471,30 +471,9 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
         pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
             kept := tuple(s for s in t.shards if s[0] in todo)) else None,
         describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {c.env}, {c.head}, {c.room})" for i, c, _ in t.shards),
-        totals=_summarise, manifest_extra=manifest_extra,
+        totals=summarise_shards, manifest_extra=manifest_extra,  # scenes count as spatialize's clips
         key_prefix=f"bast-scenes-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
-
-
-def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
-    """Scenes over all shards; events, failures and warnings once per group of scenes
-    (from its first condition's shard), failures once per sound."""
-    seen: set[str] = set()
-    warnings: Counter = Counter()
-    first: dict[str, tuple] = {}
-    for s in shards:
-        first.setdefault(s.split, (s.env, s.head, s.room))
-    for s in shards:
-        summary.samples += s.samples
-        if (s.env, s.head, s.room) == first[s.split]:
-            summary.clips += s.clips
-            warnings.update(s.warnings)
-        for f in s.failures:
-            if f["clip_id"] not in seen:
-                seen.add(f["clip_id"])
-                summary.failures.append(f)
-    summary.failures.sort(key=lambda f: f["clip_id"])
-    summary.warnings = dict(warnings)
 
 
 def read_scenes(directory, reader: str = "reading scenes") -> dict:

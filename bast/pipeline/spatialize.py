@@ -562,7 +562,7 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
             kept := tuple(s for s in t.shards if s[0] in todo)) else None,
         describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {c.env}, {c.head}, {c.room})" for i, c, _ in t.shards),
-        totals=_summarise, manifest_extra=manifest_extra, manifest_keys=manifest_keys,
+        totals=summarise_shards, manifest_extra=manifest_extra, manifest_keys=manifest_keys,
         key_prefix=f"bast-spatialize-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
@@ -595,9 +595,10 @@ def irs_listener(path: str) -> str:
     return ""
 
 
-def _summarise(summary: StageSummary, shards: list[ShardInfo]) -> None:
-    """Totals over shards; a clip is in one shard per condition, so its failure and its
-    warnings are counted once (from the shards of its split's first condition)."""
+def summarise_shards(summary: StageSummary, shards: list[ShardInfo]) -> None:
+    """Totals over shards; a clip (a scene, for `bast-cli scenes`) is in one shard per
+    condition, so its failure and its warnings are counted once (from the shards of its
+    split's first condition)."""
     seen: set[str] = set()
     warnings: Counter = Counter()
     first: dict[str, tuple] = {}
