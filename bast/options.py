@@ -119,16 +119,21 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def input_file(path, option: str, what: str = "file") -> Path:
-    """`path` as a regular file that can be read. A FIFO, device or socket is refused
-    before anything opens it (opening a FIFO blocks until someone writes to it)."""
-    path = Path(path)
+def _stat(path: Path, option: str, what: str) -> os.stat_result:
+    """os.stat of an input, a missing or unreadable one named by its option."""
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
         raise MissingError(f"{option} {path}: no such {what}") from None
     except OSError as exc:
         raise ConfigError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def input_file(path, option: str, what: str = "file") -> Path:
+    """`path` as a regular file that can be read. A FIFO, device or socket is refused
+    before anything opens it (opening a FIFO blocks until someone writes to it)."""
+    path = Path(path)
+    st = _stat(path, option, what)
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{option} {path}: {_kind(st.st_mode)}; give a regular {what}")
     if not os.access(path, os.R_OK):
@@ -139,12 +144,7 @@ def input_file(path, option: str, what: str = "file") -> Path:
 def input_path(path, option: str, what: str = "file or folder") -> Path:
     """A regular file or a folder (anything else, e.g. a FIFO, refused)."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise MissingError(f"{option} {path}: no such {what}") from None
-    except OSError as exc:
-        raise ConfigError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    st = _stat(path, option, what)
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise ConfigError(f"{option} {path}: {_kind(st.st_mode)}; give a {what}")
     return path
