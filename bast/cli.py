@@ -390,11 +390,13 @@ def train(
     features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
-    model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream). docs/train.md.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream), seldnet (the DCASE SELD baseline; --target seld). docs/train.md.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
     kinds: Annotated[Optional[str], typer.Option("--features", help="Feature kinds the model reads, comma-separated (the data must hold them): logpower (default), phase; docs/featurize.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase): short for --features logpower,phase.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category. docs/sphere.md.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category (docs/sphere.md); seld on scene data (docs/seld.md).")] = None,
+    window_frames: Annotated[Optional[int], typer.Option(help="--target seld: STFT frames per window cut from the scenes (61 = 500 ms = 5 label frames; longer for seldnet). [default: 61]")] = None,
+    window_hop: Annotated[Optional[int], typer.Option(help="--target seld: training windows start every this many frames. [default: 25, two label frames]")] = None,
     task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="mse, ad (angular distance) or mix (hybrid).")] = None,
     integration: Annotated[Optional[str], typer.Option(help="How TE-C joins the ears: add, sub or concat.")] = None,
@@ -429,7 +431,8 @@ def train(
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
-             "amp": amp, "compile": compile, "deterministic": deterministic, "val_every": val_every}
+             "amp": amp, "compile": compile, "deterministic": deterministic, "val_every": val_every,
+             "window_frames": window_frames, "window_hop": window_hop}
     overrides = {k: v for k, v in given.items() if v is not None}
     for item in set_ or []:
         key, _, value = item.partition("=")
@@ -452,7 +455,9 @@ def train(
                 val = (f"val loss {row['val_loss']:.4f}  "
                        + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
                           else "")
-                       + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else ""))
+                       + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
+                       + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
+                          f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
             else:
                 val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
             progress.console.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
@@ -474,6 +479,10 @@ def train(
     if result and "accuracy" in result:
         console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
                       f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
+    if result and result.get("target") == "seld":
+        console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
+                      f"ER20 {result['er20']:.2f}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
+                      f"SELD score {result['seld_score']:.3f}; DCASE CSVs in {out / 'eval' / 'seld'}")
     if result:
         console.print(f"run: {out}")
 

@@ -81,16 +81,24 @@ def read_dcase_csv(path) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 5)
 
 
-def format_dcase_rows(rows) -> str:
-    """CSV text of rows (n, 5) or (n, 6, distance in cm last) in DCASE's form: whole
-    numbers, azimuth counter-clockwise in [-180, 180), rows in frame order."""
+def dcase_rows(rows) -> np.ndarray:
+    """Rows (n, 5) or (n, 6, distance in cm last) as a DCASE file holds them: whole
+    numbers (int64), azimuth counter-clockwise in [-180, 180), in frame order (stable).
+    Scoring these gives what scoring the written file gives."""
     rows = np.asarray(rows, dtype=np.float64)
+    if rows.size == 0:
+        rows = rows.reshape(0, 5)
     if rows.ndim != 2 or rows.shape[1] not in (5, 6) or not np.all(np.isfinite(rows)):
         raise ConfigError(f"DCASE rows are finite (n, 5) or (n, 6) arrays, not shape {rows.shape}")
     rows = rows[np.argsort(rows[:, 0], kind="stable")]
     ints = np.rint(rows).astype(np.int64)
     ints[:, 3] = (ints[:, 3] + 180) % 360 - 180
-    return "".join(",".join(map(str, r)) + "\n" for r in ints)
+    return ints
+
+
+def format_dcase_rows(rows) -> str:
+    """CSV text of rows (n, 5) or (n, 6, distance in cm last) in DCASE's form (`dcase_rows`)."""
+    return "".join(",".join(map(str, r)) + "\n" for r in dcase_rows(rows))
 
 
 def write_dcase_csv(path, rows) -> None:

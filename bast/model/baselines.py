@@ -24,7 +24,7 @@ from torch import nn
 
 from bast.conventions import N_FRAMES, N_FREQ
 from bast.errors import ConfigError
-from bast.model.bast import (SinusoidalPosEmbed, check_backbone, make_encoder, padding_amounts,
+from bast.model.bast import (OutputTokens, SinusoidalPosEmbed, check_backbone, read_out, make_encoder, padding_amounts,
                              reset_special_parameters, token_grid)
 from bast.pipeline import featurekinds
 
@@ -177,6 +177,7 @@ class ASTConfig(_Config):
     expand: float = 0.5
     d_state: int = 8
     d_conv: int = 3
+    out_tokens: int = 0  # output tokens, one per output frame (M2M-AST; --target seld), as BAST's
 
     def __post_init__(self):
         _features(self)
@@ -206,9 +207,14 @@ class AST(nn.Module):
                                     mlp_dim=cfg.mlp_dim, drop=cfg.dropout, proj_drop=0.0, grid=(rows, cols),
                                     window=cfg.window, expand=cfg.expand, d_state=cfg.d_state, d_conv=cfg.d_conv)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.head = nn.Linear(cfg.dim, cfg.outputs)
+        self.head = nn.Linear(cfg.dim, cfg.outputs // max(1, cfg.out_tokens))
         reset_special_parameters(self)  # swin's and mamba's own initialisation; nothing for vit
+        self.out_tokens = nn.Identity()
+        if cfg.out_tokens:  # made last, so the other weights draw what they drew without it
+            self.out_tokens = OutputTokens(cfg.out_tokens, cfg.dim)
+            nn.init.trunc_normal_(self.out_tokens.tokens, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(self.pad(x)).flatten(2).transpose(1, 2)
-        return self.head(self.norm(self.encoder(self.drop(self.pos_embed(tokens))).mean(dim=1)))
+        tokens = self.encoder(self.out_tokens(self.drop(self.pos_embed(tokens))))
+        return read_out(self.head, self.norm, tokens, self.cfg.out_tokens)

@@ -132,6 +132,10 @@ class BASTConfig:
     expand: float = 0.5
     d_state: int = 8  # mamba: state size N per channel (MambaVision: 8)
     d_conv: int = 3  # mamba: causal depthwise convolution width (MambaVision: 3)
+    # Output tokens (M2M-AST): 0 = the paper's head over the mean of all tokens; n > 0 = n
+    # learned tokens put before TE-C's tokens, each read out by the head as one output
+    # frame (--target seld: one per 100 ms label frame), `outputs` split evenly among them.
+    out_tokens: int = 0
 
     def __post_init__(self):
         self.features = featurekinds.model_features(self.features, self.phase)
@@ -192,6 +196,13 @@ def check_backbone(cfg) -> None:
         raise ConfigError(f"expand must be positive, not {cfg.expand!r}")
     if cfg.backbone != "vit" and getattr(cfg, "cls_token", False):
         raise ConfigError(f"cls_token needs the vit backbone: the {cfg.backbone} encoder works on the patch grid")
+    if cfg.out_tokens < 0:
+        raise ConfigError(f"out_tokens must be >= 0, not {cfg.out_tokens!r}")
+    if cfg.out_tokens and cfg.backbone != "vit":
+        raise ConfigError(f"output tokens (out_tokens, --target seld) need the vit backbone: the {cfg.backbone} "
+                          "encoder works on the patch grid, which extra tokens do not belong to")
+    if cfg.out_tokens and cfg.outputs % cfg.out_tokens:
+        raise ConfigError(f"outputs {cfg.outputs} do not split evenly among {cfg.out_tokens} output tokens")
 
 
 def make_encoder(backbone: str, width: int, *, depth: int, heads: int, head_dim: int, mlp_dim: int, drop: float,
@@ -313,6 +324,26 @@ class ClassToken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.token.expand(x.shape[0], -1, -1), x), dim=1)
+
+
+class OutputTokens(nn.Module):
+    """M2M-AST's output tokens: n learned tokens, one per output frame, put before the
+    tokens of the last encoder; the head reads each as its frame's output."""
+
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.zeros(1, n, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((self.tokens.expand(x.shape[0], -1, -1), x), dim=1)
+
+
+def read_out(head: nn.Module, norm: nn.Module, tokens: torch.Tensor, out_tokens: int) -> torch.Tensor:
+    """The head over the mean of all tokens, or (out_tokens > 0) over each output token,
+    the frames' outputs side by side: (B, outputs)."""
+    if out_tokens:
+        return head(norm(tokens[:, :out_tokens])).flatten(1)
+    return head(norm(tokens.mean(dim=1)))
 
 
 class LearnedPosEmbed(nn.Module):
@@ -476,7 +507,8 @@ class BAST(nn.Module):
         self.encoder_center = encoder(cfg.center_dim, first_shifted=cfg.depth % 2 == 1)
 
         self.norm = nn.LayerNorm(cfg.center_dim)
-        self.head = nn.Linear(cfg.center_dim, cfg.outputs)
+        self.out_tokens = OutputTokens(cfg.out_tokens, cfg.center_dim) if cfg.out_tokens else nn.Identity()
+        self.head = nn.Linear(cfg.center_dim, cfg.outputs // max(1, cfg.out_tokens))
         self.init_weights()
 
     @torch.no_grad()
@@ -492,7 +524,7 @@ class BAST(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, (LearnedPosEmbed, ClassToken)):
+            elif isinstance(m, (LearnedPosEmbed, ClassToken, OutputTokens)):
                 nn.init.trunc_normal_(next(iter(m.parameters())), std=0.02)
         reset_special_parameters(self)
 
@@ -510,11 +542,12 @@ class BAST(nn.Module):
         left_ear, right_ear = ears(x, self.cfg.features, self.cfg.phase_average)
         left = self.encoder_left(self.embed(left_ear), maps.get("left"))
         right = self.encoder_right(self.embed(right_ear), maps.get("right"))
-        return self.encoder_center(self.integrate(left, right), maps.get("center"))
+        return self.encoder_center(self.out_tokens(self.integrate(left, right)), maps.get("center"))
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean over all tokens (the class token included when there is one), LayerNorm, Linear."""
-        return self.head(self.norm(tokens.mean(dim=1)))
+        """Mean over all tokens (the class token included when there is one), LayerNorm,
+        Linear; with output tokens, LayerNorm and Linear of each (`read_out`)."""
+        return read_out(self.head, self.norm, tokens, self.cfg.out_tokens)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """(B, 2, F, T) -> (B, 2); with return_attention, (pred, {"left", "right", "center":

@@ -68,6 +68,12 @@ class TrainConfig:
     # Validate every val_every epochs (and after the last): validation picks the best
     # checkpoint, so an epoch without it cannot become the best one.
     val_every: int = 1
+    # Scene data (--target seld): windows of window_frames STFT frames (61 = 500 ms = 5 label
+    # frames, what the clip models read; longer for seldnet) cut from whole scenes every
+    # window_hop frames for training (evaluation cuts them every 25 frames, two label
+    # frames, and stitches them back into scenes: docs/seld.md).
+    window_frames: int = 61
+    window_hop: int = 25
 
     def __post_init__(self):
         if self.arch not in MODELS:
@@ -143,10 +149,17 @@ _RANGES: tuple[tuple[str, str, Callable], ...] = (
     ("eval_batch_size", "a whole number >= 1", lambda v: v >= 1),
     ("epochs", "a whole number >= 1 (a run with no epoch has no model to test)", lambda v: v >= 1),
     ("val_every", "a whole number >= 1", lambda v: v >= 1),
+    ("window_frames", "a whole number in [16, 100000] (STFT frames)", lambda v: 16 <= v <= 100000),
+    ("window_hop", "a whole number >= 1 (STFT frames)", lambda v: v >= 1),
     ("seed", f"a whole number in [0, {SEED_LIMIT - 1}]", lambda v: 0 <= v < SEED_LIMIT),
     ("memory_budget_gb", "a number >= 0 (GB)", lambda v: 0 <= v <= math.inf),
     ("max_minutes", "a number > 0 (minutes) or null", lambda v: 0 < v <= math.inf),
 )
+
+
+# Model counts where 0 means none / "from the window": output tokens of bast and ast (0: the
+# mean-pooled head), seldnet's label frames (0: from the window) and optional layers.
+_MAY_BE_ZERO = {"out_tokens", "label_frames", "attn_layers", "fnn_layers"}
 
 
 def _check_model_ranges(kind: type, values: dict) -> None:
@@ -156,7 +169,9 @@ def _check_model_ranges(kind: type, values: dict) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if hints.get(name) == "int" and not value >= 1:
+        if hints.get(name) == "int" and name in _MAY_BE_ZERO and not value >= 0:
+            raise ConfigError(f"model setting {name} must be a whole number >= 0, not {value!r}")
+        if hints.get(name) == "int" and name not in _MAY_BE_ZERO and not value >= 1:
             raise ConfigError(f"model setting {name} must be a whole number >= 1, not {value!r}")
         if hints.get(name) == "float" and "dropout" in name and not 0 <= value < 1:
             raise ConfigError(f"model setting {name} must be in [0, 1), not {value!r}")

@@ -123,8 +123,9 @@ def data_classes(features_dir) -> tuple[str, ...]:
     indices are the same for every split."""
     root = Path(features_dir)
     manifest = read_manifest(root, "featurize", "training")
-    if manifest.get("categories") is not None:
-        return tuple(sorted(str(c) for c in manifest["categories"]))
+    listed = manifest.get("categories", manifest.get("totals", {}).get("categories"))  # scenes: in totals
+    if listed is not None:
+        return tuple(sorted(str(c) for c in listed))
     found: set[str] = set()
     for s in manifest["shards"]:
         path = root / s["path"]

@@ -104,8 +104,17 @@ def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss: Target 
 
 
 def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Context) -> dict:
-    """The best checkpoint on the test split: eval/test.json and eval/test_predictions.csv."""
+    """The best checkpoint on the test split: eval/test.json and eval/test_predictions.csv
+    (SELD: eval/test.json and the DCASE CSVs of the test scenes, bast/model/seldeval.py)."""
     model, _ = load_model(run_dir, "best", ctx.device)
+    target = target_of(cfg)
+    if target.scenes:
+        from bast.model.scenedata import SceneWindows
+        from bast.model.seldeval import seld_test
+
+        data = SceneWindows(test_sel, cfg.window_frames, len(target.classes), ctx.device,
+                            batch_size=cfg.eval_batch_size)
+        return seld_test(model, data, ctx, target, run_dir / "eval", {"checkpoint": "best", "test_env": cfg.test_env})
     data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target_of(cfg))
     metrics, table = evaluate(model, data, ctx)
     if "ad_deg" in table:

@@ -13,12 +13,14 @@ from torch import nn
 from bast.errors import ConfigError
 from bast.model.bast import BAST, BASTConfig
 from bast.model.baselines import AST, CNN, MLP, ASTConfig, CNNConfig, MLPConfig
+from bast.model.seldnet import SELDNET_PRESETS, SELDnet, SELDnetConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "bast": (BASTConfig, BAST),
     "mlp": (MLPConfig, MLP),
     "cnn": (CNNConfig, CNN),
     "ast": (ASTConfig, AST),
+    "seldnet": (SELDnetConfig, SELDnet),  # scenes only (--target seld): the DCASE baseline
 }
 
 # Per model and preset: the model's settings and the training settings that differ from
@@ -52,6 +54,14 @@ BASELINE_PRESETS: dict[str, dict[str, dict]] = {
         # BAST's width and depth (3 x 3 layers) in one stream, at the paper's patch stride.
         "paper": dict(model=dict(dim=1024, heads=16, mlp_dim=1024, depth=9, stride=6, dropout=0.2), lr=1e-4,
                       warmup_steps=0, schedule="constant", batch_size=48, epochs=50),
+    },
+    # The DCASE 2023 baseline trains with Adam at 1e-3, batch 128, 100 epochs (parameters.py);
+    # its windows are 5 s: --window-frames 624 reads as long a context.
+    "seldnet": {
+        "tiny": dict(model=SELDNET_PRESETS["tiny"], lr=1e-3, warmup_steps=50, batch_size=32, epochs=16),
+        "small": dict(model=SELDNET_PRESETS["small"], lr=1e-3, warmup_steps=100, batch_size=64, epochs=40),
+        "paper": dict(model=SELDNET_PRESETS["paper"], lr=1e-3, warmup_steps=0, schedule="constant", batch_size=128,
+                      epochs=100),
     },
 }
 

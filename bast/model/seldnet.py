@@ -55,6 +55,7 @@ class SELDnetConfig(_Config):
     fnn_size: int = 128
     fnn_layers: int = 1
     dropout: float = 0.05
+    label_frames: int = 0  # output frames per window; 0: those the window spans (n_label_frames)
 
     def __post_init__(self):
         _features(self)
@@ -118,7 +119,7 @@ class SELDnet(nn.Module):
 
     def forward(self, x: torch.Tensor, n_labels: int | None = None) -> torch.Tensor:
         b, _, _, frames = x.shape
-        n_labels = n_labels or n_label_frames(frames)
+        n_labels = n_labels or self.cfg.label_frames or n_label_frames(frames)
         x = x.transpose(2, 3)  # (B, ch, time, frequency), as the baseline
         for k, layer in enumerate(self.conv_block_list):
             x = layer(x)

@@ -54,6 +54,7 @@ class TargetSettings:
     classes: tuple[str, ...] = ()  # the data set's sorted class list (category targets)
     task_weights: str = "fixed"  # multitask: fixed weights, or learned (Kendall et al. 2018)
     category_weight: float = 1.0  # multitask, fixed: weight of the category loss (direction: 1)
+    window_frames: int = 61  # scene targets: STFT frames per window the model reads
 
 
 class Target(nn.Module):
@@ -64,6 +65,7 @@ class Target(nn.Module):
     label_shape: ClassVar[tuple[int, ...]] = ()
     label_columns: ClassVar[tuple[str, ...]] = ()
     uses_classes: ClassVar[bool] = False  # needs the data set's class list (TargetSettings.classes)
+    scenes: ClassVar[bool] = False  # learned from windows of whole scenes (bast-cli scenes), not from clips
 
     def __init__(self, settings: TargetSettings):
         super().__init__()
@@ -88,6 +90,10 @@ class Target(nn.Module):
 
     def decode(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def model_settings(self, fields: set) -> dict:
+        """The model config settings (of those in `fields`) this target fixes: the output size."""
+        return {"outputs": self.outputs} if "outputs" in fields else {}
 
     def table_loss(self, table: dict) -> float:
         """The loss over a whole predictions table at once (validation's loss)."""
@@ -120,7 +126,8 @@ def target_of(cfg) -> Target:
     """The target of a training config (TrainConfig)."""
     return make_target(cfg.target, TargetSettings(loss=cfg.loss, mix_weight=cfg.mix_weight,
                                                   classes=tuple(cfg.classes), task_weights=cfg.task_weights,
-                                                  category_weight=cfg.category_weight))
+                                                  category_weight=cfg.category_weight,
+                                                  window_frames=cfg.window_frames))
 
 
 def attach(model: nn.Module, target: Target) -> nn.Module:
@@ -331,6 +338,74 @@ class AzimuthCategory(Multitask):
     name = "azimuth+category"
     parts = (Azimuth, Category)
     uses_classes = True
+
+
+# ----------------------------------------------------------------------------- scenes (SELD)
+@register
+class Seld(Target):
+    """Sound event localization and detection on windows of whole scenes: the multi-ACCDOA
+    target (label frames x tracks x classes x 3 per window) with the ADPIT loss
+    (bast/model/seld.py, docs/seld.md). A window of `window_frames` STFT frames holds
+    `frames` label frames (61 -> 5); the model's output is their vectors, flat or shaped.
+    Windows, their labels and the scene-level metrics are the scene loader's and
+    bast/model/seldeval.py's: a window has no per-sample table row."""
+
+    name = "seld"
+    uses_classes = True
+    scenes = True
+    label_columns = ()
+    output_columns = ()
+
+    def __init__(self, settings: TargetSettings):
+        super().__init__(settings)
+        from bast.model.seld import N_TRACKS
+        from bast.pipeline.scenefeatures import window_labels
+
+        if not settings.classes:
+            raise ConfigError("target 'seld' needs the data set's classes, and this data has none")
+        self.classes = tuple(settings.classes)
+        self.tracks = N_TRACKS
+        self.window_frames = int(settings.window_frames)
+        self.frames = window_labels(self.window_frames)
+        if self.frames < 1:
+            raise ConfigError(f"a window of {self.window_frames} frames holds no 100 ms label frame")
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:  # type: ignore[override]
+        return (self.frames, self.tracks, len(self.classes), 3)
+
+    @property
+    def outputs(self) -> int:
+        return int(np.prod(self.label_shape))
+
+    def model_settings(self, fields: set) -> dict:
+        """Flat-output models (mlp, cnn) get the whole window's vectors from their head;
+        bast and ast one output token per label frame (M2M-AST); seldnet its classes and
+        tracks. Every model reads windows of `window_frames`."""
+        wanted = {"outputs": self.outputs, "out_tokens": self.frames, "n_time": self.window_frames,
+                  "classes": len(self.classes), "tracks": self.tracks, "label_frames": self.frames}
+        if "classes" in fields:  # seldnet: its own output layout
+            wanted.pop("outputs")
+        return {k: v for k, v in wanted.items() if k in fields}
+
+    def labels(self, columns: dict) -> np.ndarray:
+        raise ConfigError("the seld target's labels are cut from whole scenes by the scene loader "
+                          "(bast/model/scenedata.py), not read from clip columns")
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels
+
+    def shaped(self, pred: torch.Tensor) -> torch.Tensor:
+        """The model's output as (B, frames, tracks, classes, 3)."""
+        return pred.reshape(pred.shape[0], *self.label_shape)
+
+    def loss(self, pred, y):
+        from bast.model.seld import adpit_loss
+
+        return adpit_loss(self.shaped(pred).float(), y)
+
+    def decode(self, pred, y) -> dict[str, np.ndarray]:
+        raise ConfigError("seld outputs are stitched into whole scenes and decoded there (bast/model/seldeval.py)")
 
 
 def chance_accuracy(classes) -> float:

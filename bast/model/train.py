@@ -37,9 +37,11 @@ from bast.model.checkpoint import (_unwrap, copy_checkpoint, load_checkpoint, lo
 from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
 from bast.model.data import EvalData, ResidentData, Selection, StreamingData, data_classes, make_data
 from bast.model.evaluate import evaluate, final_test
+from bast.model.scenedata import SceneWindows, is_scene_data
+from bast.model.seldeval import seld_evaluate
 from bast.model.transfer import data_sha256, features_manifest
-from bast.model.registry import build_model
-from bast.model.targets import Target, attach, needs_classes, target_of
+from bast.model.registry import build_model, model_fields
+from bast.model.targets import Target, attach, make_target_class, needs_classes, target_of
 from bast.model.runtime import Context, autocast, describe, rank_seed, setup
 from bast.pipeline.shards import DirectoryLock
 
@@ -304,6 +306,15 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
     if cfg.batch_size % ctx.world:
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
     target = target if target is not None else target_of(cfg)
+    if target.scenes:  # windows cut from whole scenes, resident (bast/model/scenedata.py)
+        windows = dict(length=cfg.window_frames, n_classes=len(target.classes), device=ctx.device)
+        data = SceneWindows(train_sel, **windows, batch_size=cfg.batch_size // ctx.world, hop=cfg.window_hop,
+                            shuffle=True, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
+        if len(data) == 0:
+            raise TrainingError(f"{data.per_rank} training windows per rank make no batch of "
+                                f"{cfg.batch_size // ctx.world}; lower --batch-size or --window-hop")
+        val = SceneWindows(val_sel, **windows, batch_size=cfg.eval_batch_size, rank=ctx.rank, world=ctx.world)
+        return Splits(train_sel, val_sel, test_sel, data, val)
     data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
                      ctx.rank, ctx.world, target=target)
     if len(data) == 0:
@@ -467,12 +478,18 @@ def train_epoch(net, optimizer, data, loss_fn, ctx: Context, cfg: TrainConfig, s
             "train_samples_per_s": seen * ctx.world / seconds, "seconds": seconds}
 
 
-def validate(model, val: EvalData, ctx: Context, target: Target) -> dict:
+def validate(model, val: EvalData | SceneWindows, ctx: Context, target: Target) -> dict:
     """The metrics row's validation part, under the training precision (it only ranks
-    epochs). A non-finite result is written as null with `val_nonfinite`, never as NaN."""
+    epochs). A non-finite result is written as null with `val_nonfinite`, never as NaN.
+    Scenes (SELD): the window loss and the DCASE scores of the stitched scenes."""
     t0 = time.perf_counter()
-    metrics, _ = evaluate(model, val, ctx, target, training_precision=True)
-    row = {"val_loss": metrics.get("loss"), **{f"val_{k}": v for k, v in metrics.items() if k not in ("n", "loss", "by_env")},
+    if isinstance(val, SceneWindows):
+        metrics, _ = seld_evaluate(model, val, ctx, target, training_precision=True)
+        metrics.pop("classes", None)
+    else:
+        metrics, _ = evaluate(model, val, ctx, target, training_precision=True)
+    row = {"val_loss": metrics.get("loss"),
+           **{f"val_{k}": v for k, v in metrics.items() if k not in ("n", "loss", "by_env", "windows")},
            "val_by_env": metrics["by_env"]}
     clean = _finite_or_none(row)
     if clean != row:
@@ -548,12 +565,23 @@ def run_final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Co
 
 
 def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
-    """`cfg` with the data set's classes (category targets) and the target's output size."""
+    """`cfg` with the data set's classes (category targets) and the model settings the
+    target fixes (the output size; for seld the output tokens, window length, classes).
+    Scene data trains scene targets only, and the other way round."""
+    scenes = is_scene_data(features_dir)
+    kind = make_target_class(cfg.target)
+    if scenes != kind.scenes:
+        raise TrainingError(
+            f"{features_dir} holds featurized scenes (bast-cli scenes): train them with --target seld"
+            if scenes else f"--target {cfg.target} learns from scenes (bast-cli scenes, then featurize); "
+            f"{features_dir} holds clips")
+    if cfg.arch == "seldnet" and not kind.scenes:
+        raise TrainingError("--model seldnet is a SELD model: it trains with --target seld on scene data")
     if needs_classes(cfg.target) and not cfg.classes:
         cfg = dataclasses.replace(cfg, classes=data_classes(features_dir))
-    outputs = target_of(cfg).outputs
-    if cfg.model.outputs != outputs:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, outputs=outputs))
+    settings = target_of(cfg).model_settings(model_fields(cfg.arch))
+    if any(getattr(cfg.model, k) != v for k, v in settings.items()):
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
     return cfg
 
 

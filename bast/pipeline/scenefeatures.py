@@ -62,6 +62,39 @@ def frame_tracks(rows: np.ndarray, frames: int, slots: int) -> dict[str, np.ndar
     return out
 
 
+def window_label_frames(start: int, length: int) -> np.ndarray:
+    """The 100 ms label frames whose centre samples lie in the window of `length` STFT
+    frames from frame `start` (samples 128 start .. 128 (start + length - 1) + 256)."""
+    first_sample, end_sample = start * HOP, (start + length - 1) * HOP + NPERSEG
+    centres = (np.arange(-(-end_sample // LABEL_SAMPLES) + 1) + 0.5) * LABEL_SAMPLES
+    return np.flatnonzero((centres >= first_sample) & (centres < end_sample))
+
+
+# Windows that start on a multiple of 25 STFT frames (3,200 samples, two label frames) all
+# hold the same label frames at the same places; others may hold one fewer.
+ALIGNED_HOP = 2 * LABEL_SAMPLES // HOP
+
+
+def window_labels(length: int) -> int:
+    """How many label frames an aligned window of `length` STFT frames holds (61 -> 5,
+    250 -> 20): the model's output frames per window."""
+    return len(window_label_frames(0, length))
+
+
+def window_starts(frames: int, length: int, hop: int) -> np.ndarray:
+    """First frames of the windows cut from a scene of `frames` STFT frames: every `hop`
+    frames, and one more ending at the scene's end so that its last label frames are
+    covered; windows that would hold another number of label frames than an aligned one
+    (`window_labels`) are left out. Empty when the scene is shorter than a window."""
+    if length > frames:
+        return np.zeros(0, dtype=np.int64)
+    starts = list(range(0, frames - length + 1, hop))
+    if starts[-1] != frames - length:
+        starts.append(frames - length)
+    want = window_labels(length)
+    return np.array([s for s in starts if len(window_label_frames(s, length)) == want], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class SceneWindow:
     spec: np.ndarray  # (2, 129, length) dB
@@ -81,18 +114,23 @@ def cut_window(spec: np.ndarray, tracks: dict, rows: np.ndarray, start: int, len
     if not 0 <= start <= frames - length:
         raise ConfigError(f"window [{start}, {start + length}) is outside the scene's {frames} frames")
     cut = slice(start, start + length)
-    first_sample, end_sample = start * HOP, (start + length - 1) * HOP + NPERSEG
-    centres = (np.arange(-(-end_sample // LABEL_SAMPLES) + 1) + 0.5) * LABEL_SAMPLES
-    inside = np.flatnonzero((centres >= first_sample) & (centres < end_sample))
+    inside = window_label_frames(start, length)
     label_frame = stft_label_frames(frames)[cut]
     first_label = int(inside[0]) if inside.size else int(label_frame[0])
-    rows = np.asarray(rows).reshape(-1, 6)
-    keep = np.isin(rows[:, 0], inside)
-    window_rows = rows[keep].copy()
-    window_rows[:, 0] -= first_label
     return SceneWindow(spec=spec[..., cut], phase=None if phase is None else phase[..., cut],
                        tracks={k: v[cut] for k, v in tracks.items()}, label_frames=label_frame - first_label,
-                       rows=window_rows)
+                       rows=window_rows(rows, start, length))
+
+
+def window_rows(rows: np.ndarray, start: int, length: int) -> np.ndarray:
+    """The label rows (R, 6) of the label frames whose centres lie in the window, their
+    frames numbered from the window's first such label frame."""
+    inside = window_label_frames(start, length)
+    rows = np.asarray(rows).reshape(-1, 6)
+    out = rows[np.isin(rows[:, 0], inside)].copy()
+    if inside.size:
+        out[:, 0] -= inside[0]
+    return out
 
 
 @dataclass(frozen=True)
