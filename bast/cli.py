@@ -62,6 +62,7 @@ def spatialize(
     test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
     sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
+    categories: Annotated[Optional[str], typer.Option(help="Keep the sounds of these categories only (comma-separated; the procedural corpus then draws --sounds of them).")] = None,
     env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
     azimuths: Annotated[str, typer.Option(help="Azimuths in degrees: start:stop:step or a list (SOFA: 90 = left).")] = "0:360:10",
     elevations: Annotated[str, typer.Option(help="Elevations in degrees (90 = up): a list (-30,0,30) or LO:HI:STEP (HI included), crossed with --azimuths; with --directions all, LO:HI limits them. docs/sphere.md.")] = "0",
@@ -115,7 +116,7 @@ def spatialize(
         raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
     pairs = (None if directions is None
              else parse_directions(directions, heads[0] if heads else None, el_limit))
-    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
+    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}")
     config = SpatializeConfig(
@@ -173,6 +174,7 @@ def scenes(
     test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
     sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
+    categories: Annotated[Optional[str], typer.Option(help="Keep the sounds of these categories only (comma-separated; the procedural corpus then draws --sounds of them).")] = None,
     env: Annotated[str, typer.Option(help="Environments: anechoic, hall, or both (aliases RI01, RI02, RI).")] = "RI",
     hrir: Annotated[Optional[list[Path]], typer.Option(help="SOFA HRIR set(s) (heads); repeatable or a folder (default: bundled MIT KEMAR).")] = None,
     test_hrir: Annotated[Optional[list[Path]], typer.Option(help="Heads used only for the test split; repeatable.")] = None,
@@ -223,7 +225,7 @@ def scenes(
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
         tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
     )
-    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech)
+    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     for note in found.notes:
         console.print(f"[yellow]note:[/] {note}")
     conditions = layout(config.spatialize_config()).splits

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import soundfile as sf
 from scipy import signal
 
 from bast.corpora import RECIPES, ClipError, ClipRef, load_clip
@@ -350,3 +351,22 @@ def test_a_corpus_without_espeak_ng_says_so_and_records_why(monkeypatch):
     assert "speech" in whole.kinds and whole.manifest_info()["missing_kinds"] == {} and whole.note() is None
     assert DefaultCorpus(n_clips=30, seed=0, speech=False).manifest_info()["missing_kinds"] == {
         "speech": "left out (speech=False)"}
+
+
+def test_categories_keep_the_named_ones_and_refuse_unknown_names(tmp_path):
+    from bast.corpora.sources import resolve_source
+    from bast.errors import ConfigError
+
+    found = resolve_source("default", sounds=12, seed=1, speech=False, categories="clicks, harmonic")
+    assert len(found.refs) == 12 and {r.category for r in found.refs} == {"clicks", "harmonic"}
+    assert found.info["categories"] == ["clicks", "harmonic"]
+    everything = resolve_source("default", sounds=12, seed=1, speech=False)
+    assert len({r.category for r in everything.refs}) > 2 and "categories" not in everything.info
+    for name in ("a", "b"):  # a folder corpus: the category is the first folder
+        (tmp_path / name).mkdir()
+        sf.write(tmp_path / name / "x.wav", np.zeros(1600), 16000)
+    assert [r.category for r in resolve_source(str(tmp_path), categories="b").refs] == ["b"]
+    with pytest.raises(ConfigError, match="nope not among the categories.*a, b"):
+        resolve_source(str(tmp_path), categories="b,nope")
+    with pytest.raises(ConfigError, match="at least one"):
+        resolve_source(str(tmp_path), categories=" , ")

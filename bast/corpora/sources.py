@@ -23,24 +23,63 @@ class Sources:
 
 
 def resolve_source(source: str, *, test: Path | None = None, sounds: int = 200, seed: int = 0,
-                   speech: bool | None = None) -> Sources:
+                   speech: bool | None = None, categories: str | None = None) -> Sources:
     """The clips of `source` (a recipe name, a folder, a CSV manifest or a file), plus the
-    test sounds of `test`. `sounds`, `seed` and `speech` configure a procedural recipe."""
+    test sounds of `test`. `sounds`, `seed` and `speech` configure a procedural recipe.
+    `categories` (comma-separated names) keeps the sounds of those categories only; a
+    recipe then draws `sounds` sounds of them (the recipe's other kinds skipped)."""
     import bast.corpora  # noqa: F401  (registers the built-in recipes)
 
+    wanted = parse_categories(categories)
     test_info = str(Path(test).resolve()) if test else None
     if source in RECIPES and source != "files":
         corpus = RECIPES[source](n_clips=sounds, seed=seed, speech=speech)
-        refs = corpus.list_clips()
+        kinds = getattr(corpus, "kinds", None)
+        if wanted and kinds:  # a recipe balanced over its kinds: list enough to draw `sounds` of the wanted ones
+            n = sounds * -(-len(kinds) // len(wanted)) + len(kinds)
+            corpus = RECIPES[source](n_clips=n, seed=seed, speech=speech)
+        refs = keep_categories(corpus.list_clips(), wanted, f"the {source} recipe")[:sounds] if wanted else \
+            corpus.list_clips()
         out = Sources(refs, {"recipe": source, "sounds": sounds, "seed": seed, "speech": speech, "test": test_info,
-                             **(corpus.manifest_info() if hasattr(corpus, "manifest_info") else {})})
+                             **(corpus.manifest_info() if hasattr(corpus, "manifest_info") else {}),
+                             **({"categories": sorted(wanted)} if wanted else {})})
         if getattr(corpus, "note", None) and corpus.note():
             out.notes.append(corpus.note())
         if test:
             from bast.corpora.files import test_clips
 
             out.refs = test_clips(test, refs, out.ignored, out.notes)
+            out.refs = keep_categories(out.refs, wanted, str(test)) if wanted else out.refs
         return out
     corpus = RECIPES["files"](source, test=test)
-    return Sources(corpus.list_clips(), {"recipe": "files", "source": str(Path(source).resolve()), "test": test_info},
+    refs = corpus.list_clips()
+    if wanted:
+        refs = keep_categories(refs, wanted, source)
+    return Sources(refs, {"recipe": "files", "source": str(Path(source).resolve()), "test": test_info,
+                          **({"categories": sorted(wanted)} if wanted else {})},
                    corpus.ignored, corpus.warnings)
+
+
+def parse_categories(text: str | None) -> set[str]:
+    """--categories a,b,c as a set of names; None or "" = every category."""
+    if text is None:
+        return set()
+    names = {n.strip() for n in str(text).split(",") if n.strip()}
+    if not names:
+        from bast.errors import ConfigError
+
+        raise ConfigError(f"--categories needs at least one category name, not {text!r}")
+    return names
+
+
+def keep_categories(refs: list[ClipRef], wanted: set[str], where: str) -> list[ClipRef]:
+    """The clips of the `wanted` categories; a name no clip of `where` has is refused with
+    the categories it does have."""
+    have = {r.category for r in refs}
+    unknown = sorted(wanted - have)
+    if unknown:
+        from bast.errors import ConfigError
+
+        raise ConfigError(f"--categories: {', '.join(unknown)} not among the categories of {where} "
+                          f"({', '.join(sorted(c for c in have if c)) or 'none'})")
+    return [r for r in refs if r.category in wanted]

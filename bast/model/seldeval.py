@@ -27,7 +27,7 @@ from bast.model.runtime import Context, autocast, full_precision
 from bast.model.scenedata import SceneWindows
 from bast.model.seld import adpit_loss, decode
 from bast.model.targets import Seld
-from bast.seld_metrics import dcase_rows, score_recordings, write_dcase_csv
+from bast.seld_metrics import SeldScores, dcase_rows, score_recordings, write_dcase_csv
 
 
 @torch.no_grad()
@@ -94,27 +94,21 @@ def metrics_of(results: dict, classes) -> dict:
     """The DCASE scores of scene results, overall, per class (by name) and per environment."""
     n_classes = len(classes)
 
-    def score(keep) -> dict:
+    def score(keep) -> tuple[dict, SeldScores | None]:
         pairs = [(r, p) for r, p, k in zip(results["ref"], results["pred"], keep) if k]
         if not pairs:
-            return {"n": 0}
+            return {"n": 0}, None
         s = score_recordings(pairs, n_classes)
-        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld,
-                "_scores": s}
+        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld}, s
 
-    overall = score([True] * len(results["names"]))
-    scores = overall.pop("_scores", None)
+    overall, scores = score([True] * len(results["names"]))
     metrics = {**overall, "loss": results["loss_sum"] / results["windows"] if results["windows"] else math.nan,
                "windows": results["windows"]}
     if scores is not None:
         d = scores.to_dict()
         metrics["classes"] = [{**c, "class": classes[c["class"]]} for c in d["classes"]]
         metrics.update({k: d[k] for k in ("substitutions", "deletions", "insertions")})
-    metrics["by_env"] = {}
-    for env in sorted(set(results["envs"])):
-        part = score([e == env for e in results["envs"]])
-        part.pop("_scores", None)
-        metrics["by_env"][env] = part
+    metrics["by_env"] = {env: score([e == env for e in results["envs"]])[0] for env in sorted(set(results["envs"]))}
     return metrics
 
 
