@@ -536,7 +536,9 @@ def evaluate(
     any other label of the shards) and predictions.csv, listed in RUN/eval/index.json for
     `bast-cli report`; the run's own test evaluation is left as it is. Stored results are
     reused while the data and the checkpoint are unchanged. Data featurized with other
-    spectrogram parameters than the run's training data is refused.
+    spectrogram parameters than the run's training data is refused. A SELD run (--target
+    seld) is evaluated on featurized scenes: metrics.json holds the DCASE scores, and
+    RUN/eval/<data set>/seld/{ref,pred} the DCASE CSVs (docs/seld.md).
     """
     from bast.model.transfer import evaluate_run
 
@@ -544,17 +546,31 @@ def evaluate(
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
                          ("MSE", "right"), ("n", "right"), ("", "left")):
         t.add_column(col, justify=justify)
+    ts = Table(title=f"SELD runs, best checkpoints on the {split} scenes" + (f" ({env})" if env else ""))
+    for col, justify in (("run", "left"), ("data set", "left"), ("F20 (%)", "right"), ("ER20", "right"),
+                         ("LE (deg)", "right"), ("LR (%)", "right"), ("SELD", "right"), ("scenes", "right"),
+                         ("", "left")):
+        ts.add_column(col, justify=justify)
     written = []
     for run_dir in runs:
         for features in on:
             with console.status(f"evaluating {run_dir} on {features}"):
                 m = evaluate_run(run_dir, features, split=split, envs=env, device=device, force=force)
+            how = "stored" if m["reused"] else "evaluated"
+            d = Path(run_dir) / "eval" / m["name"]
+            if m.get("target") == "seld":  # docs/seld.md
+                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
+                           f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
+                written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
+                continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
-                      f"{m['n']:,}", "stored" if m["reused"] else "evaluated")
-            written.append(Path(run_dir) / "eval" / m["name"])
-    console.print(t)
-    for d in written:
-        console.print(f"results: {d / 'metrics.json'}, {d / 'predictions.csv'}")
+                      f"{m['n']:,}", how)
+            written.append(f"{d / 'metrics.json'}, {d / 'predictions.csv'}")
+    for table in (t, ts):
+        if table.row_count:
+            console.print(table)
+    for line in written:
+        console.print(f"results: {line}")
 
 
 @command
