@@ -509,7 +509,8 @@ def report(
     tests with FDR correction, train x test environment table, attention rollout,
     predicted-vs-true scatter, front-back confusions, errors per sound category, training
     curves; and the generalisation matrix (runs x data sets) of runs scored with
-    `bast-cli evaluate`.
+    `bast-cli evaluate`. SELD runs (--target seld) get their DCASE scores beside "predict
+    nothing", per class, and timelines of example test scenes (docs/seld.md).
     """
     from bast.report.build import build_report
 
@@ -518,6 +519,10 @@ def report(
                                      per_set_figures=per_set_figures)
     for label, r in summary["runs"].items():
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
+    for label, r in summary.get("seld", {}).items():
+        m = r.get("test", r)  # a run's test, or the "predict nothing" scores
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {m['er20']:.2f}, LE {m['le_deg']:.1f} deg, "
+                      f"LR {100 * m['lr']:.1f} %, SELD score {m['seld_score']:.3f}")
     console.print(f"report: {page}")
 
 

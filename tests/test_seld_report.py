@@ -174,3 +174,55 @@ def test_localize_on_a_seld_run_skips_a_short_file_and_reads_other_rates(seld_ru
     # a SELD run's windows are its own: the clip options are refused, not ignored
     res = CliRunner().invoke(app, ["localize", str(run), str(wav), "--out", str(tmp_path / "loc2"), "--hop-ms", "50"])
     assert res.exit_code == 1 and "SELD run" in res.output and not (tmp_path / "loc2").exists()
+
+
+def test_the_report_layer_reads_seld_results_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, bast.report.seld; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_report_with_a_seld_run_beside_a_single_source_run(seld_run, run, tmp_path):
+    from bast.corpora.procedural import DefaultCorpus as Corpus
+    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.report.figures import seld_timeline
+
+    refs = Corpus(n_clips=12, seed=4, speech=False).list_clips()
+    spatialize(refs, tmp_path / "c1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), seed=4,
+                                                      samples_per_shard=16))
+    featurize(tmp_path / "c1", tmp_path / "c2")
+    train(tmp_path / "c2", tmp_path / "clip", preset("tiny", arch="mlp", batch_size=16, device="cpu", epochs=1))
+    evaluate_run(run, seld_run / "s2", split="all", device="cpu")
+    shutil.rmtree(run / "eval" / "seld")  # the report runs the final test again for it
+    out = tmp_path / "report"
+    res = CliRunner().invoke(app, ["report", str(run), str(tmp_path / "clip"), "--out", str(out),
+                                   "--rollout-samples", "0"])
+    assert res.exit_code == 0, res.output
+    assert "predict nothing: F20 0.0 %, ER20 1.00, LE 180.0 deg, LR 0.0 %" in res.output and "test AD" in res.output
+    test = json.loads((run / "eval" / "test.json").read_text())
+    assert len(list((run / "eval" / "seld" / "pred").glob("*.csv"))) == test["n"] == 2
+    rows = (out / "seld.csv").read_text().splitlines()
+    assert rows[0] == "run,model,backbone,parameters,epochs,scenes,f20,er20,le_deg,lr,seld_score" and len(rows) == 3
+    mine = rows[1].split(",")
+    assert mine[1] == "seldnet" and float(mine[6]) == pytest.approx(test["f20"])
+    assert float(mine[10]) == pytest.approx(test["seld_score"])
+    nothing = rows[2].split(",")
+    assert nothing[0] == "predict nothing" and int(nothing[5]) == 2
+    # scored, not assumed: F 0, ER 1 (every reference track deleted), LE 180, LR 0, SELD 1
+    assert [float(v) for v in nothing[6:]] == pytest.approx([0.0, 1.0, 180.0, 0.0, 1.0])
+    classes = (out / "seld_classes.csv").read_text().splitlines()
+    assert [c.split(",")[1] for c in classes[1:]] == sorted(KINDS)
+    page = (out / "index.html").read_text()
+    for heading in ("SELD: detection", "SELD per class", "SELD runs on other data sets", "Runs</h2>"):
+        assert heading in page, heading
+    timelines = sorted(p.name for p in (out / "figures").glob("*_seld_*.png"))
+    assert timelines == ["run_seld_0.png", "run_seld_1.png"]  # its 2 test scenes (at most 3 drawn)
+    assert page.count("data:image/png") == len(list((out / "figures").glob("*.png")))
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 1 and next(iter(summary["runs"])).startswith("MLP")  # the clip run alone
+    assert any("seldnet" in k for k in summary["seld"])
+    # a scene where nothing is predicted, and one without reference, still draw
+    assert seld_timeline(np.zeros((0, 5)), tmp_path / "empty.png", KINDS, ref_rows=np.zeros((0, 5))).exists()

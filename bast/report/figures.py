@@ -388,17 +388,23 @@ def training_curves(metrics_rows: list[dict], path, title: str = "Training curve
     ax1.legend(handles=handles, fontsize=8)
     ad = col("val_ad_deg")
     m = np.isfinite(ad)
+    seld = not m.any() and np.isfinite(col("val_seld_score")).any()  # a SELD run: its validation SELD score
+    if seld:
+        ad, m = col("val_seld_score"), np.isfinite(col("val_seld_score"))
     if m.any():
-        ax2.plot(epoch[m], ad[m], marker="o", ms=3, color="#2ca02c", label="validation AD")
+        ax2.plot(epoch[m], ad[m], marker="o", ms=3, color="#2ca02c",
+                 label="validation SELD score" if seld else "validation AD")
         best = int(np.nanargmin(np.where(m, ad, np.inf)))
         ax2.scatter([epoch[best]], [ad[best]], s=60, facecolors="none", edgecolors="black", zorder=3,
-                    label=f"best {ad[best]:.2f}° (epoch {epoch[best]:g})")
+                    label=f"best {ad[best]:.3f} (epoch {epoch[best]:g})" if seld else
+                    f"best {ad[best]:.2f}° (epoch {epoch[best]:g})")
+        ax2.legend(fontsize=8)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("angular distance (°)")
-    ax2.set_title("validation angular distance", fontsize=10)
+    ax2.set_ylabel("SELD score (lower is better)" if seld else "angular distance (°)")
+    ax2.set_title("validation SELD score" if seld else "validation angular distance", fontsize=10)
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
-    _title(fig, title, "per epoch; AD = mean angle between predicted and true direction")
+    _title(fig, title, "per epoch; SELD score = mean(ER20, 1 - F20, LE / 180, 1 - LR) (docs/seld.md)" if seld else
+           "per epoch; AD = mean angle between predicted and true direction")
     return _save(fig, path)
 
 
