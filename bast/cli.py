@@ -511,7 +511,8 @@ def report(
     tests with FDR correction, train x test environment table, attention rollout,
     predicted-vs-true scatter, front-back confusions, errors per sound category, training
     curves; and the generalisation matrix (runs x data sets) of runs scored with
-    `bast-cli evaluate`.
+    `bast-cli evaluate`. SELD runs (--target seld) get their DCASE scores beside "predict
+    nothing", per class, and timelines of example test scenes (docs/seld.md).
     """
     from bast.report.build import build_report
 
@@ -520,6 +521,10 @@ def report(
                                      per_set_figures=per_set_figures)
     for label, r in summary["runs"].items():
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
+    for label, r in summary.get("seld", {}).items():
+        m = r.get("test", r)  # a run's test, or the "predict nothing" scores
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {m['er20']:.2f}, LE {m['le_deg']:.1f} deg, "
+                      f"LR {100 * m['lr']:.1f} %, SELD score {m['seld_score']:.3f}")
     console.print(f"report: {page}")
 
 
@@ -538,7 +543,9 @@ def evaluate(
     any other label of the shards) and predictions.csv, listed in RUN/eval/index.json for
     `bast-cli report`; the run's own test evaluation is left as it is. Stored results are
     reused while the data and the checkpoint are unchanged. Data featurized with other
-    spectrogram parameters than the run's training data is refused.
+    spectrogram parameters than the run's training data is refused. A SELD run (--target
+    seld) is evaluated on featurized scenes: metrics.json holds the DCASE scores, and
+    RUN/eval/<data set>/seld/{ref,pred} the DCASE CSVs (docs/seld.md).
     """
     from bast.model.transfer import evaluate_run
 
@@ -546,17 +553,31 @@ def evaluate(
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
                          ("MSE", "right"), ("n", "right"), ("", "left")):
         t.add_column(col, justify=justify)
+    ts = Table(title=f"SELD runs, best checkpoints on the {split} scenes" + (f" ({env})" if env else ""))
+    for col, justify in (("run", "left"), ("data set", "left"), ("F20 (%)", "right"), ("ER20", "right"),
+                         ("LE (deg)", "right"), ("LR (%)", "right"), ("SELD", "right"), ("scenes", "right"),
+                         ("", "left")):
+        ts.add_column(col, justify=justify)
     written = []
     for run_dir in runs:
         for features in on:
             with console.status(f"evaluating {run_dir} on {features}"):
                 m = evaluate_run(run_dir, features, split=split, envs=env, device=device, force=force)
+            how = "stored" if m["reused"] else "evaluated"
+            d = Path(run_dir) / "eval" / m["name"]
+            if m.get("target") == "seld":  # docs/seld.md
+                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
+                           f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
+                written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
+                continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
-                      f"{m['n']:,}", "stored" if m["reused"] else "evaluated")
-            written.append(Path(run_dir) / "eval" / m["name"])
-    console.print(t)
-    for d in written:
-        console.print(f"results: {d / 'metrics.json'}, {d / 'predictions.csv'}")
+                      f"{m['n']:,}", how)
+            written.append(f"{d / 'metrics.json'}, {d / 'predictions.csv'}")
+    for table in (t, ts):
+        if table.row_count:
+            console.print(table)
+    for line in written:
+        console.print(f"results: {line}")
 
 
 @command
@@ -603,8 +624,8 @@ def localize(
     run: Annotated[Path, typer.Argument(help="A run directory (bast-cli train --out).")],
     audio: Annotated[list[Path], typer.Argument(help="Binaural recordings: any format and sample rate libsndfile reads, 2 channels (left first).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for one CSV, PNG and JSON per file.")],
-    window_ms: Annotated[float, typer.Option(help="Window length: the model reads 500 ms.")] = 500.0,
-    hop_ms: Annotated[float, typer.Option(help="Time step between windows (ms).")] = 100.0,
+    window_ms: Annotated[Optional[float], typer.Option(help="Window length: the model reads 500 ms. [default: 500]")] = None,
+    hop_ms: Annotated[Optional[float], typer.Option(help="Time step between windows (ms). [default: 100; a SELD run: its evaluation's 200]")] = None,
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """The run's azimuth for every window of binaural recordings.
@@ -612,38 +633,79 @@ def localize(
     Per file: OUT/<name>.csv (window start and centre in s, azimuth in degrees (SOFA: 90 =
     left), x, y, confidence |(x, y)|, level in dBFS, silent), OUT/<name>.png (azimuth over
     time above the waveform) and OUT/<name>.json (a summary). Windows quieter than -60 dBFS
-    or 40 dB under the file's loudest are marked silent, with no azimuth. Exit 1 when any
-    file could not be used (each named on an `error:` line); the others are still written.
+    or 40 dB under the file's loudest are marked silent, with no azimuth. A SELD run
+    (--target seld) writes a DCASE-format CSV per file instead (frame,class,source,azimuth,
+    elevation per 100 ms frame), its timeline PNG and summary JSON (docs/seld.md). Exit 1
+    when any file could not be used (each named on an `error:` line); the others are still
+    written.
     """
-    from bast.model.localize import (check_request, localize_audio, load_localizer, output_stems, write_csv,
-                                     write_summary)
-    from bast.report.figures import localization_timeline
+    from bast.model.localize import check_request, load_localizer, load_target, output_stems
+    from bast.model.transfer import run_config
 
-    check_request(run, audio, out, hop_ms=hop_ms, window_ms=window_ms)
+    check_request(run, audio, out, hop_ms=100.0 if hop_ms is None else hop_ms,
+                  window_ms=500.0 if window_ms is None else window_ms)
+    seld = run_config(run).get("target") == "seld"
+    if seld and (hop_ms is not None or window_ms is not None):
+        from bast.errors import ConfigError
+
+        raise ConfigError(f"--{'hop-ms' if hop_ms is not None else 'window-ms'}: run {run} is a SELD run, whose "
+                          "windows are its own (--window-frames) and cut every 200 ms as in its evaluation "
+                          "(docs/seld.md); leave the option out")
+    hop_ms = 100.0 if hop_ms is None else hop_ms
+    window_ms = 500.0 if window_ms is None else window_ms
     with console.status(f"loading {run}"):
         model, dev = load_localizer(run, device)
-        from bast.model.localize import load_target
         target = load_target(run)  # elevation and class columns when the run predicts them
     failed = 0
     for path, stem in zip(audio, output_stems(audio)):
         try:
             with console.status(f"localizing {path}"):
-                loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms, target=target)
-                csv_path = write_csv(loc, out / f"{stem}.csv")
-                png = localization_timeline(loc, out / f"{stem}.png")
-                write_summary(loc, out / f"{stem}.json", {"run": str(run), "device": str(dev), "csv": str(csv_path),
-                                                          "png": str(png)})
+                if seld:
+                    line = _localize_seld(run, model, dev, target, path, out, stem)
+                else:
+                    line = _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms)
         except BastError as exc:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)))
             failed += 1
             continue
-        s = loc.summary()
-        mean = f"{s['circular_mean_azimuth_deg']:.0f} deg" if s["windows"] > s["silent_windows"] else "none"
-        console.print(f"{path}: {s['windows']} windows ({s['silent_windows']} silent), {s['duration_s']:.2f} s at "
-                      f"{s['sample_rate_in']} Hz; left {s['left_hemifield_windows']}, right "
-                      f"{s['right_hemifield_windows']}; circular mean {mean} -> {csv_path}, {png}")
+        console.print(line)
     if failed:
         raise typer.Exit(1)
+
+
+def _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms) -> str:
+    from bast.model.localize import localize_audio, write_csv, write_summary
+    from bast.report.figures import localization_timeline
+
+    loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms, target=target)
+    csv_path = write_csv(loc, out / f"{stem}.csv")
+    png = localization_timeline(loc, out / f"{stem}.png")
+    write_summary(loc, out / f"{stem}.json", {"run": str(run), "device": str(dev), "csv": str(csv_path),
+                                              "png": str(png)})
+    s = loc.summary()
+    mean = f"{s['circular_mean_azimuth_deg']:.0f} deg" if s["windows"] > s["silent_windows"] else "none"
+    return (f"{path}: {s['windows']} windows ({s['silent_windows']} silent), {s['duration_s']:.2f} s at "
+            f"{s['sample_rate_in']} Hz; left {s['left_hemifield_windows']}, right "
+            f"{s['right_hemifield_windows']}; circular mean {mean} -> {csv_path}, {png}")
+
+
+def _localize_seld(run, model, dev, target, path, out, stem) -> str:
+    from bast.fileio import atomic_write_text
+    from bast.model.seldlocalize import localize_recording
+    from bast.model.transfer import run_config
+    from bast.report.figures import seld_timeline
+    from bast.seld_metrics import write_dcase_csv
+
+    loc = localize_recording(model, path, target, int(run_config(run)["window_frames"]), dev)
+    csv_path, png = out / f"{stem}.csv", out / f"{stem}.png"
+    out.mkdir(parents=True, exist_ok=True)
+    write_dcase_csv(csv_path, loc.rows)
+    seld_timeline(loc.rows, png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
+    s = {**loc.summary(), "run": str(run), "device": str(dev), "csv": str(csv_path), "png": str(png)}
+    atomic_write_text(out / f"{stem}.json", json.dumps(s, indent=1))
+    by_class = ", ".join(f"{c} {n}" for c, n in s["rows_by_class"].items())
+    return (f"{path}: {s['windows']} windows, {s['label_frames']} frames of 100 ms, {s['duration_s']:.2f} s at "
+            f"{s['sample_rate_in']} Hz; {s['rows']} event rows ({by_class}) -> {csv_path} (DCASE), {png}")
 
 
 @command

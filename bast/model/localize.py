@@ -271,14 +271,16 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
     from bast.model.checkpoint import load_model
     from bast.model.evaluate import eval_device
     from bast.model.transfer import (check_spectrogram_params, current_spectrogram_params, run_config,
-                                     trained_spectrogram_params)
+                                     trained_spectrogram_params, window_spectrogram_params)
 
     run_dir = Path(run_dir)
-    run_config(run_dir)
+    config = run_config(run_dir)
     if not (run_dir / "checkpoints" / "best.pt").exists():
         raise DataError(f"{run_dir}: no checkpoints/best.pt (a run that has not finished an epoch?)")
-    check_spectrogram_params(trained_spectrogram_params(run_dir), current_spectrogram_params(),
-                             "audio featurized by this version of bast", run_dir)
+    trained, here = trained_spectrogram_params(run_dir), current_spectrogram_params()
+    if config.get("target") == "seld":  # trained on scenes: their length is not the window's
+        trained, here = window_spectrogram_params(trained), window_spectrogram_params(here)
+    check_spectrogram_params(trained, here, "audio featurized by this version of bast", run_dir)
     dev = eval_device(device)
     model, _ = load_model(run_dir, "best", dev)
     return model.float().eval(), dev

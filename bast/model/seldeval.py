@@ -56,14 +56,22 @@ def predict_windows(model: torch.nn.Module, data: SceneWindows, target: Seld,
 def stitch(outputs: torch.Tensor, data: SceneWindows) -> list[np.ndarray]:
     """Per scene of `data`, (label frames, tracks, classes, 3): each label frame's mean
     output over the windows that hold it; zeros (silence) where none does."""
-    shape = outputs.shape[2:]
-    sums = [np.zeros((s.label_frames, *shape)) for s in data.scenes]
-    counts = [np.zeros(s.label_frames) for s in data.scenes]
-    out = outputs.double().numpy()
-    for (scene, _, first), o in zip(data.windows.tolist(), out):
-        stop = min(first + len(o), len(counts[scene]))
-        sums[scene][first:stop] += o[:stop - first]
-        counts[scene][first:stop] += 1
+    return stitch_windows(outputs, data.windows[:, [0, 2]].tolist(), [s.label_frames for s in data.scenes])
+
+
+def stitch_windows(outputs, placements, label_frames) -> list[np.ndarray]:
+    """The stitching of `stitch` for any windows: `outputs` (W, frames, tracks, classes, 3)
+    of windows placed at `placements` [(recording, first label frame), ...], into
+    recordings of `label_frames` [n, ...] label frames (`bast-cli localize` on a SELD run
+    stitches a recording's windows with it as evaluation stitches scenes')."""
+    out = outputs.double().numpy() if isinstance(outputs, torch.Tensor) else np.asarray(outputs, dtype=np.float64)
+    shape = out.shape[2:]
+    sums = [np.zeros((n, *shape)) for n in label_frames]
+    counts = [np.zeros(n) for n in label_frames]
+    for (rec, first), o in zip(placements, out):
+        stop = min(first + len(o), len(counts[rec]))
+        sums[rec][first:stop] += o[:stop - first]
+        counts[rec][first:stop] += 1
     return [s / np.maximum(c, 1)[:, None, None, None] for s, c in zip(sums, counts)]
 
 
@@ -125,14 +133,22 @@ def write_dcase(results: dict, out_dir: Path) -> None:
     environment: `bast-cli seld-metrics out/ref out/pred` scores them as the run did."""
     for part in ("ref", "pred"):
         (out_dir / part).mkdir(parents=True, exist_ok=True)
+        keep = set(results["names"])
+        # files of scenes this evaluation does not hold (an earlier one on other data) would
+        # be scored with these by `seld-metrics` on the folders: removed
+        for stale in (out_dir / part).glob("*.csv"):
+            if stale.stem not in keep:
+                stale.unlink()
     for name, ref, pred in zip(results["names"], results["ref"], results["pred"]):
         write_dcase_csv(out_dir / "ref" / f"{name}.csv", ref)
         write_dcase_csv(out_dir / "pred" / f"{name}.csv", pred)
 
 
-def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Path, extra: dict) -> dict:
+def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Path, extra: dict,
+              metrics_file: str = "test.json") -> dict:
     """The final test of a SELD run (or `evaluate` on other scenes): out_dir/test.json
-    (metrics, per class and environment, `extra`) and the DCASE CSVs under out_dir/seld."""
+    (metrics, per class and environment, `extra`; `evaluate` names it metrics.json) and
+    the DCASE CSVs under out_dir/seld, written before the metrics file that vouches for them."""
     metrics, results = seld_evaluate(model, data, ctx, target)
     if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in ("loss", "er20", "f20", "le_deg", "lr")):
         raise DataError(f"the SELD test on {data.sel.root} gave loss {metrics.get('loss')} over {metrics['n']} "
@@ -141,5 +157,5 @@ def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Pa
                    label_frames_per_window=data.label_frames, **extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dcase(results, out_dir / "seld")
-    atomic_write_text(out_dir / "test.json", json.dumps(metrics, indent=1, default=json_default))
+    atomic_write_text(out_dir / metrics_file, json.dumps(metrics, indent=1, default=json_default))
     return metrics

@@ -14,7 +14,7 @@ from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text, json_default, sha256_file
 from bast.model.checkpoint import load_model, read_metrics, read_run_config
-from bast.model.data import EvalData, Selection
+from bast.model.data import EvalData, Selection, data_classes
 from bast.model.evaluate import extra_labels, eval_device, evaluate
 from bast.model.metrics import by_label, load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
 from bast.model.runtime import Context
@@ -80,6 +80,13 @@ def trained_spectrogram_params(run_dir) -> dict:
     return index.get("trained_spectrogram") or current_spectrogram_params()
 
 
+def window_spectrogram_params(params: dict) -> dict:
+    """What decides a SELD run's input: the STFT alone. Scenes have any length (their
+    spec_shape is the scene's), and the loader standardises each window as a clip is
+    standardised (bast/model/scenedata.py), which a scenes manifest does not record."""
+    return {"stft": params.get("stft")}
+
+
 def check_spectrogram_params(trained: dict, data: dict, data_name, run_name) -> None:
     """Refuse data featurized otherwise than the run's training data, naming the parameter."""
     diffs = [f"{key}: trained on {a!r}, this data {b!r}" for key, a, b in _differences(trained, data)]
@@ -117,14 +124,27 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     if not ckpt.exists():
         raise MissingError(f"{run_dir}: no checkpoints/best.pt to evaluate (a run that has not finished an epoch?)")
     manifest = features_manifest(features_dir)
+    seld, scenes = config.get("target") == "seld", is_scenes_manifest(manifest)
+    if seld and not scenes:
+        raise DataError(f"{features_dir} holds clips, and run {run_dir} is a SELD run (--target seld): evaluate it "
+                        "on featurized scenes (bast-cli scenes, then featurize; docs/seld.md)")
+    if scenes and not seld:
+        raise DataError(f"{features_dir} holds scenes, and run {run_dir} was trained on single-source clips "
+                        f"(--target {config.get('target', 'azimuth')}): only a SELD run (--target seld) reads "
+                        "scenes; evaluate this run on featurized clips")
     trained = trained_spectrogram_params(run_dir)
-    check_spectrogram_params(trained, spectrogram_params(manifest), features_dir, run_dir)
+    if seld:
+        check_spectrogram_params(window_spectrogram_params(trained), window_spectrogram_params(
+            spectrogram_params(manifest)), features_dir, run_dir)
+    else:
+        check_spectrogram_params(trained, spectrogram_params(manifest), features_dir, run_dir)
     env_list = list(parse_environments(envs)) if envs else None
     name = eval_name(features_dir, split, env_list)
     out = run_dir / "eval" / name
     keys = {"features_dir": str(features_dir), "data_sha256": data_sha256(manifest), "split": split,
             "envs": env_list or "all", "checkpoint_sha256": sha256_file(ckpt)}
-    if not force and (out / "metrics.json").exists() and (out / "predictions.csv").exists():
+    written = ("metrics.json", "seld") if seld else ("metrics.json", "predictions.csv")
+    if not force and all((out / w).exists() for w in written):
         try:
             old = json.loads((out / "metrics.json").read_text())
         except ValueError:
@@ -146,6 +166,11 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     featurekinds.require(manifest, cfg.model.features, features_dir, str(run_dir))
     sel = Selection(features_dir, shards, cfg.model.features).verify()
     ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
+    if seld:
+        return _evaluate_seld(run_dir, out, name, model, cfg, sel, ctx, manifest, trained,
+                              {**keys, "name": name, "run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt),
+                               "checkpoint_mtime": ckpt.stat().st_mtime, "checkpoint_epoch": _checkpoint_epoch(run_dir),
+                               "trained_on": config.get("features_dir"), "spectrogram": spectrogram_params(manifest)})
     data = EvalData(sel, cfg.eval_batch_size, dev, cfg.memory_budget_gb, target=target_of(cfg))
     _, table = evaluate(model, data, ctx)
     predicted = [np.asarray(v) for k, v in table.items() if k.startswith("pred_") or k == "ad_deg"]
@@ -171,6 +196,32 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(table, out / "predictions.csv")
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=json_default))
+    _add_to_index(run_dir, name, result, trained)
+    return {**result, "reused": False}
+
+
+def is_scenes_manifest(manifest: dict) -> bool:
+    """Whether a Stage 2 manifest is of featurized scenes (bast-cli scenes), not clips."""
+    params = manifest.get("params", {})
+    return bool(isinstance(params, dict) and params.get("scenes"))
+
+
+def _evaluate_seld(run_dir: Path, out: Path, name: str, model, cfg, sel: Selection, ctx: Context, manifest: dict,
+                   trained: dict, keys: dict) -> dict:
+    """A SELD run on scenes: what its final test writes (bast/model/seldeval.py `seld_test`),
+    here out/metrics.json and the DCASE CSVs under out/seld/{ref,pred}."""
+    from bast.model.scenedata import SceneWindows
+    from bast.model.seldeval import seld_test
+
+    target = target_of(cfg)
+    classes = data_classes(sel.root)
+    if classes != tuple(target.classes):  # a row's class is an index into the list: another list mislabels rows
+        raise DataError(f"{sel.root}: its scenes have the classes {', '.join(classes) or 'none'}, run {run_dir} was "
+                        f"trained on {', '.join(target.classes)}; SELD evaluation needs scenes of the same classes")
+    data = SceneWindows(sel, cfg.window_frames, len(target.classes), ctx.device, batch_size=cfg.eval_batch_size)
+    (out / "metrics.json").unlink(missing_ok=True)  # no metrics file vouches for CSVs half rewritten
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result = seld_test(model, data, ctx, target, out, {**keys, "created": created}, metrics_file="metrics.json")
     _add_to_index(run_dir, name, result, trained)
     return {**result, "reused": False}
 
@@ -223,8 +274,10 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
     index = _read_index(run_dir)
     index["trained_spectrogram"] = trained
     sets = index.setdefault("sets", {})
-    sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", "ad_deg",
-                                              "median_ad_deg", "mse", "front_back_rate", "created")}
+    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if metrics.get("target") == "seld" else (
+        "ad_deg", "median_ad_deg", "mse", "front_back_rate")
+    sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", *headline,
+                                              "created")}
     sets[name]["metrics"] = f"eval/{name}/metrics.json"
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "eval" / "index.json", json.dumps(index, indent=1, default=json_default))

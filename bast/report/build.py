@@ -24,11 +24,13 @@ from bast.fileio import atomic_path, atomic_write_text, json_default
 from bast.model import evaluate, transfer
 from bast.model import metrics as ev
 from bast.report import figures, stats
+from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
 
 INTEGRATIONS = ("concat", "add", "sub")
 BACKBONES = ("vit", "swin", "mamba")
 LOSSES = ("mse", "ad", "mix")
+MAX_SELD_TIMELINES = 3  # example test scenes drawn per SELD run
 MAX_ROLLOUT_SAMPLES = 64  # attention rollout figures per run: each is a forward pass and a PNG
 ENV_NAMES = {"anechoic": "AE (anechoic)", "hall": "RV (hall)"}
 
@@ -44,6 +46,11 @@ class Run:
 
     def __post_init__(self):
         self.name = self.name or self.path.name
+
+    @property
+    def seld(self) -> bool:
+        """A SELD run (--target seld): scored on scenes, no per-sample table (report/seld.py)."""
+        return seldreport.is_seld(self.config)
 
     @property
     def arch(self) -> str:
@@ -93,6 +100,9 @@ class Run:
 
     @property
     def label(self) -> str:
+        if self.seld:  # no azimuth loss or integration: the model and its encoder
+            backbone = f" ({self.backbone})" if self.arch in ("bast", "ast") and self.backbone != "vit" else ""
+            return f"{self.arch}{backbone} SELD ({self.name})"
         env = "" if self.train_env == "both" else f", trained {self.train_env}"
         model = f"{self.mode}-{self.integration.upper()}" if self.arch == "bast" else self.mode
         if self.backbone != "vit":
@@ -108,6 +118,11 @@ def load_run(path, device: str = "cpu") -> Run:
 
     config = read_run_config(path)  # a missing or torn file: an error naming it
     rows = read_metrics(path)
+    if seldreport.is_seld(config):  # its final test: eval/test.json and the DCASE CSVs of its scenes
+        if not (path / "eval" / "test.json").exists() or not seldreport.csv_dirs(path)[0].is_dir():
+            _evaluate(path, config, device)
+        test = json.loads((path / "eval" / "test.json").read_text())
+        return Run(path, config, [r for r in rows if "epoch" in r and "train_loss" in r], test, {})
     if not (path / "eval" / "test_predictions.csv").exists():
         _evaluate(path, config, device)
     test = json.loads((path / "eval" / "test.json").read_text())
@@ -156,7 +171,10 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
     runs = [load_run(p, device) for p in run_dirs]
     for r in runs:  # a NaN is never a result: a run without finite test predictions is refused
-        _check_finite(r)
+        if r.seld:
+            seldreport.check_stored_test(r.path, r.test)
+        else:
+            _check_finite(r)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     names = [r.path.name for r in runs]
@@ -165,6 +183,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
             r.name = f"{r.path.parent.name}-{r.path.name}"
     sections: list[str] = []
     summary: dict = {"runs": {}}
+    seld_runs, runs = [r for r in runs if r.seld], [r for r in runs if not r.seld]
 
     # Runs at a glance.
     rows = []
@@ -178,10 +197,12 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
                      str(s["n"])])
     head = ["run", "preset", "parameters", "trained on", "epochs", "test AD (deg)", "median AD (deg)",
             "test MSE", "front-back confusions", "test samples"]
-    _write_csv(out / "runs.csv", head, rows)
-    sections.append(_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
-                             "AD: angular distance between predicted and true direction; MSE: squared distance "
-                             "between the (x, y) unit vectors (not halved; see docs/conventions.md).", _table(head, rows)))
+    if runs:
+        _write_csv(out / "runs.csv", head, rows)
+        sections.append(_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
+                                 "AD: angular distance between predicted and true direction; MSE: squared distance "
+                                 "between the (x, y) unit vectors (not halved; see docs/conventions.md).",
+                                 _table(head, rows)))
 
     all_runs, runs = runs, [r for r in runs if "ad_deg" in r.pred]  # the azimuth figures: runs with a direction
     if runs:
@@ -200,6 +221,8 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     runs = all_runs
     for r in runs:
         sections.append(_run_section(r, fig_dir))
+    if seld_runs:
+        sections += _seld_sections(seld_runs, fig_dir, out, summary)
     if rollout_samples:
         # rollout needs the ViT's global attention maps
         explained = next((r for r in runs if r.arch == "bast" and r.backbone == "vit"), None)
@@ -452,6 +475,80 @@ def _run_section(r: Run, fig_dir: Path) -> str:
     return _section(f"Run {r.label}", text, "".join(_img(p) for p in imgs))
 
 
+def _seld_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> list[str]:
+    """SELD runs: the DCASE scores beside "predict nothing" on the same test scenes, per
+    class, on other data sets, and timelines of a few test scenes per run (docs/seld.md)."""
+    head = ["run", "model", "backbone", "parameters", "epochs", "test scenes", "F20 (%)", "ER20", "LE (deg)",
+            "LR (%)", "SELD score"]
+    rows, csv_rows, nothing = [], [], {}
+    summary["seld"] = {}
+    for r in runs:
+        t = r.test
+        backbone = r.backbone if r.arch in ("bast", "ast") else ""
+        values = [r.label, r.arch, backbone, r.config.get("parameters", 0), len(r.metrics), t["n"],
+                  *(t[k] for k in seldreport.HEADLINE)]
+        csv_rows.append(values)
+        summary["seld"][r.label] = {"path": str(r.path), "test": t, "config": r.config}
+        nothing.setdefault(seldreport.reference_key(r.path), (r, seldreport.predict_nothing(r.path, len(t["classes_list"]))))
+    for first, m in nothing.values():
+        where = f" (test scenes of {first.name})" if len(nothing) > 1 else ""
+        csv_rows.append([f"predict nothing{where}", "", "", 0, 0, m["n"], *(m[k] for k in seldreport.HEADLINE)])
+        summary["seld"][f"predict nothing{where}"] = m
+    for v in csv_rows:
+        rows.append([*v[:3], f"{v[3]:,}", str(v[4]), str(v[5]), f"{100 * v[6]:.1f}", f"{v[7]:.2f}", f"{v[8]:.1f}",
+                     f"{100 * v[9]:.1f}", f"{v[10]:.3f}"])
+    _write_csv(out / "seld.csv", ["run", "model", "backbone", "parameters", "epochs", "scenes", "f20", "er20",
+                                  "le_deg", "lr", "seld_score"], csv_rows)
+    sections = [_section("SELD: detection, classification and localization of every source over time",
+                         "Each SELD run's best checkpoint on its test scenes, scored the DCASE 2023 task 3 way "
+                         "(docs/seld.md): F20 and ER20, the location-aware F-score and error rate at 20°, on 1 s "
+                         "segments; LE and LR, the class-dependent localization error and recall; macro averages "
+                         "over classes; SELD score = mean(ER, 1 − F, LE / 180, 1 − LR), lower is better. "
+                         "\"predict nothing\": the same metrics on the reference CSVs with no prediction at all. "
+                         "Numbers: seld.csv; the DCASE CSVs: RUN/eval/seld/{ref,pred} "
+                         "(<code>bast-cli seld-metrics</code> scores them again).", _table(head, rows))]
+
+    head = ["run", "class", "reference tracks", "F20 (%)", "LE (deg)", "LR (%)", "SELD", "TP", "FP", "FN"]
+    rows, csv_rows = [], []
+    for r in runs:
+        for c in r.test.get("classes", []):
+            csv_rows.append([r.label, c["class"], c["reference_tracks"], c["F"], c["LE"], c["LR"], c["SELD"], c["TP"],
+                             c["FP"], c["FN"]])
+            rows.append([r.label, c["class"], str(c["reference_tracks"]), f"{100 * c['F']:.1f}", f"{c['LE']:.1f}",
+                         f"{100 * c['LR']:.1f}", f"{c['SELD']:.3f}", str(c["TP"]), str(c["FP"]), str(c["FN"])])
+    _write_csv(out / "seld_classes.csv", ["run", "class", "reference_tracks", "f20", "le_deg", "lr", "seld", "tp",
+                                          "fp", "fn"], csv_rows)
+    sections.append(_section("SELD per class", "F20, LE, LR and the class's SELD score (with the one ER of all "
+                             "classes) on each run's test scenes; TP, FP (wrong place or extra track) and FN counted "
+                             "over 1 s segments. Numbers: seld_classes.csv.", _table(head, rows)))
+
+    other = {r.label: seldreport.stored_sets(r.path) for r in runs}
+    if any(other.values()):
+        head = ["run", "data set", "split", "scenes", "F20 (%)", "ER20", "LE (deg)", "LR (%)", "SELD score"]
+        rows = [[label, name, str(m.get("split")), str(m.get("n")), f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}",
+                 f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}"]
+                for label, sets in other.items() for name, m in sets.items()]
+        sections.append(_section("SELD runs on other data sets", "Stored results of <code>bast-cli evaluate RUN --on "
+                                 "SCENES</code> (RUN/eval/&lt;set&gt;/metrics.json and its seld/ CSVs).",
+                                 _table(head, rows)))
+
+    for r in runs:
+        classes = r.test["classes_list"]
+        imgs = [figures.seld_timeline(pred, fig_dir / f"{r.name}_seld_{k}.png", classes, ref_rows=ref,
+                                      title=f"{name}: {r.label}")
+                for k, (name, ref, pred) in enumerate(seldreport.scene_rows(r.path, MAX_SELD_TIMELINES))]
+        if r.metrics:
+            imgs.append(figures.training_curves(r.metrics, fig_dir / f"{r.name}_training.png",
+                                                title=f"Training: {r.label}"))
+        t = r.test
+        sections.append(_section(f"Run {r.label}", f"Test scenes: {t['n']}, {t['windows']} windows of "
+                                 f"{t['window_frames']} frames. Timelines of its first {len(imgs) - bool(r.metrics)} "
+                                 "test scenes: reference tracks as thick faded lines, predicted events as points, "
+                                 "one colour per class; azimuth (DCASE: counter-clockwise, 90° left) above, elevation "
+                                 "below.", "".join(_img(p) for p in imgs)))
+    return sections
+
+
 def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     """Attention rollout of a few test samples, per layer and folded onto the spectrograms."""
     import torch
@@ -534,7 +631,8 @@ def _page(sections: list[str], out: Path) -> str:
              "img{max-width:100%;height:auto}figcaption{font-size:small;color:#666}section{margin-bottom:2.5em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>bast report</title><style>{style}</style>"
             f"</head><body><h1>bast report</h1><p>Azimuth convention (SOFA): 0° ahead, 90° left, 180° behind, "
-            f"270° right. Numbers: summary.json, runs.csv, table1.csv, per_azimuth.csv, hemifield.csv.</p>"
+            f"270° right. Numbers: summary.json, runs.csv, table1.csv, per_azimuth.csv, hemifield.csv "
+            f"(SELD runs: seld.csv, seld_classes.csv).</p>"
             + "".join(sections) + "</body></html>")
 
 

@@ -388,17 +388,23 @@ def training_curves(metrics_rows: list[dict], path, title: str = "Training curve
     ax1.legend(handles=handles, fontsize=8)
     ad = col("val_ad_deg")
     m = np.isfinite(ad)
+    seld = not m.any() and np.isfinite(col("val_seld_score")).any()  # a SELD run: its validation SELD score
+    if seld:
+        ad, m = col("val_seld_score"), np.isfinite(col("val_seld_score"))
     if m.any():
-        ax2.plot(epoch[m], ad[m], marker="o", ms=3, color="#2ca02c", label="validation AD")
+        ax2.plot(epoch[m], ad[m], marker="o", ms=3, color="#2ca02c",
+                 label="validation SELD score" if seld else "validation AD")
         best = int(np.nanargmin(np.where(m, ad, np.inf)))
         ax2.scatter([epoch[best]], [ad[best]], s=60, facecolors="none", edgecolors="black", zorder=3,
-                    label=f"best {ad[best]:.2f}° (epoch {epoch[best]:g})")
+                    label=f"best {ad[best]:.3f} (epoch {epoch[best]:g})" if seld else
+                    f"best {ad[best]:.2f}° (epoch {epoch[best]:g})")
+        ax2.legend(fontsize=8)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("angular distance (°)")
-    ax2.set_title("validation angular distance", fontsize=10)
+    ax2.set_ylabel("SELD score (lower is better)" if seld else "angular distance (°)")
+    ax2.set_title("validation SELD score" if seld else "validation angular distance", fontsize=10)
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8)
-    _title(fig, title, "per epoch; AD = mean angle between predicted and true direction")
+    _title(fig, title, "per epoch; SELD score = mean(ER20, 1 - F20, LE / 180, 1 - LR) (docs/seld.md)" if seld else
+           "per epoch; AD = mean angle between predicted and true direction")
     return _save(fig, path)
 
 
@@ -585,4 +591,55 @@ def localization_timeline(loc, path, title: str | None = None) -> Path:
     ax_wav.set_xlim(0, n / FS)
     _title(fig, title or f"Localization: {Path(loc.path).name}",
            f"{loc.window_ms:g} ms windows every {loc.hop_ms:g} ms, marker at the window centre; " + CONVENTION)
+    return _save(fig, path)
+
+
+def seld_timeline(pred_rows, path, classes, ref_rows=None, duration_s: float | None = None,
+                  title: str = "SELD timeline") -> Path:
+    """Azimuth (top) and elevation (bottom) over time of DCASE rows (n, 5: frame, class,
+    source, azimuth, elevation; 100 ms frames): the reference's tracks, when given, as thick
+    faded lines (one per class and source, broken where the track pauses or its azimuth
+    wraps round), the predicted rows as points; colour by class. Azimuth as DCASE writes it:
+    counter-clockwise from ahead, 90° left, -90° right."""
+    fig = _new((10.0, 5.8))
+    ax_az, ax_el = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1.6, 1.0]})
+    pred = np.asarray(pred_rows, dtype=np.float64).reshape(-1, 5)
+    ref = None if ref_rows is None else np.asarray(ref_rows, dtype=np.float64).reshape(-1, 5)
+    colors = [f"C{k % 10}" for k in range(len(classes))]
+    hop = 0.1  # s per label frame
+    last = max([len(r) and r[:, 0].max() for r in (pred, ref) if r is not None and len(r)] or [0])
+    end = duration_s if duration_s else (last + 1) * hop
+    if ref is not None:
+        for cls, src in sorted({(int(c), int(s)) for c, s in ref[:, 1:3]}):
+            track = ref[(ref[:, 1] == cls) & (ref[:, 2] == src)]
+            track = track[np.argsort(track[:, 0], kind="stable")]
+            t = track[:, 0] * hop + hop / 2
+            gap = np.flatnonzero((np.diff(track[:, 0]) > 1) | (np.abs(np.diff(track[:, 3])) > 180)) + 1
+            for ax, col in ((ax_az, 3), (ax_el, 4)):
+                for part_t, part_v in zip(np.split(t, gap), np.split(track[:, col], gap)):
+                    ax.plot(part_t, part_v, color=colors[cls % len(colors)], lw=7, alpha=0.28,
+                            solid_capstyle="round", marker="s", ms=5, mew=0, zorder=2)
+    for cls in np.unique(pred[:, 1]).astype(int) if len(pred) else ():
+        rows = pred[pred[:, 1] == cls]
+        t = rows[:, 0] * hop + hop / 2
+        for ax, col in ((ax_az, 3), (ax_el, 4)):
+            ax.scatter(t, rows[:, col], s=14, color=colors[cls % len(colors)], edgecolors="black",
+                       linewidths=0.4, zorder=3)
+    ax_az.set_ylim(-180, 180)
+    ax_az.set_yticks([-180, -90, 0, 90, 180], ["-180° behind", "-90° right", "0° ahead", "90° left", "180°"],
+                     fontsize=8)
+    ax_az.set_ylabel("azimuth")
+    ax_el.set_ylim(-90, 90)
+    ax_el.set_yticks([-90, -45, 0, 45, 90], ["-90° down", "-45°", "0°", "45°", "90° up"], fontsize=8)
+    ax_el.set_ylabel("elevation")
+    ax_el.set_xlabel("time (s)")
+    ax_el.set_xlim(0, end)
+    for ax in (ax_az, ax_el):
+        ax.grid(alpha=0.3)
+    handles = [Patch(color=colors[k], label=str(name)) for k, name in enumerate(classes)]
+    if ref is not None:
+        handles.append(Line2D([], [], color="0.4", lw=7, alpha=0.28, label="reference"))
+    handles.append(Line2D([], [], color="0.4", marker="o", ls="", mec="black", mew=0.4, label="prediction"))
+    ax_az.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _title(fig, title, "100 ms frames; DCASE azimuth: counter-clockwise from ahead, 90° left, -90° right")
     return _save(fig, path)
