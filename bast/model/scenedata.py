@@ -59,10 +59,9 @@ class Scene:
 
 def is_scene_data(features_dir) -> bool:
     """Whether a Stage 2 folder holds featurized scenes (not clips)."""
-    from bast.model.transfer import features_manifest
+    from bast.model.transfer import features_manifest, is_scenes_manifest
 
-    params = features_manifest(features_dir).get("params", {})
-    return bool(isinstance(params, dict) and params.get("scenes"))
+    return is_scenes_manifest(features_manifest(features_dir))
 
 
 def read_scene_shard(path: Path, features=featurekinds.DEFAULT) -> tuple[np.ndarray, list[Scene]]:
