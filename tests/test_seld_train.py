@@ -170,3 +170,19 @@ def test_a_seld_run_resumes_and_extends(scene_data, tmp_path):
     result = train(scene_data, tmp_path / "r", cfg, resume=True, resume_changes={"epochs": 2})
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and result["target"] == "seld"
+
+
+def test_seldnet_reads_longer_windows_and_its_test_covers_every_label_frame(scene_data, tmp_path):
+    """--window-frames 250 (2 s, 20 label frames), as the DCASE baseline reads long
+    sequences: the test stitches them back over the whole 3 s scenes."""
+    cfg = preset("tiny", arch="seldnet", target="seld", epochs=1, batch_size=8, device="cpu", window_frames=250,
+                 window_hop=25)
+    train(scene_data, tmp_path / "long", cfg)
+    config = json.loads((tmp_path / "long" / "config.json").read_text())
+    assert config["model"]["label_frames"] == 20 and config["window_frames"] == 250
+    data = SceneWindows(Selection.of(scene_data, "test", "RI"), 250, 3, "cpu")
+    covered = np.zeros(data.scenes[0].label_frames)
+    for scene, start, first in data.windows.tolist():
+        if scene == 0:
+            covered[first:first + 20] += 1
+    assert covered.min() >= 1  # every label frame of the scene lies in some window
