@@ -12,17 +12,15 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora.procedural import DefaultCorpus
 from bast.errors import DataError
 from bast.model.config import preset
 from bast.model.train import train
 from bast.model.transfer import evaluate_run, stored_evaluations
 from bast.pipeline.featurize import featurize
-from bast.pipeline.irs import parse_direction_options
-from bast.pipeline.scenes import ScenesConfig, render_scenes
 from bast.seld_metrics import read_dcase_csv, score_directories
+from conftest import SELD_KINDS, render_seld_scenes
 
-KINDS = ("white_noise", "harmonic", "clicks")
+KINDS = SELD_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +28,7 @@ def seld_run(tmp_path_factory):
     """8 two-second anechoic scenes of 3 classes (up to 2 overlapping, half moving) and a
     tiny seldnet trained on them for 2 epochs (about 10 s on 2 cores)."""
     out = tmp_path_factory.mktemp("seldreport")
-    refs = [r for r in DefaultCorpus(n_clips=60, seed=3, speech=False).list_clips() if r.category in KINDS]
-    config = ScenesConfig(count=8, duration_s=2.0, events=(2, 3), max_overlap=2, moving=0.5, speed=(30, 90),
-                          directions=parse_direction_options("0:360:30"), environments=("anechoic",), seed=3,
-                          scenes_per_shard=2, test_fraction=0.25)
-    render_scenes(refs, out / "s1", config)
-    featurize(out / "s1", out / "s2")
+    render_seld_scenes(out, count=8, duration_s=2.0, events=(2, 3), scenes_per_shard=2)
     cfg = preset("tiny", arch="seldnet", target="seld", epochs=2, batch_size=16, device="cpu", seed=0)
     train(out / "s2", out / "run", cfg)
     return out
@@ -186,11 +179,11 @@ def test_the_report_layer_reads_seld_results_without_torch():
 
 
 def test_report_with_a_seld_run_beside_a_single_source_run(seld_run, run, tmp_path):
-    from bast.corpora.procedural import DefaultCorpus as Corpus
+    from bast.corpora.procedural import DefaultCorpus
     from bast.pipeline.spatialize import SpatializeConfig, spatialize
     from bast.report.figures import seld_timeline
 
-    refs = Corpus(n_clips=12, seed=4, speech=False).list_clips()
+    refs = DefaultCorpus(n_clips=12, seed=4, speech=False).list_clips()
     spatialize(refs, tmp_path / "c1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), seed=4,
                                                       samples_per_shard=16))
     featurize(tmp_path / "c1", tmp_path / "c2")

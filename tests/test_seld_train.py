@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora.procedural import DefaultCorpus
 from bast.errors import ConfigError
 from bast.model.config import preset
 from bast.model.data import Selection, data_classes, model_input
@@ -21,27 +20,19 @@ from bast.model.seld import decode, duplicate, encode
 from bast.model.seldeval import metrics_of, stitch
 from bast.model.targets import TargetSettings, make_target
 from bast.model.train import TrainingError, train
-from bast.pipeline.featurize import featurize
-from bast.pipeline.irs import parse_direction_options
 from bast.pipeline.scenefeatures import (ALIGNED_HOP, window_label_frames, window_labels, window_rows,
                                          window_starts)
-from bast.pipeline.scenes import ScenesConfig, render_scenes
 from bast.seld_metrics import dcase_rows, score_directories
+from conftest import SELD_KINDS, render_seld_scenes
 
-KINDS = ("white_noise", "harmonic", "clicks")
+KINDS = SELD_KINDS
 
 
 @pytest.fixture(scope="module")
 def scene_data(tmp_path_factory):
     """3 classes, up to 2 overlapping events, half of them moving; 3 s anechoic scenes."""
-    out = tmp_path_factory.mktemp("seld")
-    refs = [r for r in DefaultCorpus(n_clips=60, seed=3, speech=False).list_clips() if r.category in KINDS]
-    config = ScenesConfig(count=16, duration_s=3.0, events=(2, 4), max_overlap=2, moving=0.5, speed=(30, 90),
-                          directions=parse_direction_options("0:360:30"), environments=("anechoic",), seed=3,
-                          scenes_per_shard=4, test_fraction=0.25)
-    render_scenes(refs, out / "s1", config)
-    featurize(out / "s1", out / "s2")
-    return out / "s2"
+    return render_seld_scenes(tmp_path_factory.mktemp("seld"), count=16, duration_s=3.0, events=(2, 4),
+                              scenes_per_shard=4)
 
 
 def test_window_helpers_hold_whole_label_frames():
