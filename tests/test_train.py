@@ -364,6 +364,42 @@ def test_sharded_evaluation_equals_one_process(features):
         assert table_metrics(merged, make_loss("mix")) == table_metrics(whole, make_loss("mix"))
 
 
+@pytest.mark.parametrize("name", ["azimuth", "direction+category"])
+def test_validation_data_is_standardised_once_as_it_loads(features, monkeypatch, name):
+    """EvalData(prepared=True), validation's: the spectra standardised and the targets
+    encoded when it loads, not per batch; the batches those of the per-batch path (the
+    final test's) up to float16's rounding of the standardised values."""
+    import bast.model.data as data_module
+    from bast.model import targets as tg
+
+    target = tg.make_target(name, tg.TargetSettings(classes=tuple(data_module.data_classes(features))))
+    sel = Selection.of(features, "val", "RI")
+    exact = EvalData(sel, 64, "cpu", 1.0, target=target)
+    prepared = EvalData(sel, 64, "cpu", 1.0, target=target, prepared=True)
+    assert prepared.prepared and not exact.prepared
+    assert all(spec.dtype == torch.float16 for spec, _, _ in prepared.parts)  # the budget's 2 bytes a value
+    calls = []
+    real = data_module.model_input
+    monkeypatch.setattr(data_module, "model_input", lambda *a: calls.append(1) or real(*a))
+    expected = list(exact.batches())
+    assert len(calls) == len(expected) > 1  # the exact path standardises every batch
+    calls.clear()
+    got = list(prepared.batches())
+    assert calls == []  # the prepared one: none
+    assert len(got) == len(expected)
+    for (x, y, labels), (x0, y0, labels0) in zip(got, expected):
+        assert x.dtype == torch.float32 and x.shape == x0.shape
+        torch.testing.assert_close(x, x0, rtol=2e-3, atol=2e-3)  # float16: 11 bits of mantissa
+        assert float(x0[:, :2].reshape(len(x0), -1).std(dim=1).mean()) == pytest.approx(1.0, abs=1e-3)
+        for part, part0 in zip(y if isinstance(y, tuple) else (y,), y0 if isinstance(y0, tuple) else (y0,)):
+            torch.testing.assert_close(part, part0)
+        assert labels.keys() == labels0.keys() and all(np.array_equal(labels[k], labels0[k]) for k in labels)
+    # over the budget: read shard by shard, per batch, as before
+    streamed = EvalData(sel, 64, "cpu", 0.0, target=target, prepared=True)
+    assert not streamed.resident and not streamed.prepared
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(streamed.batches(), expected))
+
+
 def test_the_training_step_does_not_sync_with_the_host(monkeypatch):
     from bast.model.bast import BAST
     from bast.model.losses import make_loss

@@ -460,33 +460,61 @@ class EvalData:
     it fits the budget (validation runs every epoch), else read shard by shard. Labels
     stay on the host for the predictions table. Batches never cross a shard, so a sample
     meets the same batch whether one process evaluates or several share the shards
-    (rank r of w takes shards r, r + w, ...)."""
+    (rank r of w takes shards r, r + w, ...).
+
+    `prepared=True` (validation during training): a resident split is standardised and its
+    targets encoded once as it loads, and kept as float16 standardised values, as
+    `ResidentData` keeps the training samples, so a batch costs a slice and a cast.
+    Standardising every batch cost the mlp more than its forward pass: validation took a
+    third of a CPU epoch's training time (docs/performance.md). `prepared=False` (the
+    final test, `evaluate`): every batch is standardised in float32 from the stored
+    float16 spectra, so the test figures are those of the raw data."""
 
     def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float, rank: int = 0,
-                 world: int = 1, target: Target | None = None):
+                 world: int = 1, target: Target | None = None, prepared: bool = False):
         self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
         self.target = _default(target)
         self.rank, self.world = rank, world
         self.shards = sel.shards[rank::world]
         self.resident = sum(s["samples"] for s in self.shards) * sel.sample_bytes <= memory_budget_gb * 1e9
+        self.prepared = prepared and self.resident
         self.parts = None
         if self.resident:  # one shard at a time to the device: no host copy of the whole split
             self.parts = []
             for s in self.shards:
                 d = read_shard(sel.root / s["path"], sel.features)
-                self.parts.append((torch.from_numpy(d.pop("spec")).to(self.device), d))
+                spec = torch.from_numpy(d.pop("spec")).to(self.device)
+                y = torch.from_numpy(self.target.labels(d))  # the target's labels, encoded per batch
+                if self.prepared:  # in place, a chunk at a time (float32 temporaries stay small)
+                    for a in range(0, len(spec), _STANDARDISE_CHUNK):
+                        spec[a:a + _STANDARDISE_CHUNK] = model_input(spec[a:a + _STANDARDISE_CHUNK],
+                                                                     sel.features).to(torch.float16)
+                    y = self.target.encode(y.to(self.device))  # ... or once, here
+                self.parts.append((spec, y, d))
 
     def __len__(self) -> int:
         return sum(s["samples"] for s in self.shards)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """(x, target, labels of the batch as numpy arrays)."""
+        if self.prepared:
+            for spec, y, labels in self.parts:
+                for i in range(0, len(spec), self.batch_size):
+                    yield (spec[i:i + self.batch_size].float(), _rows(y, i, self.batch_size),
+                           {k: v[i:i + self.batch_size] for k, v in labels.items()})
+            return
         parts = self.parts if self.resident else (
-            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.features)
-                                                          for s in self.shards))
-        for spec, labels in parts:
-            encoded = torch.from_numpy(self.target.labels(labels))
-            for i in range(0, len(encoded), self.batch_size):
-                x, y = _batch(spec[i:i + self.batch_size], encoded[i:i + self.batch_size], self.device, self.target,
+            (torch.from_numpy(d.pop("spec")), torch.from_numpy(self.target.labels(d)), d)
+            for d in (read_shard(self.sel.root / s["path"], self.sel.features) for s in self.shards))
+        for spec, raw, labels in parts:
+            for i in range(0, len(raw), self.batch_size):
+                x, y = _batch(spec[i:i + self.batch_size], raw[i:i + self.batch_size], self.device, self.target,
                               self.sel.features)
                 yield x, y, {k: v[i:i + self.batch_size] for k, v in labels.items()}
+
+
+def _rows(y, start: int, size: int):
+    """Rows start:start + size of an encoded target: a tensor, or a tuple of them (multitask)."""
+    if isinstance(y, torch.Tensor):
+        return y[start:start + size]
+    return type(y)(_rows(part, start, size) for part in y)

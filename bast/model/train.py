@@ -313,7 +313,7 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
     # final test loads after both are freed.
     left_gb = max(0.0, cfg.memory_budget_gb - (data.share_bytes / 1e9 if data.resident else 0.0))
     # Every rank validates its share of the validation shards; the tables are gathered.
-    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target)
+    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target, prepared=True)
     return Splits(train_sel, val_sel, test_sel, data, val)
 
 
