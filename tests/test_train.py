@@ -98,6 +98,50 @@ def test_resident_and_streaming_loaders(features):
     assert anechoic.samples == sel.samples // 2 and {s["env"] for s in anechoic.shards} == {"anechoic"}
 
 
+def test_resident_ranks_read_only_their_cut_of_the_shards(features, monkeypatch):
+    """Under DDP a resident rank reads only the shards its share lies in; the shares are
+    disjoint, equal to one sample, and together every sample; one process keeps every sample
+    in the stored order, as before."""
+    import bast.model.data as data_module
+    from bast.model.data import rank_share
+
+    sel = Selection.of(features, "train", "RI")
+    n = len(sel.shards) - (len(sel.shards) % 2 == 0)  # an odd number of shards: no even deal of whole shards
+    uneven = Selection(sel.root, sel.shards[:n])
+    flat = read_selection(uneven)
+    assert np.array_equal(rank_share([s["samples"] for s in uneven.shards], 5, 0, 1), np.arange(uneven.samples))
+    real = data_module.read_shard
+    for world in (2, 3):
+        shares, reads = [], 0
+        for rank in range(world):
+            opened = []
+            monkeypatch.setattr(data_module, "read_shard", lambda path, *a: opened.append(path) or real(path, *a))
+            data = ResidentData(uneven, 8, "cpu", seed=5, rank=rank, world=world)
+            share = data.indices.numpy()
+            assert len(share) in (uneven.samples // world, uneven.samples // world + 1)
+            assert len(data) == uneven.samples // world // 8  # the same steps on every rank
+            # it read exactly the shards holding its samples, each once
+            offsets = np.cumsum([0] + [s["samples"] for s in uneven.shards])
+            holding = sorted({int(np.searchsorted(offsets, k, side="right") - 1) for k in share})
+            assert list(data.shards_read) == holding
+            assert opened == [uneven.root / uneven.shards[i]["path"] for i in holding]
+            reads += len(opened)
+            # what it holds is those samples, standardised
+            torch.testing.assert_close(data.spec.float(), standardize(torch.from_numpy(flat["spec"][share])),
+                                       atol=2e-3, rtol=2e-3)
+            epoch = torch.cat([i for *_, i in data.epoch(0)]).numpy()
+            assert set(epoch) <= set(share) and len(set(epoch)) == len(epoch) == len(data) * 8
+            shares.append(set(share.tolist()))
+        assert set().union(*shares) == set(range(uneven.samples))
+        assert sum(map(len, shares)) == uneven.samples  # disjoint
+        assert reads <= len(uneven.shards) + world - 1  # a shard read twice only where the cut splits it
+        assert reads < world * len(uneven.shards)  # not every rank every shard, as before
+    monkeypatch.setattr(data_module, "read_shard", real)
+    # the cut follows the seed, not the manifest's order (which groups environments)
+    cuts = {tuple(rank_share([s["samples"] for s in sel.shards], seed, 0, 2)[:3]) for seed in range(6)}
+    assert len(cuts) > 1
+
+
 def test_streaming_deals_shards_afresh_each_epoch(features):
     # Uneven shards over 2 ranks: equal steps on both, the sample numbers are the samples'
     # own, and over a few epochs every sample reaches training (none lost for good).
@@ -240,20 +284,26 @@ def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     assert not a & b  # each rank its own share
     steps = json.loads((run / "config.json").read_text())["steps_per_epoch"]
     assert len(a) == len(b) == steps * 8  # per-rank batch: 16 / 2
-    total = Selection.of(features, "train", "RI").samples
+    train_sel = Selection.of(features, "train", "RI")
+    total = train_sel.samples
     assert len(a | b) >= total - 2 * 8  # the whole set, but for the last partial batch per rank
+    # each rank read only the shards of its half (the shard the cut splits, by both)
+    read = [set(r["shards_read"]) for r in ranks]
+    assert read[0] | read[1] == set(range(len(train_sel.shards))) and len(read[0] & read[1]) <= 1
+    assert all(len(r) < len(train_sel.shards) for r in read)
     assert (run / "eval" / "test.json").exists()
     # every rank its own random stream (dropout), each saved in the checkpoint
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])
-    # validation sharded over the ranks gives what one process gives
+    # validation sharded over the ranks gives what one process gives (validation's data:
+    # standardised once, prepared=True)
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     model, cfg = load_model(run, "last")
     from bast.model.evaluate import evaluate
     from bast.model.losses import make_loss
     from bast.model.runtime import Context
-    metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0),
-                          Context(torch.device("cpu"), None), make_loss(cfg.loss))
+    metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0, prepared=True),
+                          Context(torch.device("cpu"), None), make_loss(cfg.loss), training_precision=True)
     assert row["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     assert row["val_ad_deg"] == pytest.approx(metrics["ad_deg"], rel=1e-5)
     assert row["val_mse"] == pytest.approx(metrics["mse"], rel=1e-5)
