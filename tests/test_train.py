@@ -558,6 +558,11 @@ def test_the_same_seed_trains_the_same_model(small_features, tmp_path):
     wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # every metrics row the same, bit for bit, but for the timings
+    timings = {"seconds", "val_seconds", "train_samples_per_s"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timings}
+             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in "ab"]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
 
 
 def test_training_selects_heads_and_rooms_by_name(small_features):
