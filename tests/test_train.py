@@ -41,6 +41,37 @@ def test_learning_rate_schedule():
     assert {lr_at(s, paper, 1000) for s in (0, 500, 999)} == {1e-4}
 
 
+def test_a_cpu_run_under_device_auto_is_not_compiled():
+    """--device auto on a machine without CUDA: eager (compile's default off on a CPU), and
+    the note saying why the CPU is where it says so."""
+    from bast.model.runtime import describe, setup
+
+    if torch.cuda.is_available():
+        pytest.skip("--device auto picks the GPU here")
+    ctx = setup(preset("tiny", device="auto"))
+    assert ctx.compile is False and ctx.device.type == "cpu"
+    assert "CUDA is not available" in ctx.device_note
+    text = describe(ctx, preset("tiny"), [], 64)
+    assert "torch.compile" not in text and "CUDA is not available" in text
+
+
+def test_compile_mode_is_a_setting_recorded_and_said():
+    """--compile-mode (reduce-overhead: CUDA graphs) reaches the Context and the start-up
+    lines, is written with the settings, and older configs without it read as default."""
+    from bast.model.runtime import Context, describe, setup
+
+    cfg = preset("tiny", device="cpu", compile=True, compile_mode="reduce-overhead")
+    ctx = setup(cfg)
+    assert ctx.compile and ctx.compile_mode == "reduce-overhead"
+    assert "torch.compile (mode reduce-overhead)" in describe(ctx, cfg, [], 64)
+    assert TrainConfig.from_dict(cfg.to_dict()).compile_mode == "reduce-overhead"
+    old = {k: v for k, v in preset("tiny").to_dict().items() if k != "compile_mode"}
+    assert TrainConfig.from_dict(old).compile_mode == "default"
+    plain = setup(preset("tiny", device="cpu", compile=True))
+    assert describe(plain, preset("tiny"), [], 64).count("torch.compile") == 1 and "mode" not in describe(
+        plain, preset("tiny"), [], 64)
+
+
 def test_presets_take_overrides_and_refuse_unknown_keys():
     cfg = preset("paper", dim=64, lr=3e-4)
     assert isinstance(cfg.model, BASTConfig)
@@ -53,7 +84,7 @@ def test_presets_take_overrides_and_refuse_unknown_keys():
     (dict(schedule="linear"), "schedule"), (dict(amp="fp8"), "amp"), (dict(device="gpu"), "device"),
     (dict(device="cuda:x"), "device"), (dict(loss="l1"), "loss"), (dict(nosuchkey=1), "nosuchkey"),
     (dict(lr="abc"), "lr"), (dict(batch_size=0), "batch_size"), (dict(epochs=2.5), "epochs"),
-    (dict(compile="yes"), "compile"), (dict(train_env="cathedral"), "train_env"), (dict(dim="wide"), "dim"),
+    (dict(compile="yes"), "compile"), (dict(compile_mode="fast"), "compile_mode"), (dict(train_env="cathedral"), "train_env"), (dict(dim="wide"), "dim"),
     (dict(integration="mul"), "integration"), (dict(min_lr_ratio=2), "min_lr_ratio")])
 def test_train_config_refuses_bad_settings_by_name(override, named):
     with pytest.raises(ConfigError, match=named):

@@ -415,7 +415,7 @@ def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, 
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
     if ctx.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=ctx.compile_mode)
     guard = NonFiniteGuard(ctx.device)
     ddp_report = ctx.world > 1 and os.environ.get("BAST_DDP_REPORT") == "1"  # the DDP test asks for it
     coverage: list = []
