@@ -416,6 +416,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N (one process only). [default: auto]")] = None,
     amp: Annotated[Optional[str], typer.Option(help="auto (bf16 on a GPU, float32 on a CPU), bf16 or none (float32; TF32 matmuls on a GPU). [default: auto]")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model. [default: on a GPU, off on a CPU]")] = None,
+    compile_mode: Annotated[Optional[str], typer.Option(help="torch.compile's mode when compiling: default, reduce-overhead (CUDA graphs), max-autotune or max-autotune-no-cudagraphs. [default: default]")] = None,
     val_every: Annotated[Optional[int], typer.Option(help="Validate every K epochs (and after the last). [default: 1]")] = None,
     deterministic: Annotated[Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume; slower on a GPU, docs/train.md).")] = None,
     memory_budget_gb: Annotated[Optional[float], typer.Option(help="Keep the training split on the device up to this size, else stream it.")] = None,
@@ -433,8 +434,8 @@ def train(
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
-             "amp": amp, "compile": compile, "deterministic": deterministic, "val_every": val_every,
-             "window_frames": window_frames, "window_hop": window_hop}
+             "amp": amp, "compile": compile, "compile_mode": compile_mode, "deterministic": deterministic,
+             "val_every": val_every, "window_frames": window_frames, "window_hop": window_hop}
     overrides = {k: v for k, v in given.items() if v is not None}
     for item in set_ or []:
         key, _, value = item.partition("=")

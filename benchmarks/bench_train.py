@@ -151,7 +151,7 @@ def main() -> None:
         train_rate = len(batches[3:]) * batch / (time.perf_counter() - t0)
         precision = "bf16 autocast" if use_bf16 else "float32" + (" (TF32)" if tf32 else "")
         # Validation as the loop runs it: the bare model, the training precision, the val split.
-        val = EvalData(val_sel, cfg.eval_batch_size, device, cfg.memory_budget_gb)
+        val = EvalData(val_sel, cfg.eval_batch_size, device, cfg.memory_budget_gb, prepared=True)
         evaluate(model, val, ctx, loss_fn, training_precision=True)  # warm-up
         sync(device)
         t0 = time.perf_counter()

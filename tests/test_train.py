@@ -41,6 +41,37 @@ def test_learning_rate_schedule():
     assert {lr_at(s, paper, 1000) for s in (0, 500, 999)} == {1e-4}
 
 
+def test_a_cpu_run_under_device_auto_is_not_compiled():
+    """--device auto on a machine without CUDA: eager (compile's default off on a CPU), and
+    the note saying why the CPU is where it says so."""
+    from bast.model.runtime import describe, setup
+
+    if torch.cuda.is_available():
+        pytest.skip("--device auto picks the GPU here")
+    ctx = setup(preset("tiny", device="auto"))
+    assert ctx.compile is False and ctx.device.type == "cpu"
+    assert "CUDA is not available" in ctx.device_note
+    text = describe(ctx, preset("tiny"), [], 64)
+    assert "torch.compile" not in text and "CUDA is not available" in text
+
+
+def test_compile_mode_is_a_setting_recorded_and_said():
+    """--compile-mode (reduce-overhead: CUDA graphs) reaches the Context and the start-up
+    lines, is written with the settings, and older configs without it read as default."""
+    from bast.model.runtime import Context, describe, setup
+
+    cfg = preset("tiny", device="cpu", compile=True, compile_mode="reduce-overhead")
+    ctx = setup(cfg)
+    assert ctx.compile and ctx.compile_mode == "reduce-overhead"
+    assert "torch.compile (mode reduce-overhead)" in describe(ctx, cfg, [], 64)
+    assert TrainConfig.from_dict(cfg.to_dict()).compile_mode == "reduce-overhead"
+    old = {k: v for k, v in preset("tiny").to_dict().items() if k != "compile_mode"}
+    assert TrainConfig.from_dict(old).compile_mode == "default"
+    plain = setup(preset("tiny", device="cpu", compile=True))
+    assert describe(plain, preset("tiny"), [], 64).count("torch.compile") == 1 and "mode" not in describe(
+        plain, preset("tiny"), [], 64)
+
+
 def test_presets_take_overrides_and_refuse_unknown_keys():
     cfg = preset("paper", dim=64, lr=3e-4)
     assert isinstance(cfg.model, BASTConfig)
@@ -53,7 +84,7 @@ def test_presets_take_overrides_and_refuse_unknown_keys():
     (dict(schedule="linear"), "schedule"), (dict(amp="fp8"), "amp"), (dict(device="gpu"), "device"),
     (dict(device="cuda:x"), "device"), (dict(loss="l1"), "loss"), (dict(nosuchkey=1), "nosuchkey"),
     (dict(lr="abc"), "lr"), (dict(batch_size=0), "batch_size"), (dict(epochs=2.5), "epochs"),
-    (dict(compile="yes"), "compile"), (dict(train_env="cathedral"), "train_env"), (dict(dim="wide"), "dim"),
+    (dict(compile="yes"), "compile"), (dict(compile_mode="fast"), "compile_mode"), (dict(train_env="cathedral"), "train_env"), (dict(dim="wide"), "dim"),
     (dict(integration="mul"), "integration"), (dict(min_lr_ratio=2), "min_lr_ratio")])
 def test_train_config_refuses_bad_settings_by_name(override, named):
     with pytest.raises(ConfigError, match=named):
@@ -96,6 +127,50 @@ def test_resident_and_streaming_loaders(features):
     assert not torch.equal(seen, torch.cat([idx for *_, idx in resident.epoch(1)]))
     anechoic = Selection.of(features, "train", "RI01")
     assert anechoic.samples == sel.samples // 2 and {s["env"] for s in anechoic.shards} == {"anechoic"}
+
+
+def test_resident_ranks_read_only_their_cut_of_the_shards(features, monkeypatch):
+    """Under DDP a resident rank reads only the shards its share lies in; the shares are
+    disjoint, equal to one sample, and together every sample; one process keeps every sample
+    in the stored order, as before."""
+    import bast.model.data as data_module
+    from bast.model.data import rank_share
+
+    sel = Selection.of(features, "train", "RI")
+    n = len(sel.shards) - (len(sel.shards) % 2 == 0)  # an odd number of shards: no even deal of whole shards
+    uneven = Selection(sel.root, sel.shards[:n])
+    flat = read_selection(uneven)
+    assert np.array_equal(rank_share([s["samples"] for s in uneven.shards], 5, 0, 1), np.arange(uneven.samples))
+    real = data_module.read_shard
+    for world in (2, 3):
+        shares, reads = [], 0
+        for rank in range(world):
+            opened = []
+            monkeypatch.setattr(data_module, "read_shard", lambda path, *a: opened.append(path) or real(path, *a))
+            data = ResidentData(uneven, 8, "cpu", seed=5, rank=rank, world=world)
+            share = data.indices.numpy()
+            assert len(share) in (uneven.samples // world, uneven.samples // world + 1)
+            assert len(data) == uneven.samples // world // 8  # the same steps on every rank
+            # it read exactly the shards holding its samples, each once
+            offsets = np.cumsum([0] + [s["samples"] for s in uneven.shards])
+            holding = sorted({int(np.searchsorted(offsets, k, side="right") - 1) for k in share})
+            assert list(data.shards_read) == holding
+            assert opened == [uneven.root / uneven.shards[i]["path"] for i in holding]
+            reads += len(opened)
+            # what it holds is those samples, standardised
+            torch.testing.assert_close(data.spec.float(), standardize(torch.from_numpy(flat["spec"][share])),
+                                       atol=2e-3, rtol=2e-3)
+            epoch = torch.cat([i for *_, i in data.epoch(0)]).numpy()
+            assert set(epoch) <= set(share) and len(set(epoch)) == len(epoch) == len(data) * 8
+            shares.append(set(share.tolist()))
+        assert set().union(*shares) == set(range(uneven.samples))
+        assert sum(map(len, shares)) == uneven.samples  # disjoint
+        assert reads <= len(uneven.shards) + world - 1  # a shard read twice only where the cut splits it
+        assert reads < world * len(uneven.shards)  # not every rank every shard, as before
+    monkeypatch.setattr(data_module, "read_shard", real)
+    # the cut follows the seed, not the manifest's order (which groups environments)
+    cuts = {tuple(rank_share([s["samples"] for s in sel.shards], seed, 0, 2)[:3]) for seed in range(6)}
+    assert len(cuts) > 1
 
 
 def test_streaming_deals_shards_afresh_each_epoch(features):
@@ -240,20 +315,26 @@ def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     assert not a & b  # each rank its own share
     steps = json.loads((run / "config.json").read_text())["steps_per_epoch"]
     assert len(a) == len(b) == steps * 8  # per-rank batch: 16 / 2
-    total = Selection.of(features, "train", "RI").samples
+    train_sel = Selection.of(features, "train", "RI")
+    total = train_sel.samples
     assert len(a | b) >= total - 2 * 8  # the whole set, but for the last partial batch per rank
+    # each rank read only the shards of its half (the shard the cut splits, by both)
+    read = [set(r["shards_read"]) for r in ranks]
+    assert read[0] | read[1] == set(range(len(train_sel.shards))) and len(read[0] & read[1]) <= 1
+    assert all(len(r) < len(train_sel.shards) for r in read)
     assert (run / "eval" / "test.json").exists()
     # every rank its own random stream (dropout), each saved in the checkpoint
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])
-    # validation sharded over the ranks gives what one process gives
+    # validation sharded over the ranks gives what one process gives (validation's data:
+    # standardised once, prepared=True)
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     model, cfg = load_model(run, "last")
     from bast.model.evaluate import evaluate
     from bast.model.losses import make_loss
     from bast.model.runtime import Context
-    metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0),
-                          Context(torch.device("cpu"), None), make_loss(cfg.loss))
+    metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0, prepared=True),
+                          Context(torch.device("cpu"), None), make_loss(cfg.loss), training_precision=True)
     assert row["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     assert row["val_ad_deg"] == pytest.approx(metrics["ad_deg"], rel=1e-5)
     assert row["val_mse"] == pytest.approx(metrics["mse"], rel=1e-5)
@@ -364,6 +445,42 @@ def test_sharded_evaluation_equals_one_process(features):
         assert table_metrics(merged, make_loss("mix")) == table_metrics(whole, make_loss("mix"))
 
 
+@pytest.mark.parametrize("name", ["azimuth", "direction+category"])
+def test_validation_data_is_standardised_once_as_it_loads(features, monkeypatch, name):
+    """EvalData(prepared=True), validation's: the spectra standardised and the targets
+    encoded when it loads, not per batch; the batches those of the per-batch path (the
+    final test's) up to float16's rounding of the standardised values."""
+    import bast.model.data as data_module
+    from bast.model import targets as tg
+
+    target = tg.make_target(name, tg.TargetSettings(classes=tuple(data_module.data_classes(features))))
+    sel = Selection.of(features, "val", "RI")
+    exact = EvalData(sel, 64, "cpu", 1.0, target=target)
+    prepared = EvalData(sel, 64, "cpu", 1.0, target=target, prepared=True)
+    assert prepared.prepared and not exact.prepared
+    assert all(spec.dtype == torch.float16 for spec, _, _ in prepared.parts)  # the budget's 2 bytes a value
+    calls = []
+    real = data_module.model_input
+    monkeypatch.setattr(data_module, "model_input", lambda *a: calls.append(1) or real(*a))
+    expected = list(exact.batches())
+    assert len(calls) == len(expected) > 1  # the exact path standardises every batch
+    calls.clear()
+    got = list(prepared.batches())
+    assert calls == []  # the prepared one: none
+    assert len(got) == len(expected)
+    for (x, y, labels), (x0, y0, labels0) in zip(got, expected):
+        assert x.dtype == torch.float32 and x.shape == x0.shape
+        torch.testing.assert_close(x, x0, rtol=2e-3, atol=2e-3)  # float16: 11 bits of mantissa
+        assert float(x0[:, :2].reshape(len(x0), -1).std(dim=1).mean()) == pytest.approx(1.0, abs=1e-3)
+        for part, part0 in zip(y if isinstance(y, tuple) else (y,), y0 if isinstance(y0, tuple) else (y0,)):
+            torch.testing.assert_close(part, part0)
+        assert labels.keys() == labels0.keys() and all(np.array_equal(labels[k], labels0[k]) for k in labels)
+    # over the budget: read shard by shard, per batch, as before
+    streamed = EvalData(sel, 64, "cpu", 0.0, target=target, prepared=True)
+    assert not streamed.resident and not streamed.prepared
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(streamed.batches(), expected))
+
+
 def test_the_training_step_does_not_sync_with_the_host(monkeypatch):
     from bast.model.bast import BAST
     from bast.model.losses import make_loss
@@ -472,6 +589,11 @@ def test_the_same_seed_trains_the_same_model(small_features, tmp_path):
     wa = load_checkpoint(tmp_path / "a" / "checkpoints" / "best.pt")["model"]
     wb = load_checkpoint(tmp_path / "b" / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # every metrics row the same, bit for bit, but for the timings
+    timings = {"seconds", "val_seconds", "train_samples_per_s"}
+    rows = [[{k: v for k, v in json.loads(line).items() if k not in timings}
+             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in "ab"]
+    assert len(rows[0]) == 2 and rows[0] == rows[1]
 
 
 def test_training_selects_heads_and_rooms_by_name(small_features):

@@ -18,6 +18,8 @@ from bast.model.targets import TARGETS, TASK_WEIGHTS
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
 SCHEDULES = ("constant", "cosine")
 AMP_MODES = ("auto", "bf16", "none")
+# torch.compile's modes; reduce-overhead captures CUDA graphs (on a GPU; ignored on a CPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -62,6 +64,7 @@ class TrainConfig:
     # about 735 small kernels, near launch-bound), off on a CPU (compiling costs more than
     # a tiny model's run saves).
     compile: bool | None = None
+    compile_mode: str = "default"  # torch.compile's mode when compiling (COMPILE_MODES)
     deterministic: bool = False
     memory_budget_gb: float = 8.0  # selected samples up to this stay resident on the device
     eval_batch_size: int = 256
@@ -102,6 +105,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         for name in ("train_env", "test_env"):
@@ -245,4 +250,4 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 # What a resumed run may change: how long it runs, and where (not what it learns from).
-RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "memory_budget_gb", "eval_batch_size", "val_every")
+RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "compile_mode", "memory_budget_gb", "eval_batch_size", "val_every")

@@ -13,9 +13,10 @@ shard (one sequential read; never per-sample fancy indexing).
 
 Both give standardised float32 batches (per sample, over all 2 x 129 x 61 values) and
 the target's encoded labels (bast/model/targets.py; the paper's (x, y) unit vector by
-default). With several processes (DDP), rank r of w takes its share of
-the samples (resident) or of the shards, dealt afresh each epoch (streaming), and every
-rank makes the same number of steps per epoch.
+default). With several processes (DDP), rank r of w reads and keeps one w-th of the samples,
+a contiguous cut of the shards in a seeded order (resident, `rank_share`), or takes its
+share of the shards, dealt afresh each epoch (streaming); every rank makes the same number
+of steps per epoch.
 """
 
 from __future__ import annotations
@@ -249,6 +250,26 @@ def _default(target: Target | None) -> Target:
 _STANDARDISE_CHUNK = 1024  # samples standardised at a time while loading (128 MB of float32 with the phase)
 
 
+def rank_share(shard_samples: list[int], seed: int, rank: int, world: int) -> np.ndarray:
+    """The sample numbers (ascending; sample k of shard i is offsets[i] + k) that rank `rank`
+    of `world` holds resident for the whole run: all of them for one process; under DDP the
+    shards in a seeded order, laid end to end and cut into `world` contiguous parts of
+    n // world or n // world + 1 samples. Disjoint, together every sample, and a rank reads
+    only the shards its part lies in: about n / world samples plus at most the two shards
+    it shares with its neighbours in the cut. (Dealing whole shards round-robin, as the
+    evaluation does, leaves ranks unequal when the shards do not split evenly, and
+    every rank makes only as many steps as the smallest share allows: with the demo's 6
+    training shards of two sizes on 4 ranks, 30 % of the samples would idle each epoch.)
+    The seeded order mixes the shards' environments across ranks."""
+    n = int(sum(shard_samples))
+    if world == 1:
+        return np.arange(n)
+    offsets = np.cumsum([0, *shard_samples])
+    order = np.random.default_rng([seed, 7919]).permutation(len(shard_samples))
+    numbers = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in order]) if n else np.zeros(0, np.int64)
+    return np.sort(numbers[rank * n // world:(rank + 1) * n // world])
+
+
 class ResidentData:
     """Every selected sample on `device`, standardised once as it loads (`model_input`) and
     kept as float16; shuffled there each epoch, so a step costs one gather and a cast.
@@ -261,19 +282,19 @@ class ResidentData:
                  drop_last: bool = True, target: Target | None = None):
         self.target = target = _default(target)
         n = sel.samples
-        # A fixed, seeded partition of the samples across ranks, each rank its share; a rank
-        # holds only its share, read shard by shard.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-        share = order[rank::world].sort().values.numpy()
+        # This rank's share (sample numbers, ascending): under DDP a contiguous cut of the
+        # shards in a seeded order, so that the rank reads only the shards its share lies in.
+        share = rank_share([s["samples"] for s in sel.shards], seed, rank, world)
         # One preallocated array on the device, filled shard by shard: the host holds one
         # shard at a time, never a second copy of the split (no list of parts concatenated).
         self.spec = torch.empty((len(share), *sel.shape), dtype=torch.float16, device=device)
         # The target's labels of each sample (the azimuth, for the paper's target).
         self.labels = torch.empty((len(share), *target.label_shape), dtype=torch.float32, device=device)
-        start, filled = 0, 0
-        for s in sel.shards:
+        start, filled, read = 0, 0, []
+        for i, s in enumerate(sel.shards):
             rows = share[(share >= start) & (share < start + s["samples"])] - start
             if rows.size:
+                read.append(i)
                 part = read_shard(sel.root / s["path"], sel.features)
                 # Standardised a chunk at a time: its float32 temporaries stay a fraction of
                 # the shard being read (at most _STANDARDISE_CHUNK samples, 64 MB).
@@ -286,6 +307,7 @@ class ResidentData:
                 del part
             start += s["samples"]
         self.indices = torch.from_numpy(share).to(device)  # sample numbers, for coverage checks
+        self.shards_read = tuple(read)  # the selection's shards this rank read
         self.resident, self.share_bytes = True, len(share) * sel.sample_bytes
         self.batch_size, self.device, self.seed, self.drop_last = batch_size, torch.device(device), seed, drop_last
         self.rank, self.world = rank, world
@@ -461,33 +483,61 @@ class EvalData:
     it fits the budget (validation runs every epoch), else read shard by shard. Labels
     stay on the host for the predictions table. Batches never cross a shard, so a sample
     meets the same batch whether one process evaluates or several share the shards
-    (rank r of w takes shards r, r + w, ...)."""
+    (rank r of w takes shards r, r + w, ...).
+
+    `prepared=True` (validation during training): a resident split is standardised and its
+    targets encoded once as it loads, and kept as float16 standardised values, as
+    `ResidentData` keeps the training samples, so a batch costs a slice and a cast.
+    Standardising every batch cost the mlp more than its forward pass: validation took a
+    third of a CPU epoch's training time (docs/performance.md). `prepared=False` (the
+    final test, `evaluate`): every batch is standardised in float32 from the stored
+    float16 spectra, so the test figures are those of the raw data."""
 
     def __init__(self, sel: Selection, batch_size: int, device, memory_budget_gb: float, rank: int = 0,
-                 world: int = 1, target: Target | None = None):
+                 world: int = 1, target: Target | None = None, prepared: bool = False):
         self.sel, self.batch_size, self.device = sel, batch_size, torch.device(device)
         self.target = _default(target)
         self.rank, self.world = rank, world
         self.shards = sel.shards[rank::world]
         self.resident = sum(s["samples"] for s in self.shards) * sel.sample_bytes <= memory_budget_gb * 1e9
+        self.prepared = prepared and self.resident
         self.parts = None
         if self.resident:  # one shard at a time to the device: no host copy of the whole split
             self.parts = []
             for s in self.shards:
                 d = read_shard(sel.root / s["path"], sel.features)
-                self.parts.append((torch.from_numpy(d.pop("spec")).to(self.device), d))
+                spec = torch.from_numpy(d.pop("spec")).to(self.device)
+                y = torch.from_numpy(self.target.labels(d))  # the target's labels, encoded per batch
+                if self.prepared:  # in place, a chunk at a time (float32 temporaries stay small)
+                    for a in range(0, len(spec), _STANDARDISE_CHUNK):
+                        spec[a:a + _STANDARDISE_CHUNK] = model_input(spec[a:a + _STANDARDISE_CHUNK],
+                                                                     sel.features).to(torch.float16)
+                    y = self.target.encode(y.to(self.device))  # ... or once, here
+                self.parts.append((spec, y, d))
 
     def __len__(self) -> int:
         return sum(s["samples"] for s in self.shards)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """(x, target, labels of the batch as numpy arrays)."""
+        if self.prepared:
+            for spec, y, labels in self.parts:
+                for i in range(0, len(spec), self.batch_size):
+                    yield (spec[i:i + self.batch_size].float(), _rows(y, i, self.batch_size),
+                           {k: v[i:i + self.batch_size] for k, v in labels.items()})
+            return
         parts = self.parts if self.resident else (
-            (torch.from_numpy(d.pop("spec")), d) for d in (read_shard(self.sel.root / s["path"], self.sel.features)
-                                                          for s in self.shards))
-        for spec, labels in parts:
-            encoded = torch.from_numpy(self.target.labels(labels))
-            for i in range(0, len(encoded), self.batch_size):
-                x, y = _batch(spec[i:i + self.batch_size], encoded[i:i + self.batch_size], self.device, self.target,
+            (torch.from_numpy(d.pop("spec")), torch.from_numpy(self.target.labels(d)), d)
+            for d in (read_shard(self.sel.root / s["path"], self.sel.features) for s in self.shards))
+        for spec, raw, labels in parts:
+            for i in range(0, len(raw), self.batch_size):
+                x, y = _batch(spec[i:i + self.batch_size], raw[i:i + self.batch_size], self.device, self.target,
                               self.sel.features)
                 yield x, y, {k: v[i:i + self.batch_size] for k, v in labels.items()}
+
+
+def _rows(y, start: int, size: int):
+    """Rows start:start + size of an encoded target: a tensor, or a tuple of them (multitask)."""
+    if isinstance(y, torch.Tensor):
+        return y[start:start + size]
+    return type(y)(_rows(part, start, size) for part in y)

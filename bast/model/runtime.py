@@ -28,6 +28,7 @@ class Context:
     local_rank: int = 0
     tf32: bool = False  # TF32 matmuls / convolutions in float32 training and validation (never in the test)
     compile: bool = False  # torch.compile the training model (the setting resolved for this device)
+    compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
     device_note: str = ""  # why this device (e.g. "--device auto: CUDA is not available")
 
     @property
@@ -103,8 +104,11 @@ def setup(cfg: TrainConfig) -> Context:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank; train() then seeds per rank
-    return Context(device, torch.bfloat16 if use_bf16 else None, rank, world, local_rank, tf32, note,
-                   compile_default(cfg.compile, device.type))
+    # By name: passed by position, the note landed in `compile` (a CPU run under --device
+    # auto was compiled, and config.json's "compiled" held the note).
+    return Context(device, torch.bfloat16 if use_bf16 else None, rank=rank, world=world, local_rank=local_rank,
+                   tf32=tf32, compile=compile_default(cfg.compile, device.type), compile_mode=cfg.compile_mode,
+                   device_note=note)
 
 
 def compile_default(setting: bool | None, device_type: str) -> bool:
@@ -144,7 +148,7 @@ def describe(ctx: Context, cfg: TrainConfig, data, per_rank_batch: int, device_n
     if cfg.val_every > 1:
         precision += f"; validation every {cfg.val_every} epochs"
     if ctx.compile:
-        precision += "; torch.compile"
+        precision += "; torch.compile" + (f" (mode {ctx.compile_mode})" if ctx.compile_mode != "default" else "")
     if cfg.deterministic:
         precision += "; deterministic algorithms"
     share_gb = getattr(data, "share_bytes", 0) / 1e9

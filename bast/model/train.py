@@ -324,7 +324,7 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
     # final test loads after both are freed.
     left_gb = max(0.0, cfg.memory_budget_gb - (data.share_bytes / 1e9 if data.resident else 0.0))
     # Every rank validates its share of the validation shards; the tables are gathered.
-    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target)
+    val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target, prepared=True)
     return Splits(train_sel, val_sel, test_sel, data, val)
 
 
@@ -426,7 +426,7 @@ def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, 
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
     if ctx.compile:
-        net = torch.compile(net)
+        net = torch.compile(net, mode=ctx.compile_mode)
     guard = NonFiniteGuard(ctx.device)
     ddp_report = ctx.world > 1 and os.environ.get("BAST_DDP_REPORT") == "1"  # the DDP test asks for it
     coverage: list = []
@@ -449,7 +449,7 @@ def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, 
                 _append_row(run_dir, {"stopped": f"time budget of {cfg.max_minutes} min", "epoch": epoch + 1})
             break
     if ddp_report:
-        _ddp_report(run_dir, model, coverage, ctx)
+        _ddp_report(run_dir, model, coverage, ctx, splits.data)
 
 
 def train_epoch(net, optimizer, data, loss_fn, ctx: Context, cfg: TrainConfig, state: RunState,
@@ -585,13 +585,15 @@ def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
     return cfg
 
 
-def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context) -> None:
+def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context, data) -> None:
     """What the DDP test checks (written only when BAST_DDP_REPORT=1): every rank's weights
-    are the same, and the ranks' first epochs covered disjoint shares of the training samples."""
+    are the same, the ranks' first epochs covered disjoint shares of the training samples, and
+    which shards each rank read (resident loader)."""
     flat = torch.cat([p.detach().reshape(-1).cpu().double() for p in model.parameters()])
     mine = {"rank": ctx.rank, "weights_sum": float(flat.sum()), "weights_abs_sum": float(flat.abs().sum()),
             "weights_sha": hashlib.sha256(flat.numpy().tobytes()).hexdigest(),
-            "first_epoch_samples": torch.cat(coverage).tolist() if coverage else []}
+            "first_epoch_samples": torch.cat(coverage).tolist() if coverage else [],
+            "shards_read": list(getattr(data, "shards_read", []))}
     gathered: list = [None] * ctx.world
     dist.all_gather_object(gathered, mine)
     if ctx.main:
