@@ -68,10 +68,16 @@ def test_scene_windows_cut_the_scene_and_encode_its_labels(scene_data):
     # the same seed, the same order; another epoch, another
     again = next(iter(SceneWindows(sel, 61, 3, "cpu", batch_size=8, hop=10, shuffle=True, seed=1).epoch(0)))[2]
     assert torch.equal(again, idx) and not torch.equal(next(iter(data.epoch(1)))[2], idx)
-    # two ranks read disjoint shards, and make the same number of steps
-    ranks = [SceneWindows(sel, 61, 3, "cpu", batch_size=8, hop=10, shuffle=True, rank=r, world=2) for r in (0, 1)]
-    assert {s.scene_id for s in ranks[0].scenes}.isdisjoint({s.scene_id for s in ranks[1].scenes})
-    assert len(ranks[0]) == len(ranks[1]) > 0
+    # ranks hold disjoint scenes, all of them together, and make the same number of steps
+    everyone = {s.scene_id for s in data.scenes}
+    for world in (2, 3):
+        ranks = [SceneWindows(sel, 61, 3, "cpu", batch_size=8, hop=10, shuffle=True, rank=r, world=world)
+                 for r in range(world)]
+        held = [{s.scene_id for s in r.scenes} for r in ranks]
+        assert sum(len(h) for h in held) == len(everyone) and set().union(*held) == everyone
+        assert all(len(r.scenes) in (len(everyone) // world, len(everyone) // world + 1) for r in ranks)
+        assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) > 0
+        assert all(r.per_rank <= len(r.windows) for r in ranks)
 
 
 def test_an_oracle_stitched_from_windows_scores_perfectly(scene_data):

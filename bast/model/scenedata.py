@@ -8,7 +8,9 @@ the multi-ACCDOA tensor of the label frames whose centres it holds (bast/model/s
 made once when the scenes load. Nothing is stored twice.
 
 - `SceneWindows(..., shuffle=True)`: training; windows every `hop` frames, a seeded
-  shuffle each epoch, the same number of steps on every rank (scene shards dealt to ranks).
+  shuffle each epoch; under DDP each rank holds a contiguous cut of the scenes (shards in a
+  seeded order, as `data.rank_share` cuts clips) and reads only the shards it lies in, and
+  every rank makes the same number of steps.
 - `SceneWindows(..., shuffle=False)`: evaluation; windows every 25 frames (two label
   frames, so that every window holds the same label frames at the same places) plus one
   ending at the scene's end, in order; `bast/model/seldeval.py` stitches their outputs back
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from bast.errors import DataError
-from bast.model.data import Selection, corrupt_shard, model_input
+from bast.model.data import Selection, corrupt_shard, model_input, rank_share
 from bast.model.seld import encode
 from bast.pipeline import featurekinds
 from bast.pipeline.scenefeatures import (ALIGNED_HOP, stft_label_frames, window_label_frames, window_labels,
@@ -95,18 +97,26 @@ class SceneWindows:
         self.rank, self.world = rank, world
         self.hop = hop if shuffle else ALIGNED_HOP
         self.label_frames = window_labels(self.length)
-        self.shards = sel.shards[rank::world]
+        sizes = [s["samples"] for s in sel.shards]
+        offsets = np.cumsum([0, *sizes])
+        if shuffle:  # training: this rank's contiguous cut of the scenes, shards in a seeded order
+            share = rank_share(sizes, seed, rank, world)
+            keep = {i: share[(share >= offsets[i]) & (share < offsets[i + 1])] - offsets[i] for i in range(len(sizes))}
+        else:  # evaluation: whole shards dealt round-robin; the ranks' scene results are gathered
+            keep = {i: np.arange(sizes[i]) for i in range(rank, len(sizes), world)}
         specs, self.scenes, windows, targets = [], [], [], []
-        for s in self.shards:
+        for i, s in enumerate(sel.shards):
+            if not len(keep.get(i, ())):
+                continue  # another rank's: not read
             spec, scenes = read_scene_shard(sel.root / s["path"], sel.features)
             if spec.shape[-1] < self.length:
                 raise DataError(f"{sel.root / s['path']}: its scenes have {spec.shape[-1]} frames, shorter than a "
                                 f"window of {self.length} (--window-frames)")
-            for i, scene in enumerate(scenes):
-                k = len(self.scenes)
+            spec, scenes = spec[keep[i]], [scenes[j] for j in keep[i]]
+            for j, scene in enumerate(scenes):
                 for start in window_starts(scene.frames, self.length, self.hop):
                     rows = window_rows(scene.rows, int(start), self.length)
-                    windows.append((k, int(start), int(window_label_frames(int(start), self.length)[0])))
+                    windows.append((len(self.scenes), int(start), int(window_label_frames(int(start), self.length)[0])))
                     targets.append(encode(rows, self.label_frames, self.n_classes, n_tracks=tracks))
                 self.scenes.append(scene)
             specs.append(torch.from_numpy(spec).to(self.device))
@@ -115,19 +125,11 @@ class SceneWindows:
         self.targets = (torch.stack(targets) if targets else
                         torch.zeros((0, self.label_frames, tracks, self.n_classes, 3))).to(self.device)
         self.resident, self.share_bytes = True, self.spec.numel() * 2 + self.targets.numel() * 4
-        # Every rank makes the same number of steps: the fewest windows any rank holds.
-        counts = [self._count(r) for r in range(world)] if world > 1 else [len(self.windows)]
-        self.per_rank = min(counts)
+        # Every rank makes the same number of steps: scenes of one data set have one length, so
+        # the same windows each, and the smallest share is n // world scenes.
+        per_scene = len(self.windows) // len(self.scenes) if self.scenes else 0
+        self.per_rank = per_scene * (int(offsets[-1]) // world) if world > 1 else len(self.windows)
         self.steps = self.per_rank // batch_size if shuffle else -(-len(self.windows) // batch_size)
-
-    def _count(self, rank: int) -> int:
-        if rank == self.rank:
-            return len(self.windows)
-        total = 0  # another rank's windows, from the manifest alone (no read)
-        frames = self.spec.shape[-1]
-        for s in self.sel.shards[rank::self.world]:
-            total += s["samples"] * len(window_starts(frames, self.length, self.hop))
-        return total
 
     def __len__(self) -> int:
         return self.steps

@@ -421,10 +421,12 @@ def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, 
     loss_fn = target.loss
     net = model
     if ctx.world > 1:
-        # No buffer changes in training (the sinusoidal position table is fixed; no
-        # BatchNorm), so nothing is broadcast before each forward.
+        # Buffers change in training only in BatchNorm (seldnet's running statistics): then
+        # rank 0's are broadcast before each forward, so every rank holds the saved ones;
+        # the other models' buffers are fixed (the sinusoidal position table), nothing sent.
+        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, broadcast_buffers=batchnorm)
     if ctx.compile:
         net = torch.compile(net, mode=ctx.compile_mode)
     guard = NonFiniteGuard(ctx.device)
