@@ -41,14 +41,14 @@ from bast.pipeline.hall import HallSpec
 from bast.pipeline.interpolate import Interpolator
 from bast.pipeline.irs import unique_directions
 from bast.pipeline.moving import Lookup, render
-from bast.pipeline.rooms import BankTask, RoomRanges, build_banks, room_record
+from bast.pipeline.rooms import BankTask, RoomRanges, build_banks
 from bast.pipeline.runner import Stage, StageSummary, run_stage
 from bast.pipeline.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
                                       scene_counts)
 from bast.pipeline.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.sofa import IRSet, read_sofa
-from bast.pipeline.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, irs_listener, layout,
-                                     summarise_shards, write_irs)
+from bast.pipeline.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, conditions_record,
+                                     layout, summarise_shards, write_irs)
 
 STAGE = "scenes"
 
@@ -453,17 +453,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
         return {"categories": list(categories), "scene_seconds": config.duration_s, "label_hop_s": LABEL_HOP_S,
                 "label_columns": list(LABEL_COLUMNS), "events": summary.clips, "inputs": len(refs),
                 "inputs_failed": len(summary.failures), "warnings": summary.warnings,
-                "irs": {k: str(Path(p).relative_to(out_dir)) for k, p in ir_paths.items()},
-                "conditions": {split: [{"env": c.env, "head": c.head, "room": c.room, "irs": c.key}
-                                       for c in the_layout.splits[split]] for split in SPLITS},
-                "heads": {label: {"path": path, "listener": irs_listener(path),
-                                  "test_only": label in the_layout.test_heads}
-                          for label, path in the_layout.heads.items()},
-                "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
-                                  if isinstance(r, HallSpec) else {"measured": r})
-                          for label, r in the_layout.rooms.items()},
-                "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None
-                          else None)}
+                **conditions_record(the_layout, ir_paths, out_dir, config)}
 
     stage = Stage(
         name=STAGE, params=params, plan=plan_tasks, run_task=run_task,

@@ -536,17 +536,7 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         return {"clips_rendered": summary.clips, "inputs": len(refs), "inputs_failed": len(summary.failures),
                 "warnings": summary.warnings,
                 "azimuths_deg": [float(a) for a in first.azimuth_deg],
-                "irs": {k: str(Path(p).relative_to(out_dir)) for k, p in ir_paths.items()},
-                "conditions": {split: [{"env": c.env, "head": c.head, "room": c.room, "irs": c.key}
-                                       for c in the_layout.splits[split]] for split in SPLITS},
-                "heads": {label: {"path": path, "listener": irs_listener(path),
-                                  "test_only": label in the_layout.test_heads}
-                          for label, path in the_layout.heads.items()},
-                "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
-                                  if isinstance(r, HallSpec) else {"measured": r})
-                          for label, r in the_layout.rooms.items()},
-                "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None
-                          else None)}
+                **conditions_record(the_layout, ir_paths, out_dir, config)}
 
     def manifest_keys(summary: StageSummary, shards: list[ShardInfo]) -> dict:
         first = next(iter(irs.values()))[1]
@@ -576,6 +566,20 @@ def check_output(out_dir, refs: list[ClipRef], config: SpatializeConfig, source:
                if source.get(key)]
     inputs += [("sound", r.locator) for r in refs if r.recipe == "files"]
     options.output_dir(out_dir, "OUT", inputs=inputs, owned=OWNED)
+
+
+def conditions_record(the_layout, ir_paths: dict, out_dir: Path, config) -> dict:
+    """What a Stage 1 manifest records of its conditions (spatialize and scenes alike): the
+    IR files, each split's conditions, the heads, the rooms and the noise."""
+    return {"irs": {k: str(Path(p).relative_to(out_dir)) for k, p in ir_paths.items()},
+            "conditions": {split: [{"env": c.env, "head": c.head, "room": c.room, "irs": c.key}
+                                   for c in the_layout.splits[split]] for split in SPLITS},
+            "heads": {label: {"path": path, "listener": irs_listener(path), "test_only": label in the_layout.test_heads}
+                      for label, path in the_layout.heads.items()},
+            "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
+                              if isinstance(r, HallSpec) else {"measured": r})
+                      for label, r in the_layout.rooms.items()},
+            "noise": ({"kind": config.noise, "snr_db": list(config.snr_db)} if config.snr_db is not None else None)}
 
 
 def irs_listener(path: str) -> str:
