@@ -97,13 +97,13 @@ def spatialize(
     resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
     (listed in failures.jsonl), 1 = error.
     """
-    from bast.corpora.sources import resolve_source
-    from bast.pipeline import cluster
-    from bast.pipeline.clips import ClipPolicy
+    from bast.datasets.sources import resolve_source
+    from bast.pipeline.stage import cluster
+    from bast.pipeline.render.clips import ClipPolicy
     from bast.errors import ConfigError
-    from bast.pipeline.irs import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
-    from bast.pipeline.noise import parse_snr
-    from bast.pipeline.spatialize import SpatializeConfig, check_examples, layout, spatialize as run, write_examples
+    from bast.pipeline.irs.sources import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
+    from bast.pipeline.render.noise import parse_snr
+    from bast.pipeline.render.spatialize import SpatializeConfig, check_examples, layout, spatialize as run, write_examples
 
     check_examples(examples)  # before rendering, not after
     if noise is not None and snr is None:
@@ -203,14 +203,14 @@ def scenes(
     "categories"), OUT/failures.jsonl and the IRs used. A re-run resumes; exit status 0 =
     done, 3 = done but some sounds were skipped, 1 = error. docs/scenes.md.
     """
-    from bast.corpora.sources import resolve_source
+    from bast.datasets.sources import resolve_source
     from bast.errors import ConfigError
-    from bast.pipeline import cluster
-    from bast.pipeline.clips import ClipPolicy
-    from bast.pipeline.irs import parse_direction_options, parse_environments, sofa_files
-    from bast.pipeline.noise import parse_snr
-    from bast.pipeline.scenes import ScenesConfig, render_scenes
-    from bast.pipeline.spatialize import layout
+    from bast.pipeline.stage import cluster
+    from bast.pipeline.render.clips import ClipPolicy
+    from bast.pipeline.irs.sources import parse_direction_options, parse_environments, sofa_files
+    from bast.pipeline.render.noise import parse_snr
+    from bast.pipeline.render.scenes import ScenesConfig, render_scenes
+    from bast.pipeline.render.spatialize import layout
 
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
@@ -255,7 +255,7 @@ def scenes(
 
 
 def _export_dcase(stage1: Path, out: Path) -> None:
-    from bast.pipeline.dcase import export_dcase as run
+    from bast.pipeline.render.dcase_export import export_dcase as run
 
     with console.status(f"writing {out}"):
         summary = run(stage1, out)
@@ -357,8 +357,8 @@ def featurize(
     OUT/failures.jsonl. A re-run resumes. Exit status 0 = done, 3 = done but some samples
     were skipped, 1 = error.
     """
-    from bast.pipeline import cluster
-    from bast.pipeline.featurize import featurize as run, read_stage1
+    from bast.pipeline.stage import cluster
+    from bast.pipeline.features.featurize import featurize as run, read_stage1
 
     manifest = read_stage1(stage1)  # a wrong input is reported before any cluster starts
     samples = manifest.get("totals", {}).get("samples", 0)
@@ -382,7 +382,7 @@ def _feature_names(text: Optional[str]) -> Optional[list]:
     """--features a,b as a list of names (checked by the model config); None when not given."""
     if text is None:
         return None
-    from bast.pipeline import featurekinds
+    from bast.pipeline.features import kinds as featurekinds
 
     return list(featurekinds.parse(text))
 
@@ -427,7 +427,7 @@ def train(
 
     Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
     """
-    from bast.model.config import preset as make_preset
+    from bast.model.runs.config import preset as make_preset
     from bast.model.train import train as run
 
     given = {"arch": model, "backbone": backbone, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
@@ -548,7 +548,7 @@ def evaluate(
     seld) is evaluated on featurized scenes: metrics.json holds the DCASE scores, and
     RUN/eval/<data set>/seld/{ref,pred} the DCASE CSVs (docs/seld.md).
     """
-    from bast.model.transfer import evaluate_run
+    from bast.model.evaluation.runs import evaluate_run
 
     t = Table(title=f"best checkpoints on the {split} split" + (f" ({env})" if env else ""))
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
@@ -598,7 +598,7 @@ def seld_metrics(
     is an error.
     """
     from bast.fileio import atomic_write_text, json_default, versions
-    from bast.seld_metrics import score_directories
+    from bast.dcase.metrics import score_directories
 
     s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
     t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
@@ -640,12 +640,12 @@ def localize(
     when any file could not be used (each named on an `error:` line); the others are still
     written.
     """
-    from bast.model.localize import check_request, load_localizer, load_target, output_stems
-    from bast.model.transfer import run_config
+    from bast.model.inference.localize import check_request, load_localizer, load_target, output_stems
+    from bast.model.runs.checkpoint import read_run_config
 
     check_request(run, audio, out, hop_ms=100.0 if hop_ms is None else hop_ms,
                   window_ms=500.0 if window_ms is None else window_ms)
-    seld = run_config(run).get("target") == "seld"
+    seld = read_run_config(run).get("target") == "seld"
     if seld and (hop_ms is not None or window_ms is not None):
         from bast.errors import ConfigError
 
@@ -675,7 +675,7 @@ def localize(
 
 
 def _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms) -> str:
-    from bast.model.localize import localize_audio, write_csv, write_summary
+    from bast.model.inference.localize import localize_audio, write_csv, write_summary
     from bast.report.figures import localization_timeline
 
     loc = localize_audio(model, path, dev, hop_ms=hop_ms, window_ms=window_ms, target=target)
@@ -692,12 +692,12 @@ def _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms) 
 
 def _localize_seld(run, model, dev, target, path, out, stem) -> str:
     from bast.fileio import atomic_write_text
-    from bast.model.seldlocalize import localize_recording
-    from bast.model.transfer import run_config
+    from bast.model.inference.seld import localize_recording
+    from bast.model.runs.checkpoint import read_run_config
     from bast.report.figures import seld_timeline
-    from bast.seld_metrics import write_dcase_csv
+    from bast.dcase.files import write_dcase_csv
 
-    loc = localize_recording(model, path, target, int(run_config(run)["window_frames"]), dev)
+    loc = localize_recording(model, path, target, int(read_run_config(run)["window_frames"]), dev)
     csv_path, png = out / f"{stem}.csv", out / f"{stem}.png"
     out.mkdir(parents=True, exist_ok=True)
     write_dcase_csv(csv_path, loc.rows)
@@ -760,11 +760,12 @@ def irs(
 
     from bast import options
     from bast.errors import ConfigError, DataError
-    from bast.pipeline import cluster, ircheck
-    from bast.pipeline.hall import HallSpec
-    from bast.pipeline.irs import (IRSources, default_hrir_path, direction_grid, load_hrirs, parse_azimuths,
+    from bast.pipeline.stage import cluster
+    from bast.pipeline.irs import check as ircheck
+    from bast.pipeline.irs.hall import HallSpec
+    from bast.pipeline.irs.sources import (IRSources, default_hrir_path, direction_grid, load_hrirs, parse_azimuths,
                                    parse_elevations, parse_environments)
-    from bast.pipeline.rooms import draw_rooms
+    from bast.pipeline.irs.rooms import draw_rooms
 
     options.output_dir(out, "--out", inputs=[("--hrir", hrir), ("--brir", brir)])
     options.workers(workers)
@@ -845,7 +846,7 @@ def _print_checks(rows: list[dict]) -> None:
 
 def _print_measurement(name: str, m: dict) -> None:
     """A measurement of ircheck; `m["room"]` (a simulated room's record) adds its theory."""
-    from bast.pipeline.ircheck import cardinal_rows
+    from bast.pipeline.irs.check import cardinal_rows
 
     console.rule(f"[bold]{name}[/]: {m['source']}")
     console.print(

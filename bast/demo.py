@@ -62,12 +62,12 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
              progress: Progress | None = None) -> DemoResult:
     """Spatialize `sounds` procedural sounds, featurize them, train the tiny BAST preset
     and the mlp baseline, and build the report, all under `out`."""
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.model.config import preset
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.model.runs.config import preset
     from bast.model.train import train
-    from bast.pipeline import cluster
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.pipeline.stage import cluster
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
     from bast.report.build import build_report
 
     options.count(sounds, "--sounds", MIN_SOUNDS, MAX_SOUNDS)

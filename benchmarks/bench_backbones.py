@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from bast.model.config import preset
-from bast.model.registry import build_model
+from bast.model.runs.config import preset
+from bast.model.nets.registry import build_model
 
 BACKBONES = ("vit", "swin", "mamba")
 

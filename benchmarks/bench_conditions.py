@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline.cluster import open_client
-from bast.pipeline.irs import load_hrirs
-from bast.pipeline.sofa import write_sofa
-from bast.pipeline.spatialize import SpatializeConfig, condition_irs, spatialize
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.stage.cluster import open_client
+from bast.pipeline.irs.sources import load_hrirs
+from bast.pipeline.irs.sofa import write_sofa
+from bast.pipeline.render.spatialize import SpatializeConfig, condition_irs, spatialize
 
 
 def best_rate(refs, config, client, work: Path, repeat: int) -> tuple[float, int]:
@@ -57,7 +57,7 @@ def main() -> None:
         today = SpatializeConfig()
         many = SpatializeConfig(hrir=(str(a), str(b)), rooms=3, snr_db=(0.0, 20.0), noise="diffuse")
         with open_client(workers=args.workers) as client:
-            client.run(lambda: __import__("bast.pipeline.spatialize"))
+            client.run(lambda: __import__("bast.pipeline.render.spatialize"))
             t = time.perf_counter()
             condition_irs(today, client)
             t_today = time.perf_counter() - t

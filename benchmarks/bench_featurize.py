@@ -22,11 +22,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline.cluster import open_client
-from bast.pipeline.featurize import featurize
-from bast.pipeline.features import scipy_spectrogram_db
-from bast.pipeline.spatialize import SpatializeConfig, spatialize
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.stage.cluster import open_client
+from bast.pipeline.features.featurize import featurize
+from bast.pipeline.features.stft import scipy_spectrogram_db
+from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
 PAPER_SAMPLES = 4600 * 36 * 2
 

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pyroomacoustics as pra
 
-from bast.pipeline import acoustics, hall
-from bast.pipeline.irs import DEFAULT_AZIMUTHS, IRSources
+from bast.pipeline.irs import acoustics
+from bast.pipeline.irs import hall
+from bast.pipeline.irs.sources import DEFAULT_AZIMUTHS, IRSources
 
 FS = 16000
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from bast.conventions import FS
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline.cluster import open_client
-from bast.pipeline.interpolate import Interpolator
-from bast.pipeline.moving import Lookup, render_naive
-from bast.pipeline.scenes import ScenesConfig, draw_scene, load_event, mix, render_scenes, scene_irs
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.stage.cluster import open_client
+from bast.pipeline.irs.interpolate import Interpolator
+from bast.pipeline.render.moving import Lookup, render_naive
+from bast.pipeline.render.scenes import ScenesConfig, draw_scene, load_event, mix, render_scenes, scene_irs
 
 
 def naive_mix(events, audio_of, lookup, n):

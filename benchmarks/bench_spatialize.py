@@ -25,11 +25,11 @@ import h5py
 import numpy as np
 from scipy.signal import fftconvolve
 
-from bast.corpora import load_clip
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline.clips import ClipPolicy, prepare
-from bast.pipeline.cluster import open_client
-from bast.pipeline.spatialize import SpatializeConfig, environment_irs, spatialize
+from bast.datasets import load_clip
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.render.clips import ClipPolicy, prepare
+from bast.pipeline.stage.cluster import open_client
+from bast.pipeline.render.spatialize import SpatializeConfig, environment_irs, spatialize
 
 PAPER_SAMPLES = 4600 * 36 * 2
 
@@ -64,7 +64,7 @@ def main() -> None:
         os.sync()
         t = time.perf_counter()
         with open_client(workers=args.workers) as client:
-            client.run(lambda: __import__("bast.pipeline.spatialize"))  # imports: ~1 s per worker
+            client.run(lambda: __import__("bast.pipeline.render.spatialize"))  # imports: ~1 s per worker
             startup = time.perf_counter() - t
             walls = []
             for _ in range(args.repeat):  # the first run also pays the workers' first touches

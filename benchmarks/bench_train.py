@@ -23,12 +23,12 @@ import time
 
 import torch
 
-from bast.model.bast import count_parameters
-from bast.model.registry import build_model
-from bast.model.data import EvalData, Selection, make_data
-from bast.model.evaluate import evaluate
-from bast.model.losses import make_loss
-from bast.model.runtime import resolve_device
+from bast.model.nets.bast import count_parameters
+from bast.model.nets.registry import build_model
+from bast.model.data.loaders import EvalData, Selection, make_data
+from bast.model.evaluation.evaluate import evaluate
+from bast.model.targets.losses import make_loss
+from bast.model.runs.runtime import resolve_device
 from bast.model.train import Context, NonFiniteGuard, autocast, lr_at, make_optimizer, preset, train_step
 
 # Dense (not 2:4 sparse) tensor-core peaks in TFLOP/s by precision (bf16, TF32, plain

@@ -9,9 +9,9 @@ Arguments: a Stage 2 directory made with --phase, steps per measurement, repeats
 """
 import sys, time, torch
 import bast
-from bast.model.data import Selection, make_data
-from bast.model.losses import make_loss
-from bast.model.registry import build_model
+from bast.model.data.loaders import Selection, make_data
+from bast.model.targets.losses import make_loss
+from bast.model.nets.registry import build_model
 from bast.model.train import Context, NonFiniteGuard, lr_at, make_optimizer, preset, train_step
 feats, steps, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 print(bast.__file__, torch.get_num_threads(), "threads")

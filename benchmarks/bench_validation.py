@@ -17,11 +17,11 @@ import argparse
 import torch
 
 from bast.demo import MODELS
-from bast.model.config import preset
-from bast.model.data import EvalData, ResidentData, Selection
-from bast.model.registry import build_model
-from bast.model.runtime import Context, resolve_device
-from bast.model.targets import attach, target_of
+from bast.model.runs.config import preset
+from bast.model.data.loaders import EvalData, ResidentData, Selection
+from bast.model.nets.registry import build_model
+from bast.model.runs.runtime import Context, resolve_device
+from bast.model.targets.core import attach, target_of
 from bast.model.train import NonFiniteGuard, RunState, make_optimizer, train_epoch, validate
 
 

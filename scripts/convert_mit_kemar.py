@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bast.pipeline.sofa import FS, IRSet, resample_ir, write_sofa
+from bast.pipeline.irs.sofa import FS, IRSet, resample_ir, write_sofa
 
 MEMBER = "slab/data/mit_kemar_normal_pinna.bz2"
 OUT = Path(__file__).resolve().parents[1] / "bast" / "data" / "mit_kemar_normal_pinna_16k.sofa"

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from bast.pipeline.irs import DEFAULT_AZIMUTHS, IRSources
+from bast.pipeline.irs.sources import DEFAULT_AZIMUTHS, IRSources
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,9 +37,9 @@ def anechoic_pairs(default_sources) -> np.ndarray:
 @pytest.fixture(scope="session")
 def small_features(tmp_path_factory):
     """Stage 2 output of 24 procedural sounds at 12 azimuths in both rooms (576 samples)."""
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
     root = tmp_path_factory.mktemp("train-data")
     refs = DefaultCorpus(n_clips=24, seed=2, speech=False).list_clips()
@@ -55,10 +55,10 @@ SELD_KINDS = ("white_noise", "harmonic", "clicks")
 def render_seld_scenes(out, *, count: int, duration_s: float, events: tuple, scenes_per_shard: int):
     """Featurized anechoic scenes of 3 procedural classes (SELD_KINDS), up to 2 events at
     once, half of them moving, on a 30 degree grid (the SELD tests' data): out/s2."""
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.irs import parse_direction_options
-    from bast.pipeline.scenes import ScenesConfig, render_scenes
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.irs.sources import parse_direction_options
+    from bast.pipeline.render.scenes import ScenesConfig, render_scenes
 
     refs = [r for r in DefaultCorpus(n_clips=60, seed=3, speech=False).list_clips() if r.category in SELD_KINDS]
     config = ScenesConfig(count=count, duration_s=duration_s, events=events, max_overlap=2, moving=0.5,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bast.pipeline import acoustics
+from bast.pipeline.irs import acoustics
 
 FS = 16000
 

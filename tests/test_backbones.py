@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from bast.errors import ConfigError
-from bast.model.bast import BAST, BASTConfig, count_parameters
-from bast.model.baselines import AST, ASTConfig
-from bast.model.config import preset
-from bast.model.registry import build_model
+from bast.model.nets.bast import BAST, BASTConfig, count_parameters
+from bast.model.nets.baselines import AST, ASTConfig
+from bast.model.runs.config import preset
+from bast.model.nets.registry import build_model
 
 TINY = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0)
 
@@ -134,7 +134,7 @@ def test_bad_backbone_settings_are_refused_by_name():
 
 
 def _swin_block(grid, window, shifted, dim=8):
-    from bast.model.swin import SwinBlock
+    from bast.model.nets.swin import SwinBlock
 
     torch.manual_seed(0)
     block = SwinBlock(dim, 2, dim // 2, 16, 0.0, 0.0, grid, window, shifted).eval()
@@ -206,7 +206,7 @@ def test_swin_outputs_do_not_depend_on_padding(monkeypatch):
 def test_the_selective_scan_is_the_recurrence():
     """mambapy's parallel scan, with bast's discretisation, equals the recurrence written out:
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t, times silu(z_t)."""
-    from bast.model.mamba import selective_scan
+    from bast.model.nets.mamba import selective_scan
 
     g = torch.Generator().manual_seed(0)
     b, e, n, length = 2, 5, 3, 13  # a length that is no power of two (mambapy pads)
@@ -228,7 +228,7 @@ def test_the_selective_scan_is_the_recurrence():
 def test_mamba_mixer_reads_the_sequence_both_ways():
     """Bidirectional: the first token's output depends on the last token and vice versa
     (a one-way causal scan would leave the first token blind to the rest)."""
-    from bast.model.mamba import BiMamba
+    from bast.model.nets.mamba import BiMamba
 
     torch.manual_seed(0)
     mixer = BiMamba(16, 1, 4, 3)
@@ -259,7 +259,7 @@ def test_a_missing_mambapy_is_one_clear_error_naming_the_extra(monkeypatch):
     with pytest.raises(ConfigError, match=r"bast\[mamba\]"):
         BAST(BASTConfig(backbone="mamba", **TINY))
     with pytest.raises(ConfigError, match="mamba-cuda"):  # the CUDA kernels asked for on a CPU
-        from bast.model.mamba import selective_scan
+        from bast.model.nets.mamba import selective_scan
 
         selective_scan(*(torch.zeros(1, 1, 2),) * 2, torch.zeros(1, 1), *(torch.zeros(1, 1, 2),) * 2,
                        torch.zeros(1), torch.zeros(1, 1, 2), torch.zeros(1), impl="cuda")
@@ -269,7 +269,7 @@ def test_a_missing_mambapy_is_one_clear_error_naming_the_extra(monkeypatch):
 def test_mamba_on_cuda_gives_the_cpu_outputs():
     """Same weights on CPU (mambapy) and CUDA (mamba-ssm's kernel where installed, else
     mambapy on the GPU), float32, within float tolerance."""
-    from bast.model.mamba import set_scan_implementation
+    from bast.model.nets.mamba import set_scan_implementation
 
     torch.manual_seed(0)
     model = BAST(BASTConfig(backbone="mamba", **TINY)).eval()
@@ -292,7 +292,7 @@ def test_each_backbone_trains_evaluates_localizes_and_reports(small_features, tm
     from typer.testing import CliRunner
 
     from bast.cli import app
-    from bast.model.checkpoint import load_checkpoint
+    from bast.model.runs.checkpoint import load_checkpoint
 
     import numpy as np
     import soundfile as sf

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bast.errors import ConfigError
-from bast.model.bast import BAST, BASTConfig, count_parameters, ears
-from bast.model.baselines import AST, CNN, MLP, ASTConfig, CNNConfig, MLPConfig
+from bast.model.nets.bast import BAST, BASTConfig, count_parameters, ears
+from bast.model.nets.baselines import AST, CNN, MLP, ASTConfig, CNNConfig, MLPConfig
 
 TINY = dict(dim=32, heads=2, mlp_dim=64, depth=1, stride=12, dropout=0.0)
 
@@ -72,7 +72,7 @@ def test_unknown_or_bad_settings_are_refused_by_name():
 @pytest.fixture(scope="module")
 def phase_features(small_features):
     """The shared small Stage 1 output featurized once more, with the interaural phase."""
-    from bast.pipeline.featurize import featurize
+    from bast.pipeline.features.featurize import featurize
 
     out = small_features.parent / "s2-phase"
     if not (out / "manifest.json").exists():

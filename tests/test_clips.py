@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bast.corpora import RECIPES, ClipError, ClipRef, load_clip
-from bast.corpora.files import FileCorpus
-from bast.pipeline.clips import ClipPolicy, prepare
+from bast.datasets import RECIPES, ClipError, ClipRef, load_clip
+from bast.datasets.files import FileCorpus
+from bast.pipeline.render.clips import ClipPolicy, prepare
 
 FS = 16000
 RNG = np.random.default_rng(1234)

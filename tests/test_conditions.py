@@ -12,15 +12,18 @@ import pyroomacoustics as pra
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora.procedural import DefaultCorpus
+from bast.datasets.procedural import DefaultCorpus
 from bast.errors import ConfigError
 from bast.fileio import sha256_file
-from bast.pipeline import acoustics, hall, ircheck, noise
-from bast.pipeline.hall import HallSpec
-from bast.pipeline.irs import default_hrir_path, load_hrirs
-from bast.pipeline.rooms import RoomRanges, draw_rooms
-from bast.pipeline.sofa import read_sofa, write_sofa
-from bast.pipeline.spatialize import SpatializeConfig, layout, spatialize
+from bast.pipeline.irs import acoustics
+from bast.pipeline.irs import hall
+from bast.pipeline.irs import check as ircheck
+from bast.pipeline.render import noise
+from bast.pipeline.irs.hall import HallSpec
+from bast.pipeline.irs.sources import default_hrir_path, load_hrirs
+from bast.pipeline.irs.rooms import RoomRanges, draw_rooms
+from bast.pipeline.irs.sofa import read_sofa, write_sofa
+from bast.pipeline.render.spatialize import SpatializeConfig, layout, spatialize
 from test_spatialize import read_all
 
 FS = 16000
@@ -228,7 +231,7 @@ def test_generated_rooms_render_held_out_and_pass_the_checks(tmp_path, heads):
 
 
 def test_stage2_carries_the_labels_and_fills_them_for_older_shards(tmp_path, heads):
-    from bast.pipeline.featurize import featurize
+    from bast.pipeline.features.featurize import featurize
 
     s1 = tmp_path / "s1"
     spatialize(refs(6), s1, SpatializeConfig(azimuths=QUARTERS, seed=2, hrir=(heads[0], heads[1]), snr_db="0:6",

@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from bast.corpora import RECIPES, ClipError, ClipRef, load_clip
-from bast.corpora import procedural as P
-from bast.corpora import speech as S
+from bast.datasets import RECIPES, ClipError, ClipRef, load_clip
+from bast.datasets import procedural as P
+from bast.datasets import speech as S
 
 FS = P.FS
 HAVE_ESPEAK = S.available()
@@ -335,9 +335,9 @@ def test_missing_espeak(monkeypatch):
 
 
 def test_a_corpus_without_espeak_ng_says_so_and_records_why(monkeypatch):
-    from bast.corpora import speech
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.corpora.sources import resolve_source
+    from bast.datasets import speech
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.datasets.sources import resolve_source
 
     monkeypatch.setattr(speech, "available", lambda: False)
     corpus = DefaultCorpus(n_clips=30, seed=0)
@@ -354,7 +354,7 @@ def test_a_corpus_without_espeak_ng_says_so_and_records_why(monkeypatch):
 
 
 def test_categories_keep_the_named_ones_and_refuse_unknown_names(tmp_path):
-    from bast.corpora.sources import resolve_source
+    from bast.datasets.sources import resolve_source
     from bast.errors import ConfigError
 
     found = resolve_source("default", sounds=12, seed=1, speech=False, categories="clicks, harmonic")

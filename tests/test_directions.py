@@ -11,15 +11,15 @@ from scipy.signal import fftconvolve
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora import load_clip
-from bast.corpora.procedural import DefaultCorpus
+from bast.datasets import load_clip
+from bast.datasets.procedural import DefaultCorpus
 from bast.errors import ConfigError
 from bast.fileio import sha256_file
-from bast.pipeline.clips import prepare
-from bast.pipeline.hall import SPEED_OF_SOUND, HallSpec, build_hall, fractional_delays
-from bast.pipeline.interpolate import interpolate
-from bast.pipeline.irs import load_hrirs, parse_elevations
-from bast.pipeline.spatialize import SpatializeConfig, spatialize
+from bast.pipeline.render.clips import prepare
+from bast.pipeline.irs.hall import SPEED_OF_SOUND, HallSpec, build_hall, fractional_delays
+from bast.pipeline.irs.interpolate import interpolate
+from bast.pipeline.irs.sources import load_hrirs, parse_elevations
+from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 from bast.sphere import great_circle_deg
 from test_spatialize import read_all
 
@@ -174,7 +174,7 @@ def test_a_room_sphere_shrinks_to_keep_sources_off_floor_and_ceiling():
 
 
 def test_rooms_render_elevated_sources_with_interpolated_direct_sound(tmp_path):
-    from bast.pipeline.rooms import RoomRanges, draw_rooms
+    from bast.pipeline.irs.rooms import RoomRanges, draw_rooms
 
     # Low rooms: a source 1-1.2 m away at 60 deg elevation would be within 0.3 m of the ceiling.
     fast = RoomRanges(width_m=(5.0, 6.0), length_m=(6.0, 7.0), height_m=(2.5, 2.6), rt60_s=(0.3, 0.4),
@@ -196,7 +196,7 @@ def test_rooms_render_elevated_sources_with_interpolated_direct_sound(tmp_path):
 
 
 def test_stage2_carries_elevation_and_categories_and_reads_older_shards_as_elevation_0(tmp_path):
-    from bast.pipeline.featurize import featurize
+    from bast.pipeline.features.featurize import featurize
 
     s1 = tmp_path / "s1"
     spatialize(refs(3), s1, SpatializeConfig(azimuths=(0.0, 90.0), elevations=(-20.0, 20.0), environments=("anechoic",),
@@ -225,7 +225,7 @@ def test_stage2_carries_elevation_and_categories_and_reads_older_shards_as_eleva
 
 def test_interpolated_grid_labels_are_the_requested_directions():
     kemar = load_hrirs()
-    from bast.pipeline.interpolate import interpolated_set
+    from bast.pipeline.irs.interpolate import interpolated_set
 
     s = interpolated_set(kemar, [-5.0, 362.5], [12.0, -33.0])
     np.testing.assert_allclose(s.azimuth_deg, [355.0, 2.5])

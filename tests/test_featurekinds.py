@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bast.errors import ConfigError, DataError
-from bast.pipeline import featurekinds
-from bast.pipeline.features import spectrogram_db
+from bast.pipeline.features import kinds as featurekinds
+from bast.pipeline.features.stft import spectrogram_db
 
 
 def _ild(audio, floor_db, scratch):
@@ -39,7 +39,7 @@ def ild_kind():
 @pytest.fixture(scope="module")
 def ild_features(small_features, ild_kind):
     """The shared small Stage 1 output featurized with the toy kind."""
-    from bast.pipeline.featurize import featurize
+    from bast.pipeline.features.featurize import featurize
 
     out = small_features.parent / "s2-ildtoy"
     featurize(small_features.parent / "s1", out, features="logpower,ildtoy")
@@ -68,7 +68,7 @@ def test_a_declared_kind_is_featurized_and_listed(small_features, ild_features):
 def test_the_default_and_the_phase_keep_their_outputs(small_features, tmp_path):
     """--features logpower writes the bytes of the default; the manifest of the default holds
     no `features` key (reads as the log power), its parameters no kind."""
-    from bast.pipeline.featurize import featurize
+    from bast.pipeline.features.featurize import featurize
 
     featurize(small_features.parent / "s1", tmp_path / "explicit", features="logpower")
     a = json.loads((small_features / "manifest.json").read_text())
@@ -93,8 +93,8 @@ def test_names_are_checked_and_the_log_power_leads():
         featurekinds.register(featurekinds.FeatureKind(name="x", dataset="spec", channels=1, compute=_ild,
                                                        left=((0, 1),), right=((0, 1),)))
     # Model configs of before feature kinds (phase only) read as the kinds they meant.
-    from bast.model.baselines import MLPConfig
-    from bast.model.bast import BASTConfig
+    from bast.model.nets.baselines import MLPConfig
+    from bast.model.nets.bast import BASTConfig
 
     old = BASTConfig.from_dict({"phase": True})
     assert old.features == ("logpower", "phase") and MLPConfig().features == ("logpower",)
@@ -108,10 +108,10 @@ def test_a_declared_kind_trains_evaluates_and_localizes(small_features, ild_feat
     from typer.testing import CliRunner
 
     from bast.cli import app
-    from bast.model.checkpoint import load_model
-    from bast.model.data import Selection, model_input, read_shard
-    from bast.model.localize import predict_windows
-    from bast.model.transfer import evaluate_run
+    from bast.model.runs.checkpoint import load_model
+    from bast.model.data.loaders import Selection, model_input, read_shard
+    from bast.model.inference.localize import predict_windows
+    from bast.model.evaluation.runs import evaluate_run
 
     runner = CliRunner()
     run = tmp_path / "run"

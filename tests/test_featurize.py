@@ -16,12 +16,12 @@ from scipy.signal import spectrogram
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline.featurize import featurize
-from bast.model.data import standardize
-from bast.pipeline.features import FLOOR_DB, spectrogram_db
-from bast.pipeline.shards import StageError
-from bast.pipeline.spatialize import SpatializeConfig, spatialize
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.features.featurize import featurize
+from bast.model.data.loaders import standardize
+from bast.pipeline.features.stft import FLOOR_DB, spectrogram_db
+from bast.pipeline.stage.shards import StageError
+from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
 FS = 16000
 
@@ -217,7 +217,7 @@ def test_interaural_phase_follows_the_itd_and_scipy():
     the same as scipy's own complex STFT; silent bins carry no phase."""
     from scipy.signal import stft
 
-    from bast.pipeline.features import spectrogram_and_phase
+    from bast.pipeline.features.stft import spectrogram_and_phase
 
     rng = np.random.default_rng(3)
     s = rng.standard_normal(8100)

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from bast.model.checkpoint import load_checkpoint
+from bast.model.runs.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

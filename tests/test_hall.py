@@ -4,9 +4,10 @@
 import numpy as np
 import pytest
 
-from bast.pipeline import acoustics, hall
-from bast.pipeline.hall import HallSpec
-from bast.pipeline.irs import DEFAULT_AZIMUTHS, IRSources, load_hrirs
+from bast.pipeline.irs import acoustics
+from bast.pipeline.irs import hall
+from bast.pipeline.irs.hall import HallSpec
+from bast.pipeline.irs.sources import DEFAULT_AZIMUTHS, IRSources, load_hrirs
 
 FS = 16000
 AZ = list(DEFAULT_AZIMUTHS)

@@ -76,11 +76,11 @@ def refused(code: int, output: str, *words: str) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Stage 1 (8 sounds x 4 azimuths, anechoic), Stage 2, and a one-epoch run."""
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.model.config import preset
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.model.runs.config import preset
     from bast.model.train import train
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
     root = tmp_path_factory.mktemp("hostile")
     refs = DefaultCorpus(n_clips=8, seed=3, speech=False).list_clips()
@@ -113,7 +113,7 @@ def relist(stage1: Path) -> None:
 
 def sofa_copy(tmp_path: Path, name: str, change) -> Path:
     """The bundled KEMAR set, copied, with `change(h5py file)` applied."""
-    from bast.pipeline.irs import default_hrir_path
+    from bast.pipeline.irs.sources import default_hrir_path
 
     path = tmp_path / name
     shutil.copy(default_hrir_path(), path)
@@ -375,7 +375,7 @@ def test_disk_full_at_start_is_one_line_and_leaves_no_temporary_file(stage1, tmp
 
 
 def test_disk_full_while_writing_a_shard_is_one_line(stage1, tmp_path, monkeypatch):
-    import bast.pipeline.shards as shards
+    import bast.pipeline.stage.shards as shards
 
     real = h5py.File
 
@@ -568,10 +568,10 @@ def test_scheduler_addresses(address, ok):
 
 def test_the_library_checks_what_the_cli_checks(data, tmp_path):
     # the checks live in the library: a library caller gets the same refusals
-    from bast.model.localize import read_binaural
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.irs import load_hrirs
-    from bast.pipeline.spatialize import SpatializeConfig
+    from bast.model.inference.localize import read_binaural
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.irs.sources import load_hrirs
+    from bast.pipeline.render.spatialize import SpatializeConfig
 
     with pytest.raises(ConfigError, match="--samples-per-shard"):
         SpatializeConfig(samples_per_shard=0)

@@ -1,4 +1,4 @@
-"""HRIR interpolation (bast/pipeline/interpolate.py) and its leave-one-out check."""
+"""HRIR interpolation (bast/pipeline/irs/interpolate.py) and its leave-one-out check."""
 
 import json
 
@@ -8,10 +8,11 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.errors import SofaError
-from bast.pipeline import acoustics, ircheck
-from bast.pipeline.interpolate import Interpolator, interpolate
-from bast.pipeline.irs import load_hrirs
-from bast.pipeline.sofa import write_sofa
+from bast.pipeline.irs import acoustics
+from bast.pipeline.irs import check as ircheck
+from bast.pipeline.irs.interpolate import Interpolator, interpolate
+from bast.pipeline.irs.sources import load_hrirs
+from bast.pipeline.irs.sofa import write_sofa
 
 FS = 16000
 

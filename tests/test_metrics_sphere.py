@@ -1,4 +1,4 @@
-"""Metrics on the sphere and of classes (bast/model/metrics.py), against hand-computed cases.
+"""Metrics on the sphere and of classes (bast/model/targets/metrics.py), against hand-computed cases.
 
 The definitions follow the AMT toolbox and `spatialaudiometrics` (localisation_metrics.py):
 lateral error |lat_r - lat_t|; polar error |pol_r - pol_t| (polar angles in [-90, 270),
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from bast.model import metrics as m
+from bast.model.targets import metrics as m
 
 
 def table(az_t, el_t, az_r, el_r, **extra):
@@ -26,7 +26,7 @@ def table(az_t, el_t, az_r, el_r, **extra):
 
 
 def test_metrics_module_imports_without_torch():
-    code = "import sys, bast.model.metrics; print('torch' in sys.modules)"
+    code = "import sys, bast.model.targets.metrics; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

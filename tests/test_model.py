@@ -68,7 +68,7 @@ def test_reference_parameter_counts_exact(shared, integration):
 
 
 def test_reference_counts_by_part():
-    """The docstring table of bast/model/bast.py, part by part."""
+    """The docstring table of bast/model/nets/bast.py, part by part."""
     m = meta_model(reference_config(False, "concat"))
     n = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
     assert n(m.patch_embed) == 16 * 16 * 1024 + 1024 == 263_168

@@ -45,10 +45,10 @@ def test_report_from_three_runs(small_features, tmp_path):
 def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
     """Shards with rooms and a drawn SNR: the final test and the report break the error
     down per room and against SNR (binned when the SNR takes many values)."""
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.model.metrics import by_label
-    from bast.pipeline.featurize import featurize
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.model.targets.metrics import by_label
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
     refs = DefaultCorpus(n_clips=16, seed=4, speech=False).list_clips()
     spatialize(refs, tmp_path / "s1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), seed=4,

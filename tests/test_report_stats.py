@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from bast.model import metrics as ev
+from bast.model.targets import metrics as ev
 from bast.report import figures, paper, rollout, stats
 
 AZ = np.arange(0.0, 360.0, 10.0)
@@ -298,7 +298,7 @@ def test_fold_single_hot_token_lights_its_patch(token):
 def test_fold_default_padding_is_the_models():
     # token importance folded with the defaults lands on the bins the model's patch saw:
     # feed the model's own patch embedding one bright bin and find the tokens that see it
-    from bast.model.bast import BASTConfig, PatchEmbed
+    from bast.model.nets.bast import BASTConfig, PatchEmbed
     torch.manual_seed(0)
     embed = PatchEmbed(BASTConfig(dim=8, heads=1))
     for f, t in [(0, 0), (5, 7), (15, 20), (21, 33), (128, 60)]:

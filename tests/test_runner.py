@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.errors import StageError
-from bast.pipeline.runner import Stage, run_stage
-from bast.pipeline.shards import ShardInfo, shard_name, write_shard
+from bast.pipeline.stage.runner import Stage, run_stage
+from bast.pipeline.stage.shards import ShardInfo, shard_name, write_shard
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def test_cli_prints_expected_failures_on_one_line_and_keeps_tracebacks_for_bugs(
     assert result.exit_code == 1
     assert "is not Stage 1 output" in result.output and isinstance(result.exception, SystemExit)
     # A bug is not an expected failure: it keeps its exception (and so its traceback).
-    import bast.pipeline.featurize as featurize
+    import bast.pipeline.features.featurize as featurize
 
     monkeypatch.setattr(featurize, "read_stage1", lambda path: 1 / 0)
     result = runner.invoke(app, ["featurize", str(tmp_path / "nothing"), str(tmp_path / "out")])

@@ -19,15 +19,17 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.errors import ConfigError
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline import dcase
-from bast.pipeline.features import spectrogram_and_phase, spectrogram_db
-from bast.pipeline.featurize import featurize
-from bast.pipeline.irs import load_hrirs, parse_direction_options
-from bast.pipeline.moving import BLOCK, Trajectory, nearest_directions, render, render_naive, segments
-from bast.pipeline.scenefeatures import cut_window, stft_label_frames
-from bast.pipeline.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, scene_counts
-from bast.pipeline.scenes import ScenesConfig, mix, render_scenes
+from bast.datasets.procedural import DefaultCorpus
+from bast.dcase import files as dcase_files
+from bast.errors import DataError
+from bast.pipeline.render import dcase_export as dcase
+from bast.pipeline.features.stft import spectrogram_and_phase, spectrogram_db
+from bast.pipeline.features.featurize import featurize
+from bast.pipeline.irs.sources import load_hrirs, parse_direction_options
+from bast.pipeline.render.moving import BLOCK, Trajectory, nearest_directions, render, render_naive, segments
+from bast.pipeline.features.scenes import cut_window, stft_label_frames
+from bast.pipeline.render.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, scene_counts
+from bast.pipeline.render.scenes import ScenesConfig, mix, render_scenes
 from bast.sphere import great_circle_deg
 
 FS = 16000
@@ -141,9 +143,9 @@ def test_interpolated_hrirs_move_a_source_in_finer_steps_than_the_measured_grid(
     time and stays put between; through HRIRs interpolated along the path it changes at
     almost every click (1 deg apart), in steps at most half the largest nearest-grid jump,
     and follows the azimuth."""
-    from bast.pipeline.acoustics import itd_ms
-    from bast.pipeline.interpolate import Interpolator, interpolate
-    from bast.pipeline.moving import Lookup
+    from bast.pipeline.irs.acoustics import itd_ms
+    from bast.pipeline.irs.interpolate import Interpolator, interpolate
+    from bast.pipeline.render.moving import Lookup
 
     n = 3 * FS
     clicks = np.arange(1200, n, FS // 10)  # 75 ms, 175 ms, ...: 30 clicks
@@ -172,8 +174,8 @@ def test_interpolated_hrirs_move_a_source_in_finer_steps_than_the_measured_grid(
 
 
 def test_interpolated_still_source_is_the_plain_convolution_with_the_interpolated_hrir(kemar):
-    from bast.pipeline.interpolate import Interpolator, interpolate
-    from bast.pipeline.moving import Lookup
+    from bast.pipeline.irs.interpolate import Interpolator, interpolate
+    from bast.pipeline.render.moving import Lookup
 
     dry = np.random.default_rng(5).standard_normal(4000)
     lookup = Lookup(kemar, Interpolator(kemar))
@@ -301,7 +303,7 @@ def test_scene_shards_hold_audio_labels_and_the_class_list(scene_run):
 
 def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
     """Re-render every event of the shards alone (same seed: the same draw) and sum."""
-    from bast.pipeline.scenes import draw_scene, load_event, load_lookup
+    from bast.pipeline.render.scenes import draw_scene, load_event, load_lookup
 
     out, refs, config, _ = scene_run
     irs = load_lookup(str(out / "s1" / "irs" / "anechoic.sofa"))
@@ -321,7 +323,7 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
 
 
 def _split_pool(refs, config, split):
-    from bast.pipeline.spatialize import assign_splits
+    from bast.pipeline.render.spatialize import assign_splits
 
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
     pool = {}
@@ -358,8 +360,8 @@ def test_dcase_export_round_trips_into_the_shard_labels(scene_run):
         meta = out / "dcase" / wav.replace("stereo_dev", "metadata_dev").replace(".wav", ".csv")
         text = meta.read_text()
         assert not text or text[0].isdigit()  # no header line
-        parsed = dcase.parse_csv(text)
-        back = dcase.from_dcase_rows(parsed)
+        parsed = dcase_files.parse_dcase_csv(text)
+        back = dcase_files.from_dcase_rows(parsed)
         rows = sh["labels"][sh["label_offsets"][i]:sh["label_offsets"][i + 1]].astype(float)
         assert len(back) == len(rows)
         np.testing.assert_array_equal(back[:, :3], rows[:, :3])
@@ -377,13 +379,13 @@ def test_dcase_export_round_trips_into_the_shard_labels(scene_run):
 
 def test_dcase_rows_in_its_conventions():
     rows = np.array([[3, 1, 0, 90.0, 10.0, 1.4], [3, 2, 1, 270.0, 0.0, 1.0], [4, 0, 2, 179.6, -5.2, 2.346]])
-    d = dcase.to_dcase_rows(rows)
+    d = dcase_files.to_dcase_rows(rows)
     assert d.tolist() == [[3, 1, 0, 90, 10, 140], [3, 2, 1, -90, 0, 100], [4, 0, 2, -180, -5, 235]]
-    assert dcase.to_csv_lines(rows).splitlines()[1] == "3,2,1,-90,0,100"
-    five = dcase.parse_csv("3,1,0,90,10\n")
-    assert five.shape == (1, 5) and np.isnan(dcase.from_dcase_rows(five)[0, 5])
-    with pytest.raises(dcase.DataError, match="line 2"):
-        dcase.parse_csv("1,2,3,4,5,6\n1,2,x,4,5,6\n")
+    assert dcase_files.label_rows_csv(rows).splitlines()[1] == "3,2,1,-90,0,100"
+    five = dcase_files.parse_dcase_csv("3,1,0,90,10\n")
+    assert five.shape == (1, 6) and np.isnan(five[0, 5]) and np.isnan(dcase_files.from_dcase_rows(five)[0, 5])
+    with pytest.raises(DataError, match=r"DCASE CSV:2: not a number"):
+        dcase_files.parse_dcase_csv("1,2,3,4,5,6\n1,2,x,4,5,6\n")
 
 
 def test_featurized_scene_windows_equal_the_clip_spectrogram(scene_run):
@@ -420,10 +422,10 @@ def test_elevated_still_events_in_a_generated_room_are_spatialize_renderings(tmp
     `spatialize` with the same options; its direct sound is tested against physics in
     test_directions.py), and each scene is its events' dry sounds convolved with
     spatialize's BRIR of their direction."""
-    from bast.pipeline.rooms import RoomRanges
-    from bast.pipeline.scenes import draw_scene, load_event
-    from bast.pipeline.sofa import read_sofa
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.pipeline.irs.rooms import RoomRanges
+    from bast.pipeline.render.scenes import draw_scene, load_event
+    from bast.pipeline.irs.sofa import read_sofa
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 
     fast = RoomRanges(width_m=(5.0, 6.0), length_m=(6.0, 7.0), height_m=(2.5, 2.6), rt60_s=(0.3, 0.4),
                       listener_height_m=(1.6, 1.7), distance_m=(1.0, 1.2), n_rays=2000)
@@ -461,7 +463,7 @@ def test_elevated_still_events_in_a_generated_room_are_spatialize_renderings(tmp
 
 
 def test_room_banks_cover_the_grid_and_every_measured_direction_a_moving_source_may_pass(kemar):
-    from bast.pipeline.scenes import bank_directions
+    from bast.pipeline.render.scenes import bank_directions
 
     flat = parse_direction_options("0:360:90")
     assert bank_directions(kemar, flat, False, False).tolist() == flat.tolist()

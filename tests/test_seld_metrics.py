@@ -1,4 +1,4 @@
-"""SELD metrics (bast.seld_metrics) against the DCASE 2023 task 3 reference implementation.
+"""SELD metrics (bast.dcase.metrics) against the DCASE 2023 task 3 reference implementation.
 
 The numbers in REFERENCE were produced by the DCASE 2023 baseline's own code,
 sharathadavanne/seld-dcase2023 at commit 24d14c9ebe6878062dc3b68eb07dd0100722f530 (MIT
@@ -33,15 +33,8 @@ import numpy as np
 import pytest
 
 from bast.errors import ConfigError, DataError
-from bast.seld_metrics import (
-    count_recording,
-    format_dcase_rows,
-    pair_csv_files,
-    read_dcase_csv,
-    score_directories,
-    score_recordings,
-    write_dcase_csv,
-)
+from bast.dcase.files import format_dcase_rows, read_dcase_csv, write_dcase_csv
+from bast.dcase.metrics import count_recording, pair_csv_files, score_directories, score_recordings
 
 DATA = Path(__file__).parent / "data" / "seld"
 N_CLASSES = {"misses_false_alarms": 3, "two_tracks_one_class": 2, "unaligned_and_empty": 2, "random": 4,

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.errors import DataError
-from bast.model.config import preset
+from bast.model.runs.config import preset
 from bast.model.train import train
-from bast.model.transfer import evaluate_run, stored_evaluations
-from bast.pipeline.featurize import featurize
-from bast.seld_metrics import read_dcase_csv, score_directories
+from bast.model.evaluation.runs import evaluate_run, stored_evaluations
+from bast.pipeline.features.featurize import featurize
+from bast.dcase.files import read_dcase_csv
+from bast.dcase.metrics import score_directories
 from conftest import SELD_KINDS, render_seld_scenes
 
 KINDS = SELD_KINDS
@@ -106,11 +107,11 @@ def _scene_wavs(seld_run, out: Path, split: str = "test") -> dict[str, Path]:
 def test_localize_on_a_scenes_audio_gives_what_evaluate_gave_for_that_scene(seld_run, run, tmp_path):
     """The same model, the same windows: localize (features float32 from the WAV) and
     evaluate (features stored in float16 by featurize) agree up to that rounding."""
-    from bast.model.data import Selection
-    from bast.model.localize import load_localizer, load_target
-    from bast.model.scenedata import SceneWindows
-    from bast.model.seldeval import predict_windows, stitch
-    from bast.model.seldlocalize import localize_recording
+    from bast.model.data.loaders import Selection
+    from bast.model.inference.localize import load_localizer, load_target
+    from bast.model.data.scenes import SceneWindows
+    from bast.model.evaluation.seld import predict_windows, stitch
+    from bast.model.inference.seld import localize_recording
 
     m = evaluate_run(run, seld_run / "s2", split="test", device="cpu")
     wavs = _scene_wavs(seld_run, tmp_path / "wav")
@@ -179,8 +180,8 @@ def test_the_report_layer_reads_seld_results_without_torch():
 
 
 def test_report_with_a_seld_run_beside_a_single_source_run(seld_run, run, tmp_path):
-    from bast.corpora.procedural import DefaultCorpus
-    from bast.pipeline.spatialize import SpatializeConfig, spatialize
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
     from bast.report.figures import seld_timeline
 
     refs = DefaultCorpus(n_clips=12, seed=4, speech=False).list_clips()

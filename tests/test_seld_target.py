@@ -1,4 +1,4 @@
-"""The SELD target (bast.model.seld): multi-ACCDOA encoding, the ADPIT loss, decoding."""
+"""The SELD target (bast.model.targets.adpit): multi-ACCDOA encoding, the ADPIT loss, decoding."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bast.errors import ConfigError
-from bast.model.seld import adpit_loss, adpit_patterns, decode, duplicate, encode, n_label_frames
+from bast.model.targets.adpit import adpit_loss, adpit_patterns, decode, duplicate, encode, n_label_frames
 from bast.sphere import great_circle_deg
 
 # Frame 0: one event of class 0; frame 1: two of class 0, one of class 1; frame 2: three

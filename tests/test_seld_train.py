@@ -12,17 +12,18 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.errors import ConfigError
-from bast.model.config import preset
-from bast.model.data import Selection, data_classes, model_input
-from bast.model.registry import build_model
-from bast.model.scenedata import SceneWindows, is_scene_data
-from bast.model.seld import decode, duplicate, encode
-from bast.model.seldeval import metrics_of, stitch
-from bast.model.targets import TargetSettings, make_target
+from bast.model.runs.config import preset
+from bast.model.data.loaders import Selection, data_classes, model_input
+from bast.model.nets.registry import build_model
+from bast.model.data.scenes import SceneWindows, is_scene_data
+from bast.model.targets.adpit import decode, duplicate, encode
+from bast.model.evaluation.seld import metrics_of, stitch
+from bast.model.targets.core import TargetSettings, make_target
 from bast.model.train import TrainingError, train
-from bast.pipeline.scenefeatures import (ALIGNED_HOP, window_label_frames, window_labels, window_rows,
+from bast.pipeline.features.scenes import (ALIGNED_HOP, window_label_frames, window_labels, window_rows,
                                          window_starts)
-from bast.seld_metrics import dcase_rows, score_directories
+from bast.dcase.files import dcase_rows
+from bast.dcase.metrics import score_directories
 from conftest import SELD_KINDS, render_seld_scenes
 
 KINDS = SELD_KINDS

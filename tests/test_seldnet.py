@@ -1,4 +1,4 @@
-"""The `seldnet` baseline (bast.model.seldnet): the DCASE 2023 baseline's layers, on bast input."""
+"""The `seldnet` baseline (bast.model.nets.seldnet): the DCASE 2023 baseline's layers, on bast input."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bast.errors import ConfigError
-from bast.model.bast import count_parameters
-from bast.model.seld import adpit_loss, encode
-from bast.model.seldnet import SELDNET_PRESETS, SELDnet, SELDnetConfig
+from bast.model.nets.bast import count_parameters
+from bast.model.targets.adpit import adpit_loss, encode
+from bast.model.nets.seldnet import SELDNET_PRESETS, SELDnet, SELDnetConfig
 
 # The DCASE 2023 baseline's SeldModel (sharathadavanne/seld-dcase2023 at commit 24d14c9,
 # seldnet_model.py, parameters.py defaults: 64 filters, f_pool [4, 4, 2], t_pool [5, 1, 1],

@@ -1,4 +1,4 @@
-"""Tests of the SOFA reader and writer (bast.pipeline.sofa).
+"""Tests of the SOFA reader and writer (bast.pipeline.irs.sofa).
 
 The files are written with sofar, the SOFA reference implementation (netCDF4-based), the
 way other tools write them, so the tests check that bast reads what the rest of the world
@@ -23,9 +23,9 @@ import pytest
 import sofar
 from scipy import signal
 
-from bast.pipeline import acoustics
-from bast.pipeline.irs import default_hrir_path
-from bast.pipeline.sofa import FS, IRSet, SofaError, read_sofa, resample_ir, write_sofa
+from bast.pipeline.irs import acoustics
+from bast.pipeline.irs.sources import default_hrir_path
+from bast.pipeline.irs.sofa import FS, IRSet, SofaError, read_sofa, resample_ir, write_sofa
 
 HEAD_DELAY_S = 0.35e-3  # half the largest ITD: 0.7 ms at the side, a human-sized head
 MAX_ILD_DB = 10.0  # ILD at the side

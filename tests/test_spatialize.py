@@ -16,13 +16,13 @@ from scipy.signal import fftconvolve
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora import load_clip
-from bast.corpora.procedural import DefaultCorpus
-from bast.pipeline import acoustics
-from bast.pipeline.clips import ClipPolicy, prepare
-from bast.pipeline.irs import load_hrirs
-from bast.pipeline.shards import DirectoryLock, StageError, sha256_file
-from bast.pipeline.spatialize import SpatializeConfig, assign_splits, spatialize
+from bast.datasets import load_clip
+from bast.datasets.procedural import DefaultCorpus
+from bast.pipeline.irs import acoustics
+from bast.pipeline.render.clips import ClipPolicy, prepare
+from bast.pipeline.irs.sources import load_hrirs
+from bast.pipeline.stage.shards import DirectoryLock, StageError, sha256_file
+from bast.pipeline.render.spatialize import SpatializeConfig, assign_splits, spatialize
 
 FS = 16000
 QUARTERS = (0.0, 90.0, 180.0, 270.0)
@@ -233,7 +233,7 @@ def test_each_thread_renders_into_its_own_buffer(small_run):
     """`dask worker` runs several threads per process; a Renderer reuses its output buffer."""
     import threading
 
-    from bast.pipeline.spatialize import _renderer
+    from bast.pipeline.render.spatialize import _renderer
 
     out, *_ = small_run
     path = str(out / "irs" / "anechoic.sofa")

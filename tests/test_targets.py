@@ -1,4 +1,4 @@
-"""Targets (bast/model/targets.py): every model on every target, multitask training, a toy
+"""Targets (bast/model/targets/core.py): every model on every target, multitask training, a toy
 target declared here only, and the target recorded in the run."""
 
 import json
@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from bast.errors import ConfigError
-from bast.model import targets as tg
-from bast.model.checkpoint import load_checkpoint, load_model
-from bast.model.data import EvalData, ResidentData, Selection, data_classes
-from bast.model.evaluate import predict
-from bast.model.registry import MODELS, build_model, model_config
+from bast.model.targets import core as tg
+from bast.model.runs.checkpoint import load_checkpoint, load_model
+from bast.model.data.loaders import EvalData, ResidentData, Selection, data_classes
+from bast.model.evaluation.evaluate import predict
+from bast.model.nets.registry import MODELS, build_model, model_config
 from bast.model.train import preset, train
-from bast.model.transfer import evaluate_run
+from bast.model.evaluation.runs import evaluate_run
 
 TINY = {"bast": dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0),
         "ast": dict(dim=32, heads=4, mlp_dim=64, depth=1, dropout=0.0),
@@ -143,7 +143,7 @@ def test_direction_and_category_train_together(features, tmp_path):
     # localize writes the elevation and the class of each window.
     import soundfile as sf
 
-    from bast.model.localize import load_localizer, load_target, localize_audio, write_csv
+    from bast.model.inference.localize import load_localizer, load_target, localize_audio, write_csv
 
     wav = tmp_path / "noise.wav"
     sf.write(wav, np.random.default_rng(0).normal(0, 0.1, (16000, 2)).astype(np.float32), 16000)

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from bast.fileio import sha256_file
-from bast.model.data import EvalData, ResidentData, Selection, StreamingData, read_selection
-from bast.model.losses import azimuth_to_vector
-from bast.model.data import standardize
+from bast.model.data.loaders import EvalData, ResidentData, Selection, StreamingData, read_selection
+from bast.model.targets.losses import azimuth_to_vector
+from bast.model.data.loaders import standardize
 from bast.errors import ConfigError, DataError
-from bast.model.bast import BASTConfig
+from bast.model.nets.bast import BASTConfig
 from bast.model.train import TrainConfig, TrainingError, load_checkpoint, load_model, lr_at, preset, train
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
@@ -44,7 +44,7 @@ def test_learning_rate_schedule():
 def test_a_cpu_run_under_device_auto_is_not_compiled():
     """--device auto on a machine without CUDA: eager (compile's default off on a CPU), and
     the note saying why the CPU is where it says so."""
-    from bast.model.runtime import describe, setup
+    from bast.model.runs.runtime import describe, setup
 
     if torch.cuda.is_available():
         pytest.skip("--device auto picks the GPU here")
@@ -58,7 +58,7 @@ def test_a_cpu_run_under_device_auto_is_not_compiled():
 def test_compile_mode_is_a_setting_recorded_and_said():
     """--compile-mode (reduce-overhead: CUDA graphs) reaches the Context and the start-up
     lines, is written with the settings, and older configs without it read as default."""
-    from bast.model.runtime import Context, describe, setup
+    from bast.model.runs.runtime import Context, describe, setup
 
     cfg = preset("tiny", device="cpu", compile=True, compile_mode="reduce-overhead")
     ctx = setup(cfg)
@@ -133,8 +133,8 @@ def test_resident_ranks_read_only_their_cut_of_the_shards(features, monkeypatch)
     """Under DDP a resident rank reads only the shards its share lies in; the shares are
     disjoint, equal to one sample, and together every sample; one process keeps every sample
     in the stored order, as before."""
-    import bast.model.data as data_module
-    from bast.model.data import rank_share
+    import bast.model.data.loaders as data_module
+    from bast.model.data.loaders import rank_share
 
     sel = Selection.of(features, "train", "RI")
     n = len(sel.shards) - (len(sel.shards) % 2 == 0)  # an odd number of shards: no even deal of whole shards
@@ -330,9 +330,9 @@ def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     # standardised once, prepared=True)
     row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     model, cfg = load_model(run, "last")
-    from bast.model.evaluate import evaluate
-    from bast.model.losses import make_loss
-    from bast.model.runtime import Context
+    from bast.model.evaluation.evaluate import evaluate
+    from bast.model.targets.losses import make_loss
+    from bast.model.runs.runtime import Context
     metrics, _ = evaluate(model, EvalData(Selection.of(features, "val", "RI"), 256, "cpu", 1.0, prepared=True),
                           Context(torch.device("cpu"), None), make_loss(cfg.loss), training_precision=True)
     assert row["val_loss"] == pytest.approx(metrics["loss"], rel=1e-5)
@@ -352,7 +352,7 @@ def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
 
 
 def test_device_selection_and_its_messages():
-    from bast.model.runtime import resolve_device
+    from bast.model.runs.runtime import resolve_device
 
     dev = lambda *a, **k: resolve_device(*a, **k)[0]  # noqa: E731
     assert dev("cpu") == torch.device("cpu")
@@ -374,7 +374,7 @@ def test_device_selection_and_its_messages():
 
 
 def test_deterministic_sets_the_cublas_workspace_on_cuda_only():
-    from bast.model.runtime import deterministic_env
+    from bast.model.runs.runtime import deterministic_env
 
     env: dict = {}
     deterministic_env("cpu", env)
@@ -387,7 +387,7 @@ def test_deterministic_sets_the_cublas_workspace_on_cuda_only():
 
 
 def test_rng_state_per_rank_and_old_checkpoints_restore():
-    from bast.model.checkpoint import restore_rng, rng_state
+    from bast.model.runs.checkpoint import restore_rng, rng_state
 
     cpu = torch.device("cpu")
     states = []
@@ -405,9 +405,9 @@ def test_rng_state_per_rank_and_old_checkpoints_restore():
 
 
 def test_evaluation_is_float32_whatever_the_training_precision(features):
-    from bast.model.bast import BAST
-    from bast.model.evaluate import evaluate
-    from bast.model.runtime import Context
+    from bast.model.nets.bast import BAST
+    from bast.model.evaluation.evaluate import evaluate
+    from bast.model.runs.runtime import Context
 
     torch.manual_seed(0)
     model = BAST(BASTConfig(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0))
@@ -429,9 +429,9 @@ def test_evaluation_is_float32_whatever_the_training_precision(features):
 
 
 def test_sharded_evaluation_equals_one_process(features):
-    from bast.model.bast import BAST
-    from bast.model.evaluate import merge_shards, predict, table_metrics
-    from bast.model.losses import make_loss
+    from bast.model.nets.bast import BAST
+    from bast.model.evaluation.evaluate import merge_shards, predict, table_metrics
+    from bast.model.targets.losses import make_loss
 
     torch.manual_seed(0)
     model = BAST(BASTConfig(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0))
@@ -450,8 +450,8 @@ def test_validation_data_is_standardised_once_as_it_loads(features, monkeypatch,
     """EvalData(prepared=True), validation's: the spectra standardised and the targets
     encoded when it loads, not per batch; the batches those of the per-batch path (the
     final test's) up to float16's rounding of the standardised values."""
-    import bast.model.data as data_module
-    from bast.model import targets as tg
+    import bast.model.data.loaders as data_module
+    from bast.model.targets import core as tg
 
     target = tg.make_target(name, tg.TargetSettings(classes=tuple(data_module.data_classes(features))))
     sel = Selection.of(features, "val", "RI")
@@ -482,9 +482,9 @@ def test_validation_data_is_standardised_once_as_it_loads(features, monkeypatch,
 
 
 def test_the_training_step_does_not_sync_with_the_host(monkeypatch):
-    from bast.model.bast import BAST
-    from bast.model.losses import make_loss
-    from bast.model.runtime import Context
+    from bast.model.nets.bast import BAST
+    from bast.model.targets.losses import make_loss
+    from bast.model.runs.runtime import Context
     from bast.model.train import NonFiniteGuard, make_optimizer, train_step
 
     cfg = preset("tiny", **SMALL)
@@ -534,8 +534,8 @@ def test_resident_loader_holds_one_copy_while_loading(features):
 
 
 def test_training_says_where_and_how_it_runs(features, tmp_path):
-    from bast.model.data import make_data
-    from bast.model.runtime import Context, describe
+    from bast.model.data.loaders import make_data
+    from bast.model.runs.runtime import Context, describe
 
     cfg = preset("tiny", **SMALL)
     sel = Selection.of(features, "train", "RI")
@@ -621,9 +621,9 @@ def test_bench_takes_mfu_against_the_precision_used_and_counts_attention():
     # FLOPs on the eager model with attention on its matmuls: more than torch counts with
     # the CPU's fused attention kernel, by at least the attention's own matmuls
     from torch.utils.flop_counter import FlopCounterMode
-    from bast.model.losses import make_loss
-    from bast.model.registry import build_model
-    from bast.model.runtime import Context
+    from bast.model.targets.losses import make_loss
+    from bast.model.nets.registry import build_model
+    from bast.model.runs.runtime import Context
     from bast.model.train import make_optimizer
 
     cfg = preset("tiny", **SMALL)

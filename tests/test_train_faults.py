@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from bast.cli import app
 from bast.errors import BastError, DataError
 from bast.fileio import sha256_file
-from bast.model.checkpoint import load_checkpoint, read_metrics, read_run_config
+from bast.model.runs.checkpoint import load_checkpoint, read_metrics, read_run_config
 from bast.model.train import TrainingError, optimizer_state_for, preset, train
-from bast.pipeline.shards import DirectoryLock
+from bast.pipeline.stage.shards import DirectoryLock
 
 runner = CliRunner()
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,

@@ -1,7 +1,7 @@
 """`bast-cli evaluate` (a run on data it never saw), the generalisation matrix, `bast-cli
 localize` on a recording, and shards checked before they are read.
 
-The unseen head is `bast.pipeline.sphericalhead`: a rigid sphere without pinnae, rendered
+The unseen head is `bast.pipeline.irs.sphericalhead`: a rigid sphere without pinnae, rendered
 through the same spatializer as the bundled MIT KEMAR set the run is trained on.
 """
 
@@ -18,18 +18,18 @@ from scipy.signal import fftconvolve
 from typer.testing import CliRunner
 
 from bast.cli import app
-from bast.corpora.procedural import DefaultCorpus
+from bast.datasets.procedural import DefaultCorpus
 from bast.errors import ConfigError, DataError
 from bast.fileio import sha256_file
-from bast.model import localize as lz
-from bast.model.data import read_shard
-from bast.model.metrics import load_predictions
-from bast.model.transfer import evaluate_run
+from bast.model.inference import localize as lz
+from bast.model.data.loaders import read_shard
+from bast.model.targets.metrics import load_predictions
+from bast.model.evaluation.runs import evaluate_run
 from bast.model.train import preset, train
-from bast.pipeline.featurize import featurize
-from bast.pipeline.sofa import write_sofa
-from bast.pipeline.spatialize import SpatializeConfig, spatialize
-from bast.pipeline.sphericalhead import spherical_head_irs
+from bast.pipeline.features.featurize import featurize
+from bast.pipeline.irs.sofa import write_sofa
+from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
+from bast.pipeline.irs.sphericalhead import spherical_head_irs
 
 runner = CliRunner()
 AZIMUTHS = tuple(np.arange(0.0, 360.0, 30.0))

@@ -31,24 +31,24 @@ import torch.distributed as dist
 
 from bast.errors import ConfigError, DataError, StageError, TrainingError
 from bast.fileio import atomic_write_text, versions
-from bast.model.bast import count_parameters
-from bast.model.checkpoint import (_unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
+from bast.model.nets.bast import count_parameters
+from bast.model.runs.checkpoint import (unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
                                    remove_leftovers, restore_rng, rng_state, save_checkpoint)
-from bast.model.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
-from bast.model.data import EvalData, ResidentData, Selection, StreamingData, data_classes, make_data
-from bast.model.evaluate import evaluate, final_test
-from bast.model.scenedata import SceneWindows, is_scene_data
-from bast.model.seldeval import seld_evaluate
-from bast.model.transfer import data_sha256, features_manifest
-from bast.model.registry import build_model, model_fields
-from bast.model.targets import Target, attach, make_target_class, needs_classes, target_of
-from bast.model.runtime import Context, autocast, describe, rank_seed, setup
-from bast.pipeline.shards import DirectoryLock
+from bast.model.runs.config import PRESETS, RESUME_CHANGES, TrainConfig, preset
+from bast.model.data.loaders import EvalData, ResidentData, Selection, StreamingData, data_classes, make_data
+from bast.model.evaluation.evaluate import evaluate, final_test
+from bast.model.data.scenes import SceneWindows, is_scene_data
+from bast.model.evaluation.seld import seld_evaluate
+from bast.model.data.manifest import data_sha256, features_manifest
+from bast.model.nets.registry import build_model, model_fields
+from bast.model.targets.core import Target, attach, make_target_class, needs_classes, target_of
+from bast.model.runs.runtime import Context, autocast, describe, rank_seed, setup
+from bast.pipeline.stage.shards import DirectoryLock
 
 # What callers of this module use, wherever it is defined.
 __all__ = ["PRESETS", "RESUME_CHANGES", "TrainConfig", "TrainingError", "preset", "lr_at", "train",
            "Context", "setup", "autocast", "evaluate", "final_test", "load_checkpoint", "load_model",
-           "save_checkpoint", "_unwrap", "train_step", "make_optimizer", "NonFiniteGuard", "optimizer_state_for"]
+           "save_checkpoint", "unwrap", "train_step", "make_optimizer", "NonFiniteGuard", "optimizer_state_for"]
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -306,7 +306,7 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
     if cfg.batch_size % ctx.world:
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
     target = target if target is not None else target_of(cfg)
-    if target.scenes:  # windows cut from whole scenes, resident (bast/model/scenedata.py)
+    if target.scenes:  # windows cut from whole scenes, resident (bast/model/data/scenes.py)
         windows = dict(length=cfg.window_frames, n_classes=len(target.classes), device=ctx.device)
         data = SceneWindows(train_sel, **windows, batch_size=cfg.batch_size // ctx.world, hop=cfg.window_hop,
                             shuffle=True, seed=cfg.seed, rank=ctx.rank, world=ctx.world)

@@ -1,7 +1,7 @@
 """Stage 4: analysis, figures and the HTML page behind `bast-cli report`.
 
 - `bast.report.stats`: hemifield pairing, paired t-test, Benjamini-Hochberg (the
-  predictions table and its summaries are `bast.model.evaluate`).
+  predictions table and its summaries are `bast.model.evaluation.evaluate`).
 - `bast.report.rollout`: attention rollout of the three encoders, folded onto the
   spectrogram (imports torch).
 - `bast.report.figures`: matplotlib figures, one PNG each (imports matplotlib).

@@ -21,8 +21,9 @@ from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_path, atomic_write_text, json_default
-from bast.model import evaluate, transfer
-from bast.model import metrics as ev
+from bast.model.evaluation import evaluate
+from bast.model.evaluation import runs as transfer
+from bast.model.targets import metrics as ev
 from bast.report import figures, stats
 from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
@@ -114,7 +115,7 @@ class Run:
 
 def load_run(path, device: str = "cpu") -> Run:
     path = Path(path)
-    from bast.model.checkpoint import read_metrics, read_run_config
+    from bast.model.runs.checkpoint import read_metrics, read_run_config
 
     config = read_run_config(path)  # a missing or torn file: an error naming it
     rows = read_metrics(path)
@@ -131,9 +132,9 @@ def load_run(path, device: str = "cpu") -> Run:
 
 
 def _evaluate(path: Path, config: dict, device: str) -> None:
-    from bast.model.config import TrainConfig
-    from bast.model.data import Selection
-    from bast.model.runtime import Context
+    from bast.model.runs.config import TrainConfig
+    from bast.model.data.loaders import Selection
+    from bast.model.runs.runtime import Context
 
     if not (path / "checkpoints" / "best.pt").exists():
         raise MissingError(f"{path}: no stored evaluation and no checkpoints/best.pt to evaluate")
@@ -553,8 +554,8 @@ def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:
     """Attention rollout of a few test samples, per layer and folded onto the spectrograms."""
     import torch
 
-    from bast.model.checkpoint import load_model
-    from bast.model.data import Selection, model_input, read_shard
+    from bast.model.runs.checkpoint import load_model
+    from bast.model.data.loaders import Selection, model_input, read_shard
     from bast.report import rollout
 
     model, cfg = load_model(run.path, "best", device)

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 
 from bast.conventions import FS
 from bast.fileio import atomic_path
-from bast.model import metrics as ev
+from bast.model.targets import metrics as ev
 
 CONVENTION = "SOFA azimuth: 0° ahead, 90° left, 180° behind, 270° right"
 DPI = 130
@@ -556,7 +556,7 @@ def generalisation_matrix(ad, row_labels, col_labels, path, mse=None,
 def localization_timeline(loc, path, title: str | None = None) -> Path:
     """Azimuth over time above the waveform: one marker per window at its centre, coloured
     by the prediction's length |(x, y)|; silent windows marked at the bottom. `loc` is a
-    `bast.model.localize.Localization`."""
+    `bast.model.inference.localize.Localization`."""
     fig = _new((10.0, 5.6))
     ax_az, ax_wav = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1.0]})
     t = np.asarray(loc.centre_s)

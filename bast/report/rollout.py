@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bast.errors import ConfigError
-from bast.model.bast import BASTConfig, padding_amounts, token_grid
+from bast.model.nets.bast import BASTConfig, padding_amounts, token_grid
 
 
 def fold_geometry(cfg: BASTConfig) -> dict:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bast.errors import DataError, MissingError
-from bast.seld_metrics import read_dcase_csv, score_recordings
+from bast.dcase.files import read_dcase_csv
+from bast.dcase.metrics import score_recordings
 
 HEADLINE = ("f20", "er20", "le_deg", "lr", "seld_score")
 

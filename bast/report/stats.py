@@ -1,7 +1,7 @@
 """Statistics behind `bast-cli report`: the hemifield comparison of the paper's Fig. 3
 and 4 (paired left / right errors, paired t-tests, Benjamini-Hochberg correction).
 
-Input is a predictions table (`bast.model.evaluate`). Hemifields (docs/conventions.md):
+Input is a predictions table (`bast.model.evaluation.evaluate`). Hemifields (docs/conventions.md):
 left 10..170 deg, right 190..350 deg (0 and 180 belong to neither); the mirror of ``a``
 across the median plane is ``360 - a``.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from scipy import stats as _sps
 
 from bast.errors import ConfigError
-from bast.model.metrics import azimuth_key, canonical_envs, filter_env
+from bast.model.targets.metrics import azimuth_key, canonical_envs, filter_env
 
 # ----------------------------------------------------------------------------- hemifields
 _METRICS = {"ad_deg": "ad_deg", "ad": "ad_deg", "sq_err": "sq_err", "mse": "sq_err"}

@@ -1,0 +1,306 @@
+"""SELD metrics as DCASE 2023 task 3 defines them (docs/seld.md); the files they read are
+bast/dcase/files.py's.
+
+Joint detection and localization on 1 s segments of ten 100 ms label frames (Mesaros et
+al. 2019, with the multi-instance extension of Politis et al. 2020): the location-aware
+error rate and F-score (a detection counts as true only within 20 degrees), the
+class-dependent localization error and localization recall, macro-averaged over classes,
+and the SELD score, the mean of ER, 1 - F, LE / 180 and 1 - LR.
+
+Every rule follows the DCASE 2023 baseline's reference implementation
+(sharathadavanne/seld-dcase2023, SELD_evaluation_metrics.py `SELDMetrics` and
+cls_feature_class.py `segment_labels`, MIT licence), quirks included, so that scores equal
+the challenge's; tests/test_seld_metrics.py checks them against its numbers. Pure numpy
+and scipy: the CLI, the pipeline and the model's evaluation can all use it.
+
+Rows are float arrays (n, 5): frame, class, source, azimuth_deg, elevation_deg, one per
+active event per 100 ms frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from bast.dcase.files import read_dcase_csv
+from bast.errors import ConfigError, DataError, MissingError
+
+FRAMES_PER_SEGMENT = 10  # 1 s of 100 ms label frames
+DOA_THRESHOLD_DEG = 20.0
+# The reference divides by (eps + ...) everywhere; the same eps keeps results bit-close.
+_EPS = np.finfo(np.float64).eps
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def _segments(rows: np.ndarray, n_frames: int) -> list[dict[int, dict[int, np.ndarray]]]:
+    """Per 1 s segment, per class, per frame within the segment: the (azimuth, elevation)
+    of its rows in file order. Frames from `n_frames` on are dropped, after rounding up
+    to whole segments, as `segment_labels` does."""
+    n_segments = int(np.ceil(n_frames / FRAMES_PER_SEGMENT))
+    out: list[dict[int, dict[int, list]]] = [{} for _ in range(n_segments)]
+    for frame, cls, _source, az, el in rows:
+        segment = int(frame) // FRAMES_PER_SEGMENT
+        if segment < n_segments:
+            per_frame = out[segment].setdefault(int(cls), {})
+            per_frame.setdefault(int(frame) % FRAMES_PER_SEGMENT, []).append((az, el))
+    return [{c: {f: np.array(d) for f, d in sorted(frames.items())} for c, frames in seg.items()} for seg in out]
+
+
+def _distance_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Great-circle distances (len a, len b) in degrees, with the reference's formula
+    (arccos of the clipped cosine) so that threshold decisions fall the same way."""
+    az1, el1 = np.radians(a[:, None, 0]), np.radians(a[:, None, 1])
+    az2, el2 = np.radians(b[None, :, 0]), np.radians(b[None, :, 1])
+    cos = np.sin(el1) * np.sin(el2) + np.cos(el1) * np.cos(el2) * np.cos(np.abs(az1 - az2))
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+@dataclass
+class SeldCounts:
+    """What the metrics are computed from, summed over segments and recordings: per class
+    true and false positives, spatial false positives (right class, over the threshold),
+    false negatives, reference tracks, the localization error sum and its counts; and
+    substitutions, deletions and insertions over all classes."""
+
+    n_classes: int
+    tp: np.ndarray = field(default=None)
+    fp: np.ndarray = field(default=None)
+    fp_spatial: np.ndarray = field(default=None)
+    fn: np.ndarray = field(default=None)
+    n_ref: np.ndarray = field(default=None)
+    total_de: np.ndarray = field(default=None)
+    de_tp: np.ndarray = field(default=None)
+    de_fp: np.ndarray = field(default=None)
+    de_fn: np.ndarray = field(default=None)
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    recordings: int = 0
+
+    _PER_CLASS = ("tp", "fp", "fp_spatial", "fn", "n_ref", "total_de", "de_tp", "de_fp", "de_fn")
+
+    def __post_init__(self):
+        for name in self._PER_CLASS:
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.n_classes))
+
+    def __add__(self, other: SeldCounts) -> SeldCounts:
+        if other.n_classes != self.n_classes:
+            raise ConfigError(f"counts of {self.n_classes} and {other.n_classes} classes cannot be added")
+        out = SeldCounts(self.n_classes, **{n: getattr(self, n) + getattr(other, n) for n in self._PER_CLASS})
+        out.substitutions = self.substitutions + other.substitutions
+        out.deletions = self.deletions + other.deletions
+        out.insertions = self.insertions + other.insertions
+        out.recordings = self.recordings + other.recordings
+        return out
+
+
+def reference_frames(ref_rows: np.ndarray, pred_rows: np.ndarray) -> int:
+    """The number of frames a recording is scored over when its length is not given.
+
+    As the DCASE 2023 tool: the largest frame index of the reference (not that plus one,
+    so the last reference frame is dropped when its index is a multiple of ten). A
+    reference without rows, where the tool fails, is scored over its predictions' frames."""
+    if len(ref_rows):
+        return int(ref_rows[:, 0].max())
+    return int(pred_rows[:, 0].max()) + 1 if len(pred_rows) else 0
+
+
+def count_recording(ref_rows, pred_rows, n_classes: int, *, n_frames: int | None = None,
+                    doa_threshold: float = DOA_THRESHOLD_DEG) -> SeldCounts:
+    """Counts of one recording's predicted rows against its reference rows (both (n, 5))."""
+    ref = np.asarray(ref_rows, dtype=np.float64).reshape(-1, 5)
+    pred = np.asarray(pred_rows, dtype=np.float64).reshape(-1, 5)
+    for name, rows in (("reference", ref), ("prediction", pred)):
+        if len(rows) and (rows[:, 0].min() < 0 or rows[:, 1].min() < 0):
+            raise DataError(f"a {name} row has a negative frame or class index")
+        if len(rows) and rows[:, 1].max() >= n_classes:
+            raise DataError(f"a {name} row has class {int(rows[:, 1].max())}, but there are {n_classes} classes "
+                            f"(0..{n_classes - 1})")
+    if n_frames is None:
+        n_frames = reference_frames(ref, pred)
+    c = SeldCounts(n_classes, recordings=1)
+    for gt, pr in zip(_segments(ref, n_frames), _segments(pred, n_frames)):
+        _count_segment(c, gt, pr, doa_threshold)
+    return c
+
+
+def _count_segment(c: SeldCounts, gt: dict, pr: dict, threshold: float) -> None:
+    """`SELDMetrics.update_seld_scores` for one segment; its comments are kept where the
+    rule is not obvious."""
+    loc_fn = loc_fp = 0
+    for k in range(c.n_classes):
+        # a class's "tracks" in a segment: the most same-class events in one of its frames
+        n_gt = max(len(d) for d in gt[k].values()) if k in gt else 0
+        n_pr = max(len(d) for d in pr[k].values()) if k in pr else 0
+        c.n_ref[k] += n_gt
+        if k in gt and k in pr:
+            # Per frame present in both, reference and predicted directions are paired by
+            # the Hungarian algorithm; a reference "track" is its row's position within
+            # the frame, and its error is the mean over the frames it was paired in.
+            dist: dict[int, list[float]] = {}
+            for frame, gt_doas in gt[k].items():
+                if frame not in pr[k]:
+                    continue
+                cost = _distance_deg(gt_doas, pr[k][frame])
+                rows, cols = linear_sum_assignment(cost)
+                for r, col in zip(rows, cols):
+                    dist.setdefault(int(r), []).append(cost[r, col])
+            if not dist:
+                # no frame in common: the reference counts the *predicted* tracks as
+                # false negatives (SELD_evaluation_metrics.py, "if no tracks are found")
+                loc_fn += n_pr
+                c.fn[k] += n_pr
+                c.de_fn[k] += n_pr
+                continue
+            for errors in dist.values():
+                mean = sum(errors) / len(errors)
+                c.total_de[k] += mean
+                c.de_tp[k] += 1
+                if mean <= threshold:
+                    c.tp[k] += 1
+                else:
+                    loc_fp += 1
+                    c.fp_spatial[k] += 1
+            if n_pr > n_gt:
+                loc_fp += n_pr - n_gt
+                c.fp[k] += n_pr - n_gt
+                c.de_fp[k] += n_pr - n_gt
+            elif n_pr < n_gt:
+                loc_fn += n_gt - n_pr
+                c.fn[k] += n_gt - n_pr
+                c.de_fn[k] += n_gt - n_pr
+        elif k in gt:
+            loc_fn += n_gt
+            c.fn[k] += n_gt
+            c.de_fn[k] += n_gt
+        elif k in pr:
+            loc_fp += n_pr
+            c.fp[k] += n_pr
+            c.de_fp[k] += n_pr
+    c.substitutions += min(loc_fp, loc_fn)
+    c.deletions += max(0, loc_fn - loc_fp)
+    c.insertions += max(0, loc_fp - loc_fn)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class SeldScores:
+    """ER and F (fractions, F at the DOA threshold), LE (degrees) and LR (fraction), and
+    the SELD score; overall (macro: the mean over classes; micro: pooled counts) and per
+    class (macro only; the error rate is one number for all classes, as in DCASE)."""
+
+    er: float
+    f: float
+    le: float
+    lr: float
+    seld: float
+    average: str
+    class_f: np.ndarray
+    class_le: np.ndarray
+    class_lr: np.ndarray
+    class_seld: np.ndarray
+    counts: SeldCounts
+
+    def to_dict(self) -> dict:
+        c = self.counts
+        return {
+            "average": self.average,
+            "overall": {"ER": self.er, "F": self.f, "LE": self.le, "LR": self.lr, "SELD": self.seld},
+            "classes": [{"class": k, "F": float(self.class_f[k]), "LE": float(self.class_le[k]),
+                         "LR": float(self.class_lr[k]), "SELD": float(self.class_seld[k]),
+                         "reference_tracks": int(c.n_ref[k]), "TP": int(c.tp[k]),
+                         "FP": int(c.fp[k] + c.fp_spatial[k]), "FN": int(c.fn[k])} for k in range(c.n_classes)],
+            "substitutions": int(c.substitutions), "deletions": int(c.deletions), "insertions": int(c.insertions),
+            "recordings": int(c.recordings),
+        }
+
+
+def seld_score(er, f, le, lr):
+    """The DCASE 2023 SELD score (lower is better): mean of ER, 1 - F, LE / 180, 1 - LR."""
+    er, f, le, lr = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (er, f, le, lr)))
+    return np.mean([er, 1 - f, le / 180.0, 1 - lr], axis=0)
+
+
+def scores(c: SeldCounts, average: str = "macro") -> SeldScores:
+    """The metrics of accumulated counts (`SELDMetrics.compute_seld_scores`). A class with
+    no matched track has LE 180 degrees; one that never occurs scores F 0 and LR 0 under
+    the macro average, as in the reference."""
+    er = (c.substitutions + c.deletions + c.insertions) / (c.n_ref.sum() + _EPS)
+    class_f = c.tp / (_EPS + c.tp + c.fp_spatial + 0.5 * (c.fp + c.fn))
+    class_le = np.where(c.de_tp == 0, 180.0, c.total_de / (c.de_tp + _EPS))
+    class_lr = c.de_tp / (_EPS + c.de_tp + c.de_fn)
+    class_seld = seld_score(er, class_f, class_le, class_lr)
+    if average == "macro":
+        f, le, lr = class_f.mean(), class_le.mean(), class_lr.mean()
+        seld = class_seld.mean()
+    elif average == "micro":
+        f = c.tp.sum() / (_EPS + c.tp.sum() + c.fp_spatial.sum() + 0.5 * (c.fp.sum() + c.fn.sum()))
+        le = c.total_de.sum() / (c.de_tp.sum() + _EPS) if c.de_tp.sum() else 180.0
+        lr = c.de_tp.sum() / (_EPS + c.de_tp.sum() + c.de_fn.sum())
+        seld = seld_score(er, f, le, lr)
+    else:
+        raise ConfigError(f"average must be 'macro' or 'micro', not {average!r}")
+    return SeldScores(float(er), float(f), float(le), float(lr), float(seld), average,
+                      class_f, class_le, class_lr, class_seld, c)
+
+
+def score_recordings(recordings, n_classes: int, *, doa_threshold: float = DOA_THRESHOLD_DEG,
+                     average: str = "macro") -> SeldScores:
+    """Scores of (reference rows, predicted rows) or (reference rows, predicted rows,
+    n_frames) pairs, counted over all recordings together."""
+    total = SeldCounts(n_classes)
+    for rec in recordings:
+        ref, pred, *n_frames = rec
+        total = total + count_recording(ref, pred, n_classes, n_frames=n_frames[0] if n_frames else None,
+                                        doa_threshold=doa_threshold)
+    return scores(total, average)
+
+
+def pair_csv_files(ref_dir, pred_dir) -> list[tuple[Path, Path]]:
+    """(reference, prediction) CSV paths matched by file name; both folders are searched
+    recursively (DCASE keeps references in one folder per split). Missing and extra
+    predictions, and names found twice, raise DataError listing them."""
+    found = {}
+    for role, folder in (("reference", Path(ref_dir)), ("prediction", Path(pred_dir))):
+        if not folder.is_dir():
+            raise MissingError(f"{folder}: no such {role} folder")
+        names: dict[str, Path] = {}
+        for path in sorted(folder.rglob("*.csv")):
+            if path.name in names:
+                raise DataError(f"{path.name} is in the {role} folder twice: {names[path.name]} and {path}")
+            names[path.name] = path
+        if not names:
+            raise DataError(f"{folder}: no .csv files in the {role} folder")
+        found[role] = names
+    ref, pred = found["reference"], found["prediction"]
+    missing, extra = sorted(set(ref) - set(pred)), sorted(set(pred) - set(ref))
+    if missing or extra:
+        parts = ([f"{len(missing)} reference file(s) without a prediction: {', '.join(missing[:10])}"] if missing else []) \
+            + ([f"{len(extra)} prediction file(s) without a reference: {', '.join(extra[:10])}"] if extra else [])
+        raise DataError("; ".join(parts) + ("" if len(missing) <= 10 and len(extra) <= 10 else " ..."))
+    return [(ref[name], pred[name]) for name in sorted(ref)]
+
+
+def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
+                      doa_threshold: float = DOA_THRESHOLD_DEG, average: str = "macro") -> SeldScores:
+    """Scores of every prediction CSV in `pred_dir` against the reference CSV of the same
+    name in `ref_dir`. Without `n_classes`, the classes are 0 to the largest index seen."""
+    if doa_threshold <= 0:
+        raise ConfigError(f"the DOA threshold must be positive, not {doa_threshold!r}")
+    pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
+    seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
+    if n_classes is None:
+        n_classes = max(seen, default=0)
+        if n_classes == 0:
+            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}; give the number of classes")
+    elif n_classes < 1:
+        raise ConfigError(f"the number of classes must be positive, not {n_classes}")
+    return score_recordings(pairs, n_classes, doa_threshold=doa_threshold, average=average)

@@ -1,0 +1,473 @@
+"""Stage 1 for sound scenes: mono sounds to binaural scenes with overlapping, moving events.
+
+    refs = DefaultCorpus(n_clips=200).list_clips()
+    summary = render_scenes(refs, "out/scenes", ScenesConfig(count=100, moving=0.5))
+
+The same stage runner as `spatialize` (bast/pipeline/stage/runner.py: lock, pinned parameters,
+resume, dask, failures file, manifest) and the same conditions (bast/pipeline/render/spatialize.py
+`layout`: heads, the hall or generated rooms, measured BRIRs, test-only heads and rooms)
+and split by sound (`assign_splits`): a scene of a split draws its events only from that
+split's sounds, so no sound of a test scene is in a training scene. Each scene is rendered
+in every condition of its split (the same events in each), and the scenes of a split are
+grouped into shards of `scenes_per_shard`, one shard per (group, condition).
+
+The scene model and labels: bast/pipeline/render/scenemodel.py; rendering moving sources:
+bast/pipeline/render/moving.py; the shard layout: docs/scenes.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bast import __version__
+from bast.conventions import ENVIRONMENTS, FS
+from bast.datasets.base import ClipRef, load_clip
+from bast.errors import ClipError, ConfigError, SofaError
+from bast.pipeline.render import noise as noise_mod
+from bast.pipeline.render.clips import ClipPolicy, prepare
+from bast.pipeline.irs.hall import HallSpec
+from bast.pipeline.irs.interpolate import Interpolator
+from bast.pipeline.irs.sources import unique_directions
+from bast.pipeline.render.moving import Lookup, render
+from bast.pipeline.irs.rooms import BankTask, RoomRanges, build_banks
+from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
+from bast.pipeline.render.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
+                                      scene_counts)
+from bast.pipeline.stage.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
+from bast.pipeline.irs.sofa import IRSet, read_sofa
+from bast.pipeline.render.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, conditions_record,
+                                     layout, summarise_shards, write_irs)
+
+STAGE = "scenes"
+
+
+@dataclass(frozen=True)
+class ScenesConfig:
+    count: int = 100  # scenes over all splits
+    duration_s: float = 5.0
+    max_overlap: int = 2  # events at once, per 100 ms label frame
+    events: tuple[int, int] = (2, 8)  # events drawn per scene (fewer when they do not fit)
+    max_event_s: float = 2.0  # a longer sound is cut to its loudest window of this length
+    directions: tuple[tuple[float, float], ...] = tuple((float(a), 0.0) for a in range(0, 360, 10))
+    moving: float = 0.0  # share of moving events
+    speed: tuple[float, float] = (10.0, 60.0)  # deg/s
+    environments: tuple[str, ...] = ENVIRONMENTS
+    policy: ClipPolicy = ClipPolicy()  # loading: min_ms, normalize (to its RMS target), silence
+    seed: int = 0
+    val_fraction: float = 0.25
+    test_fraction: float = 0.1
+    scenes_per_shard: int = 20
+    hrir: str | tuple[str, ...] | None = None
+    brir: str | tuple[str, ...] | None = None
+    test_hrir: tuple[str, ...] = ()
+    rooms: int = 0
+    test_rooms: int = 0
+    rt60_s: float = 0.8
+    tolerance_deg: float = 0.0
+    snr_db: tuple[float, float] | None = None
+    noise: str = "diffuse"
+    room_ranges: RoomRanges = RoomRanges()
+    interpolate: bool = False  # HRIRs interpolated at the sources' directions (else the nearest measured)
+
+    def __post_init__(self):
+        if self.snr_db is not None:
+            object.__setattr__(self, "snr_db", noise_mod.parse_snr(self.snr_db))
+        object.__setattr__(self, "events", tuple(int(v) for v in parse_range(self.events, "--events")))
+        object.__setattr__(self, "speed", parse_range(self.speed, "--speed"))
+        pairs = np.asarray(self.directions, dtype=float).reshape(-1, 2)
+        if not len(pairs) or not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
+            raise ConfigError("directions: give at least one, with finite azimuths and elevations in [-90, 90] deg")
+        object.__setattr__(self, "directions", tuple((float(a % 360.0), float(e)) for a, e in unique_directions(pairs)))
+        if self.count < 1:
+            raise ConfigError(f"--count {self.count}: at least one scene")
+        if not 0.1 <= self.duration_s <= 600:
+            raise ConfigError(f"--duration {self.duration_s:g}: between 0.1 and 600 s")
+        if self.max_overlap < 1:
+            raise ConfigError(f"--max-overlap {self.max_overlap}: at least 1")
+        if not 0 <= self.moving <= 1:
+            raise ConfigError(f"--moving {self.moving:g}: a share between 0 and 1")
+        if not 0 < self.max_event_s:
+            raise ConfigError(f"--max-event {self.max_event_s:g}: a positive length in seconds")
+        if self.max_event_s * 1000 < self.policy.min_ms:
+            raise ConfigError(f"--max-event {self.max_event_s:g} s is shorter than --min-ms {self.policy.min_ms:g}")
+        if self.scenes_per_shard < 1:
+            raise ConfigError("--scenes-per-shard: at least 1")
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.duration_s * FS))
+
+    def spatialize_config(self) -> SpatializeConfig:
+        """The Stage 1 configuration whose conditions (heads, rooms: their sphere of sources
+        fitted to the grid's elevations) the scenes use."""
+        return SpatializeConfig(environments=self.environments, seed=self.seed, hrir=self.hrir, brir=self.brir,
+                                test_hrir=self.test_hrir, rooms=self.rooms, test_rooms=self.test_rooms,
+                                rt60_s=self.rt60_s, tolerance_deg=self.tolerance_deg, room_ranges=self.room_ranges,
+                                directions=self.directions, interpolate=self.interpolate)
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """One group of scenes of one split, rendered in each condition of `shards` ((index,
+    Condition, IR file) triples). `pool` is the split's sounds: paths, no arrays."""
+
+    split: str
+    scene_ids: tuple[str, ...]
+    pool: tuple[ClipRef, ...]
+    shards: tuple[tuple[int, Condition, str], ...]
+    config: ScenesConfig
+    categories: tuple[str, ...]
+    out_dir: str
+    attrs: tuple = ()
+
+
+# --------------------------------------------------------------------------- impulse responses
+
+
+def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """IR key -> (condition, the IR set its scenes render with, how to save it).
+
+    Anechoic: the head's whole HRIR set (the nearest measured direction is heard, or with
+    `interpolate` HRIRs interpolated from it). A measured BRIR file: its whole set (nearest;
+    never interpolated). A simulated room: Stage 1's bank (bast/pipeline/irs/rooms.py: the
+    source on a sphere around the head, each image source through the HRIR of its own 3-D
+    direction) at `bank_directions`. Every grid direction must be in every set (within
+    --ir-tolerance), or interpolable from the head."""
+    plan = plan or layout(config.spatialize_config())
+    conds = plan.conditions()
+    heads = {label: read_sofa(path) for label, path in plan.heads.items()}
+    grid = np.asarray(config.directions)
+    simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
+    tasks = []
+    for c in simulated:
+        want = bank_directions(heads[c.head], grid, config.moving > 0, config.interpolate)
+        tasks.append(BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(want[:, 0].tolist()), config.tolerance_deg,
+                              tuple(want[:, 1].tolist()) if np.any(want[:, 1]) else (), config.interpolate))
+    built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
+    out = {}
+    for k, c in conds.items():
+        if c.env == "anechoic":
+            irs, how = heads[c.head], {}
+        elif k in built:
+            irs, how = built[k], {"spec": plan.rooms[c.room]}
+        else:
+            irs, how = read_sofa(plan.rooms[c.room]), {}
+        check_grid(irs, grid, config.tolerance_deg, k, interpolated=config.interpolate and c.env == "anechoic")
+        out[k] = (c, irs, how)
+    return out
+
+
+def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
+    """(D, 2) directions a simulated room's bank is built at: the grid (still events stand
+    there) and, when events move, every direction the head measured within the grid's
+    elevations (a moving source is heard from the nearest of them). Without `interpolate`
+    Stage 1 maps each to the head's nearest within the tolerance; with it, the direct sound
+    of a grid direction is interpolated there."""
+    if not moving:
+        return grid
+    lo, hi = grid[:, 1].min() - 1e-6, grid[:, 1].max() + 1e-6
+    band = (head.elevation_deg >= lo) & (head.elevation_deg <= hi)
+    measured = np.stack([head.azimuth_deg[band], np.round(head.elevation_deg[band], 6)], axis=-1)
+    return unique_directions(np.concatenate([measured, grid]) if interpolate or not len(measured) else measured)
+
+
+def check_grid(irs: IRSet, grid: np.ndarray, tolerance_deg: float, key: str, interpolated: bool = False) -> None:
+    """Refuse a grid the set cannot render: Stage 1's lookup (`IRSet.indices`, within the
+    tolerance), or with `interpolated` the interpolation's reach."""
+    try:
+        if interpolated:
+            Interpolator(irs).weights(grid[:, 0], grid[:, 1])
+        else:
+            irs.indices(grid[:, 0], grid[:, 1], tolerance_deg)
+    except SofaError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _irset(path: str, mtime_ns: int) -> IRSet:
+    return read_sofa(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _interpolator(path: str, mtime_ns: int) -> Interpolator:
+    return Interpolator(_irset(path, mtime_ns))
+
+
+def load_lookup(path: str, interpolate: bool = False) -> Lookup:
+    """The IR lookup of an IR file under irs/ (with `interpolate`: HRIRs interpolated from
+    it), kept for the worker's lifetime."""
+    mtime = os.stat(path).st_mtime_ns
+    return Lookup(_irset(path, mtime), _interpolator(path, mtime) if interpolate else None)
+
+
+# --------------------------------------------------------------------------- one scene
+
+
+def load_event(ref: ClipRef, policy: ClipPolicy, max_samples: int) -> tuple[np.ndarray, list[str]]:
+    """A sound as an event: loaded and prepared by the clip policy (down-mix, resampling,
+    checks, its loudest `max_samples` when longer), without padding (the zeros around a
+    sound are trimmed), at the policy's RMS target over its own length."""
+    audio, fs = load_clip(ref)
+    pieces, notes = prepare(audio, fs, dataclasses.replace(policy, samples=max_samples, normalize="none",
+                                                           min_ms=min(policy.min_ms, 1000.0 * max_samples / policy.fs)))
+    x = pieces[0].astype(np.float64)
+    nz = np.flatnonzero(x)
+    x = x[nz[0]:nz[-1] + 1]
+    notes = [n for n in notes if not n.startswith("zero-padded")]
+    if policy.normalize == "rms":
+        x *= 10.0 ** (policy.target_rms_dbfs / 20.0) / np.sqrt(np.mean(x**2))
+    elif policy.normalize == "peak":
+        x *= policy.target_peak / np.max(np.abs(x))
+    return x, notes
+
+
+def scene_rng(seed: int, *parts) -> np.random.Generator:
+    """A generator from the seed and names (a scene id, a condition): independent of how
+    scenes are grouped into shards."""
+    digest = hashlib.sha256("\x1f".join(map(str, (seed, *parts))).encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest[:16], dtype=np.uint32))
+
+
+def draw_scene(scene_id: str, config: ScenesConfig, pool: dict[str, list[str]],
+               length_of: Callable[[str], int | None]) -> list[Event]:
+    """The events of one scene, from the seed and the scene's id alone."""
+    rng = scene_rng(config.seed, "scene", scene_id)
+    n_events = int(rng.integers(config.events[0], config.events[1] + 1))
+    return draw_events(rng, pool, length_of, n_samples=config.n_samples, n_events=n_events,
+                       max_overlap=config.max_overlap, grid=config.directions, moving=config.moving,
+                       speed=config.speed)
+
+
+def mix(events: list[Event], audio_of: Callable[[str], np.ndarray], irs: IRSet | Lookup, n_samples: int) -> np.ndarray:
+    """(2, n_samples) float64: the events heard through `irs` (an IRSet: its nearest
+    measured directions; or a moving.Lookup) and summed; tails past the scene's end are cut."""
+    out = np.zeros((2, n_samples))
+    for e in events:
+        out[:, e.onset:] += render(audio_of(e.clip_id)[:e.length], e.trajectory, irs, n_out=n_samples - e.onset)
+    return out
+
+
+def scene_noise(bank: np.ndarray, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(2, n) noise from a head's noise bank (bast/pipeline/render/noise.py), windows taken with
+    wrap-around (the diffuse bank wraps seamlessly); directional: one to three sources."""
+    def window(x):  # (2, L) -> (2, n) from a random start
+        return np.take(x, int(rng.integers(0, x.shape[-1])) + np.arange(n), axis=-1, mode="wrap")
+
+    if kind == "diffuse":
+        return window(bank).astype(np.float64)
+    count = int(rng.integers(1, min(3, bank.shape[0]) + 1))
+    return sum(window(bank[s]).astype(np.float64) for s in rng.choice(bank.shape[0], count, replace=False))
+
+
+def add_scene_noise(scene: np.ndarray, kind: str, bank: np.ndarray, snr_range, seed: int, scene_id: str,
+                    condition: str) -> float:
+    """Add noise to `scene` (2, n) in place at an SNR drawn from (seed, scene id) over the
+    whole scene (both ears); returns it (+inf for a silent scene: no noise added)."""
+    level = scene_rng(seed, "snr", scene_id).uniform(*snr_range) if snr_range[1] > snr_range[0] else snr_range[0]
+    noise = scene_noise(bank, kind, scene.shape[-1], scene_rng(seed, "noise", scene_id, condition))
+    e_clean, e_noise = float(np.sum(scene**2)), float(np.sum(noise**2))
+    if e_clean <= 0 or e_noise <= 0:
+        return noise_mod.NO_NOISE
+    scene += noise * np.sqrt(e_clean / e_noise / 10 ** (level / 10))
+    return float(level)
+
+
+# --------------------------------------------------------------------------- one task (a worker)
+
+
+def _ragged(parts: list[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+    empty = np.zeros((0,) if width is None else (0, width))
+    return (np.concatenate(parts) if parts else empty), offsets
+
+
+def run_task(task: SceneTask) -> list[ShardInfo]:
+    """Draw the task's scenes, render each in every condition of the task, write one shard
+    per condition."""
+    t0 = time.perf_counter()
+    config = task.config
+    refs = {r.clip_id: r for r in task.pool}
+    pool: dict[str, list[str]] = {}
+    for r in task.pool:
+        pool.setdefault(r.category, []).append(r.clip_id)
+    sounds: dict[str, np.ndarray | None] = {}
+    failures, warnings = [], Counter()
+    max_samples = int(round(min(config.max_event_s, config.duration_s) * FS))
+
+    def length_of(clip_id: str) -> int | None:
+        if clip_id not in sounds:
+            ref = refs[clip_id]
+            try:
+                sounds[clip_id], notes = load_event(ref, config.policy, max_samples)
+                warnings.update(re.sub(r"\d+(\.\d+)?", "N", n) for n in notes)
+            except ClipError as exc:
+                sounds[clip_id] = None
+                failures.append({"clip_id": clip_id, "path": ref.locator, "reason": str(exc)})
+            except Exception as exc:  # an unforeseen library error is one sound's problem, not the run's
+                sounds[clip_id] = None
+                failures.append({"clip_id": clip_id, "path": ref.locator,
+                                 "reason": f"unexpected error: {type(exc).__name__}: {exc}"})
+        return None if sounds[clip_id] is None else len(sounds[clip_id])
+
+    scenes = {sid: draw_scene(sid, config, pool, length_of) for sid in task.scene_ids}
+    category_index = {c: i for i, c in enumerate(task.categories)}
+    events = [e for sid in task.scene_ids for e in scenes[sid]]
+    event_arrays = {
+        "event_clip_id": np.array([e.clip_id for e in events], dtype=object),
+        "event_category": np.array([e.category for e in events], dtype=object),
+        "event_onset_s": np.array([e.onset / FS for e in events], dtype=np.float64),
+        "event_duration_s": np.array([e.length / FS for e in events], dtype=np.float64),
+        "event_azimuth_deg": np.array([e.trajectory.azimuth_deg for e in events], dtype=np.float32),
+        "event_elevation_deg": np.array([e.trajectory.elevation_deg for e in events], dtype=np.float32),
+        "event_azimuth_rate": np.array([e.trajectory.azimuth_rate for e in events], dtype=np.float32),
+        "event_elevation_rate": np.array([e.trajectory.elevation_rate for e in events], dtype=np.float32),
+        "event_offsets": np.cumsum([0] + [len(scenes[s]) for s in task.scene_ids]).astype(np.int64),
+    }
+    n, s = len(task.scene_ids), config.n_samples
+    infos = []
+    for index, cond, ir_path in task.shards:
+        lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
+        audio = np.empty((n, 2, s), dtype=np.float32)
+        snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
+        labels = []
+        grid = np.asarray(config.directions)
+        bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
+                                     grid[:, 1] if np.any(grid[:, 1]) else ())
+                if config.snr_db is not None else None)
+        for i, sid in enumerate(task.scene_ids):
+            scene = mix(scenes[sid], sounds.__getitem__, lookup, s)
+            if bank is not None:
+                snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
+                                         f"{cond.head}/{cond.room}")
+            audio[i] = scene
+            labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
+        rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
+        arrays = {
+            "audio": audio,
+            "scene_id": np.array(task.scene_ids, dtype=object),
+            "split": np.full(n, task.split, dtype=object),
+            "env": np.full(n, ENV_NAMES.index(cond.env), dtype=np.uint8),
+            "head": np.full(n, cond.head, dtype=object),
+            "room": np.full(n, cond.room, dtype=object),
+            "snr_db": snr,
+            "labels": rows.astype(np.float32),
+            "label_offsets": offsets,
+            **event_arrays,
+        }
+        attrs = dict(task.attrs)
+        attrs.update(env_names=json.dumps(list(ENV_NAMES)), environment=cond.env, split=task.split, head=cond.head,
+                     room=cond.room)
+        info = ShardInfo(index=index, path=f"shards/{shard_name(index)}", split=task.split, env=cond.env,
+                         samples=n, clips=len(events), sha256="", failures=failures, warnings=dict(warnings),
+                         seconds=time.perf_counter() - t0, head=cond.head, room=cond.room)
+        infos.append(write_shard(Path(task.out_dir), info, arrays, attrs))
+        t0 = time.perf_counter()
+    return infos
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def plan(refs: list[ClipRef], config: ScenesConfig, split_conditions: dict, ir_paths: dict[str, str],
+         out_dir: Path, attrs: dict) -> list[SceneTask]:
+    """Scene tasks: the scenes of each split (ids train-00000, ...) in groups of
+    scenes_per_shard, one shard per condition of the split."""
+    splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
+    categories = category_list(refs)
+    by_split = {s: tuple(r for r in refs if splits[r.clip_id] == s) for s in SPLITS}
+    counts = scene_counts(config.count, {s: len(by_split[s]) for s in SPLITS})
+    tasks, index = [], 0
+    for split in SPLITS:
+        ids = [f"{split}-{i:05d}" for i in range(counts[split])]
+        for start in range(0, len(ids), config.scenes_per_shard):
+            shards = tuple((index + k, c, ir_paths[c.key]) for k, c in enumerate(split_conditions[split]))
+            index += len(shards)
+            tasks.append(SceneTask(split, tuple(ids[start:start + config.scenes_per_shard]), by_split[split], shards,
+                                   config, categories, str(out_dir), tuple(sorted(attrs.items()))))
+    return tasks
+
+
+def category_list(refs: list[ClipRef]) -> tuple[str, ...]:
+    """The data set's classes, sorted: the category index of a label is a position here."""
+    return tuple(sorted({r.category for r in refs}))
+
+
+def _digest(irs: IRSet) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(irs.ir).tobytes())
+    h.update(np.asarray(irs.azimuth_deg, dtype=np.float64).tobytes())
+    h.update(np.asarray(irs.elevation_deg, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def stage_params(refs: list[ClipRef], config: ScenesConfig, irs: dict, source: dict) -> dict:
+    clips = hashlib.sha256("\n".join(f"{r.clip_id}\t{r.recipe}\t{r.locator}\t{r.category}\t{r.split}"
+                                     for r in refs).encode()).hexdigest()
+    params = dataclasses.asdict(config)
+    if not (config.rooms or config.test_rooms):
+        del params["room_ranges"]
+    if config.snr_db is None:
+        del params["noise"]
+    params.update(stage=STAGE, fs=FS, source=source, clips=len(refs), clips_sha256=clips,
+                  label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in irs.items()},
+                  bast_version=__version__)
+    return json.loads(json.dumps(params))
+
+
+def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesConfig(), *, client=None,
+                  source: dict | None = None, overwrite: bool = False,
+                  on_start: Callable[[int, int], None] | None = None,
+                  on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
+    """Render `config.count` scenes from `refs` into `out_dir` (docs/scenes.md); resumable.
+    Progress counts scenes."""
+    if not refs:
+        raise StageError("no input sounds found")
+    # OUT a folder that is no input nor inside one (as for spatialize), before any work
+    check_output(out_dir, refs, config.spatialize_config(), source or {})
+    the_layout = layout(config.spatialize_config())
+    irs = scene_irs(config, client, the_layout)
+    params = stage_params(refs, config, irs, source or {})
+    categories = category_list(refs)
+    ir_paths: dict[str, str] = {}
+    out_dir = Path(out_dir)
+
+    def plan_tasks(out_dir: Path) -> list[SceneTask]:
+        ir_paths.update(write_irs(out_dir, irs))
+        attrs = {"stage": STAGE, "fs": FS, "seed": config.seed, "bast_version": __version__,
+                 "params": json.dumps(params, sort_keys=True), "categories": json.dumps(list(categories)),
+                 "label_columns": json.dumps(list(LABEL_COLUMNS)), "label_hop_s": LABEL_HOP_S}
+        return plan(refs, config, the_layout.splits, ir_paths, out_dir, attrs)
+
+    def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
+        return {"categories": list(categories), "scene_seconds": config.duration_s, "label_hop_s": LABEL_HOP_S,
+                "label_columns": list(LABEL_COLUMNS), "events": summary.clips, "inputs": len(refs),
+                "inputs_failed": len(summary.failures), "warnings": summary.warnings,
+                **conditions_record(the_layout, ir_paths, out_dir, config)}
+
+    stage = Stage(
+        name=STAGE, params=params, plan=plan_tasks, run_task=run_task,
+        shards_of=lambda t: [(i, len(t.scene_ids)) for i, _, _ in t.shards],
+        pending=lambda t, todo: dataclasses.replace(t, shards=kept) if (
+            kept := tuple(s for s in t.shards if s[0] in todo)) else None,
+        describe=lambda t: "shard " + ", ".join(f"{i} ({t.split}, {c.env}, {c.head}, {c.room})" for i, c, _ in t.shards),
+        totals=summarise_shards, manifest_extra=manifest_extra,  # scenes count as spatialize's clips
+        key_prefix=f"bast-scenes-{params['clips_sha256'][:8]}")
+    return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
+
+
+def read_scenes(directory, reader: str = "reading scenes") -> dict:
+    """The manifest of a finished `bast-cli scenes` output."""
+    from bast.pipeline.stage.shards import read_manifest
+
+    return read_manifest(directory, STAGE, reader)
