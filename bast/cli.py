@@ -389,8 +389,13 @@ def _feature_names(text: Optional[str]) -> Optional[list]:
 
 @command
 def train(
-    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize).")],
+    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize); with --on-the-fly a Stage 1 one (bast-cli spatialize).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
+    on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md).")] = False,
+    fresh_sounds: Annotated[Optional[bool], typer.Option("--fresh-sounds", help="--on-the-fly: new procedural sounds every epoch, never the validation or test ones.")] = None,
+    sample_directions: Annotated[Optional[str], typer.Option(help="--on-the-fly: directions drawn from the Stage 1 grid, or anywhere on the circle or the sphere (interpolated HRIRs). [default: grid]")] = None,
+    epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch. [default: as many as Stage 1's training split]")] = None,
+    loader_workers: Annotated[Optional[int], typer.Option(help="--on-the-fly: processes rendering samples ahead of training (0: in the training process). [default: 1]")] = None,
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream), seldnet (the DCASE SELD baseline; --target seld). docs/train.md.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
@@ -428,15 +433,25 @@ def train(
     Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
     """
     from bast.model.runs.config import preset as make_preset
-    from bast.model.train import train as run
+    from bast.model.train import train as run, train_on_the_fly, trained_on_the_fly
+
+    if on_the_fly or (resume and trained_on_the_fly(out)):
+        run = train_on_the_fly
 
     given = {"arch": model, "backbone": backbone, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
              "train_heads": heads, "train_rooms": rooms,
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
              "amp": amp, "compile": compile, "compile_mode": compile_mode, "deterministic": deterministic,
-             "val_every": val_every, "window_frames": window_frames, "window_hop": window_hop}
+             "val_every": val_every, "window_frames": window_frames, "window_hop": window_hop,
+             "fresh_sounds": fresh_sounds, "sample_directions": sample_directions, "epoch_samples": epoch_samples,
+             "loader_workers": loader_workers}
     overrides = {k: v for k, v in given.items() if v is not None}
+    from bast.errors import ConfigError
+
+    drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
+    if drawn and not on_the_fly and not resume:
+        raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
     for item in set_ or []:
         key, _, value = item.partition("=")
         overrides[key.strip()] = _parse_value(value.strip())

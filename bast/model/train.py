@@ -217,6 +217,38 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         return run_final_test(run_dir, splits.test_sel, cfg, ctx, state)
 
 
+def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False, on_info=None, **kwargs) -> dict:
+    """Train on samples drawn anew every epoch from the recipe of the Stage 1 folder
+    `stage1_dir` (docs/train.md "Training on the fly"); validated and tested on that folder's
+    own validation and test samples, featurized once into RUN/heldout. Otherwise `train`."""
+    from bast.model.data.onthefly import default_epoch_samples, heldout_features
+    from bast.pipeline.render.recipe import read_recipe
+
+    run_dir = Path(run_dir)
+    if resume:  # the run's own recipe and feature kinds
+        cfg = TrainConfig.from_dict(read_run_config(run_dir))
+        if not cfg.on_the_fly:
+            raise ConfigError(f"{run_dir} was not trained on the fly; resume it without --on-the-fly")
+        stage1_dir = cfg.stage1_dir
+    recipe = read_recipe(stage1_dir)
+    cfg = dataclasses.replace(cfg, on_the_fly=True, stage1_dir=str(recipe.stage1.resolve()),
+                              epoch_samples=cfg.epoch_samples or default_epoch_samples(recipe))
+    if on_info:
+        on_info(f"held-out samples: featurizing the validation and test splits of {recipe.stage1} into "
+                f"{run_dir / 'heldout'}")
+    features_dir = heldout_features(recipe, run_dir, cfg.model.features)
+    return train(features_dir, run_dir, cfg, resume, on_info=on_info, **kwargs)
+
+
+def trained_on_the_fly(run_dir) -> bool:
+    """Whether the run in `run_dir` (if any) trains on the fly."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return path.is_file() and bool(json.loads(path.read_text()).get("on_the_fly"))
+    except ValueError:
+        return False
+
+
 @contextlib.contextmanager
 def _writer_lock(run_dir: Path):
     """The run directory's lock (rank 0 holds it for the whole run): a second `train` into
@@ -297,7 +329,7 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
     if problem:
         raise DataError(problem)
     for name, sel in (("training", train_sel), ("validation", val_sel)):
-        if sel.samples == 0:  # validation picks the best checkpoint: training without it has no result
+        if sel.samples == 0 and not (cfg.on_the_fly and sel is train_sel):  # validation picks the best checkpoint: training without it has no result
             raise TrainingError(f"{features_dir}: no {name} samples for environments {cfg.train_env}")
     if test_sel.samples == 0:  # refused now, not after hours of training with a NaN to show
         raise TrainingError(f"{features_dir}: no test samples for --test-env {cfg.test_env} (it holds "
@@ -315,17 +347,35 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
                                 f"{cfg.batch_size // ctx.world}; lower --batch-size or --window-hop")
         val = SceneWindows(val_sel, **windows, batch_size=cfg.eval_batch_size, rank=ctx.rank, world=ctx.world)
         return Splits(train_sel, val_sel, test_sel, data, val)
-    data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
-                     ctx.rank, ctx.world, target=target)
+    if cfg.on_the_fly:
+        data = on_the_fly_data(features_dir, cfg, ctx, target)
+    else:
+        data = make_data(train_sel, cfg.batch_size // ctx.world, ctx.device, cfg.seed, cfg.memory_budget_gb,
+                         ctx.rank, ctx.world, target=target)
     if len(data) == 0:
-        raise TrainingError(f"{train_sel.samples} training samples make no batch of {cfg.batch_size}; "
-                            "lower --batch-size")
+        raise TrainingError(f"{cfg.epoch_samples if cfg.on_the_fly else train_sel.samples} training samples make "
+                            f"no batch of {cfg.batch_size}; lower --batch-size")
     # One budget for what is resident together: validation gets what training left; the
     # final test loads after both are freed.
     left_gb = max(0.0, cfg.memory_budget_gb - (data.share_bytes / 1e9 if data.resident else 0.0))
     # Every rank validates its share of the validation shards; the tables are gathered.
     val = EvalData(val_sel, cfg.eval_batch_size, ctx.device, left_gb, ctx.rank, ctx.world, target, prepared=True)
     return Splits(train_sel, val_sel, test_sel, data, val)
+
+
+def on_the_fly_data(features_dir, cfg: TrainConfig, ctx: Context, target: Target):
+    """The loader of a run on the fly: draws from the recipe of cfg.stage1_dir, featurized
+    as the held-out features in `features_dir` were (their floor and storage type)."""
+    from bast.model.data.onthefly import Featurizer, OnTheFlyData
+    from bast.pipeline.render.recipe import read_recipe
+    from bast.pipeline.render.sampler import DrawSettings
+
+    stft = features_manifest(features_dir)["params"]
+    settings = DrawSettings(cfg.fresh_sounds, cfg.sample_directions, cfg.gain_db, cfg.onset_ms)
+    featurize = Featurizer(tuple(cfg.model.features), float(stft["stft"]["floor_db"]), stft["dtype"])
+    return OnTheFlyData(read_recipe(cfg.stage1_dir), settings, featurize, cfg.epoch_samples,
+                        cfg.batch_size // ctx.world, ctx.device, cfg.seed, ctx.rank, ctx.world, target,
+                        cfg.loader_workers)
 
 
 def _split_envs(features_dir) -> str:
@@ -406,12 +456,23 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
     atomic_write_text(run_dir / "config.json", json.dumps({
         **cfg.to_dict(), "features_dir": str(Path(features_dir).resolve()),
         "data_sha256": data_sha256(features_manifest(features_dir)), "parameters": count_parameters(model),
-        "train_samples": splits.train_sel.samples, "val_samples": splits.val_sel.samples,
+        "train_samples": cfg.epoch_samples if cfg.on_the_fly else splits.train_sel.samples,
+        "val_samples": splits.val_sel.samples,
         "test_samples": splits.test_sel.samples, "steps_per_epoch": len(splits.data),
         "loader": type(splits.data).__name__, "world_size": ctx.world,
         # the settings device, amp and compile stay as given; what they resolved to:
         "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32,
-        "compiled": ctx.compile, "setup": info, "versions": versions()}, indent=1))
+        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg), "versions": versions()}, indent=1))
+
+
+def _recipe_record(cfg: TrainConfig) -> dict:
+    """A run on the fly records the recipe it draws from (its settings are in cfg)."""
+    if not cfg.on_the_fly:
+        return {}
+    from bast.model.data.onthefly import describe_recipe
+    from bast.pipeline.render.recipe import read_recipe
+
+    return {"recipe": describe_recipe(read_recipe(cfg.stage1_dir))}
 
 
 def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, splits: Splits, state: RunState,

@@ -14,6 +14,7 @@ from bast.errors import ConfigError
 from bast.model.nets.bast import BASTConfig
 from bast.model.nets.registry import BACKBONE_PRESETS, BASELINE_PRESETS, MODELS, model_config
 from bast.model.targets.core import TARGETS, TASK_WEIGHTS
+from bast.pipeline.render.sampler import DIRECTION_MODES as SAMPLE_DIRECTIONS  # training on the fly
 
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
 SCHEDULES = ("constant", "cosine")
@@ -77,6 +78,17 @@ class TrainConfig:
     # frames, and stitches them back into scenes: docs/seld.md).
     window_frames: int = 61
     window_hop: int = 25
+    # Training on the fly (docs/train.md): samples drawn anew every epoch from the recipe of
+    # the Stage 1 folder `stage1_dir`, rendered and featurized by `loader_workers` processes.
+    # Validation and test are that folder's own, featurized once.
+    on_the_fly: bool = False
+    stage1_dir: str = ""
+    fresh_sounds: bool = False  # new procedural sounds every epoch
+    sample_directions: str = "grid"  # grid | circle | sphere
+    epoch_samples: int = 0  # samples per epoch; 0 = as many as Stage 1's training split holds
+    gain_db: float = 6.0  # a gain drawn in [-gain_db, +gain_db] dB per sample
+    onset_ms: float = 50.0  # an onset shift drawn in [-onset_ms, +onset_ms] ms per sample
+    loader_workers: int = 1  # processes rendering ahead (0: in the training process)
 
     def __post_init__(self):
         if self.arch not in MODELS:
@@ -117,6 +129,9 @@ class TrainConfig:
         _check_model_ranges(kind, dataclasses.asdict(self.model))
         # Every number in its range; NaN fails every comparison, so each test is written
         # as "inside", never as "not outside".
+        if self.sample_directions not in SAMPLE_DIRECTIONS:
+            raise ConfigError(f"sample_directions must be one of {', '.join(SAMPLE_DIRECTIONS)}, "
+                              f"not {self.sample_directions!r}")
         for name, allowed, inside in _RANGES:
             value = getattr(self, name)
             if value is not None and not inside(value):
@@ -159,6 +174,10 @@ _RANGES: tuple[tuple[str, str, Callable], ...] = (
     ("seed", f"a whole number in [0, {SEED_LIMIT - 1}]", lambda v: 0 <= v < SEED_LIMIT),
     ("memory_budget_gb", "a number >= 0 (GB)", lambda v: 0 <= v <= math.inf),
     ("max_minutes", "a number > 0 (minutes) or null", lambda v: 0 < v <= math.inf),
+    ("epoch_samples", "a whole number in [0, 100000000] (0: Stage 1's training split)", lambda v: 0 <= v <= 10**8),
+    ("gain_db", "in [0, 40] dB", lambda v: 0 <= v <= 40),
+    ("onset_ms", "in [0, 250] ms", lambda v: 0 <= v <= 250),
+    ("loader_workers", "a whole number in [0, 64]", lambda v: 0 <= v <= 64),
 )
 
 
@@ -250,4 +269,5 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 
 # What a resumed run may change: how long it runs, and where (not what it learns from).
-RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "compile_mode", "memory_budget_gb", "eval_batch_size", "val_every")
+RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "compile_mode", "memory_budget_gb", "eval_batch_size", "val_every",
+                  "loader_workers")

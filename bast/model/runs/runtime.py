@@ -152,7 +152,9 @@ def describe(ctx: Context, cfg: TrainConfig, data, per_rank_batch: int, device_n
     if cfg.deterministic:
         precision += "; deterministic algorithms"
     share_gb = getattr(data, "share_bytes", 0) / 1e9
-    if getattr(data, "resident", True):
+    if hasattr(data, "describe"):  # a loader that says what it is (training on the fly)
+        loader = data.describe()
+    elif getattr(data, "resident", True):
         loader = (f"resident: {share_gb:.2f} GB per rank on {ctx.device}, within --memory-budget-gb "
                   f"{cfg.memory_budget_gb:g}; a full shuffle each epoch")
     else:

@@ -179,12 +179,13 @@ def stage1_head(manifest: dict) -> str:
 
 
 def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
-              features=None, client=None,
+              features=None, client=None, splits: tuple[str, ...] | None = None,
               overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
               on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
     """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable. `features`:
     the feature kinds (names, or a comma-separated string; default the log power);
-    `phase` adds the interaural phase."""
+    `phase` adds the interaural phase. `splits`: only the shards of these splits (training
+    on the fly featurizes the validation and test samples alone); None: every shard."""
     if dtype not in ("float16", "float32"):
         raise StageError(f"dtype {dtype!r}: choose float16 or float32")
     options.number(floor_db, "floor_db", hi=0, unit="dB")
@@ -216,11 +217,14 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
         params["phase"] = PHASE
     if set(names) - {"logpower", "phase"}:
         params["features"] = {n: featurekinds.get(n).record(SAMPLES, dtype) for n in names}
+    if splits is not None:  # recorded only when chosen: a full featurize keeps its parameters
+        params["splits"] = sorted(splits)
+    shards = [s for s in manifest["shards"] if splits is None or s["split"] in splits]
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     head = stage1_head(manifest)
     tasks = [FeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db,
-                         tuple(sorted(attrs.items())), featurekinds.kinds(names), head) for s in manifest["shards"]]
-    planned = {s["index"]: s["samples"] for s in manifest["shards"]}
+                         tuple(sorted(attrs.items())), featurekinds.kinds(names), head) for s in shards]
+    planned = {s["index"]: s["samples"] for s in shards}
     carried = {"directions": manifest_directions(manifest), "categories": stage1_categories(stage1_dir, manifest)}
     stage = Stage(
         name="featurize", params=params, plan=lambda out_dir: tasks, run_task=run_task,

@@ -155,12 +155,33 @@ def add_noise(audio: np.ndarray, clip_ids, n_az: int, *, kind: str, bank: np.nda
                 starts = rng.integers(0, bank.shape[-1] - n, count[a])
                 for s, t in zip(sources, starts):
                     noise[a] += bank[s, :, t:t + n]
-        clean = audio[rows]
-        e_clean = np.square(clean).reshape(n_az, -1).sum(axis=1, dtype=np.float64)
-        e_noise = np.square(noise).reshape(n_az, -1).sum(axis=1, dtype=np.float64)
-        ok = (e_clean > 0) & (e_noise > 0)
-        gain = np.where(ok, np.sqrt(e_clean / np.maximum(e_noise, 1e-300) / 10 ** (levels / 10)), 0.0)
-        noise *= gain.astype(np.float32)[:, None, None]
-        clean += noise
-        snr[rows] = np.where(ok, levels, NO_NOISE)
+        snr[rows] = mix_at_snr(audio[rows], noise, levels)
     return snr
+
+
+def mix_at_snr(clean: np.ndarray, noise: np.ndarray, levels) -> np.ndarray:
+    """Add `noise` (k, 2, n) to `clean` (k, 2, n) in place, each scaled so that the sample's
+    SNR over both ears is `levels` (k,) dB. Returns the SNRs, +inf where the clean sample is
+    silent or the noise is (nothing is added there). Stage 1 and training on the fly both
+    mix through here."""
+    k = clean.shape[0]
+    e_clean = np.square(clean).reshape(k, -1).sum(axis=1, dtype=np.float64)
+    e_noise = np.square(noise).reshape(k, -1).sum(axis=1, dtype=np.float64)
+    ok = (e_clean > 0) & (e_noise > 0)
+    gain = np.where(ok, np.sqrt(e_clean / np.maximum(e_noise, 1e-300) / 10 ** (np.asarray(levels) / 10)), 0.0)
+    noise *= gain.astype(np.float32)[:, None, None]
+    clean += noise
+    return np.where(ok, levels, NO_NOISE).astype(np.float32)
+
+
+def noise_window(kind: str, bank: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+    """One sample's noise (2, n) from a bank, by `add_noise`'s rules: a window of the diffuse
+    noise, or one to three directional sources, each a window of its own."""
+    if kind == "diffuse":
+        t = int(rng.integers(0, bank.shape[-1] - n))
+        return bank[:, t:t + n].copy()
+    out = np.zeros((2, n), dtype=np.float32)
+    count = int(rng.integers(1, min(3, bank.shape[0]) + 1))
+    for s, t in zip(rng.choice(bank.shape[0], count, replace=False), rng.integers(0, bank.shape[-1] - n, count)):
+        out += bank[s, :, t:t + n]
+    return out

@@ -58,3 +58,17 @@ class Renderer:
             np.multiply(self.spectra, spectra[c], out=product)
             out[c] = sfft.irfft(product, self.nfft, axis=-1, overwrite_x=True)[..., : self.n_out]
         return out
+
+    def render_rows(self, clips: np.ndarray, rows) -> np.ndarray:
+        """(C, n_out) mono clips, clip c at direction `rows[c]` of the bank -> (C, 2, n_out)
+        float32: the samples `render` makes for those (clip, direction) pairs, by the same
+        product and inverse FFT (training on the fly draws one direction per clip)."""
+        clips = np.asarray(clips, dtype=np.float32)
+        if clips.ndim != 2 or clips.shape[1] != self.n_out or len(rows) != clips.shape[0]:
+            raise ConfigError(f"clips must be (count, {self.n_out}) with one row each, got {clips.shape}")
+        spectra = sfft.rfft(clips, self.nfft, axis=-1)  # (C, F)
+        out = np.empty((clips.shape[0], 2, self.n_out), dtype=np.float32)
+        for c, row in enumerate(rows):
+            out[c] = sfft.irfft(self.spectra[row] * spectra[c], self.nfft, axis=-1)[..., : self.n_out]
+        return out
+
