@@ -323,7 +323,7 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
 
 
 def _split_pool(refs, config, split):
-    from bast.pipeline.render.spatialize import assign_splits
+    from bast.pipeline.render.conditions import assign_splits
 
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
     pool = {}

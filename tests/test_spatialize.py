@@ -22,7 +22,8 @@ from bast.pipeline.irs import acoustics
 from bast.pipeline.render.clips import ClipPolicy, prepare
 from bast.pipeline.irs.sources import load_hrirs
 from bast.pipeline.stage.shards import DirectoryLock, StageError, sha256_file
-from bast.pipeline.render.spatialize import SpatializeConfig, assign_splits, spatialize
+from bast.pipeline.render.conditions import SpatializeConfig, assign_splits
+from bast.pipeline.render.spatialize import spatialize
 
 FS = 16000
 QUARTERS = (0.0, 90.0, 180.0, 270.0)

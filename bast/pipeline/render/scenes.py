@@ -4,7 +4,7 @@
     summary = render_scenes(refs, "out/scenes", ScenesConfig(count=100, moving=0.5))
 
 The same stage runner as `spatialize` (bast/pipeline/stage/runner.py: lock, pinned parameters,
-resume, dask, failures file, manifest) and the same conditions (bast/pipeline/render/spatialize.py
+resume, dask, failures file, manifest) and the same conditions (bast/pipeline/render/conditions.py
 `layout`: heads, the hall or generated rooms, measured BRIRs, test-only heads and rooms)
 and split by sound (`assign_splits`): a scene of a split draws its events only from that
 split's sounds, so no sound of a test scene is in a training scene. Each scene is rendered
@@ -47,8 +47,8 @@ from bast.pipeline.render.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, 
                                       scene_counts)
 from bast.pipeline.stage.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.irs.sofa import IRSet, read_sofa
-from bast.pipeline.render.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, conditions_record,
-                                     layout, summarise_shards, write_irs)
+from bast.pipeline.render.conditions import Condition, SpatializeConfig, assign_splits, conditions_record, layout
+from bast.pipeline.render.outputs import check_output, summarise_shards, write_irs
 
 STAGE = "scenes"
 
