@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -267,42 +268,60 @@ def layout(config: SpatializeConfig) -> Layout:
 # --------------------------------------------------------------------------- impulse responses
 
 
-def _at(full: IRSet, config: SpatializeConfig, interpolate: bool = False) -> IRSet:
-    """`full` at the requested directions: interpolated, or the nearest within the tolerance."""
-    az, el = config.grid()
-    if interpolate:
-        from bast.pipeline.irs.interpolate import interpolated_set
+def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.ndarray], tolerance_deg: float,
+                 interpolate: bool, fit: Callable[[Condition, IRSet, str], IRSet],
+                 client=None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """IR key -> (condition, the IR set it renders with, how to save it: {"spec": HallSpec}
+    for a simulated room): the one assembly of both Stage 1 stages (clips and scenes).
 
-        return interpolated_set(full, az, el)
-    return full.at(az, el, config.tolerance_deg)
-
-
-def condition_irs(config: SpatializeConfig, client=None, plan: Layout | None = None) -> dict[str, tuple[Condition, IRSet, dict]]:
-    """IR key -> (condition, the IR set it renders with at the requested directions, how to
-    save it: {"spec": HallSpec} for a simulated room). Simulated banks (one per room and
-    head) are built in parallel on `client` and cached (bast/pipeline/irs/hall.py). With
-    `interpolate`, heads and simulated rooms render at exactly the requested directions;
-    a measured BRIR set still takes its nearest direction within the tolerance."""
-    plan = plan or layout(config)
-    conds = plan.conditions()
-    az, el = config.grid()
-    tol = config.tolerance_deg
-    heads = {label: read_sofa(path) for label, path in plan.heads.items()}
-    simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
-    banks = build_banks([BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(az.tolist()), tol,
-                                  () if config.flat else tuple(el.tolist()), config.interpolate)
-                         for c in simulated], client)
-    built = dict(zip((c.key for c in simulated), banks))
+    Each head is read once; a simulated room gets a bank per head (one BankTask each, at
+    `bank_directions(head)`, (D, 2) azimuth and elevation pairs: bast/pipeline/irs/rooms.py),
+    built in parallel on `client` and cached; a measured BRIR file is read whole. `fit(
+    condition, set, kind)` (kind "head", "bank" or "measured") makes each condition's set
+    the one its stage renders with, or refuses it."""
+    heads = {label: read_sofa(path) for label, path in the_layout.heads.items()}
+    conds = the_layout.conditions()
+    simulated = [c for c in conds.values() if isinstance(the_layout.rooms.get(c.room), HallSpec)]
+    tasks = [_bank_task(the_layout, c, bank_directions(heads[c.head]), tolerance_deg, interpolate) for c in simulated]
+    built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
     out = {}
     for k, c in conds.items():
         if c.env == "anechoic":
-            out[k] = (c, _at(heads[c.head], config, config.interpolate), {})
-        elif k in built:  # built at the directions asked for (or the head's nearest)
-            bank = built[k] if config.interpolate else built[k].at(az, el, tol)
-            out[k] = (c, bank, {"spec": plan.rooms[c.room]})
+            irs, how, kind = heads[c.head], {}, "head"
+        elif k in built:
+            irs, how, kind = built[k], {"spec": the_layout.rooms[c.room]}, "bank"
         else:
-            out[k] = (c, _at(read_sofa(plan.rooms[c.room]), config), {})
+            irs, how, kind = read_sofa(the_layout.rooms[c.room]), {}, "measured"
+        out[k] = (c, fit(c, irs, kind), how)
     return out
+
+
+def _bank_task(the_layout: Layout, cond: Condition, directions: np.ndarray, tolerance_deg: float,
+               interpolate: bool) -> BankTask:
+    """The bank of a simulated room heard by the condition's head at `directions` (D, 2);
+    on the horizontal plane no elevations, as banks were keyed before elevations existed."""
+    return BankTask(the_layout.rooms[cond.room], the_layout.heads[cond.head], tuple(directions[:, 0].tolist()),
+                    tolerance_deg, tuple(directions[:, 1].tolist()) if np.any(directions[:, 1]) else (), interpolate)
+
+
+def condition_irs(config: SpatializeConfig, client=None,
+                  the_layout: Layout | None = None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """`assemble_irs` for clips: every set at the requested directions. With `interpolate`,
+    heads and simulated rooms render at exactly those directions; a measured BRIR set
+    still takes its nearest direction within the tolerance."""
+    az, el = config.grid()
+
+    def fit(cond: Condition, irs: IRSet, kind: str) -> IRSet:
+        if kind == "head" and config.interpolate:
+            from bast.pipeline.irs.interpolate import interpolated_set
+
+            return interpolated_set(irs, az, el)
+        if kind == "bank" and config.interpolate:  # built at exactly the directions asked for
+            return irs
+        return irs.at(az, el, config.tolerance_deg)  # the nearest within the tolerance
+
+    return assemble_irs(the_layout or layout(config), bank_directions=lambda head: np.stack([az, el], axis=-1),
+                        tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
 
 
 def environment_irs(config: SpatializeConfig, client=None) -> dict[str, tuple[IRSet, dict]]:

@@ -37,17 +37,17 @@ from bast.datasets.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError, SofaError
 from bast.pipeline.render import noise as noise_mod
 from bast.pipeline.render.clips import ClipPolicy, prepare
-from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.interpolate import Interpolator
 from bast.pipeline.irs.sources import unique_directions
 from bast.pipeline.render.moving import Lookup, render
-from bast.pipeline.irs.rooms import BankTask, RoomRanges, build_banks
+from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
 from bast.pipeline.render.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
                                       scene_counts)
 from bast.pipeline.stage.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.irs.sofa import IRSet, read_sofa
-from bast.pipeline.render.conditions import Condition, SpatializeConfig, assign_splits, conditions_record, layout
+from bast.pipeline.render.conditions import (Condition, SpatializeConfig, assemble_irs, assign_splits, conditions_record,
+                                             layout)
 from bast.pipeline.render.outputs import check_output, summarise_shards, write_irs
 
 STAGE = "scenes"
@@ -136,8 +136,9 @@ class SceneTask:
 # --------------------------------------------------------------------------- impulse responses
 
 
-def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[Condition, IRSet, dict]]:
-    """IR key -> (condition, the IR set its scenes render with, how to save it).
+def scene_irs(config: ScenesConfig, client=None, the_layout=None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """`assemble_irs` (bast/pipeline/render/conditions.py) for scenes: IR key -> (condition,
+    the IR set its scenes render with, how to save it).
 
     Anechoic: the head's whole HRIR set (the nearest measured direction is heard, or with
     `interpolate` HRIRs interpolated from it). A measured BRIR file: its whole set (nearest;
@@ -145,28 +146,15 @@ def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[C
     source on a sphere around the head, each image source through the HRIR of its own 3-D
     direction) at `bank_directions`. Every grid direction must be in every set (within
     --ir-tolerance), or interpolable from the head."""
-    plan = plan or layout(config.spatialize_config())
-    conds = plan.conditions()
-    heads = {label: read_sofa(path) for label, path in plan.heads.items()}
     grid = np.asarray(config.directions)
-    simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
-    tasks = []
-    for c in simulated:
-        want = bank_directions(heads[c.head], grid, config.moving > 0, config.interpolate)
-        tasks.append(BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(want[:, 0].tolist()), config.tolerance_deg,
-                              tuple(want[:, 1].tolist()) if np.any(want[:, 1]) else (), config.interpolate))
-    built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
-    out = {}
-    for k, c in conds.items():
-        if c.env == "anechoic":
-            irs, how = heads[c.head], {}
-        elif k in built:
-            irs, how = built[k], {"spec": plan.rooms[c.room]}
-        else:
-            irs, how = read_sofa(plan.rooms[c.room]), {}
-        check_grid(irs, grid, config.tolerance_deg, k, interpolated=config.interpolate and c.env == "anechoic")
-        out[k] = (c, irs, how)
-    return out
+
+    def fit(cond: Condition, irs: IRSet, kind: str) -> IRSet:
+        check_grid(irs, grid, config.tolerance_deg, cond.key, interpolated=config.interpolate and kind == "head")
+        return irs
+
+    return assemble_irs(the_layout or layout(config.spatialize_config()),
+                        bank_directions=lambda head: bank_directions(head, grid, config.moving > 0, config.interpolate),
+                        tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
 
 
 def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
