@@ -23,12 +23,11 @@ import h5py
 import numpy as np
 
 from bast import __version__
-from bast.conventions import FS, N_FRAMES, N_FREQ
+from bast.conventions import FS, LABEL_SAMPLES, N_FRAMES, N_FREQ
 from bast.errors import ConfigError
 from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.features.stft import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
-from bast.pipeline.render.scenemodel import LABEL_SAMPLES
 from bast.pipeline.stage.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
 
 HOP = NPERSEG - NOVERLAP

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from bast import __version__
-from bast.conventions import ENVIRONMENTS, FS
+from bast.conventions import ENVIRONMENTS, FS, LABEL_HOP_S
 from bast.datasets.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError, SofaError
 from bast.pipeline.render import noise as noise_mod
@@ -42,8 +42,7 @@ from bast.pipeline.irs.sources import unique_directions
 from bast.pipeline.render.moving import Lookup, render
 from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
-from bast.pipeline.render.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
-                                      scene_counts)
+from bast.pipeline.render.scenemodel import LABEL_COLUMNS, Event, draw_events, label_rows, parse_range, scene_counts
 from bast.pipeline.stage.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.irs.sofa import IRSet, read_sofa
 from bast.pipeline.render.conditions import (Condition, SpatializeConfig, assemble_irs, assign_splits, conditions_record,
