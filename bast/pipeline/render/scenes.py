@@ -280,38 +280,38 @@ def _ragged(parts: list[np.ndarray], width: int | None = None) -> tuple[np.ndarr
     return (np.concatenate(parts) if parts else empty), offsets
 
 
-def run_task(task: SceneTask) -> list[ShardInfo]:
-    """Draw the task's scenes, render each in every condition of the task, write one shard
-    per condition."""
-    t0 = time.perf_counter()
-    config = task.config
-    refs = {r.clip_id: r for r in task.pool}
-    pool: dict[str, list[str]] = {}
-    for r in task.pool:
-        pool.setdefault(r.category, []).append(r.clip_id)
-    sounds: dict[str, np.ndarray | None] = {}
-    failures, warnings = [], Counter()
-    max_samples = int(round(min(config.max_event_s, config.duration_s) * FS))
+class _EventSounds:
+    """The pool's sounds as events (`load_event`), each loaded on its first use; a sound that
+    fails to load is None, its failure recorded once, and the warnings are counted by kind."""
 
-    def length_of(clip_id: str) -> int | None:
-        if clip_id not in sounds:
-            ref = refs[clip_id]
+    def __init__(self, pool: tuple[ClipRef, ...], policy: ClipPolicy, max_samples: int):
+        self.refs = {r.clip_id: r for r in pool}
+        self.policy, self.max_samples = policy, max_samples
+        self.audio: dict[str, np.ndarray | None] = {}
+        self.failures: list[dict] = []
+        self.warnings: Counter = Counter()
+
+    def length_of(self, clip_id: str) -> int | None:
+        if clip_id not in self.audio:
+            ref = self.refs[clip_id]
             try:
-                sounds[clip_id], notes = load_event(ref, config.policy, max_samples)
-                warnings.update(re.sub(r"\d+(\.\d+)?", "N", n) for n in notes)
+                self.audio[clip_id], notes = load_event(ref, self.policy, self.max_samples)
+                self.warnings.update(re.sub(r"\d+(\.\d+)?", "N", n) for n in notes)
             except ClipError as exc:
-                sounds[clip_id] = None
-                failures.append({"clip_id": clip_id, "path": ref.locator, "reason": str(exc)})
+                self.audio[clip_id] = None
+                self.failures.append({"clip_id": clip_id, "path": ref.locator, "reason": str(exc)})
             except Exception as exc:  # an unforeseen library error is one sound's problem, not the run's
-                sounds[clip_id] = None
-                failures.append({"clip_id": clip_id, "path": ref.locator,
-                                 "reason": f"unexpected error: {type(exc).__name__}: {exc}"})
-        return None if sounds[clip_id] is None else len(sounds[clip_id])
+                self.audio[clip_id] = None
+                self.failures.append({"clip_id": clip_id, "path": ref.locator,
+                                      "reason": f"unexpected error: {type(exc).__name__}: {exc}"})
+        return None if self.audio[clip_id] is None else len(self.audio[clip_id])
 
-    scenes = {sid: draw_scene(sid, config, pool, length_of) for sid in task.scene_ids}
-    category_index = {c: i for i, c in enumerate(task.categories)}
-    events = [e for sid in task.scene_ids for e in scenes[sid]]
-    event_arrays = {
+
+def event_arrays(scene_ids: tuple[str, ...], scenes: dict[str, list[Event]]) -> dict[str, np.ndarray]:
+    """The events of the scenes, in scene order, as the shard's event_* columns (ragged:
+    scene i's events are rows event_offsets[i] to event_offsets[i + 1])."""
+    events = [e for sid in scene_ids for e in scenes[sid]]
+    return {
         "event_clip_id": np.array([e.clip_id for e in events], dtype=object),
         "event_category": np.array([e.category for e in events], dtype=object),
         "event_onset_s": np.array([e.onset / FS for e in events], dtype=np.float64),
@@ -320,45 +320,70 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
         "event_elevation_deg": np.array([e.trajectory.elevation_deg for e in events], dtype=np.float32),
         "event_azimuth_rate": np.array([e.trajectory.azimuth_rate for e in events], dtype=np.float32),
         "event_elevation_rate": np.array([e.trajectory.elevation_rate for e in events], dtype=np.float32),
-        "event_offsets": np.cumsum([0] + [len(scenes[s]) for s in task.scene_ids]).astype(np.int64),
+        "event_offsets": np.cumsum([0] + [len(scenes[s]) for s in scene_ids]).astype(np.int64),
     }
+
+
+def render_condition(task: SceneTask, cond: Condition, ir_path: str, scenes: dict[str, list[Event]],
+                     audio_of: Callable[[str], np.ndarray], category_index: dict[str, int]) -> dict[str, np.ndarray]:
+    """The task's scenes heard in one condition, noise added when asked: the shard's audio,
+    snr_db, labels and label_offsets columns."""
+    config = task.config
     n, s = len(task.scene_ids), config.n_samples
+    lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
+    audio = np.empty((n, 2, s), dtype=np.float32)
+    snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
+    labels = []
+    grid = np.asarray(config.directions)
+    bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
+                                 grid[:, 1] if np.any(grid[:, 1]) else ())
+            if config.snr_db is not None else None)
+    for i, sid in enumerate(task.scene_ids):
+        scene = mix(scenes[sid], audio_of, lookup, s)
+        if bank is not None:
+            snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
+                                     f"{cond.head}/{cond.room}")
+        audio[i] = scene
+        labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
+    rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
+    return {"audio": audio, "snr_db": snr, "labels": rows.astype(np.float32), "label_offsets": offsets}
+
+
+def run_task(task: SceneTask) -> list[ShardInfo]:
+    """Draw the task's scenes, render each in every condition of the task, write one shard
+    per condition."""
+    t0 = time.perf_counter()
+    config = task.config
+    sounds = _EventSounds(task.pool, config.policy, int(round(min(config.max_event_s, config.duration_s) * FS)))
+    pool: dict[str, list[str]] = {}
+    for r in task.pool:
+        pool.setdefault(r.category, []).append(r.clip_id)
+    scenes = {sid: draw_scene(sid, config, pool, sounds.length_of) for sid in task.scene_ids}
+    category_index = {c: i for i, c in enumerate(task.categories)}
+    events = event_arrays(task.scene_ids, scenes)
+    n = len(task.scene_ids)
     infos = []
     for index, cond, ir_path in task.shards:
-        lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
-        audio = np.empty((n, 2, s), dtype=np.float32)
-        snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
-        labels = []
-        grid = np.asarray(config.directions)
-        bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
-                                     grid[:, 1] if np.any(grid[:, 1]) else ())
-                if config.snr_db is not None else None)
-        for i, sid in enumerate(task.scene_ids):
-            scene = mix(scenes[sid], sounds.__getitem__, lookup, s)
-            if bank is not None:
-                snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
-                                         f"{cond.head}/{cond.room}")
-            audio[i] = scene
-            labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
-        rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
+        rendered = render_condition(task, cond, ir_path, scenes, sounds.audio.__getitem__, category_index)
         arrays = {
-            "audio": audio,
+            "audio": rendered["audio"],
             "scene_id": np.array(task.scene_ids, dtype=object),
             "split": np.full(n, task.split, dtype=object),
             "env": np.full(n, ENV_NAMES.index(cond.env), dtype=np.uint8),
             "head": np.full(n, cond.head, dtype=object),
             "room": np.full(n, cond.room, dtype=object),
-            "snr_db": snr,
-            "labels": rows.astype(np.float32),
-            "label_offsets": offsets,
-            **event_arrays,
+            "snr_db": rendered["snr_db"],
+            "labels": rendered["labels"],
+            "label_offsets": rendered["label_offsets"],
+            **events,
         }
         attrs = dict(task.attrs)
         attrs.update(env_names=json.dumps(list(ENV_NAMES)), environment=cond.env, split=task.split, head=cond.head,
                      room=cond.room)
         info = ShardInfo(index=index, path=f"shards/{shard_name(index)}", split=task.split, env=cond.env,
-                         samples=n, clips=len(events), sha256="", failures=failures, warnings=dict(warnings),
-                         seconds=time.perf_counter() - t0, head=cond.head, room=cond.room)
+                         samples=n, clips=len(events["event_clip_id"]), sha256="", failures=sounds.failures,
+                         warnings=dict(sounds.warnings), seconds=time.perf_counter() - t0, head=cond.head,
+                         room=cond.room)
         infos.append(write_shard(Path(task.out_dir), info, arrays, attrs))
         t0 = time.perf_counter()
     return infos
