@@ -205,23 +205,56 @@ def layout(config: SpatializeConfig) -> Layout:
     rooms; measured BRIRs only when neither test heads nor test rooms are given, since
     their head is a training head).
     """
-    envs = config.environments
+    _check_rooms_and_noise(config)
+    train_heads, test_only = _head_paths(config)
+    measured = _labelled(config.brirs, "--brir")
+    simulated, test_simulated = _simulated_rooms(config, measured)
+    clash = set(measured) & ({n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_heads) | set(test_only))
+    if clash:
+        raise ConfigError(f"--brir {', '.join(sorted(clash))}: a measured BRIR file is labelled by its name, "
+                          "which must differ from the other rooms' and heads'")
+    single_head = len(train_heads) + len(test_only) == 1
+    first_head = next(iter(train_heads.values()))
+    train = split_conditions(config.environments, train_heads, simulated, measured, single_head, first_head)
+    test = split_conditions(config.environments, test_only or train_heads, test_simulated,
+                            {} if (test_only or config.test_rooms) else measured, single_head, first_head)
+    if not test:
+        raise ConfigError("the test split has no condition to render: with --test-hrir and only measured BRIRs "
+                          "(--brir), add anechoic to --env or give --test-rooms")
+    rooms = {**dict(simulated), **dict(test_simulated), **measured}
+    return Layout(splits={"train": train, "val": train, "test": test}, heads={**train_heads, **test_only},
+                  test_heads=tuple(test_only), rooms=rooms,
+                  test_rooms=tuple(n for n, _ in test_simulated) if config.test_rooms else ())
+
+
+def _check_rooms_and_noise(config: SpatializeConfig) -> None:
+    """Rooms only with the hall environment, and a known kind of noise."""
     if config.rooms < 0 or config.test_rooms < 0:
         raise ConfigError("--rooms and --test-rooms must be 0 or more")
-    if (config.rooms or config.test_rooms or config.brirs) and "hall" not in envs:
+    if (config.rooms or config.test_rooms or config.brirs) and "hall" not in config.environments:
         raise ConfigError("--rooms, --test-rooms and --brir render reverberant rooms: include the hall "
                           "environment (--env hall or RI)")
     if config.snr_db is not None and config.noise not in noise_mod.NOISE_KINDS:
         raise ConfigError(f"--noise {config.noise!r}: choose {' or '.join(noise_mod.NOISE_KINDS)}")
+
+
+def _head_paths(config: SpatializeConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """(training heads, test-only heads), each label -> SOFA path; no head in both."""
     train_heads = _labelled(config.heads, "--hrir")
     test_only = _labelled(config.test_hrir, "--test-hrir")
     if both := sorted(set(train_heads) & set(test_only)):
         raise ConfigError(f"--test-hrir {', '.join(both)}: also a training head (--hrir); a held-out head "
                           "must be another file")
-    test_heads = test_only or train_heads
-    measured = _labelled(config.brirs, "--brir")
+    return train_heads, test_only
+
+
+def _simulated_rooms(config: SpatializeConfig, measured: dict) -> tuple[list, list]:
+    """(training rooms, test rooms), each [(label, HallSpec)]: the generated rooms, else the
+    default hall unless measured BRIRs replace it; the test rooms are the training rooms
+    unless --test-rooms draws others. Off the horizontal plane each room is fitted to hold
+    the grid's elevations."""
     simulated: list[tuple[str, HallSpec]] = []
-    if "hall" in envs:
+    if "hall" in config.environments:
         if config.rooms:
             simulated = [(r.name, r.spec) for r in draw_rooms(config.rooms, config.seed, config.room_ranges)]
         elif not measured:
@@ -232,37 +265,26 @@ def layout(config: SpatializeConfig) -> Layout:
         elevations = config.grid()[1]
         simulated = [(name, spec.fitted(elevations)) for name, spec in simulated]
         test_simulated = [(name, spec.fitted(elevations)) for name, spec in test_simulated]
-    test_measured = {} if (test_only or config.test_rooms) else measured
-    clash = set(measured) & ({n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_heads) | set(test_only))
-    if clash:
-        raise ConfigError(f"--brir {', '.join(sorted(clash))}: a measured BRIR file is labelled by its name, "
-                          "which must differ from the other rooms' and heads'")
-    single_head = len(train_heads) + len(test_only) == 1
-    first_head = next(iter(train_heads.values()))
+    return simulated, test_simulated
 
+
+def split_conditions(environments: tuple[str, ...], heads: dict[str, str], simulated: list, measured: dict,
+                     single_head: bool, first_head: str) -> tuple[Condition, ...]:
+    """The conditions of one split, environment by environment: each head (label -> SOFA
+    path) in anechoic and in each simulated room, then each measured BRIR file (its own head).
+    IR keys are the room's label, or room--head when the layout has several heads."""
     def key(room: str, head: str) -> str:
         return room if single_head else f"{room}--{head}"
 
-    def conditions(heads: dict, sims: list, meas: dict) -> tuple[Condition, ...]:
-        out = []
-        for env in envs:
-            if env == "anechoic":
-                out += [Condition(env, h, "anechoic", key("anechoic", h), p) for h, p in heads.items()]
-            else:
-                out += [Condition(env, h, room, key(room, h), p) for room, _ in sims for h, p in heads.items()]
-                # A measured BRIR's noise goes through the first training head's HRIRs.
-                out += [Condition(env, stem, stem, stem, first_head) for stem in meas]
-        return tuple(out)
-
-    train = conditions(train_heads, simulated, measured)
-    test = conditions(test_heads, test_simulated, test_measured)
-    if not test:
-        raise ConfigError("the test split has no condition to render: with --test-hrir and only measured BRIRs "
-                          "(--brir), add anechoic to --env or give --test-rooms")
-    rooms = {**dict(simulated), **dict(test_simulated), **measured}
-    return Layout(splits={"train": train, "val": train, "test": test}, heads={**train_heads, **test_only},
-                  test_heads=tuple(test_only), rooms=rooms,
-                  test_rooms=tuple(n for n, _ in test_simulated) if config.test_rooms else ())
+    out = []
+    for env in environments:
+        if env == "anechoic":
+            out += [Condition(env, h, "anechoic", key("anechoic", h), p) for h, p in heads.items()]
+        else:
+            out += [Condition(env, h, room, key(room, h), p) for room, _ in simulated for h, p in heads.items()]
+            # A measured BRIR's noise goes through the first training head's HRIRs.
+            out += [Condition(env, stem, stem, stem, first_head) for stem in measured]
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- impulse responses
