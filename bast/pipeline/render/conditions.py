@@ -3,8 +3,8 @@ the sounds, which environment, head and room each split is rendered in, the impu
 responses of each condition and what a manifest records of them (docs/transfer-study.md).
 
     config = SpatializeConfig(hrir=("a.sofa", "b.sofa"), rooms=3)
-    the_layout = layout(config)                      # split -> Conditions, heads, rooms
-    irs = condition_irs(config, client, the_layout)  # IR key -> (Condition, IRSet, how to save)
+    the_layout = layout(config)  # split -> Conditions; head label -> SOFA path; rooms
+    condition_sets = condition_irs(config, client, the_layout)  # IR key -> (Condition, IRSet, how)
 """
 
 from __future__ import annotations
@@ -96,12 +96,12 @@ class SpatializeConfig:
         return not np.any(self.grid()[1])
 
     @property
-    def heads(self) -> tuple[str, ...]:
+    def hrir_paths(self) -> tuple[str, ...]:
         """The training heads' SOFA paths."""
         return (self.hrir,) if isinstance(self.hrir, str) else self.hrir or (str(default_hrir_path()),)
 
     @property
-    def brirs(self) -> tuple[str, ...]:
+    def brir_paths(self) -> tuple[str, ...]:
         return (self.brir,) if isinstance(self.brir, str) else self.brir or ()
 
 
@@ -173,7 +173,7 @@ class Layout:
     """Which conditions each split is rendered in, and where heads and rooms come from."""
 
     splits: dict  # split -> tuple of Conditions
-    heads: dict  # head label -> SOFA path, training heads then test-only heads
+    head_paths: dict  # head label -> SOFA path, training heads then test-only heads
     test_heads: tuple[str, ...]  # labels of the heads only the test split hears
     rooms: dict  # room label -> HallSpec (simulated) or SOFA path (measured BRIRs)
     test_rooms: tuple[str, ...]  # labels of the rooms only the test split hears
@@ -206,24 +206,25 @@ def layout(config: SpatializeConfig) -> Layout:
     their head is a training head).
     """
     _check_rooms_and_noise(config)
-    train_heads, test_only = _head_paths(config)
-    measured = _labelled(config.brirs, "--brir")
+    train_head_paths, test_only_paths = _head_paths(config)
+    measured = _labelled(config.brir_paths, "--brir")
     simulated, test_simulated = _simulated_rooms(config, measured)
-    clash = set(measured) & ({n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_heads) | set(test_only))
+    others = {n for n, _ in simulated + test_simulated} | {"anechoic"} | set(train_head_paths) | set(test_only_paths)
+    clash = set(measured) & others
     if clash:
         raise ConfigError(f"--brir {', '.join(sorted(clash))}: a measured BRIR file is labelled by its name, "
                           "which must differ from the other rooms' and heads'")
-    single_head = len(train_heads) + len(test_only) == 1
-    first_head = next(iter(train_heads.values()))
-    train = split_conditions(config.environments, train_heads, simulated, measured, single_head, first_head)
-    test = split_conditions(config.environments, test_only or train_heads, test_simulated,
-                            {} if (test_only or config.test_rooms) else measured, single_head, first_head)
+    single_head = len(train_head_paths) + len(test_only_paths) == 1
+    first_hrir = next(iter(train_head_paths.values()))
+    train = split_conditions(config.environments, train_head_paths, simulated, measured, single_head, first_hrir)
+    test = split_conditions(config.environments, test_only_paths or train_head_paths, test_simulated,
+                            {} if (test_only_paths or config.test_rooms) else measured, single_head, first_hrir)
     if not test:
         raise ConfigError("the test split has no condition to render: with --test-hrir and only measured BRIRs "
                           "(--brir), add anechoic to --env or give --test-rooms")
     rooms = {**dict(simulated), **dict(test_simulated), **measured}
-    return Layout(splits={"train": train, "val": train, "test": test}, heads={**train_heads, **test_only},
-                  test_heads=tuple(test_only), rooms=rooms,
+    return Layout(splits={"train": train, "val": train, "test": test},
+                  head_paths={**train_head_paths, **test_only_paths}, test_heads=tuple(test_only_paths), rooms=rooms,
                   test_rooms=tuple(n for n, _ in test_simulated) if config.test_rooms else ())
 
 
@@ -231,7 +232,7 @@ def _check_rooms_and_noise(config: SpatializeConfig) -> None:
     """Rooms only with the hall environment, and a known kind of noise."""
     if config.rooms < 0 or config.test_rooms < 0:
         raise ConfigError("--rooms and --test-rooms must be 0 or more")
-    if (config.rooms or config.test_rooms or config.brirs) and "hall" not in config.environments:
+    if (config.rooms or config.test_rooms or config.brir_paths) and "hall" not in config.environments:
         raise ConfigError("--rooms, --test-rooms and --brir render reverberant rooms: include the hall "
                           "environment (--env hall or RI)")
     if config.snr_db is not None and config.noise not in noise_mod.NOISE_KINDS:
@@ -240,12 +241,12 @@ def _check_rooms_and_noise(config: SpatializeConfig) -> None:
 
 def _head_paths(config: SpatializeConfig) -> tuple[dict[str, str], dict[str, str]]:
     """(training heads, test-only heads), each label -> SOFA path; no head in both."""
-    train_heads = _labelled(config.heads, "--hrir")
-    test_only = _labelled(config.test_hrir, "--test-hrir")
-    if both := sorted(set(train_heads) & set(test_only)):
+    train_head_paths = _labelled(config.hrir_paths, "--hrir")
+    test_only_paths = _labelled(config.test_hrir, "--test-hrir")
+    if both := sorted(set(train_head_paths) & set(test_only_paths)):
         raise ConfigError(f"--test-hrir {', '.join(both)}: also a training head (--hrir); a held-out head "
                           "must be another file")
-    return train_heads, test_only
+    return train_head_paths, test_only_paths
 
 
 def _simulated_rooms(config: SpatializeConfig, measured: dict) -> tuple[list, list]:
@@ -268,8 +269,8 @@ def _simulated_rooms(config: SpatializeConfig, measured: dict) -> tuple[list, li
     return simulated, test_simulated
 
 
-def split_conditions(environments: tuple[str, ...], heads: dict[str, str], simulated: list, measured: dict,
-                     single_head: bool, first_head: str) -> tuple[Condition, ...]:
+def split_conditions(environments: tuple[str, ...], head_paths: dict[str, str], simulated: list, measured: dict,
+                     single_head: bool, first_hrir: str) -> tuple[Condition, ...]:
     """The conditions of one split, environment by environment: each head (label -> SOFA
     path) in anechoic and in each simulated room, then each measured BRIR file (its own head).
     IR keys are the room's label, or room--head when the layout has several heads."""
@@ -279,11 +280,11 @@ def split_conditions(environments: tuple[str, ...], heads: dict[str, str], simul
     out = []
     for env in environments:
         if env == "anechoic":
-            out += [Condition(env, h, "anechoic", key("anechoic", h), p) for h, p in heads.items()]
+            out += [Condition(env, h, "anechoic", key("anechoic", h), p) for h, p in head_paths.items()]
         else:
-            out += [Condition(env, h, room, key(room, h), p) for room, _ in simulated for h, p in heads.items()]
+            out += [Condition(env, h, room, key(room, h), p) for room, _ in simulated for h, p in head_paths.items()]
             # A measured BRIR's noise goes through the first training head's HRIRs.
-            out += [Condition(env, stem, stem, stem, first_head) for stem in measured]
+            out += [Condition(env, stem, stem, stem, first_hrir) for stem in measured]
     return tuple(out)
 
 
@@ -301,15 +302,16 @@ def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.nd
     built in parallel on `client` and cached; a measured BRIR file is read whole. `fit(
     condition, set, kind)` (kind "head", "bank" or "measured") makes each condition's set
     the one its stage renders with, or refuses it."""
-    heads = {label: read_sofa(path) for label, path in the_layout.heads.items()}
+    head_sets = {label: read_sofa(path) for label, path in the_layout.head_paths.items()}
     conds = the_layout.conditions()
     simulated = [c for c in conds.values() if isinstance(the_layout.rooms.get(c.room), HallSpec)]
-    tasks = [_bank_task(the_layout, c, bank_directions(heads[c.head]), tolerance_deg, interpolate) for c in simulated]
+    tasks = [_bank_task(the_layout, c, bank_directions(head_sets[c.head]), tolerance_deg, interpolate)
+             for c in simulated]
     built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
     out = {}
     for k, c in conds.items():
         if c.env == "anechoic":
-            irs, how, kind = heads[c.head], {}, "head"
+            irs, how, kind = head_sets[c.head], {}, "head"
         elif k in built:
             irs, how, kind = built[k], {"spec": the_layout.rooms[c.room]}, "bank"
         else:
@@ -322,7 +324,7 @@ def _bank_task(the_layout: Layout, cond: Condition, directions: np.ndarray, tole
                interpolate: bool) -> BankTask:
     """The bank of a simulated room heard by the condition's head at `directions` (D, 2);
     on the horizontal plane no elevations, as banks were keyed before elevations existed."""
-    return BankTask(the_layout.rooms[cond.room], the_layout.heads[cond.head], tuple(directions[:, 0].tolist()),
+    return BankTask(the_layout.rooms[cond.room], the_layout.head_paths[cond.head], tuple(directions[:, 0].tolist()),
                     tolerance_deg, tuple(directions[:, 1].tolist()) if np.any(directions[:, 1]) else (), interpolate)
 
 
@@ -359,7 +361,7 @@ def conditions_record(the_layout, ir_paths: dict, out_dir: Path, config) -> dict
             "conditions": {split: [{"env": c.env, "head": c.head, "room": c.room, "irs": c.key}
                                    for c in the_layout.splits[split]] for split in SPLITS},
             "heads": {label: {"path": path, "listener": irs_listener(path), "test_only": label in the_layout.test_heads}
-                      for label, path in the_layout.heads.items()},
+                      for label, path in the_layout.head_paths.items()},
             "rooms": {label: ({"simulated": room_record(r), "test_only": label in the_layout.test_rooms}
                               if isinstance(r, HallSpec) else {"measured": r})
                       for label, r in the_layout.rooms.items()},

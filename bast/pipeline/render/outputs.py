@@ -27,7 +27,7 @@ MAX_EXAMPLES = 1000  # example clips to write as WAV (x 4 azimuths x conditions)
 def check_output(out_dir, refs: list[ClipRef], config: SpatializeConfig, source: dict) -> None:
     """OUT is a folder (new or existing) that is no input nor inside one, and no input
     (a sound, a SOFA file) lies where the stage writes or --overwrite clears."""
-    inputs = [("--hrir", p) for p in config.heads] + [("--brir", p) for p in config.brirs]
+    inputs = [("--hrir", p) for p in config.hrir_paths] + [("--brir", p) for p in config.brir_paths]
     inputs += [("--test-hrir", p) for p in config.test_hrir]
     inputs += [(name, source[key]) for key, name in (("source", "the sound source"), ("test", "--test"))
                if source.get(key)]
@@ -57,11 +57,11 @@ def summarise_shards(summary: StageSummary, shards: list[ShardInfo]) -> None:
     summary.warnings = dict(warnings)
 
 
-def write_irs(out_dir: Path, irs: dict) -> dict[str, str]:
+def write_irs(out_dir: Path, condition_sets: dict) -> dict[str, str]:
     """Save the exact IR pairs each condition renders with beside the data (provenance,
     and what workers on any machine load): irs/<key>.sofa."""
     paths = {}
-    for key, (cond, irset, how) in irs.items():
+    for key, (cond, irset, how) in condition_sets.items():
         path = out_dir / "irs" / f"{key}.sofa"
         attrs = {"Title": f"bast {cond.env} impulse responses (head {cond.head}, room {cond.room}) used for this data set",
                  "Comment": f"from {irset.source}"}

@@ -392,8 +392,8 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
 # --------------------------------------------------------------------------- the stage
 
 
-def plan(refs: list[ClipRef], config: ScenesConfig, split_conditions: dict, ir_paths: dict[str, str],
-         out_dir: Path, attrs: dict) -> list[SceneTask]:
+def scene_tasks(refs: list[ClipRef], config: ScenesConfig, conditions_by_split: dict, ir_paths: dict[str, str],
+                out_dir: Path, attrs: dict) -> list[SceneTask]:
     """Scene tasks: the scenes of each split (ids train-00000, ...) in groups of
     scenes_per_shard, one shard per condition of the split."""
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
@@ -404,7 +404,7 @@ def plan(refs: list[ClipRef], config: ScenesConfig, split_conditions: dict, ir_p
     for split in SPLITS:
         ids = [f"{split}-{i:05d}" for i in range(counts[split])]
         for start in range(0, len(ids), config.scenes_per_shard):
-            shards = tuple((index + k, c, ir_paths[c.key]) for k, c in enumerate(split_conditions[split]))
+            shards = tuple((index + k, c, ir_paths[c.key]) for k, c in enumerate(conditions_by_split[split]))
             index += len(shards)
             tasks.append(SceneTask(split, tuple(ids[start:start + config.scenes_per_shard]), by_split[split], shards,
                                    config, categories, str(out_dir), tuple(sorted(attrs.items()))))
@@ -423,7 +423,7 @@ def _digest(irs: IRSet) -> str:
     return h.hexdigest()
 
 
-def stage_params(refs: list[ClipRef], config: ScenesConfig, irs: dict, source: dict) -> dict:
+def stage_params(refs: list[ClipRef], config: ScenesConfig, condition_sets: dict, source: dict) -> dict:
     clips = hashlib.sha256("\n".join(f"{r.clip_id}\t{r.recipe}\t{r.locator}\t{r.category}\t{r.split}"
                                      for r in refs).encode()).hexdigest()
     params = dataclasses.asdict(config)
@@ -432,7 +432,7 @@ def stage_params(refs: list[ClipRef], config: ScenesConfig, irs: dict, source: d
     if config.snr_db is None:
         del params["noise"]
     params.update(stage=STAGE, fs=FS, source=source, clips=len(refs), clips_sha256=clips,
-                  label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in irs.items()},
+                  label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in condition_sets.items()},
                   bast_version=__version__)
     return json.loads(json.dumps(params))
 
@@ -448,18 +448,18 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     # OUT a folder that is no input nor inside one (as for spatialize), before any work
     check_output(out_dir, refs, config.spatialize_config(), source or {})
     the_layout = layout(config.spatialize_config())
-    irs = scene_irs(config, client, the_layout)
-    params = stage_params(refs, config, irs, source or {})
+    condition_sets = scene_irs(config, client, the_layout)
+    params = stage_params(refs, config, condition_sets, source or {})
     categories = category_list(refs)
     ir_paths: dict[str, str] = {}
     out_dir = Path(out_dir)
 
     def plan_tasks(out_dir: Path) -> list[SceneTask]:
-        ir_paths.update(write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, condition_sets))
         attrs = {"stage": STAGE, "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True), "categories": json.dumps(list(categories)),
                  "label_columns": json.dumps(list(LABEL_COLUMNS)), "label_hop_s": LABEL_HOP_S}
-        return plan(refs, config, the_layout.splits, ir_paths, out_dir, attrs)
+        return scene_tasks(refs, config, the_layout.splits, ir_paths, out_dir, attrs)
 
     def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
         return {"categories": list(categories), "scene_seconds": config.duration_s, "label_hop_s": LABEL_HOP_S,

@@ -76,12 +76,12 @@ class ShardTask:
 # --------------------------------------------------------------------------- planning
 
 
-def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str], out_dir: Path,
-         attrs: dict, split_conditions: dict | None = None) -> list[ShardTask]:
+def shard_tasks(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str], out_dir: Path,
+                attrs: dict, conditions_by_split: dict | None = None) -> list[ShardTask]:
     """Shard tasks: for each split, the clips in a seeded order, in groups of
     samples_per_shard / directions, one task per group, one shard per condition of the split."""
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
-    split_conditions = split_conditions or layout(config).splits
+    conditions_by_split = conditions_by_split or layout(config).splits
     az, el = config.grid()
     per_shard = max(1, config.samples_per_shard // len(az))
     rng = np.random.default_rng([config.seed, 0x5B2])
@@ -95,7 +95,7 @@ def plan(refs: list[ClipRef], config: SpatializeConfig, ir_paths: dict[str, str]
         ids = [ids[i] for i in rng.permutation(len(ids))]  # shards mix the kinds of sound
         for start in range(0, len(ids), per_shard):
             group = tuple(by_id[c] for c in ids[start:start + per_shard])
-            shards = tuple((index + k, cond, ir_paths[cond.key]) for k, cond in enumerate(split_conditions[split]))
+            shards = tuple((index + k, cond, ir_paths[cond.key]) for k, cond in enumerate(conditions_by_split[split]))
             index += len(shards)
             tasks.append(ShardTask(split, group, shards, config.policy, str(out_dir), tuple(sorted(attrs.items())),
                                    noise))
@@ -204,7 +204,7 @@ def _ir_digest(irs: IRSet) -> str:
     return h.hexdigest()
 
 
-def stage_params(refs: list[ClipRef], config: SpatializeConfig, irs: dict, source: dict) -> dict:
+def stage_params(refs: list[ClipRef], config: SpatializeConfig, condition_sets: dict, source: dict) -> dict:
     """The parameters that determine the output; a re-run must match them to resume."""
     clips = hashlib.sha256("\n".join(f"{r.clip_id}\t{r.recipe}\t{r.locator}\t{r.category}\t{r.split}"
                                      for r in refs).encode()).hexdigest()
@@ -222,7 +222,7 @@ def stage_params(refs: list[ClipRef], config: SpatializeConfig, irs: dict, sourc
         source=source,
         clips=len(refs),
         clips_sha256=clips,
-        ir_sha256={key: _ir_digest(s) for key, (_, s, _) in irs.items()},
+        ir_sha256={key: _ir_digest(s) for key, (_, s, _) in condition_sets.items()},
         bast_version=__version__,
     )
     return json.loads(json.dumps(params))  # plain JSON types, as read back from params.json
@@ -241,26 +241,26 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         raise StageError("no input clips found")
     check_output(out_dir, refs, config, source or {})
     the_layout = layout(config)
-    irs = condition_irs(config, client, the_layout)
-    params = stage_params(refs, config, irs, source or {})
+    condition_sets = condition_irs(config, client, the_layout)
+    params = stage_params(refs, config, condition_sets, source or {})
     n_dir = config.n_directions
     ir_paths: dict[str, str] = {}
 
     def plan_tasks(out_dir: Path) -> list[ShardTask]:
-        ir_paths.update(write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, condition_sets))
         attrs = {"stage": "spatialize", "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True)}
-        return plan(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
+        return shard_tasks(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
 
     def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
-        first = next(iter(irs.values()))[1]
+        first = next(iter(condition_sets.values()))[1]
         return {"clips_rendered": summary.clips, "inputs": len(refs), "inputs_failed": len(summary.failures),
                 "warnings": summary.warnings,
                 "azimuths_deg": [float(a) for a in first.azimuth_deg],
                 **conditions_record(the_layout, ir_paths, out_dir, config)}
 
     def manifest_keys(summary: StageSummary, shards: list[ShardInfo]) -> dict:
-        first = next(iter(irs.values()))[1]
+        first = next(iter(condition_sets.values()))[1]
         failed = {f["clip_id"] for f in summary.failures}
         return {"directions": [[float(a), float(e)] for a, e in zip(first.azimuth_deg, np.round(first.elevation_deg, 6))],
                 "categories": sorted({r.category for r in refs if r.clip_id not in failed})}
