@@ -2,7 +2,7 @@
 what these functions return.
 
     m = check_environment(IRSources(), "hall", azimuths, out=Path("bast-irs"))    # ITD, ILD, RT60, DRR, IACC
-    rooms = check_generated_rooms(draw_rooms(3, seed=0), head, azimuths, out=...)  # + physics checks
+    rooms = check_generated_rooms(draw_rooms(3, seed=0), hrir, azimuths, out=...)  # + physics checks
     loo = interpolation_check(load_hrirs())                                         # interpolation vs nearest
 
 Figures are checked against physics where there is a prediction (RT60 target, diffuse-field
@@ -228,20 +228,20 @@ def check_environment(sources, env: str, azimuths_deg, elevations_deg=None, *, o
     return m
 
 
-def check_generated_rooms(rooms, head: str, azimuths_deg, elevations_deg=None, *, out: Path, tolerance_deg: float = 0.0,
+def check_generated_rooms(rooms, hrir: str, azimuths_deg, elevations_deg=None, *, out: Path, tolerance_deg: float = 0.0,
                           seed: int = 0, interpolate: bool = False, client=None) -> dict:
-    """Build each generated room (rooms.Room) through `head` (in parallel on `client`),
-    measure it, check it against its RT60 target, diffuse-field theory and the head's
-    anechoic ITD/ILD (`check_room`) and draw it: room name -> measurement, with `room`,
-    `checks` and `png`."""
+    """Build each generated room (rooms.Room) through the head `hrir` (a SOFA path), in
+    parallel on `client`, measure it, check it against its RT60 target, diffuse-field
+    theory and the head's anechoic ITD/ILD (`check_room`) and draw it: room name ->
+    measurement, with `room`, `checks` and `png`."""
     from bast.pipeline.irs.sources import load_hrirs
     from bast.pipeline.irs.rooms import BankTask, build_banks
 
     az = tuple(float(a) for a in np.atleast_1d(azimuths_deg))
     el = () if elevations_deg is None else tuple(np.broadcast_to(elevations_deg, (len(az),)).tolist())
-    anechoic = measure(load_hrirs(head))
+    anechoic = measure(load_hrirs(hrir))
     specs = [r.spec.fitted(el) if el else r.spec for r in rooms]
-    banks = build_banks([BankTask(spec, head, az, tolerance_deg, el, interpolate) for spec in specs], client)
+    banks = build_banks([BankTask(spec, hrir, az, tolerance_deg, el, interpolate) for spec in specs], client)
     results = {}
     for room, spec, bank in zip(rooms, specs, banks):
         m = measure(bank, acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m))

@@ -298,7 +298,7 @@ def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.nd
     for a simulated room): the one assembly of both Stage 1 stages (clips and scenes).
 
     Each head is read once; a simulated room gets a bank per head (one BankTask each, at
-    `bank_directions(head)`, (D, 2) azimuth and elevation pairs: bast/pipeline/irs/rooms.py),
+    `bank_directions(head_set)`, (D, 2) azimuth and elevation pairs: bast/pipeline/irs/rooms.py),
     built in parallel on `client` and cached; a measured BRIR file is read whole. `fit(
     condition, set, kind)` (kind "head", "bank" or "measured") makes each condition's set
     the one its stage renders with, or refuses it."""
@@ -344,7 +344,7 @@ def condition_irs(config: SpatializeConfig, client=None,
             return irs
         return irs.at(az, el, config.tolerance_deg)  # the nearest within the tolerance
 
-    return assemble_irs(the_layout or layout(config), bank_directions=lambda head: np.stack([az, el], axis=-1),
+    return assemble_irs(the_layout or layout(config), bank_directions=lambda head_set: np.stack([az, el], axis=-1),
                         tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
 
 

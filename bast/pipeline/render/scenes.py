@@ -151,12 +151,14 @@ def scene_irs(config: ScenesConfig, client=None, the_layout=None) -> dict[str, t
         check_grid(irs, grid, config.tolerance_deg, cond.key, interpolated=config.interpolate and kind == "head")
         return irs
 
-    return assemble_irs(the_layout or layout(config.spatialize_config()),
-                        bank_directions=lambda head: bank_directions(head, grid, config.moving > 0, config.interpolate),
+    def where(head_set: IRSet) -> np.ndarray:
+        return bank_directions(head_set, grid, config.moving > 0, config.interpolate)
+
+    return assemble_irs(the_layout or layout(config.spatialize_config()), bank_directions=where,
                         tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
 
 
-def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
+def bank_directions(head_set: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
     """(D, 2) directions a simulated room's bank is built at: the grid (still events stand
     there) and, when events move, every direction the head measured within the grid's
     elevations (a moving source is heard from the nearest of them). Without `interpolate`
@@ -165,8 +167,8 @@ def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bo
     if not moving:
         return grid
     lo, hi = grid[:, 1].min() - 1e-6, grid[:, 1].max() + 1e-6
-    band = (head.elevation_deg >= lo) & (head.elevation_deg <= hi)
-    measured = np.stack([head.azimuth_deg[band], np.round(head.elevation_deg[band], 6)], axis=-1)
+    band = (head_set.elevation_deg >= lo) & (head_set.elevation_deg <= hi)
+    measured = np.stack([head_set.azimuth_deg[band], np.round(head_set.elevation_deg[band], 6)], axis=-1)
     return unique_directions(np.concatenate([measured, grid]) if interpolate or not len(measured) else measured)
 
 
