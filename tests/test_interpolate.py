@@ -1,6 +1,7 @@
 """HRIR interpolation (bast/pipeline/irs/interpolate.py) and its leave-one-out check."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ from bast.pipeline.irs import acoustics
 from bast.pipeline.irs import check as ircheck
 from bast.pipeline.irs.interpolate import Interpolator, interpolate
 from bast.pipeline.irs.sources import load_hrirs
-from bast.pipeline.irs.sofa import write_sofa
+from bast.pipeline.irs.sofa import read_sofa, write_sofa
+from bast.pipeline.irs.sphericalhead import spherical_head_irs
 
 FS = 16000
+HUMAN = Path(__file__).parent / "data" / "human_hrir" / "sonicom_subject_rings.sofa"  # README.md beside it
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,29 @@ def test_cli_interpolation_check_prints_the_table(kemar, tmp_path):
     assert loo["directions"] == len(small) == 54
     o = loo["overall"]
     assert o["itd_error_us_interpolated"]["mean"] < o["itd_error_us_nearest"]["mean"]
+
+
+# Every head set of the tests, leave-one-out (`irs --interpolation-check`'s code): the
+# bundled KEMAR (16 kHz), the spherical-head model (48 kHz, a ring), a measured human head
+# at its own 48 kHz (long responses with reflections, a low-frequency roll-off, rings 10-15
+# deg apart: where the delays put back were once a cycle of the 1.5 kHz band off, an ITD
+# error of 100 us against nearest neighbour's 32) and the same head at bast's 16 kHz.
+HEADS = {
+    "kemar": (lambda: load_hrirs(), 10),
+    "sphere-48k": (lambda: spherical_head_irs(np.arange(0.0, 360.0, 5.0), fs=48000), 1),
+    "human-48k": (lambda: read_sofa(HUMAN, fs=48000), 4),
+    "human-16k": (lambda: read_sofa(HUMAN), 4),
+}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_interpolation_beats_the_nearest_neighbour_on_every_head(head):
+    make, step = HEADS[head]
+    irs = make()
+    loo = ircheck.interpolation_check(irs, only=range(0, len(irs), step))
+    o = loo["overall"]
+    assert o["sd_db_interpolated"]["mean"] < 0.8 * o["sd_db_nearest"]["mean"]
+    assert o["itd_error_us_interpolated"]["mean"] < 0.5 * o["itd_error_us_nearest"]["mean"]
+    assert o["itd_error_us_interpolated"]["p95"] < o["itd_error_us_nearest"]["p95"]
+    for ring, s in loo["by_elevation"].items():  # near the horizontal plane too, not only on average
+        assert s["itd_error_us_interpolated"]["mean"] < s["itd_error_us_nearest"]["mean"], ring
