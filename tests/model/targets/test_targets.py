@@ -43,7 +43,7 @@ def test_classes_are_the_sorted_categories_of_every_split(features, classes):
 
 
 # The clip targets and the models that learn them; seld and seldnet (scene data) are
-# tested in tests/test_seld_train.py.
+# tested in tests/model/test_seld_train.py.
 CLIP_TARGETS = sorted(n for n, t in tg.TARGETS.items() if not t.scenes)
 CLIP_MODELS = sorted(a for a in MODELS if a != "seldnet")
 

@@ -24,7 +24,7 @@ from bast.pipeline.features.scenes import (ALIGNED_HOP, window_label_frames, win
                                          window_starts)
 from bast.dcase.files import dcase_rows
 from bast.dcase.metrics import score_directories
-from conftest import SELD_KINDS, render_seld_scenes
+from helpers import SELD_KINDS, render_seld_scenes
 
 KINDS = SELD_KINDS
 

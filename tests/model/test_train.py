@@ -556,7 +556,7 @@ def test_training_says_where_and_how_it_runs(features, tmp_path):
 def _bench():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
     spec = importlib.util.spec_from_file_location("bench_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -29,7 +29,7 @@ from bast.errors import ConfigError, DataError, SofaError, StorageError
 from bast.fileio import sha256_file
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HANG_LIMIT_S = 60
 
 
