@@ -19,10 +19,22 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_every_stage_has_help():
-    for stage in ("spatialize", "featurize", "train", "report", "demo", "irs", "evaluate", "localize"):
-        result = runner.invoke(app, [stage, "--help"])
-        assert result.exit_code == 0 and "Usage" in result.output
+COMMANDS = {"spatialize", "scenes", "featurize", "train", "evaluate", "localize", "report", "demo", "irs",
+            "seld-metrics", "export-dcase"}
+
+
+def test_every_command_has_help():
+    """Every command the app registers (a new one is covered without editing this list, and
+    one dropped from it fails here) answers --help with its usage and its own summary."""
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == COMMANDS
+    for name, command in sorted(commands.items()):
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output and name in result.output, name
+        summary = " ".join(command.help.split(".")[0].split()[:3])
+        assert summary and summary in " ".join(result.output.split()), name
 
 
 def test_irs_measures_and_plots_both_environments(tmp_path, hall_bank):
