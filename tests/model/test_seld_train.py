@@ -101,6 +101,7 @@ def test_an_oracle_stitched_from_windows_scores_perfectly(scene_data):
     assert m0["f20"] == 0.0 and m0["er20"] == pytest.approx(1.0) and m0["lr"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bast", "ast", "seldnet", "mlp"])
 def test_each_model_trains_on_scenes_and_its_test_is_the_dcase_score_of_its_csvs(scene_data, tmp_path, arch):
     cfg = preset("tiny", arch=arch, target="seld", epochs=2, batch_size=16, device="cpu", seed=0)

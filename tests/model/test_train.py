@@ -259,6 +259,7 @@ SMALL_ARGS = ["--device", "cpu", "--deterministic", "--seed", "3", "--batch-size
               "--set", "heads=4", "--set", "mlp_dim=64", "--set", "stride=12", "--set", "warmup_steps=5"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
     args = SMALL_ARGS + ["--epochs", "3"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -330,6 +331,7 @@ def torchrun(features, run, *args, port=29517):
 DDP_ARGS = SMALL_ARGS + ["--set", "dropout=0.1", "--set", "schedule=constant"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     run = tmp_path / "ddp"
     done = torchrun(features, run, *DDP_ARGS, "--epochs", "2")

@@ -15,6 +15,7 @@ SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=2, stride=12, dropout=0.0, batch
              device="cpu", epochs=1, max_minutes=None)
 
 
+@pytest.mark.slow
 def test_report_from_three_runs(small_features, tmp_path):
     runs = {
         "nsp-sub": preset("tiny", integration="sub", **SMALL),

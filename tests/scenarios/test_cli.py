@@ -123,6 +123,7 @@ def test_train_refuses_a_bad_setting_in_one_line(small_features, tmp_path, args,
     assert result.output.strip().startswith("error:") and not (tmp_path / "run" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_demo_trains_bast_and_the_mlp_and_a_rerun_repeats_its_figures(tmp_path):
     """The demo end to end on a few sounds: both models trained, one report of both; run
     again, it redoes nothing and prints the same figures (no step depends on the clock)."""

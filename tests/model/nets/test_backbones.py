@@ -285,6 +285,7 @@ def test_mamba_on_cuda_gives_the_cpu_outputs():
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_each_backbone_trains_evaluates_localizes_and_reports(small_features, tmp_path):
     """train --backbone B (one epoch of a tiny model on the anechoic half), the checkpoint
     records it, evaluate on the test split, localize a clip, and one report with Table 1's

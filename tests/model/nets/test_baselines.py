@@ -80,6 +80,7 @@ def phase_features(small_features):
     return out
 
 
+@pytest.mark.slow
 def test_baselines_and_phase_train_evaluate_and_report(small_features, phase_features, tmp_path):
     """train --model NAME [--phase] shares the loop, checkpoints, final test and report with
     BAST; a phase model on data without phase is refused by name."""

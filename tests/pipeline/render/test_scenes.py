@@ -518,6 +518,7 @@ def test_cli_refuses_a_speed_range_upside_down(tmp_path):
     assert r.exit_code == 1 and "--speed" in r.output
 
 
+@pytest.mark.slow
 def test_killed_scenes_run_resumes_to_byte_identical_shards(tmp_path):
     args = ["default", "--sounds", "30", "--seed", "7", "--count", "24", "--duration", "1", "--env", "anechoic",
             "--moving", "0.5", "--azimuths", "0:360:45", "--scenes-per-shard", "1"]

@@ -197,6 +197,7 @@ def test_cli_renders_good_clips_and_lists_every_bad_one(tmp_path):
     assert list((out / "examples" / "anechoic").glob("*_az090.wav"))
 
 
+@pytest.mark.slow
 def test_killed_run_on_a_local_cluster_resumes_to_the_same_output(tmp_path):
     """SIGKILL a real 2-process LocalCluster run after its third shard; the re-run's output equals an
     uninterrupted run's, sample for sample."""
