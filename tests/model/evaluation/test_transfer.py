@@ -83,7 +83,8 @@ def test_evaluate_on_an_unseen_head_stores_reuses_and_reports(study, tmp_path):
     assert name.startswith("sphere-all-") and name in result.output and "evaluated" in result.output
     metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
     assert metrics["n"] == 24 * len(AZIMUTHS) and f"{metrics['ad_deg']:.2f}" in result.output
-    assert 0 < metrics["ad_deg"] < 90  # better than chance on a head it never saw
+    # well below chance (90 deg) on a head it never saw: about 45 deg (its own test about 44)
+    assert metrics["ad_deg"] < 65, metrics["ad_deg"]
     assert metrics["features_dir"] == str(sphere.resolve()) and len(metrics["data_sha256"]) == 64
     assert set(metrics["by_category"]) == {"white_noise", "pink_noise", "brown_noise"}
     assert set(metrics["by_env"]) == {"anechoic"} and len(metrics["per_azimuth"]["azimuth_deg"]) == len(AZIMUTHS)
