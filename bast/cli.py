@@ -103,7 +103,9 @@ def spatialize(
     from bast.errors import ConfigError
     from bast.pipeline.irs.sources import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
-    from bast.pipeline.render.spatialize import SpatializeConfig, check_examples, layout, spatialize as run, write_examples
+    from bast.pipeline.render.conditions import SpatializeConfig, layout
+    from bast.pipeline.render.outputs import check_examples, write_examples
+    from bast.pipeline.render.spatialize import spatialize as run
 
     check_examples(examples)  # before rendering, not after
     if noise is not None and snr is None:
@@ -210,7 +212,7 @@ def scenes(
     from bast.pipeline.irs.sources import parse_direction_options, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
     from bast.pipeline.render.scenes import ScenesConfig, render_scenes
-    from bast.pipeline.render.spatialize import layout
+    from bast.pipeline.render.conditions import layout
 
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")

@@ -1,7 +1,7 @@
 """The conventions every stage shares, in one place (docs/conventions.md explains them).
 
-Sample rate, clip length, spectrogram shape, the azimuth grid, environment names and the
-names of the splits. Everything else imports these; nothing here imports the rest of bast.
+Sample rate, clip length, spectrogram shape, the label hop of sound scenes, the azimuth grid,
+environment names and the names of the splits. Everything else imports these; nothing here imports the rest of bast.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ CLIP_SAMPLES = 8000  # 500 ms
 N_FREQ = 129  # spectrogram rows per ear: nperseg 256, one-sided, 0-8000 Hz
 N_FRAMES = 61  # spectrogram frames per ear: (8000 - 128) // 128
 SPEC_SHAPE = (2, N_FREQ, N_FRAMES)  # (ear, frequency, frame); ear 0 is the left ear
+
+# Sound scenes are labelled per 100 ms frame, DCASE's label resolution: the scene labels,
+# the SELD targets, the DCASE CSV frames and the localized predictions all use this hop.
+LABEL_HOP_S = 0.1
+LABEL_SAMPLES = int(round(LABEL_HOP_S * FS))  # 1600
 
 # SOFA (AES69) azimuths: 0 ahead, 90 left, 180 behind, 270 right; 36 directions by default.
 DEFAULT_AZIMUTHS = np.arange(0.0, 360.0, 10.0)

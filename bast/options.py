@@ -177,16 +177,3 @@ def output_dir(path, option: str, *, inputs=(), owned=()) -> Path:
                 raise ConfigError(f"{name} {inp} lies in {path / part}, which this command writes and "
                                   f"--overwrite clears; move it, or write to another {option}")
     return path
-
-
-def output_file(path, option: str, *, inputs=()) -> Path:
-    """`path` as a file to (re)write: not a folder or a special file, and none of `inputs`."""
-    path = Path(path)
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"{option} {path}: {_kind(os.stat(path).st_mode)}; give a file name")
-    out = path.resolve()
-    for item in inputs:
-        name, inp = item if isinstance(item, tuple) else ("an input", item)
-        if inp is not None and out == Path(inp).resolve():
-            raise ConfigError(f"{option} {path} is {name}; a command never overwrites what it reads")
-    return path

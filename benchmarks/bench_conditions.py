@@ -26,7 +26,8 @@ from bast.datasets.procedural import DefaultCorpus
 from bast.pipeline.stage.cluster import open_client
 from bast.pipeline.irs.sources import load_hrirs
 from bast.pipeline.irs.sofa import write_sofa
-from bast.pipeline.render.spatialize import SpatializeConfig, condition_irs, spatialize
+from bast.pipeline.render.conditions import SpatializeConfig, condition_irs
+from bast.pipeline.render.spatialize import spatialize
 
 
 def best_rate(refs, config, client, work: Path, repeat: int) -> tuple[float, int]:

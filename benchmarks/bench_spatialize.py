@@ -29,7 +29,8 @@ from bast.datasets import load_clip
 from bast.datasets.procedural import DefaultCorpus
 from bast.pipeline.render.clips import ClipPolicy, prepare
 from bast.pipeline.stage.cluster import open_client
-from bast.pipeline.render.spatialize import SpatializeConfig, environment_irs, spatialize
+from bast.pipeline.render.conditions import SpatializeConfig, environment_irs
+from bast.pipeline.render.spatialize import spatialize
 
 PAPER_SAMPLES = 4600 * 36 * 2
 

@@ -31,7 +31,8 @@ INNER = {
 # What must start without torch: the DCASE metrics, the predictions tables, Stages 1 and 2 and
 # the CLI itself (the workers of a dask cluster import them; `bast-cli --help` stays quick).
 TORCH_FREE = ("bast.dcase.metrics", "bast.dcase.files", "bast.model.targets.metrics", "bast.pipeline.features.featurize",
-              "bast.pipeline.render.spatialize", "bast.pipeline.render.scenes", "bast.pipeline.features.scenes",
+              "bast.pipeline.render.spatialize", "bast.pipeline.render.scenes", "bast.pipeline.render.conditions",
+              "bast.pipeline.render.outputs", "bast.pipeline.features.scenes",
               "bast.pipeline.irs.check", "bast.report.seld", "bast.report.stats", "bast.cli")
 
 

@@ -10,7 +10,7 @@ and the SELD score, the mean of ER, 1 - F, LE / 180 and 1 - LR.
 Every rule follows the DCASE 2023 baseline's reference implementation
 (sharathadavanne/seld-dcase2023, SELD_evaluation_metrics.py `SELDMetrics` and
 cls_feature_class.py `segment_labels`, MIT licence), quirks included, so that scores equal
-the challenge's; tests/test_seld_metrics.py checks them against its numbers. Pure numpy
+the challenge's; tests/dcase/test_seld_metrics.py checks them against its numbers. Pure numpy
 and scipy: the CLI, the pipeline and the model's evaluation can all use it.
 
 Rows are float arrays (n, 5): frame, class, source, azimuth_deg, elevation_deg, one per

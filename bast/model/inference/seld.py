@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bast.conventions import FS
+from bast.conventions import FS, LABEL_HOP_S
 from bast.errors import DataError
 from bast.model.data.loaders import model_input
 from bast.model.runs.runtime import full_precision
@@ -31,8 +31,6 @@ from bast.model.targets.adpit import decode
 from bast.model.evaluation.seld import stitch_windows
 from bast.pipeline.features.scenes import (ALIGNED_HOP, HOP, stft_label_frames, window_label_frames, window_starts)
 from bast.dcase.files import dcase_rows
-
-LABEL_HOP_S = 0.1
 
 
 @dataclass

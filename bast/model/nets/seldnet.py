@@ -15,7 +15,7 @@ time by 5 in its first block to reach its 100 ms label frames; here the first bl
 time adaptively (max) to the label frames the window spans (`n_label_frames`: 61 frames
 -> 5), so any window length works. Output: (B, label frames, T, C, 3) multi-ACCDOA.
 
-Parameters (tests/test_seldnet.py checks them):
+Parameters (tests/model/nets/test_seldnet.py checks them):
 
 | config                                                  | parameters |
 |---------------------------------------------------------|-----------:|

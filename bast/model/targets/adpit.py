@@ -28,13 +28,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from bast.conventions import LABEL_SAMPLES
 from bast.errors import ConfigError
 from bast.sphere import azimuth_elevation, unit_vector
 
 N_TRACKS = 3  # as the DCASE 2022-2024 baselines: up to 3 simultaneous events of one class
 ACTIVITY_THRESHOLD = 0.5  # vector length above which a track counts as active
 UNIFY_DEG = 15.0  # same-class tracks closer than this are one event (baseline: thresh_unify)
-LABEL_HOP_SAMPLES = 1600  # 100 ms at 16 kHz
 _HOP, _NPERSEG = 128, 256  # the spectrogram's (bast.pipeline.features.stft)
 
 
@@ -43,7 +43,7 @@ def n_label_frames(n_frames: int) -> int:
     -> 5, 624 (5 s) -> 50."""
     if n_frames < 1:
         raise ConfigError(f"a window needs at least one frame, not {n_frames}")
-    return max(1, round(((n_frames - 1) * _HOP + _NPERSEG) / LABEL_HOP_SAMPLES))
+    return max(1, round(((n_frames - 1) * _HOP + _NPERSEG) / LABEL_SAMPLES))
 
 
 def encode(rows, n_frames: int, n_classes: int, *, n_tracks: int = N_TRACKS) -> torch.Tensor:

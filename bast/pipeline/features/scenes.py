@@ -23,16 +23,14 @@ import h5py
 import numpy as np
 
 from bast import __version__
-from bast.conventions import FS, N_FRAMES, N_FREQ
+from bast.conventions import FS, LABEL_SAMPLES, N_FRAMES, N_FREQ
 from bast.errors import ConfigError
 from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.features.stft import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
-from bast.pipeline.render.scenemodel import LABEL_SAMPLES
 from bast.pipeline.stage.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
 
 HOP = NPERSEG - NOVERLAP
-SCENE_LABELS = ("scene_id", "split", "env", "head", "room", "snr_db")
 TRACKS = ("track_category (N, F, T) int16: class index, -1 where the slot is empty; track_index (N, F, T) int16: "
           "the event's track index, -1 empty; track_azimuth_deg, track_elevation_deg, track_distance_m (N, F, T) "
           "float32, 0 where empty; F = STFT frames, T = max_overlap slots filled in order of track index")

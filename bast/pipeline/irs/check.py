@@ -2,7 +2,7 @@
 what these functions return.
 
     m = check_environment(IRSources(), "hall", azimuths, out=Path("bast-irs"))    # ITD, ILD, RT60, DRR, IACC
-    rooms = check_generated_rooms(draw_rooms(3, seed=0), head, azimuths, out=...)  # + physics checks
+    rooms = check_generated_rooms(draw_rooms(3, seed=0), hrir, azimuths, out=...)  # + physics checks
     loo = interpolation_check(load_hrirs())                                         # interpolation vs nearest
 
 Figures are checked against physics where there is a prediction (RT60 target, diffuse-field
@@ -95,16 +95,37 @@ def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
     pair = irs.select([probe])[0].astype(float)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     fig.suptitle(f"{title}\nazimuth: 0 deg ahead, 90 deg left (SOFA convention); channel L = left ear")
+    _plot_pair(axes[0, 0], pair, fs, probe, m["reverberant"])
+    _plot_cues(axes[0, 1], az, m)
+    if not m["reverberant"]:
+        _plot_spectra(axes[1, 0], pair, fs, probe)
+        axes[1, 1].axis("off")
+        axes[1, 1].text(0.0, 0.5, "Anechoic set: no reverberation to measure.\n"
+                        f"{m['directions']} directions, {m['taps']} taps at {fs} Hz.", fontsize=11)
+    else:
+        _plot_decay(axes[1, 0], pair, fs, probe, m)
+        _plot_coherence(axes[1, 1], m)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
 
-    ax = axes[0, 0]
-    span = int(0.012 * fs) if not m["reverberant"] else int(0.08 * fs)
+
+def _plot_pair(ax, pair: np.ndarray, fs: int, probe: float, reverberant: bool) -> None:
+    """The IR pair's first 12 ms (80 ms in a room)."""
+    span = int(0.012 * fs) if not reverberant else int(0.08 * fs)
     t = np.arange(min(span, pair.shape[-1])) / fs * 1000
     ax.plot(t, pair[0, : t.size], label="left ear", lw=1)
     ax.plot(t, pair[1, : t.size], label="right ear", lw=1, alpha=0.8)
     ax.set(title=f"Impulse responses at azimuth {probe:g} deg", xlabel="time (ms)", ylabel="amplitude")
     ax.legend()
 
-    ax = axes[0, 1]
+
+def _plot_cues(ax, az: np.ndarray, m: dict) -> None:
+    """The direct sound's ITD (left axis) and ILD (right axis) against azimuth."""
     ax.plot(az, m["itd_ms"], "o-", ms=3, color="C0")
     ax.set(title="Direct sound: ITD and ILD", xlabel="azimuth (deg)", ylabel="ITD (ms), + = left ear leads")
     ax.axhline(0, color="grey", lw=0.5)
@@ -113,41 +134,38 @@ def plot(irs: IRSet, m: dict, path: Path, title: str) -> Path:
     ax2.plot(az, m["ild_db"], "s-", ms=3, color="C3")
     ax2.set_ylabel("ILD (dB), + = left ear louder", color="C3")
 
-    if not m["reverberant"]:
-        nfft = 1024
-        f = np.fft.rfftfreq(nfft, 1 / fs)
-        for c, name in ((0, "left ear"), (1, "right ear")):
-            mag = 20 * np.log10(np.abs(np.fft.rfft(pair[c], nfft)) + 1e-12)
-            axes[1, 0].semilogx(f[1:], mag[1:], label=name)
-        axes[1, 0].set(title=f"Magnitude responses at azimuth {probe:g} deg", xlabel="frequency (Hz)", ylabel="dB")
-        axes[1, 0].legend()
-        axes[1, 1].axis("off")
-        axes[1, 1].text(0.0, 0.5, "Anechoic set: no reverberation to measure.\n"
-                        f"{m['directions']} directions, {m['taps']} taps at {fs} Hz.", fontsize=11)
-    else:
-        ax = axes[1, 0]
-        for i, fc in enumerate(acoustics.OCTAVES_HZ):
-            edc = acoustics.schroeder_db(acoustics.octave_filter(pair[0], fc, fs))
-            ax.plot(np.arange(edc.size) / fs, edc, label=f"{int(fc)} Hz: T20 {m['rt60_s'][str(int(fc))]:.2f} s", lw=1)
-        ax.set(title=f"Energy decay (Schroeder), left ear, azimuth {probe:g} deg", xlabel="time (s)",
-               ylabel="level (dB)", ylim=(-70, 2))
-        ax.legend(fontsize=8)
-        ax = axes[1, 1]
-        labels = list(m["coherence"].keys())
-        ax.bar(labels, [m["coherence"][k] for k in labels], color="C2")
-        ax.set(title="Late tail (after 80 ms): interaural coherence (IACC)", xlabel="octave band (Hz)",
-               ylabel="IACC, mean over azimuths", ylim=(0, 1))
-        drr = f"DRR {m['drr_db']:.1f} dB"
-        if "drr_predicted_db" in m:
-            drr += f" (diffuse-field theory {m['drr_predicted_db']:.1f} dB)"
-        ax.text(0.98, 0.95, drr, transform=ax.transAxes, ha="right", va="top")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+
+def _plot_spectra(ax, pair: np.ndarray, fs: int, probe: float) -> None:
+    """Both ears' magnitude responses (1024-point FFT), on a log frequency axis."""
+    nfft = 1024
+    f = np.fft.rfftfreq(nfft, 1 / fs)
+    for c, name in ((0, "left ear"), (1, "right ear")):
+        mag = 20 * np.log10(np.abs(np.fft.rfft(pair[c], nfft)) + 1e-12)
+        ax.semilogx(f[1:], mag[1:], label=name)
+    ax.set(title=f"Magnitude responses at azimuth {probe:g} deg", xlabel="frequency (Hz)", ylabel="dB")
+    ax.legend()
+
+
+def _plot_decay(ax, pair: np.ndarray, fs: int, probe: float, m: dict) -> None:
+    """The left ear's Schroeder decay per octave band, with its T20."""
+    for fc in acoustics.OCTAVES_HZ:
+        edc = acoustics.schroeder_db(acoustics.octave_filter(pair[0], fc, fs))
+        ax.plot(np.arange(edc.size) / fs, edc, label=f"{int(fc)} Hz: T20 {m['rt60_s'][str(int(fc))]:.2f} s", lw=1)
+    ax.set(title=f"Energy decay (Schroeder), left ear, azimuth {probe:g} deg", xlabel="time (s)",
+           ylabel="level (dB)", ylim=(-70, 2))
+    ax.legend(fontsize=8)
+
+
+def _plot_coherence(ax, m: dict) -> None:
+    """The late tail's IACC per octave band, and the DRR (with its diffuse-field prediction)."""
+    labels = list(m["coherence"].keys())
+    ax.bar(labels, [m["coherence"][k] for k in labels], color="C2")
+    ax.set(title="Late tail (after 80 ms): interaural coherence (IACC)", xlabel="octave band (Hz)",
+           ylabel="IACC, mean over azimuths", ylim=(0, 1))
+    drr = f"DRR {m['drr_db']:.1f} dB"
+    if "drr_predicted_db" in m:
+        drr += f" (diffuse-field theory {m['drr_predicted_db']:.1f} dB)"
+    ax.text(0.98, 0.95, drr, transform=ax.transAxes, ha="right", va="top")
 
 
 # Limits a simulated room's bank must meet (`bast-cli irs --rooms N`); docs/transfer-study.md
@@ -210,20 +228,20 @@ def check_environment(sources, env: str, azimuths_deg, elevations_deg=None, *, o
     return m
 
 
-def check_generated_rooms(rooms, head: str, azimuths_deg, elevations_deg=None, *, out: Path, tolerance_deg: float = 0.0,
+def check_generated_rooms(rooms, hrir: str, azimuths_deg, elevations_deg=None, *, out: Path, tolerance_deg: float = 0.0,
                           seed: int = 0, interpolate: bool = False, client=None) -> dict:
-    """Build each generated room (rooms.Room) through `head` (in parallel on `client`),
-    measure it, check it against its RT60 target, diffuse-field theory and the head's
-    anechoic ITD/ILD (`check_room`) and draw it: room name -> measurement, with `room`,
-    `checks` and `png`."""
+    """Build each generated room (rooms.Room) through the head `hrir` (a SOFA path), in
+    parallel on `client`, measure it, check it against its RT60 target, diffuse-field
+    theory and the head's anechoic ITD/ILD (`check_room`) and draw it: room name ->
+    measurement, with `room`, `checks` and `png`."""
     from bast.pipeline.irs.sources import load_hrirs
     from bast.pipeline.irs.rooms import BankTask, build_banks
 
     az = tuple(float(a) for a in np.atleast_1d(azimuths_deg))
     el = () if elevations_deg is None else tuple(np.broadcast_to(elevations_deg, (len(az),)).tolist())
-    anechoic = measure(load_hrirs(head))
+    anechoic = measure(load_hrirs(hrir))
     specs = [r.spec.fitted(el) if el else r.spec for r in rooms]
-    banks = build_banks([BankTask(spec, head, az, tolerance_deg, el, interpolate) for spec in specs], client)
+    banks = build_banks([BankTask(spec, hrir, az, tolerance_deg, el, interpolate) for spec in specs], client)
     results = {}
     for room, spec, bank in zip(rooms, specs, banks):
         m = measure(bank, acoustics.predicted_drr_db(spec.volume_m3, spec.rt60_s, spec.distance_m))

@@ -10,14 +10,18 @@ ray from the centre crosses: u = a v1 + b v2 + c v3 with a, b, c >= 0, and (a, b
 + c) are its barycentric weights.
 
 The three IRs are onset-aligned before they are combined: each ear's IR is split into its
-minimum-phase version (which starts at sample 0) and a delay (the lag of the peak of their
-cross-correlation below 1.5 kHz). The magnitude responses are averaged in dB with the
-weights, the result is made minimum phase, and each ear's delay, interpolated with the same
-weights, is put back; so the interaural delay is interpolated as a delay. Averaging the
-aligned IRs themselves (time-domain alignment by onset) was tried first: the pinna's fine
-structure differs in phase between neighbours and cancelled above 3 kHz, 4.6 dB of
-spectral distortion against nearest neighbour's 1.5 dB (leave-one-out, bundled KEMAR). A
-direction the set measured (to 1e-3 deg) gets its measured IR unchanged.
+minimum-phase version (which starts at sample 0) and a delay. The two ears' delays are set
+so that their mean is the pair's onset (where the envelope below 3 kHz reaches -10 dB of
+its peak, against the same point of the minimum-phase version) and their difference gives
+the minimum-phase pair the measured pair's ITD (the peak of the interaural
+cross-correlation below 1.5 kHz, as acoustics.itd_ms measures it); see `delays`. The
+magnitude responses are averaged in dB with the weights, the result is made minimum phase,
+and each ear's delay, interpolated with the same weights, is put back; so the interaural
+delay is interpolated as a delay. Averaging the aligned IRs themselves (time-domain
+alignment by onset) was tried first: the pinna's fine structure differs in phase between
+neighbours and cancelled above 3 kHz, 4.6 dB of spectral distortion against nearest
+neighbour's 1.5 dB (leave-one-out, bundled KEMAR). A direction the set measured (to 1e-3
+deg) gets its measured IR unchanged.
 
 Where the set has a gap (the bundled KEMAR has nothing below -40 deg) the face crossing it
 joins the gap's rim, so directions there are extrapolated from the rim; directions farther
@@ -25,7 +29,8 @@ than `max_distance_deg` from every measured one are refused. A set whose directi
 lie in one plane (a horizontal ring) is interpolated along its ring.
 
 Leave-one-out figures against the nearest-neighbour choice: `bast-cli irs
---interpolation-check` and docs/sphere.md.
+--interpolation-check`, docs/sphere.md (KEMAR) and docs/impulse-responses.md (measured human
+heads).
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ from bast.errors import SofaError
 from bast.pipeline.irs.sofa import IRSet
 from bast.sphere import azimuth_elevation, great_circle_deg, unit_vector, wrap_azimuth
 
-DELAY_UPSAMPLE = 4  # delays: the cross-correlation on a 4x finer grid, its peak refined by a parabola
-DELAY_LOWPASS_HZ = 1500.0  # delays from the band below 1.5 kHz, where the ITD is the cue
+DELAY_UPSAMPLE = 4  # interaural lags: the cross-correlation on a 4x finer grid
+DELAY_LOWPASS_HZ = 1500.0  # the interaural delay from the band below 1.5 kHz, where the ITD is the cue
+MAX_ITD_MS = 1.0  # and within +-1 ms (as acoustics.itd_ms)
+ONSET_LOWPASS_HZ = 3000.0  # onsets: the envelope below 3 kHz reaching -10 dB of its peak
+ONSET_DB = -10.0
+ONSET_LEAD_MS = 1.0  # IRs are delayed by this before their envelope is taken (a minimum-phase one starts at 0)
 MAX_DISTANCE_DEG = 30.0  # refuse directions farther than this from every measured one
 EXACT_DEG = 1e-3  # a measured direction: its own IR
 FLOOR = 1e-8  # magnitudes are floored here (-160 dB) before taking logs
@@ -58,25 +67,82 @@ def minimum_phase(magnitude: np.ndarray, nfft: int) -> np.ndarray:
     return np.exp(np.fft.rfft(cepstrum * fold, nfft, axis=-1))
 
 
-def delays(spectra: np.ndarray, minimum: np.ndarray, nfft: int, fs: int) -> np.ndarray:
-    """Each IR's delay (samples, fractional) behind its minimum-phase version: the lag of
-    their cross-correlation's peak, low-passed at DELAY_LOWPASS_HZ (as the ITD is
-    measured, bast.pipeline.irs.acoustics.itd_ms), on a DELAY_UPSAMPLE-times finer grid, the
-    peak refined by the parabola through it and its neighbours (the low-passed peak is
-    smooth: on the bundled KEMAR the parabola is within 0.2 us of the peak on a 32x grid)."""
+def _lowpass_power(nfft: int, fs: int, cutoff_hz: float) -> np.ndarray:
+    """|H|^2 on the rfft grid of a 4th-order Butterworth low-pass: what filtering forwards
+    and backwards (sosfiltfilt, as acoustics.itd_ms does) does to a spectrum."""
     f = np.fft.rfftfreq(nfft, 1.0 / fs)
-    _, response = sosfreqz(butter(4, DELAY_LOWPASS_HZ, fs=fs, output="sos"), worN=f, fs=fs)
-    cross = spectra * np.conj(minimum) * np.abs(response) ** 2
-    fine = nfft * DELAY_UPSAMPLE
-    cc = np.fft.irfft(cross, fine, axis=-1)
-    lag = np.argmax(cc, axis=-1)
+    _, response = sosfreqz(butter(4, cutoff_hz, fs=fs, output="sos"), worN=f, fs=fs)
+    return np.abs(response) ** 2
+
+
+def _peak(cc: np.ndarray, lag: np.ndarray) -> np.ndarray:
+    """The lag (on cc's grid, signed) of the peak at `lag` refined by the parabola through
+    it and its neighbours."""
+    fine = cc.shape[-1]
     left = np.take_along_axis(cc, ((lag - 1) % fine)[..., None], -1)[..., 0]
     peak = np.take_along_axis(cc, lag[..., None], -1)[..., 0]
     right = np.take_along_axis(cc, ((lag + 1) % fine)[..., None], -1)[..., 0]
     curvature = left - 2 * peak + right
     offset = np.where(curvature < 0, 0.5 * (left - right) / np.where(curvature < 0, curvature, -1.0), 0.0)
-    lag = np.where(lag > fine // 2, lag - fine, lag) + offset
-    return lag / DELAY_UPSAMPLE
+    return np.where(lag > fine // 2, lag - fine, lag) + offset
+
+
+def interaural_lags(spectra: np.ndarray, nfft: int, fs: int) -> np.ndarray:
+    """How many samples (fractional) each pair's right ear lags its left, from spectra
+    (M, 2, nfft // 2 + 1): the peak of their cross-correlation below DELAY_LOWPASS_HZ within
+    +-MAX_ITD_MS, on a DELAY_UPSAMPLE-times finer grid refined by a parabola: the ITD as
+    acoustics.itd_ms measures it (positive: the left ear leads), over the whole IR. (In
+    acoustics.itd_ms's window of the direct sound instead, leave-one-out gave the same
+    figures on the KEMAR, the spherical head and both human heads of
+    docs/impulse-responses.md at 48 kHz, and on the spherical head with a floor reflection
+    added 5 ms after the direct sound.)"""
+    fine = nfft * DELAY_UPSAMPLE
+    cc = np.fft.irfft(spectra[:, 1] * np.conj(spectra[:, 0]) * _lowpass_power(nfft, fs, DELAY_LOWPASS_HZ), fine, axis=-1)
+    lags = np.fft.fftfreq(fine, 1.0 / fine)
+    inside = np.abs(lags) <= MAX_ITD_MS * fs / 1000 * DELAY_UPSAMPLE
+    return _peak(cc, np.argmax(np.where(inside, cc, -np.inf), axis=-1)) / DELAY_UPSAMPLE
+
+
+def onsets(spectra: np.ndarray, nfft: int, fs: int) -> np.ndarray:
+    """Each IR's onset (samples, fractional) from its spectrum (..., nfft // 2 + 1): where
+    the envelope of the IR low-passed at ONSET_LOWPASS_HZ first reaches ONSET_DB of its
+    peak, between samples by linear interpolation (the envelope below 3 kHz is smooth at
+    the sampling rates of HRIR sets, and the onset sets only when the pair starts, not its
+    ITD). The IR is delayed by ONSET_LEAD_MS first (and the onset taken back), so
+    that the envelope of a minimum-phase IR, which starts at sample 0, does not wrap round."""
+    f = np.fft.rfftfreq(nfft, 1.0)
+    lead = ONSET_LEAD_MS * fs / 1000
+    shaped = spectra * np.sqrt(_lowpass_power(nfft, fs, ONSET_LOWPASS_HZ)) * np.exp(-2j * np.pi * f * lead)
+    one_sided = np.zeros(shaped.shape[:-1] + (nfft,), dtype=np.complex128)  # the analytic signal's spectrum
+    one_sided[..., :shaped.shape[-1]] = 2 * shaped
+    one_sided[..., 0] = shaped[..., 0]
+    one_sided[..., nfft // 2] = shaped[..., -1]
+    envelope = np.abs(np.fft.ifft(one_sided, axis=-1))
+    level = envelope.max(axis=-1, keepdims=True) * 10 ** (ONSET_DB / 20)
+    k = np.maximum(np.argmax(envelope >= level, axis=-1), 1)
+    below = np.take_along_axis(envelope, (k - 1)[..., None], -1)
+    above = np.take_along_axis(envelope, k[..., None], -1)
+    crossing = k - 1 + ((level - below) / np.maximum(above - below, 1e-30))[..., 0]
+    return crossing - lead
+
+
+def delays(spectra: np.ndarray, minimum: np.ndarray, nfft: int, fs: int) -> np.ndarray:
+    """Each ear's delay (M, 2) (samples, fractional) behind its minimum-phase version, from
+    the spectra (M, 2, nfft // 2 + 1) of the IRs and of their minimum-phase versions. Their
+    mean is the pair's onset delay (`onsets`, the mean over ears); their difference makes
+    the minimum-phase pair's ITD that of the measured pair (`interaural_lags`): since
+    delaying one ear shifts the interaural cross-correlation by as much, the right ear's
+    delay less the left's is the measured pair's lag less the minimum-phase pair's.
+
+    Not each ear's own cross-correlation with its minimum-phase version (which this was):
+    measured IRs are not a minimum-phase filter and a delay (reflections after the direct
+    sound, a low-frequency roll-off), and below 1.5 kHz that cross-correlation has peaks a
+    period of its band apart whose heights differ little; on a measured human head at 48
+    kHz one ear or the other took the wrong one at about one direction in ten, so the
+    interpolated ITD was off by 100 us on average (docs/impulse-responses.md)."""
+    common = (onsets(spectra, nfft, fs) - onsets(minimum, nfft, fs)).mean(axis=-1)
+    itd = interaural_lags(spectra, nfft, fs) - interaural_lags(minimum, nfft, fs)
+    return np.stack([common - itd / 2, common + itd / 2], axis=-1)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -224,6 +225,36 @@ def read_sofa(path, fs: int = FS) -> IRSet:
 
 def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
     where = str(path)
+    conventions = _check_header(f, where)
+    ir = _ir_array(f, where)  # (M, R, E, N)
+    m, r, e, n = ir.shape
+    fs_in = _sampling_rate(f, where, n)
+    if not np.all(np.isfinite(ir)):
+        raise SofaError(f"{where}: Data.IR holds NaN or Inf values")
+    check_levels(ir, where)
+
+    ir = _apply_delay(ir, _array(f, "Data.Delay"), where)
+    ir = _left_first(ir, f)
+    az, el, dist = _directions(f, where, m, e)
+
+    ir = ir.transpose(0, 2, 1, 3).reshape(m * e, 2, ir.shape[-1])  # (M*E, 2, N + delay)
+    ir = resample_ir(ir, fs_in, fs_out)
+    attrs = {k: _text(v) for k, v in f.attrs.items()}
+    attrs["OriginalSamplingRate"] = f"{fs_in:g}"
+    return IRSet(
+        ir=ir,
+        fs=fs_out,
+        azimuth_deg=az,
+        elevation_deg=el,
+        distance_m=dist,
+        conventions=conventions,
+        source=where,
+        attrs=attrs,
+    )
+
+
+def _check_header(f: h5py.File, where: str) -> str:
+    """The file's SOFAConventions, once it is a SOFA file of impulse responses."""
     if _attr(f, "Conventions") != "SOFA":
         raise SofaError(f"{where}: not a SOFA file (global attribute Conventions is not 'SOFA')")
     conventions = _attr(f, "SOFAConventions")
@@ -233,6 +264,11 @@ def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
         )
     if "Data.IR" not in f:
         raise SofaError(f"{where}: no Data.IR variable ({conventions or 'unknown conventions'})")
+    return conventions
+
+
+def _ir_array(f: h5py.File, where: str) -> np.ndarray:
+    """Data.IR as (M, R=2, E, N) float64, whatever the layout it is stored in."""
     ir = np.asarray(f["Data.IR"][()], dtype=np.float64)
     if ir.ndim == 4 and _attr(f, "DataType", "FIR").upper() == "FIR-E":
         ir = ir.transpose(0, 1, 3, 2)  # SOFA 2 FIR-E stores (M, R, N, E); FIRE stores (M, R, E, N)
@@ -245,7 +281,11 @@ def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
         raise SofaError(f"{where}: {r} receivers; binaural sets have 2 (left and right ear)")
     if n == 0 or m == 0:
         raise SofaError(f"{where}: Data.IR is empty (shape {ir.shape})")
+    return ir
 
+
+def _sampling_rate(f: h5py.File, where: str, n: int) -> float:
+    """Data.SamplingRate in Hz: one, in bast's range, and IRs of `n` samples not too long at it."""
     rate = _array(f, "Data.SamplingRate")
     if rate is None or rate.size == 0:
         raise SofaError(f"{where}: no Data.SamplingRate")
@@ -259,14 +299,12 @@ def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
                         f"{MAX_FS:g} Hz (is Data.SamplingRate in Hz?)")
     if n / fs_in > MAX_IR_SECONDS:
         raise SofaError(f"{where}: impulse responses {n / fs_in:g} s long; at most {MAX_IR_SECONDS:g} s")
-    if not np.all(np.isfinite(ir)):
-        raise SofaError(f"{where}: Data.IR holds NaN or Inf values")
-    check_levels(ir, where)
+    return fs_in
 
-    ir = _apply_delay(ir, _array(f, "Data.Delay"), where)
-    ir = _left_first(ir, f)
 
-    # Directions: source (+ emitter) relative to the listener, in the listener's frame.
+def _directions(f: h5py.File, where: str, m: int, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(azimuth_deg, elevation_deg, distance_m), each (M*E,): source (+ emitter) relative to
+    the listener, in the listener's frame."""
     src = _positions(f, "SourcePosition")
     if src is None:
         raise SofaError(f"{where}: no SourcePosition")
@@ -300,21 +338,7 @@ def _read(f: h5py.File, path: Path, fs_out: int) -> IRSet:
     # Rounded to 1e-6 deg so that 0 deg does not come back as 359.99999999.
     az = np.round(np.degrees(np.arctan2(local[:, 1], local[:, 0])), 6) % 360.0
     el = np.degrees(np.arcsin(np.clip(local[:, 2] / dist, -1, 1)))
-
-    ir = ir.transpose(0, 2, 1, 3).reshape(m * e, 2, ir.shape[-1])  # (M*E, 2, N + delay)
-    ir = resample_ir(ir, fs_in, fs_out)
-    attrs = {k: _text(v) for k, v in f.attrs.items()}
-    attrs["OriginalSamplingRate"] = f"{fs_in:g}"
-    return IRSet(
-        ir=ir,
-        fs=fs_out,
-        azimuth_deg=az,
-        elevation_deg=el,
-        distance_m=dist,
-        conventions=conventions,
-        source=where,
-        attrs=attrs,
-    )
+    return az, el, dist
 
 
 def _apply_delay(ir: np.ndarray, delay: np.ndarray | None, where: str) -> np.ndarray:
@@ -378,6 +402,41 @@ def write_sofa(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     m, r, n = irs.ir.shape
+    glob = _global_attributes(conventions, attrs, room)
+    try:
+        with h5py.File(tmp, "w", libver="earliest") as f:
+            for k, v in glob.items():
+                f.attrs[k] = np.bytes_(v.encode("utf-8"))
+            var = _variable_writer(f, {"M": m, "R": r, "N": n, "E": 1, "I": 1, "C": 3})
+            if source_positions is None:
+                sp = np.stack([irs.azimuth_deg, irs.elevation_deg, irs.distance_m], axis=-1)
+                var("SourcePosition", sp, "MC", Type="spherical", Units="degree, degree, metre")
+            else:
+                var("SourcePosition", source_positions, "MC", Type="cartesian", Units="metre")
+            var("ListenerPosition", np.reshape(listener_position, (1, 3)), "IC", Type="cartesian", Units="metre")
+            var("ListenerView", np.reshape(listener_view, (1, 3)), "IC", Type="cartesian", Units="metre")
+            var("ListenerUp", [[0.0, 0.0, 1.0]], "IC")
+            var("ReceiverPosition", np.array([[0, 0.09, 0], [0, -0.09, 0]], float)[:, :, None], "RCI",
+                Type="cartesian", Units="metre")
+            var("EmitterPosition", np.zeros((1, 3, 1)), "ECI", Type="cartesian", Units="metre")
+            if conventions == "SimpleFreeFieldHRIR":
+                var("SourceUp", [[0.0, 0.0, 1.0]], "IC")
+                var("SourceView", [[1.0, 0.0, 0.0]], "IC", Type="cartesian", Units="metre")
+            if room is not None:
+                var("RoomCornerA", np.reshape(room["corner_a"], (1, 3)), "IC", Type="cartesian", Units="metre")
+                var("RoomCornerB", np.reshape(room["corner_b"], (1, 3)), "IC", Type="cartesian", Units="metre")
+            var("Data.IR", irs.ir, "MRN", dtype=np.float32)  # bast's IRs are float32 anyway
+            var("Data.SamplingRate", [float(irs.fs)], "I", Units="hertz")
+            var("Data.Delay", np.zeros((1, r)), "IR")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _global_attributes(conventions: str, attrs: dict | None, room: dict | None) -> dict[str, str]:
+    """The SOFA 2.1 global attributes the conventions require, then the caller's `attrs`."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     from bast import __version__
 
@@ -404,48 +463,26 @@ def write_sofa(
     if conventions == "SimpleFreeFieldHRIR":
         glob.update({"DatabaseName": "", "ListenerShortName": ""})
     glob.update({k: str(v) for k, v in (attrs or {}).items()})
-    try:
-        with h5py.File(tmp, "w", libver="earliest") as f:
-            for k, v in glob.items():
-                f.attrs[k] = np.bytes_(v.encode("utf-8"))
-            dims = {"M": m, "R": r, "N": n, "E": 1, "I": 1, "C": 3}
-            scales = {}
-            for name, size in dims.items():
-                ds = f.create_dataset(name, data=np.arange(size, dtype=np.float64))
-                ds.make_scale(name)
-                ds.attrs["NAME"] = np.bytes_(b"This is a netCDF dimension but not a netCDF variable.%10d" % size)
-                scales[name] = ds
+    return glob
 
-            def var(name, data, dim_names, dtype=np.float64, **attributes):
-                d = f.create_dataset(name, data=np.asarray(data, dtype=dtype))
-                for axis, dn in enumerate(dim_names):
-                    d.dims[axis].attach_scale(scales[dn])
-                for k, v in attributes.items():
-                    d.attrs[k] = np.bytes_(v.encode())
-                return d
 
-            if source_positions is None:
-                sp = np.stack([irs.azimuth_deg, irs.elevation_deg, irs.distance_m], axis=-1)
-                var("SourcePosition", sp, "MC", Type="spherical", Units="degree, degree, metre")
-            else:
-                var("SourcePosition", source_positions, "MC", Type="cartesian", Units="metre")
-            var("ListenerPosition", np.reshape(listener_position, (1, 3)), "IC", Type="cartesian", Units="metre")
-            var("ListenerView", np.reshape(listener_view, (1, 3)), "IC", Type="cartesian", Units="metre")
-            var("ListenerUp", [[0.0, 0.0, 1.0]], "IC")
-            var("ReceiverPosition", np.array([[0, 0.09, 0], [0, -0.09, 0]], float)[:, :, None], "RCI",
-                Type="cartesian", Units="metre")
-            var("EmitterPosition", np.zeros((1, 3, 1)), "ECI", Type="cartesian", Units="metre")
-            if conventions == "SimpleFreeFieldHRIR":
-                var("SourceUp", [[0.0, 0.0, 1.0]], "IC")
-                var("SourceView", [[1.0, 0.0, 0.0]], "IC", Type="cartesian", Units="metre")
-            if room is not None:
-                var("RoomCornerA", np.reshape(room["corner_a"], (1, 3)), "IC", Type="cartesian", Units="metre")
-                var("RoomCornerB", np.reshape(room["corner_b"], (1, 3)), "IC", Type="cartesian", Units="metre")
-            var("Data.IR", irs.ir, "MRN", dtype=np.float32)  # bast's IRs are float32 anyway
-            var("Data.SamplingRate", [float(irs.fs)], "I", Units="hertz")
-            var("Data.Delay", np.zeros((1, r)), "IR")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+def _variable_writer(f: h5py.File, dims: dict[str, int]) -> Callable[..., h5py.Dataset]:
+    """Write the netCDF dimensions `dims` (name -> size) as dimension scales; return
+    var(name, data, dim_names, dtype=float64, **attributes), which writes a variable over
+    them (one dimension letter per axis)."""
+    scales = {}
+    for name, size in dims.items():
+        ds = f.create_dataset(name, data=np.arange(size, dtype=np.float64))
+        ds.make_scale(name)
+        ds.attrs["NAME"] = np.bytes_(b"This is a netCDF dimension but not a netCDF variable.%10d" % size)
+        scales[name] = ds
+
+    def var(name, data, dim_names, dtype=np.float64, **attributes):
+        d = f.create_dataset(name, data=np.asarray(data, dtype=dtype))
+        for axis, dn in enumerate(dim_names):
+            d.dims[axis].attach_scale(scales[dn])
+        for k, v in attributes.items():
+            d.attrs[k] = np.bytes_(v.encode())
+        return d
+
+    return var

@@ -151,13 +151,27 @@ def prepare(audio: np.ndarray, fs: int,
             policy: ClipPolicy = DEFAULT_POLICY) -> tuple[list[np.ndarray], list[str]]:
     """Clips of `policy.samples` float32 samples at `policy.fs` from `audio` sampled at
     `fs`, and warnings; see the module docstring. Raises ClipError with the reason."""
-    from scipy.signal import resample_poly
-
     warnings: list[str] = []
     rate = _check_rate(fs)
     a = _as_float(audio)
+    _check_samples(a)  # 1. shape and finiteness
+    a, after = _down_mix(a, warnings)  # 2. down-mix
+    a = _remove_dc(a, policy, after, warnings)  # 3. silence, DC
+    a = _resample(a, rate, policy.fs, warnings)  # 4. resample
+    # 5. length
+    dur_ms = 1000.0 * a.size / policy.fs
+    if dur_ms < policy.min_ms:
+        raise ClipError(f"too short: {_ms(dur_ms)} ms < {_ms(policy.min_ms)} ms minimum")
+    pieces = _cut(a, policy, warnings)  # 6. cut
+    # 7. normalise
+    many = len(pieces) > 1
+    clips = [_normalise(p, policy, warnings, f"segment {k}: " if many else "").astype(np.float32)
+             for k, p in enumerate(pieces)]
+    return clips, warnings
 
-    # 1. shape and finiteness
+
+def _check_samples(a: np.ndarray) -> None:
+    """(samples,) or (samples, channels), at least one of each, every sample finite."""
     if a.ndim == 2:
         if a.shape[1] == 0:
             raise ClipError("no channels")
@@ -172,15 +186,20 @@ def prepare(audio: np.ndarray, fs: int,
         n_inf = int((~finite).sum()) - n_nan
         raise ClipError(f"contains NaN/Inf samples ({n_nan} NaN, {n_inf} Inf)")
 
-    # 2. down-mix
+
+def _down_mix(a: np.ndarray, warnings: list[str]) -> tuple[np.ndarray, str]:
+    """Mono, and the words the later reasons add when channels were mixed."""
     after = ""
     if a.ndim == 2:
         if a.shape[1] > 1:
             warnings.append(f"down-mixed {a.shape[1]} channels to mono")
             after = " after down-mix"
         a = a.mean(axis=1)
+    return a, after
 
-    # 3. silence, DC
+
+def _remove_dc(a: np.ndarray, policy: ClipPolicy, after: str, warnings: list[str]) -> np.ndarray:
+    """Refuse silence and a constant signal; remove a DC offset above DC_REMOVE_ABOVE."""
     threshold = 10.0 ** (policy.silence_dbfs / 20.0)
     if not np.any(a):
         raise ClipError(f"digital silence (RMS -inf dBFS{after})")
@@ -196,67 +215,80 @@ def prepare(audio: np.ndarray, fs: int,
     if abs(mean) > DC_REMOVE_ABOVE:
         a = a - mean
         warnings.append(f"removed a DC offset of {mean:.3g}")
+    return a
 
-    # 4. resample
-    if rate != policy.fs:
-        exact = Fraction(policy.fs) / rate
-        ratio = exact.limit_denominator(1000)
-        a = resample_poly(a, ratio.numerator, ratio.denominator)
-        shown = f"{int(rate)}" if rate.denominator == 1 else f"{float(rate):g}"
-        note = f"resampled from {shown} Hz"
-        if ratio != exact:
-            err = float(ratio / exact) - 1.0
-            note += (f" (ratio approximated as {ratio.numerator}/{ratio.denominator}, "
-                     f"{err * 100:+.3g}% speed error)")
-        warnings.append(note)
 
-    # 5. length
+def _resample(a: np.ndarray, rate: Fraction, fs: int, warnings: list[str]) -> np.ndarray:
+    """`a` at `fs`: a polyphase resampling by the rate's ratio (denominator at most 1000)."""
+    if rate == fs:
+        return a
+    from scipy.signal import resample_poly
+
+    exact = Fraction(fs) / rate
+    ratio = exact.limit_denominator(1000)
+    a = resample_poly(a, ratio.numerator, ratio.denominator)
+    shown = f"{int(rate)}" if rate.denominator == 1 else f"{float(rate):g}"
+    note = f"resampled from {shown} Hz"
+    if ratio != exact:
+        err = float(ratio / exact) - 1.0
+        note += (f" (ratio approximated as {ratio.numerator}/{ratio.denominator}, "
+                 f"{err * 100:+.3g}% speed error)")
+    warnings.append(note)
+    return a
+
+
+def _cut(a: np.ndarray, policy: ClipPolicy, warnings: list[str]) -> list[np.ndarray]:
+    """The clip-length pieces of `a`: padded when shorter, else by the long-sound policy."""
     n, size = a.size, policy.samples
-    dur_ms = 1000.0 * n / policy.fs
-    if dur_ms < policy.min_ms:
-        raise ClipError(f"too short: {_ms(dur_ms)} ms < {_ms(policy.min_ms)} ms minimum")
-
-    # 6. cut
     if n <= size:
         if n < size:
-            warnings.append(f"zero-padded {_ms(dur_ms)} ms to {_ms(policy.clip_ms)} ms (centred)")
-        pieces = [_pad_centred(a, size)]
-    elif policy.long == "loudest":
-        c = np.concatenate(([0.0], np.cumsum(a * a)))
-        start = int(np.argmax(c[size:] - c[:-size]))
-        pieces = [a[start:start + size].copy()]
-        warnings.append(f"took the loudest {_ms(policy.clip_ms)} ms window "
-                        f"({start / policy.fs:.2f}-{(start + size) / policy.fs:.2f} s "
-                        f"of {n / policy.fs:.2f} s)")
-        if _ac_rms(pieces[0]) < threshold:  # cannot happen for a non-silent whole; kept safe
-            raise ClipError(f"silent: loudest window RMS {_db(_ac_rms(pieces[0])):.1f} dBFS "
-                            f"below {policy.silence_dbfs:g} dBFS")
-    else:  # split
-        full = n // size
-        pieces = [a[k * size:(k + 1) * size].copy() for k in range(full)]
-        rest = n - full * size
-        rest_ms = 1000.0 * rest / policy.fs
-        if rest:
-            if rest_ms >= policy.min_ms:
-                pieces.append(_pad_centred(a[full * size:], size))
-                warnings.append(f"split into {len(pieces)} clips; the last ({_ms(rest_ms)} ms) "
-                                "zero-padded (centred)")
-            else:
-                warnings.append(f"split into {full} clips; dropped a last piece of "
-                                f"{_ms(rest_ms)} ms < {_ms(policy.min_ms)} ms")
-        else:
-            warnings.append(f"split into {full} clips")
-        silent = [k for k, p in enumerate(pieces) if _ac_rms(p) < threshold]
-        if len(silent) == len(pieces):
-            raise ClipError(f"all {len(pieces)} segments are silent (RMS below "
-                            f"{policy.silence_dbfs:g} dBFS)")
-        if silent:
-            warnings.append(f"dropped {len(silent)} silent segment(s) of {len(pieces)} "
-                            f"(0-based positions {', '.join(map(str, silent))})")
-            pieces = [p for k, p in enumerate(pieces) if k not in set(silent)]
+            warnings.append(f"zero-padded {_ms(1000.0 * n / policy.fs)} ms to {_ms(policy.clip_ms)} ms (centred)")
+        return [_pad_centred(a, size)]
+    if policy.long == "loudest":
+        return [_loudest(a, policy, warnings)]
+    return _split(a, policy, warnings)
 
-    # 7. normalise
-    many = len(pieces) > 1
-    clips = [_normalise(p, policy, warnings, f"segment {k}: " if many else "").astype(np.float32)
-             for k, p in enumerate(pieces)]
-    return clips, warnings
+
+def _loudest(a: np.ndarray, policy: ClipPolicy, warnings: list[str]) -> np.ndarray:
+    """The window of the clip length with the most energy."""
+    n, size = a.size, policy.samples
+    c = np.concatenate(([0.0], np.cumsum(a * a)))
+    start = int(np.argmax(c[size:] - c[:-size]))
+    piece = a[start:start + size].copy()
+    warnings.append(f"took the loudest {_ms(policy.clip_ms)} ms window "
+                    f"({start / policy.fs:.2f}-{(start + size) / policy.fs:.2f} s "
+                    f"of {n / policy.fs:.2f} s)")
+    if _ac_rms(piece) < 10.0 ** (policy.silence_dbfs / 20.0):  # cannot happen for a non-silent whole; kept safe
+        raise ClipError(f"silent: loudest window RMS {_db(_ac_rms(piece)):.1f} dBFS "
+                        f"below {policy.silence_dbfs:g} dBFS")
+    return piece
+
+
+def _split(a: np.ndarray, policy: ClipPolicy, warnings: list[str]) -> list[np.ndarray]:
+    """Consecutive clips; a last piece of at least min_ms padded, a shorter one dropped, and
+    silent segments dropped."""
+    n, size = a.size, policy.samples
+    full = n // size
+    pieces = [a[k * size:(k + 1) * size].copy() for k in range(full)]
+    rest = n - full * size
+    rest_ms = 1000.0 * rest / policy.fs
+    if rest:
+        if rest_ms >= policy.min_ms:
+            pieces.append(_pad_centred(a[full * size:], size))
+            warnings.append(f"split into {len(pieces)} clips; the last ({_ms(rest_ms)} ms) "
+                            "zero-padded (centred)")
+        else:
+            warnings.append(f"split into {full} clips; dropped a last piece of "
+                            f"{_ms(rest_ms)} ms < {_ms(policy.min_ms)} ms")
+    else:
+        warnings.append(f"split into {full} clips")
+    threshold = 10.0 ** (policy.silence_dbfs / 20.0)
+    silent = [k for k, p in enumerate(pieces) if _ac_rms(p) < threshold]
+    if len(silent) == len(pieces):
+        raise ClipError(f"all {len(pieces)} segments are silent (RMS below "
+                        f"{policy.silence_dbfs:g} dBFS)")
+    if silent:
+        warnings.append(f"dropped {len(silent)} silent segment(s) of {len(pieces)} "
+                        f"(0-based positions {', '.join(map(str, silent))})")
+        pieces = [p for k, p in enumerate(pieces) if k not in set(silent)]
+    return pieces

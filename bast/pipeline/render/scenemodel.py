@@ -24,13 +24,11 @@ from typing import Callable
 
 import numpy as np
 
-from bast.conventions import FS
+from bast.conventions import FS, LABEL_SAMPLES
 from bast.errors import ConfigError
 from bast.pipeline.render.moving import Trajectory, nearest_directions
 from bast.pipeline.irs.sofa import IRSet
 
-LABEL_HOP_S = 0.1  # DCASE's label resolution
-LABEL_SAMPLES = int(round(LABEL_HOP_S * FS))  # 1600
 LABEL_COLUMNS = ("frame", "category", "track", "azimuth_deg", "elevation_deg", "distance_m")
 
 

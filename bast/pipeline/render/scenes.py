@@ -4,7 +4,7 @@
     summary = render_scenes(refs, "out/scenes", ScenesConfig(count=100, moving=0.5))
 
 The same stage runner as `spatialize` (bast/pipeline/stage/runner.py: lock, pinned parameters,
-resume, dask, failures file, manifest) and the same conditions (bast/pipeline/render/spatialize.py
+resume, dask, failures file, manifest) and the same conditions (bast/pipeline/render/conditions.py
 `layout`: heads, the hall or generated rooms, measured BRIRs, test-only heads and rooms)
 and split by sound (`assign_splits`): a scene of a split draws its events only from that
 split's sounds, so no sound of a test scene is in a training scene. Each scene is rendered
@@ -32,23 +32,22 @@ from typing import Callable
 import numpy as np
 
 from bast import __version__
-from bast.conventions import ENVIRONMENTS, FS
+from bast.conventions import ENVIRONMENTS, FS, LABEL_HOP_S
 from bast.datasets.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError, SofaError
 from bast.pipeline.render import noise as noise_mod
 from bast.pipeline.render.clips import ClipPolicy, prepare
-from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.interpolate import Interpolator
 from bast.pipeline.irs.sources import unique_directions
 from bast.pipeline.render.moving import Lookup, render
-from bast.pipeline.irs.rooms import BankTask, RoomRanges, build_banks
+from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
-from bast.pipeline.render.scenemodel import (LABEL_COLUMNS, LABEL_HOP_S, Event, draw_events, label_rows, parse_range,
-                                      scene_counts)
+from bast.pipeline.render.scenemodel import LABEL_COLUMNS, Event, draw_events, label_rows, parse_range, scene_counts
 from bast.pipeline.stage.shards import ENV_NAMES, SPLITS, ShardInfo, StageError, shard_name, write_shard
 from bast.pipeline.irs.sofa import IRSet, read_sofa
-from bast.pipeline.render.spatialize import (Condition, SpatializeConfig, assign_splits, check_output, conditions_record,
-                                     layout, summarise_shards, write_irs)
+from bast.pipeline.render.conditions import (Condition, SpatializeConfig, assemble_irs, assign_splits, conditions_record,
+                                             layout)
+from bast.pipeline.render.outputs import check_output, summarise_shards, write_irs
 
 STAGE = "scenes"
 
@@ -136,8 +135,9 @@ class SceneTask:
 # --------------------------------------------------------------------------- impulse responses
 
 
-def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[Condition, IRSet, dict]]:
-    """IR key -> (condition, the IR set its scenes render with, how to save it).
+def scene_irs(config: ScenesConfig, client=None, the_layout=None) -> dict[str, tuple[Condition, IRSet, dict]]:
+    """`assemble_irs` (bast/pipeline/render/conditions.py) for scenes: IR key -> (condition,
+    the IR set its scenes render with, how to save it).
 
     Anechoic: the head's whole HRIR set (the nearest measured direction is heard, or with
     `interpolate` HRIRs interpolated from it). A measured BRIR file: its whole set (nearest;
@@ -145,31 +145,20 @@ def scene_irs(config: ScenesConfig, client=None, plan=None) -> dict[str, tuple[C
     source on a sphere around the head, each image source through the HRIR of its own 3-D
     direction) at `bank_directions`. Every grid direction must be in every set (within
     --ir-tolerance), or interpolable from the head."""
-    plan = plan or layout(config.spatialize_config())
-    conds = plan.conditions()
-    heads = {label: read_sofa(path) for label, path in plan.heads.items()}
     grid = np.asarray(config.directions)
-    simulated = [c for c in conds.values() if isinstance(plan.rooms.get(c.room), HallSpec)]
-    tasks = []
-    for c in simulated:
-        want = bank_directions(heads[c.head], grid, config.moving > 0, config.interpolate)
-        tasks.append(BankTask(plan.rooms[c.room], plan.heads[c.head], tuple(want[:, 0].tolist()), config.tolerance_deg,
-                              tuple(want[:, 1].tolist()) if np.any(want[:, 1]) else (), config.interpolate))
-    built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
-    out = {}
-    for k, c in conds.items():
-        if c.env == "anechoic":
-            irs, how = heads[c.head], {}
-        elif k in built:
-            irs, how = built[k], {"spec": plan.rooms[c.room]}
-        else:
-            irs, how = read_sofa(plan.rooms[c.room]), {}
-        check_grid(irs, grid, config.tolerance_deg, k, interpolated=config.interpolate and c.env == "anechoic")
-        out[k] = (c, irs, how)
-    return out
+
+    def fit(cond: Condition, irs: IRSet, kind: str) -> IRSet:
+        check_grid(irs, grid, config.tolerance_deg, cond.key, interpolated=config.interpolate and kind == "head")
+        return irs
+
+    def where(head_set: IRSet) -> np.ndarray:
+        return bank_directions(head_set, grid, config.moving > 0, config.interpolate)
+
+    return assemble_irs(the_layout or layout(config.spatialize_config()), bank_directions=where,
+                        tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
 
 
-def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
+def bank_directions(head_set: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
     """(D, 2) directions a simulated room's bank is built at: the grid (still events stand
     there) and, when events move, every direction the head measured within the grid's
     elevations (a moving source is heard from the nearest of them). Without `interpolate`
@@ -178,8 +167,8 @@ def bank_directions(head: IRSet, grid: np.ndarray, moving: bool, interpolate: bo
     if not moving:
         return grid
     lo, hi = grid[:, 1].min() - 1e-6, grid[:, 1].max() + 1e-6
-    band = (head.elevation_deg >= lo) & (head.elevation_deg <= hi)
-    measured = np.stack([head.azimuth_deg[band], np.round(head.elevation_deg[band], 6)], axis=-1)
+    band = (head_set.elevation_deg >= lo) & (head_set.elevation_deg <= hi)
+    measured = np.stack([head_set.azimuth_deg[band], np.round(head_set.elevation_deg[band], 6)], axis=-1)
     return unique_directions(np.concatenate([measured, grid]) if interpolate or not len(measured) else measured)
 
 
@@ -293,38 +282,38 @@ def _ragged(parts: list[np.ndarray], width: int | None = None) -> tuple[np.ndarr
     return (np.concatenate(parts) if parts else empty), offsets
 
 
-def run_task(task: SceneTask) -> list[ShardInfo]:
-    """Draw the task's scenes, render each in every condition of the task, write one shard
-    per condition."""
-    t0 = time.perf_counter()
-    config = task.config
-    refs = {r.clip_id: r for r in task.pool}
-    pool: dict[str, list[str]] = {}
-    for r in task.pool:
-        pool.setdefault(r.category, []).append(r.clip_id)
-    sounds: dict[str, np.ndarray | None] = {}
-    failures, warnings = [], Counter()
-    max_samples = int(round(min(config.max_event_s, config.duration_s) * FS))
+class _EventSounds:
+    """The pool's sounds as events (`load_event`), each loaded on its first use; a sound that
+    fails to load is None, its failure recorded once, and the warnings are counted by kind."""
 
-    def length_of(clip_id: str) -> int | None:
-        if clip_id not in sounds:
-            ref = refs[clip_id]
+    def __init__(self, pool: tuple[ClipRef, ...], policy: ClipPolicy, max_samples: int):
+        self.refs = {r.clip_id: r for r in pool}
+        self.policy, self.max_samples = policy, max_samples
+        self.audio: dict[str, np.ndarray | None] = {}
+        self.failures: list[dict] = []
+        self.warnings: Counter = Counter()
+
+    def length_of(self, clip_id: str) -> int | None:
+        if clip_id not in self.audio:
+            ref = self.refs[clip_id]
             try:
-                sounds[clip_id], notes = load_event(ref, config.policy, max_samples)
-                warnings.update(re.sub(r"\d+(\.\d+)?", "N", n) for n in notes)
+                self.audio[clip_id], notes = load_event(ref, self.policy, self.max_samples)
+                self.warnings.update(re.sub(r"\d+(\.\d+)?", "N", n) for n in notes)
             except ClipError as exc:
-                sounds[clip_id] = None
-                failures.append({"clip_id": clip_id, "path": ref.locator, "reason": str(exc)})
+                self.audio[clip_id] = None
+                self.failures.append({"clip_id": clip_id, "path": ref.locator, "reason": str(exc)})
             except Exception as exc:  # an unforeseen library error is one sound's problem, not the run's
-                sounds[clip_id] = None
-                failures.append({"clip_id": clip_id, "path": ref.locator,
-                                 "reason": f"unexpected error: {type(exc).__name__}: {exc}"})
-        return None if sounds[clip_id] is None else len(sounds[clip_id])
+                self.audio[clip_id] = None
+                self.failures.append({"clip_id": clip_id, "path": ref.locator,
+                                      "reason": f"unexpected error: {type(exc).__name__}: {exc}"})
+        return None if self.audio[clip_id] is None else len(self.audio[clip_id])
 
-    scenes = {sid: draw_scene(sid, config, pool, length_of) for sid in task.scene_ids}
-    category_index = {c: i for i, c in enumerate(task.categories)}
-    events = [e for sid in task.scene_ids for e in scenes[sid]]
-    event_arrays = {
+
+def event_arrays(scene_ids: tuple[str, ...], scenes: dict[str, list[Event]]) -> dict[str, np.ndarray]:
+    """The events of the scenes, in scene order, as the shard's event_* columns (ragged:
+    scene i's events are rows event_offsets[i] to event_offsets[i + 1])."""
+    events = [e for sid in scene_ids for e in scenes[sid]]
+    return {
         "event_clip_id": np.array([e.clip_id for e in events], dtype=object),
         "event_category": np.array([e.category for e in events], dtype=object),
         "event_onset_s": np.array([e.onset / FS for e in events], dtype=np.float64),
@@ -333,45 +322,70 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
         "event_elevation_deg": np.array([e.trajectory.elevation_deg for e in events], dtype=np.float32),
         "event_azimuth_rate": np.array([e.trajectory.azimuth_rate for e in events], dtype=np.float32),
         "event_elevation_rate": np.array([e.trajectory.elevation_rate for e in events], dtype=np.float32),
-        "event_offsets": np.cumsum([0] + [len(scenes[s]) for s in task.scene_ids]).astype(np.int64),
+        "event_offsets": np.cumsum([0] + [len(scenes[s]) for s in scene_ids]).astype(np.int64),
     }
+
+
+def render_condition(task: SceneTask, cond: Condition, ir_path: str, scenes: dict[str, list[Event]],
+                     audio_of: Callable[[str], np.ndarray], category_index: dict[str, int]) -> dict[str, np.ndarray]:
+    """The task's scenes heard in one condition, noise added when asked: the shard's audio,
+    snr_db, labels and label_offsets columns."""
+    config = task.config
     n, s = len(task.scene_ids), config.n_samples
+    lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
+    audio = np.empty((n, 2, s), dtype=np.float32)
+    snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
+    labels = []
+    grid = np.asarray(config.directions)
+    bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
+                                 grid[:, 1] if np.any(grid[:, 1]) else ())
+            if config.snr_db is not None else None)
+    for i, sid in enumerate(task.scene_ids):
+        scene = mix(scenes[sid], audio_of, lookup, s)
+        if bank is not None:
+            snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
+                                     f"{cond.head}/{cond.room}")
+        audio[i] = scene
+        labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
+    rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
+    return {"audio": audio, "snr_db": snr, "labels": rows.astype(np.float32), "label_offsets": offsets}
+
+
+def run_task(task: SceneTask) -> list[ShardInfo]:
+    """Draw the task's scenes, render each in every condition of the task, write one shard
+    per condition."""
+    t0 = time.perf_counter()
+    config = task.config
+    sounds = _EventSounds(task.pool, config.policy, int(round(min(config.max_event_s, config.duration_s) * FS)))
+    pool: dict[str, list[str]] = {}
+    for r in task.pool:
+        pool.setdefault(r.category, []).append(r.clip_id)
+    scenes = {sid: draw_scene(sid, config, pool, sounds.length_of) for sid in task.scene_ids}
+    category_index = {c: i for i, c in enumerate(task.categories)}
+    events = event_arrays(task.scene_ids, scenes)
+    n = len(task.scene_ids)
     infos = []
     for index, cond, ir_path in task.shards:
-        lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
-        audio = np.empty((n, 2, s), dtype=np.float32)
-        snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
-        labels = []
-        grid = np.asarray(config.directions)
-        bank = (noise_mod.noise_bank(config.noise, cond.hrir, grid[:, 0], config.seed,
-                                     grid[:, 1] if np.any(grid[:, 1]) else ())
-                if config.snr_db is not None else None)
-        for i, sid in enumerate(task.scene_ids):
-            scene = mix(scenes[sid], sounds.__getitem__, lookup, s)
-            if bank is not None:
-                snr[i] = add_scene_noise(scene, config.noise, bank, config.snr_db, config.seed, sid,
-                                         f"{cond.head}/{cond.room}")
-            audio[i] = scene
-            labels.append(label_rows(scenes[sid], category_index, s, irs=lookup.irs))
-        rows, offsets = _ragged(labels, len(LABEL_COLUMNS))
+        rendered = render_condition(task, cond, ir_path, scenes, sounds.audio.__getitem__, category_index)
         arrays = {
-            "audio": audio,
+            "audio": rendered["audio"],
             "scene_id": np.array(task.scene_ids, dtype=object),
             "split": np.full(n, task.split, dtype=object),
             "env": np.full(n, ENV_NAMES.index(cond.env), dtype=np.uint8),
             "head": np.full(n, cond.head, dtype=object),
             "room": np.full(n, cond.room, dtype=object),
-            "snr_db": snr,
-            "labels": rows.astype(np.float32),
-            "label_offsets": offsets,
-            **event_arrays,
+            "snr_db": rendered["snr_db"],
+            "labels": rendered["labels"],
+            "label_offsets": rendered["label_offsets"],
+            **events,
         }
         attrs = dict(task.attrs)
         attrs.update(env_names=json.dumps(list(ENV_NAMES)), environment=cond.env, split=task.split, head=cond.head,
                      room=cond.room)
         info = ShardInfo(index=index, path=f"shards/{shard_name(index)}", split=task.split, env=cond.env,
-                         samples=n, clips=len(events), sha256="", failures=failures, warnings=dict(warnings),
-                         seconds=time.perf_counter() - t0, head=cond.head, room=cond.room)
+                         samples=n, clips=len(events["event_clip_id"]), sha256="", failures=sounds.failures,
+                         warnings=dict(sounds.warnings), seconds=time.perf_counter() - t0, head=cond.head,
+                         room=cond.room)
         infos.append(write_shard(Path(task.out_dir), info, arrays, attrs))
         t0 = time.perf_counter()
     return infos
@@ -380,8 +394,8 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
 # --------------------------------------------------------------------------- the stage
 
 
-def plan(refs: list[ClipRef], config: ScenesConfig, split_conditions: dict, ir_paths: dict[str, str],
-         out_dir: Path, attrs: dict) -> list[SceneTask]:
+def scene_tasks(refs: list[ClipRef], config: ScenesConfig, conditions_by_split: dict, ir_paths: dict[str, str],
+                out_dir: Path, attrs: dict) -> list[SceneTask]:
     """Scene tasks: the scenes of each split (ids train-00000, ...) in groups of
     scenes_per_shard, one shard per condition of the split."""
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
@@ -392,7 +406,7 @@ def plan(refs: list[ClipRef], config: ScenesConfig, split_conditions: dict, ir_p
     for split in SPLITS:
         ids = [f"{split}-{i:05d}" for i in range(counts[split])]
         for start in range(0, len(ids), config.scenes_per_shard):
-            shards = tuple((index + k, c, ir_paths[c.key]) for k, c in enumerate(split_conditions[split]))
+            shards = tuple((index + k, c, ir_paths[c.key]) for k, c in enumerate(conditions_by_split[split]))
             index += len(shards)
             tasks.append(SceneTask(split, tuple(ids[start:start + config.scenes_per_shard]), by_split[split], shards,
                                    config, categories, str(out_dir), tuple(sorted(attrs.items()))))
@@ -411,7 +425,7 @@ def _digest(irs: IRSet) -> str:
     return h.hexdigest()
 
 
-def stage_params(refs: list[ClipRef], config: ScenesConfig, irs: dict, source: dict) -> dict:
+def stage_params(refs: list[ClipRef], config: ScenesConfig, condition_sets: dict, source: dict) -> dict:
     clips = hashlib.sha256("\n".join(f"{r.clip_id}\t{r.recipe}\t{r.locator}\t{r.category}\t{r.split}"
                                      for r in refs).encode()).hexdigest()
     params = dataclasses.asdict(config)
@@ -420,7 +434,7 @@ def stage_params(refs: list[ClipRef], config: ScenesConfig, irs: dict, source: d
     if config.snr_db is None:
         del params["noise"]
     params.update(stage=STAGE, fs=FS, source=source, clips=len(refs), clips_sha256=clips,
-                  label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in irs.items()},
+                  label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in condition_sets.items()},
                   bast_version=__version__)
     return json.loads(json.dumps(params))
 
@@ -436,18 +450,18 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     # OUT a folder that is no input nor inside one (as for spatialize), before any work
     check_output(out_dir, refs, config.spatialize_config(), source or {})
     the_layout = layout(config.spatialize_config())
-    irs = scene_irs(config, client, the_layout)
-    params = stage_params(refs, config, irs, source or {})
+    condition_sets = scene_irs(config, client, the_layout)
+    params = stage_params(refs, config, condition_sets, source or {})
     categories = category_list(refs)
     ir_paths: dict[str, str] = {}
     out_dir = Path(out_dir)
 
     def plan_tasks(out_dir: Path) -> list[SceneTask]:
-        ir_paths.update(write_irs(out_dir, irs))
+        ir_paths.update(write_irs(out_dir, condition_sets))
         attrs = {"stage": STAGE, "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True), "categories": json.dumps(list(categories)),
                  "label_columns": json.dumps(list(LABEL_COLUMNS)), "label_hop_s": LABEL_HOP_S}
-        return plan(refs, config, the_layout.splits, ir_paths, out_dir, attrs)
+        return scene_tasks(refs, config, the_layout.splits, ir_paths, out_dir, attrs)
 
     def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
         return {"categories": list(categories), "scene_seconds": config.duration_s, "label_hop_s": LABEL_HOP_S,

@@ -29,7 +29,7 @@ from bast.errors import ConfigError, DataError, SofaError, StorageError
 from bast.fileio import sha256_file
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HANG_LIMIT_S = 60
 
 
@@ -503,7 +503,9 @@ def test_evaluate_results_hold_no_nan(data, tmp_path):
     code, out = cli("evaluate", run, "--on", data / "s2", "--device", "cpu", "--split", "all")
     assert code == 0, out
     assert "nan" not in out.lower()
-    for path in (run / "eval").glob("*/metrics.json"):
+    written = sorted((run / "eval").glob("*/metrics.json"))
+    assert written, "evaluate wrote no metrics.json"  # an empty glob would check nothing
+    for path in written:
         json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {path}"))
 
 

@@ -24,7 +24,7 @@ from bast.pipeline.features.scenes import (ALIGNED_HOP, window_label_frames, win
                                          window_starts)
 from bast.dcase.files import dcase_rows
 from bast.dcase.metrics import score_directories
-from conftest import SELD_KINDS, render_seld_scenes
+from helpers import SELD_KINDS, render_seld_scenes
 
 KINDS = SELD_KINDS
 
@@ -101,13 +101,16 @@ def test_an_oracle_stitched_from_windows_scores_perfectly(scene_data):
     assert m0["f20"] == 0.0 and m0["er20"] == pytest.approx(1.0) and m0["lr"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bast", "ast", "seldnet", "mlp"])
 def test_each_model_trains_on_scenes_and_its_test_is_the_dcase_score_of_its_csvs(scene_data, tmp_path, arch):
     cfg = preset("tiny", arch=arch, target="seld", epochs=2, batch_size=16, device="cpu", seed=0)
     result = train(scene_data, tmp_path / arch, cfg)
     run = tmp_path / arch
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(np.isfinite(r["val_loss"]) and 0 <= r["val_f20"] <= 1 for r in rows)
+    assert len(rows) == 2 and all(np.isfinite(r["val_loss"]) and r["val_f20"] is not None for r in rows)
+    # it learns: both losses fall from epoch 1 to 2 (F20 is still 0 after two tiny epochs)
+    assert rows[1]["train_loss"] < rows[0]["train_loss"] and rows[1]["val_loss"] < rows[0]["val_loss"], rows
     saved = json.loads((run / "eval" / "test.json").read_text())
     assert saved["target"] == "seld" and saved["classes_list"] == sorted(KINDS) and saved["n"] == result["n"] > 0
     assert [c["class"] for c in saved["classes"]] == sorted(KINDS)

@@ -1,6 +1,7 @@
 """HRIR interpolation (bast/pipeline/irs/interpolate.py) and its leave-one-out check."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +11,13 @@ from bast.cli import app
 from bast.errors import SofaError
 from bast.pipeline.irs import acoustics
 from bast.pipeline.irs import check as ircheck
-from bast.pipeline.irs.interpolate import Interpolator, interpolate
+from bast.pipeline.irs.interpolate import Interpolator, interpolate, minimum_phase, prepare
 from bast.pipeline.irs.sources import load_hrirs
-from bast.pipeline.irs.sofa import write_sofa
+from bast.pipeline.irs.sofa import read_sofa, write_sofa
+from bast.pipeline.irs.sphericalhead import spherical_head_irs
 
 FS = 16000
+HUMAN = Path(__file__).parent / "data" / "human_hrir" / "sonicom_subject_rings.sofa"  # README.md beside it
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +85,47 @@ def test_cli_interpolation_check_prints_the_table(kemar, tmp_path):
     assert loo["directions"] == len(small) == 54
     o = loo["overall"]
     assert o["itd_error_us_interpolated"]["mean"] < o["itd_error_us_nearest"]["mean"]
+
+
+# Every head set of the tests, leave-one-out (`irs --interpolation-check`'s code): the
+# bundled KEMAR (16 kHz), the spherical-head model (48 and 16 kHz, a ring), a measured
+# human head at its own 48 kHz (long responses with reflections, a low-frequency roll-off, rings 10-15
+# deg apart: where the delays put back were once a cycle of the 1.5 kHz band off, an ITD
+# error of 100 us against nearest neighbour's 32) and the same head at bast's 16 kHz.
+HEADS = {
+    "kemar": (lambda: load_hrirs(), 10),
+    "sphere-48k": (lambda: spherical_head_irs(np.arange(0.0, 360.0, 5.0), fs=48000), 1),
+    "sphere-16k": (lambda: spherical_head_irs(np.arange(0.0, 360.0, 5.0)), 1),
+    "human-48k": (lambda: read_sofa(HUMAN, fs=48000), 4),
+    "human-16k": (lambda: read_sofa(HUMAN), 4),
+}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_interpolation_beats_the_nearest_neighbour_on_every_head(head):
+    make, step = HEADS[head]
+    irs = make()
+    loo = ircheck.interpolation_check(irs, only=range(0, len(irs), step))
+    o = loo["overall"]
+    assert o["sd_db_interpolated"]["mean"] < 0.8 * o["sd_db_nearest"]["mean"]
+    assert o["itd_error_us_interpolated"]["mean"] < 0.5 * o["itd_error_us_nearest"]["mean"]
+    assert o["itd_error_us_interpolated"]["p95"] < o["itd_error_us_nearest"]["p95"]
+    for ring, s in loo["by_elevation"].items():  # near the horizontal plane too, not only on average
+        assert s["itd_error_us_interpolated"]["mean"] < s["itd_error_us_nearest"]["mean"], ring
+
+
+@pytest.mark.parametrize("fs", [48000, 16000])
+def test_the_split_into_minimum_phase_and_delays_keeps_each_measured_pairs_itd(fs):
+    """Each pair of the human head rebuilt from what interpolation keeps of it (its
+    magnitudes made minimum phase, each ear's delay put back) has the measured pair's ITD.
+    With each ear's delay from its own low-passed cross-correlation with its minimum-phase
+    version, 62% of these pairs were more than 20 us off (up to 870 us)."""
+    irs = read_sofa(HUMAN, fs=fs)
+    irs = irs.subset(np.arange(0, len(irs), 3))
+    p = prepare(irs)
+    f = np.arange(p.nfft // 2 + 1) / p.nfft
+    spectra = minimum_phase(np.exp(p.log_magnitude), p.nfft) * np.exp(-2j * np.pi * p.delays[..., None] * f)
+    rebuilt = np.fft.irfft(spectra, p.nfft, axis=-1)[..., :irs.ir.shape[-1]]
+    itd = lambda pair: acoustics.itd_ms(pair, fs, upsample=32) * 1000.0  # noqa: E731
+    errors = [abs(itd(r) - itd(m)) for r, m in zip(rebuilt, irs.ir)]
+    assert max(errors) < 8.0

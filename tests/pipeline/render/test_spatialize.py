@@ -1,11 +1,9 @@
 """Stage 1 end to end: rendering, the shard contract, splits, bad inputs, resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -22,7 +20,9 @@ from bast.pipeline.irs import acoustics
 from bast.pipeline.render.clips import ClipPolicy, prepare
 from bast.pipeline.irs.sources import load_hrirs
 from bast.pipeline.stage.shards import DirectoryLock, StageError, sha256_file
-from bast.pipeline.render.spatialize import SpatializeConfig, assign_splits, spatialize
+from bast.pipeline.render.conditions import SpatializeConfig, assign_splits
+from bast.pipeline.render.spatialize import spatialize
+from helpers import cli_killed_at_shard
 
 FS = 16000
 QUARTERS = (0.0, 90.0, 180.0, 270.0)
@@ -198,21 +198,18 @@ def test_cli_renders_good_clips_and_lists_every_bad_one(tmp_path):
     assert list((out / "examples" / "anechoic").glob("*_az090.wav"))
 
 
+@pytest.mark.slow
 def test_killed_run_on_a_local_cluster_resumes_to_the_same_output(tmp_path):
-    """SIGKILL a real 2-process LocalCluster run part-way; the re-run's output equals an
+    """SIGKILL a real 2-process LocalCluster run after its third shard; the re-run's output equals an
     uninterrupted run's, sample for sample."""
     args = ["default", "--sounds", "40", "--seed", "5", "--azimuths", "0:360:30", "--samples-per-shard", "12"]
     cmd = [sys.executable, "-m", "bast.cli", "spatialize"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [args[0], str(killed)] + args[1:] + ["--workers", "2"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((killed / "shards").glob("*.h5"))) < 3:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its dask workers
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    # killed with its dask workers once the third shard is reported done
+    proc = cli_killed_at_shard("bast.pipeline.render.spatialize", 3,
+                               ["spatialize", args[0], killed, *args[1:], "--workers", "2"], timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (killed / "manifest.json").exists()
     written = len(list((killed / "shards").glob("*.h5")))
     assert 3 <= written < 80
 

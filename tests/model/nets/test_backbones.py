@@ -285,6 +285,7 @@ def test_mamba_on_cuda_gives_the_cpu_outputs():
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_each_backbone_trains_evaluates_localizes_and_reports(small_features, tmp_path):
     """train --backbone B (one epoch of a tiny model on the anechoic half), the checkpoint
     records it, evaluate on the test split, localize a clip, and one report with Table 1's
@@ -313,7 +314,8 @@ def test_each_backbone_trains_evaluates_localizes_and_reports(small_features, tm
         ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
         assert ckpt["config"]["model"]["backbone"] == backbone
         test = json.loads((run / "eval" / "test.json").read_text())
-        assert test["n"] > 0 and 0 <= test["ad_deg"] <= 180
+        # chance is 90 deg (azimuths all round); one epoch gives about 45 on this data
+        assert test["n"] > 0 and test["ad_deg"] < 65, test["ad_deg"]
         result = runner.invoke(app, ["evaluate", str(run), "--on", str(small_features), "--env", "anechoic",
                                      "--device", "cpu"])
         assert result.exit_code == 0, result.output
@@ -322,6 +324,9 @@ def test_each_backbone_trains_evaluates_localizes_and_reports(small_features, tm
         assert result.exit_code == 0, result.output
         lines = (tmp_path / f"loc-{backbone}" / "noise.csv").read_text().splitlines()
         assert len(lines) > 2  # a header and windows
+        column = lines[0].split(",").index("azimuth_deg")
+        azimuths = [float(line.split(",")[column]) for line in lines[1:]]
+        assert all(45 <= a <= 135 for a in azimuths), azimuths  # the louder left ear: on the left (90 deg)
         runs.append(run)
     result = runner.invoke(app, ["report", *map(str, runs), "--out", str(tmp_path / "report"), "--rollout-samples", "1"])
     assert result.exit_code == 0, result.output

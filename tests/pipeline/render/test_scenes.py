@@ -3,11 +3,9 @@ and Stage 2 on scenes (docs/scenes.md)."""
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -31,6 +29,7 @@ from bast.pipeline.features.scenes import cut_window, stft_label_frames
 from bast.pipeline.render.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, scene_counts
 from bast.pipeline.render.scenes import ScenesConfig, mix, render_scenes
 from bast.sphere import great_circle_deg
+from helpers import cli_killed_at_shard
 
 FS = 16000
 
@@ -323,7 +322,7 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
 
 
 def _split_pool(refs, config, split):
-    from bast.pipeline.render.spatialize import assign_splits
+    from bast.pipeline.render.conditions import assign_splits
 
     splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
     pool = {}
@@ -489,25 +488,48 @@ def test_cli_scenes_at_unmeasured_directions_need_interpolate(tmp_path):
     assert len(rows) and np.all((rows[:, 4] >= -15.0) & (rows[:, 4] <= 7.0))
 
 
+def test_cli_max_event_cuts_every_event_to_that_length(tmp_path):
+    """--max-event S: no event lasts longer than S seconds, in the events' record and in
+    their label frames; the same scenes with the default (2 s) hold longer events."""
+    args = ["default", "--sounds", "12", "--no-speech", "--seed", "7", "--count", "6", "--duration", "3",
+            "--env", "anechoic", "--azimuths", "0:360:90", "--workers", "0"]
+    longest = {}
+    for max_event in ("2", "0.4"):
+        out = tmp_path / f"max-{max_event}"
+        r = CliRunner().invoke(app, ["scenes", args[0], str(out), *args[1:], "--max-event", max_event])
+        assert r.exit_code == 0, r.output
+        shards = read_scene_shards(out)
+        durations = np.concatenate([sh["event_duration_s"] for sh in shards])
+        assert len(durations) > 0
+        longest[max_event] = durations.max()
+        frames = 0
+        for sh in shards:  # label rows per event of a scene: 100 ms frames it is active in
+            off = sh["label_offsets"]
+            for i in range(len(sh["scene_id"])):
+                rows = sh["labels"][off[i]:off[i + 1]]
+                frames = max([frames, *np.unique(rows[:, 2], return_counts=True)[1]])
+        longest[max_event, "frames"] = frames
+    assert longest["0.4"] <= 0.4 + 1 / FS and longest["2"] > 0.4
+    assert longest["0.4", "frames"] <= 5 < longest["2", "frames"]  # 0.4 s spans at most 5 frames of 100 ms
+
+
 def test_cli_refuses_a_speed_range_upside_down(tmp_path):
     r = CliRunner().invoke(app, ["scenes", "default", str(tmp_path / "y"), "--speed", "60:10", "--workers", "0"])
     assert r.exit_code == 1 and "--speed" in r.output
 
 
+@pytest.mark.slow
 def test_killed_scenes_run_resumes_to_byte_identical_shards(tmp_path):
     args = ["default", "--sounds", "30", "--seed", "7", "--count", "24", "--duration", "1", "--env", "anechoic",
             "--moving", "0.5", "--azimuths", "0:360:45", "--scenes-per-shard", "1"]
     cmd = [sys.executable, "-m", "bast.cli", "scenes"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [args[0], str(killed)] + args[1:] + ["--workers", "2"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((killed / "shards").glob("*.h5"))) < 3:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "the run finished before it could be killed"
+    # killed with its dask workers once the third shard is reported done
+    proc = cli_killed_at_shard("bast.pipeline.render.scenes", 3,
+                               ["scenes", args[0], killed, *args[1:], "--workers", "2"], timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (killed / "manifest.json").exists()
+    assert 3 <= len(list((killed / "shards").glob("*.h5"))) < 24
     resumed = subprocess.run(cmd + [args[0], str(killed)] + args[1:] + ["--workers", "2"], capture_output=True,
                              text=True)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout

@@ -83,7 +83,8 @@ def test_evaluate_on_an_unseen_head_stores_reuses_and_reports(study, tmp_path):
     assert name.startswith("sphere-all-") and name in result.output and "evaluated" in result.output
     metrics = json.loads((run / "eval" / name / "metrics.json").read_text())
     assert metrics["n"] == 24 * len(AZIMUTHS) and f"{metrics['ad_deg']:.2f}" in result.output
-    assert 0 < metrics["ad_deg"] < 90  # better than chance on a head it never saw
+    # well below chance (90 deg) on a head it never saw: about 45 deg (its own test about 44)
+    assert metrics["ad_deg"] < 65, metrics["ad_deg"]
     assert metrics["features_dir"] == str(sphere.resolve()) and len(metrics["data_sha256"]) == 64
     assert set(metrics["by_category"]) == {"white_noise", "pink_noise", "brown_noise"}
     assert set(metrics["by_env"]) == {"anechoic"} and len(metrics["per_azimuth"]["azimuth_deg"]) == len(AZIMUTHS)
@@ -96,6 +97,16 @@ def test_evaluate_on_an_unseen_head_stores_reuses_and_reports(study, tmp_path):
     again = runner.invoke(app, ["evaluate", str(run), "--on", str(sphere), "--split", "all", "--device", "cpu"])
     assert again.exit_code == 0 and "stored" in again.output
     assert json.loads((run / "eval" / name / "metrics.json").read_text())["created"] == metrics["created"]
+    # --force evaluates again although the stored result is still valid: the files are
+    # written anew (an atomic write is a new file), with the same figures
+    stored = {f: (run / "eval" / name / f).stat().st_ino for f in ("metrics.json", "predictions.csv")}
+    forced = runner.invoke(app, ["evaluate", str(run), "--on", str(sphere), "--split", "all", "--device", "cpu",
+                                 "--force"])
+    assert forced.exit_code == 0 and "evaluated" in forced.output and "stored" not in forced.output, forced.output
+    assert all((run / "eval" / name / f).stat().st_ino != ino for f, ino in stored.items())
+    redone = json.loads((run / "eval" / name / "metrics.json").read_text())
+    assert redone["n"] == metrics["n"] and redone["ad_deg"] == pytest.approx(metrics["ad_deg"])
+    assert list(json.loads((run / "eval" / "index.json").read_text())["sets"]) == [name]  # replaced, not added
 
     out = tmp_path / "report"
     rep = runner.invoke(app, ["report", str(run), "--out", str(out), "--rollout-samples", "0", "--per-set-figures"])

@@ -43,7 +43,7 @@ def test_classes_are_the_sorted_categories_of_every_split(features, classes):
 
 
 # The clip targets and the models that learn them; seld and seldnet (scene data) are
-# tested in tests/test_seld_train.py.
+# tested in tests/model/test_seld_train.py.
 CLIP_TARGETS = sorted(n for n, t in tg.TARGETS.items() if not t.scenes)
 CLIP_MODELS = sorted(a for a in MODELS if a != "seldnet")
 
@@ -165,7 +165,6 @@ def test_learned_task_weights_are_trained_and_saved(features, tmp_path):
     assert again.target == "azimuth+category" and torch.equal(model.target_loss.log_vars, state["target_loss.log_vars"])
 
 
-@tg.register
 class LeftRight(tg.Target):
     """A toy target declared here only: is the source in the left half (0 < az < 180)?"""
 
@@ -190,7 +189,16 @@ class LeftRight(tg.Target):
         return {"logit_left": p, "correct": ((p > 0) == (y.cpu().numpy() > 0.5)).astype(np.float64)}
 
 
-def test_a_target_declared_elsewhere_trains_end_to_end(features, tmp_path):
+@pytest.fixture
+def left_right():
+    """The toy target registered for one test and removed after it, so that no later test
+    (a list of targets, an error naming them) sees it."""
+    tg.register(LeftRight)
+    yield LeftRight
+    tg.TARGETS.pop(LeftRight.name)
+
+
+def test_a_target_declared_elsewhere_trains_end_to_end(features, tmp_path, left_right):
     cfg = preset("tiny", arch="mlp", target="test-left-right", epochs=3, batch_size=16, device="cpu",
                  memory_budget_gb=1.0, hidden=64, depth=1)
     result = train(features, tmp_path / "run", cfg)
@@ -201,3 +209,7 @@ def test_a_target_declared_elsewhere_trains_end_to_end(features, tmp_path):
     assert correct.mean() > 0.75  # left and right are the easy part of localization
     model, cfg2 = load_model(tmp_path / "run")
     assert cfg2.model.outputs == 1 and model(torch.zeros(2, 2, 129, 61)).shape == (2, 1)
+
+
+def test_the_toy_target_is_registered_only_for_its_test():
+    assert LeftRight.name not in tg.TARGETS  # importing this file registers nothing

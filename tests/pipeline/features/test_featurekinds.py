@@ -121,7 +121,8 @@ def test_a_declared_kind_trains_evaluates_and_localizes(small_features, ild_feat
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["features"] == ["logpower", "ildtoy"] and config["model"]["phase"] is False
     test = json.loads((run / "eval" / "test.json").read_text())
-    assert test["n"] == Selection.of(ild_features, "test").samples and 0 <= test["ad_deg"] <= 180
+    assert test["n"] == Selection.of(ild_features, "test").samples
+    assert test["ad_deg"] < 65, test["ad_deg"]  # it learned: chance is 90 deg, one epoch gives about 45
     model, cfg = load_model(run, "best", "cpu")
     # BAST: each ear's stream sees its log power and the (signed) level difference.
     convs = [m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]

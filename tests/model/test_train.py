@@ -21,6 +21,7 @@ from bast.model.data.loaders import standardize
 from bast.errors import ConfigError, DataError
 from bast.model.nets.bast import BASTConfig
 from bast.model.train import TrainConfig, TrainingError, load_checkpoint, load_model, lr_at, preset, train
+from helpers import cli_killed_at_step
 
 SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=1, stride=12, dropout=0.0, batch_size=16, warmup_steps=5,
              device="cpu", memory_budget_gb=1.0)
@@ -258,20 +259,15 @@ SMALL_ARGS = ["--device", "cpu", "--deterministic", "--seed", "3", "--batch-size
               "--set", "heads=4", "--set", "mlp_dim=64", "--set", "stride=12", "--set", "warmup_steps=5"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
     args = SMALL_ARGS + ["--epochs", "3"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(cli(features, "--out", whole, *args), check=True, capture_output=True)
-    proc = subprocess.Popen(cli(features, "--out", killed, *args), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # during epoch 2
-    proc.wait()
-    assert metrics.read_text().count("\n") == 1, "epoch 2 finished before the kill"
+    proc = cli_killed_at_step(2, 2, ["train", features, "--out", killed, *args], timeout=300)  # in epoch 2
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (killed / "metrics.jsonl").read_text().count("\n") == 1
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1
     subprocess.run(cli(features, "--out", killed, "--resume"), check=True, capture_output=True)
     a = load_checkpoint(whole / "checkpoints" / "last.pt")
     b = load_checkpoint(killed / "checkpoints" / "last.pt")
@@ -293,6 +289,36 @@ def test_a_killed_run_resumes_to_the_same_weights(features, tmp_path):
         train(features, killed, preset("tiny"), resume=True, resume_changes={"epochs": 2})
 
 
+def train_cli(features, run, *args):
+    """`bast-cli train` in this process; its metrics rows."""
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(features), "--out", str(run), *SMALL_ARGS, *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_max_minutes_stops_after_the_epoch_that_crosses_it(features, tmp_path):
+    """--max-minutes: a budget any epoch crosses (0.6 ms) stops the run after its first
+    epoch of 4, validated (the last epoch always is), saved, said why, and tested."""
+    rows = train_cli(features, tmp_path / "run", "--epochs", "4", "--max-minutes", "0.00001")
+    assert [r.get("epoch") for r in rows] == [1, 1]
+    assert rows[0]["val_loss"] is not None and rows[1]["stopped"] == "time budget of 1e-05 min"
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 1
+    assert json.loads((tmp_path / "run" / "eval" / "test.json").read_text())["n"] > 0
+
+
+def test_val_every_validates_every_kth_epoch_and_the_last(features, tmp_path):
+    rows = train_cli(features, tmp_path / "run", "--epochs", "3", "--val-every", "2")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r.get("val_loss") is not None for r in rows] == [False, True, True]
+    assert "val_ad_deg" not in rows[0]
+    # best.pt is only ever a validated epoch
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["best_epoch"] in (2, 3)
+
+
 def torchrun(features, run, *args, port=29517):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "bast.cli", "train", str(features), "--out", str(run), *map(str, args)]
@@ -305,6 +331,7 @@ def torchrun(features, run, *args, port=29517):
 DDP_ARGS = SMALL_ARGS + ["--set", "dropout=0.1", "--set", "schedule=constant"]
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_synchronised_model(features, tmp_path):
     run = tmp_path / "ddp"
     done = torchrun(features, run, *DDP_ARGS, "--epochs", "2")
@@ -556,7 +583,7 @@ def test_training_says_where_and_how_it_runs(features, tmp_path):
 def _bench():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train.py"
     spec = importlib.util.spec_from_file_location("bench_train", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,6 +4,7 @@ import json
 import re
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from bast.cli import app
@@ -14,6 +15,7 @@ SMALL = dict(dim=32, heads=4, mlp_dim=64, depth=2, stride=12, dropout=0.0, batch
              device="cpu", epochs=1, max_minutes=None)
 
 
+@pytest.mark.slow
 def test_report_from_three_runs(small_features, tmp_path):
     runs = {
         "nsp-sub": preset("tiny", integration="sub", **SMALL),
@@ -77,12 +79,27 @@ def test_conditions_are_broken_down_in_the_test_and_the_report(tmp_path):
     assert "Per room: anechoic" in html
 
 
-def test_report_device_is_resolved_like_training(tmp_path):
-    """--device auto works, and a GPU asked for where there is none is one clear error."""
+def test_report_device_is_resolved_like_training(small_features, tmp_path):
+    """On a real run whose stored test predictions are gone (so the report evaluates it
+    again, on the device it resolves): --device auto reports the run's own test figures;
+    --device cuda reports on the GPU where there is one and is one clear error where there
+    is none, writing no report."""
     import torch
 
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "no-run"), "--out", str(tmp_path / "r"),
-                                      "--device", "cuda"])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
-    if not torch.cuda.is_available():
-        assert "CUDA is not available" in result.output
+    run = tmp_path / "run"
+    final = train(small_features, run, preset("tiny", **SMALL))
+    (run / "eval" / "test_predictions.csv").unlink()
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "auto"), "--device", "auto",
+                                      "--rollout-samples", "0"])
+    assert result.exit_code == 0, result.output
+    (reported,) = json.loads((tmp_path / "auto" / "summary.json").read_text())["runs"].values()
+    assert reported["summary"]["ad_deg"] == pytest.approx(final["ad_deg"], abs=0.5)
+    (run / "eval" / "test_predictions.csv").unlink()
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "cuda"), "--device", "cuda",
+                                      "--rollout-samples", "0"])
+    if torch.cuda.is_available():
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / "cuda" / "index.html").exists()
+    else:
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert "CUDA is not available" in result.output and not (tmp_path / "cuda" / "index.html").exists()

@@ -1,11 +1,9 @@
 """Stage 2: the spectrogram definition against scipy itself, and the stage end to end."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -22,6 +20,7 @@ from bast.model.data.loaders import standardize
 from bast.pipeline.features.stft import FLOOR_DB, spectrogram_db
 from bast.pipeline.stage.shards import StageError
 from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
+from helpers import cli_killed_at_shard
 
 FS = 16000
 
@@ -170,22 +169,39 @@ def test_a_sample_with_non_finite_audio_is_skipped_and_recorded(stage1, tmp_path
 
 
 def test_killed_featurize_resumes_to_identical_output(stage1, tmp_path):
+    """featurize killed (SIGKILL) right after its second shard, then run again: the same
+    shards, byte for byte, as an uninterrupted run."""
     cmd = [sys.executable, "-m", "bast.cli", "featurize", str(stage1)]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen(cmd + [str(killed), "--workers", "0"], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list((killed / "shards").glob("*.h5")):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "manifest.json").exists(), "finished before it could be killed"
-    subprocess.run(cmd + [str(killed), "--workers", "0"], check=True, capture_output=True)
+    proc = cli_killed_at_shard("bast.pipeline.features.featurize", 2,
+                               ["featurize", stage1, killed, "--workers", "0"], timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (killed / "manifest.json").exists()
+    assert len(list((killed / "shards").glob("*.h5"))) == 2 < len(shards_of(stage1))
+    resumed = subprocess.run(cmd + [str(killed), "--workers", "0"], check=True, capture_output=True, text=True)
+    assert "resuming" in resumed.stdout
     subprocess.run(cmd + [str(whole), "--workers", "0"], check=True, capture_output=True)
     a = json.loads((killed / "manifest.json").read_text())["shards"]
     b = json.loads((whole / "manifest.json").read_text())["shards"]
     assert a == b  # the same shards with the same sha256: identical bytes
+
+
+def test_featurize_runs_its_tasks_on_the_scheduler_named(stage1, tmp_path):
+    """--scheduler ADDRESS: the tasks run on the dask cluster there (one this test starts,
+    one worker), and the output is what a run in this process writes."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=":0") as cluster:
+        (worker,) = cluster.workers.values()
+        result = CliRunner().invoke(app, ["featurize", str(stage1), str(tmp_path / "dask"), "--scheduler",
+                                          cluster.scheduler_address])
+        assert result.exit_code == 0, result.output
+        assert "on dask (1 workers)" in result.output
+        assert worker.state.executed_count > 0  # the tasks ran there
+    featurize(stage1, tmp_path / "here")
+    a = json.loads((tmp_path / "dask" / "manifest.json").read_text())["shards"]
+    assert a == json.loads((tmp_path / "here" / "manifest.json").read_text())["shards"]
 
 
 def test_rerunning_a_finished_stage1_does_not_block_stage2(tmp_path):

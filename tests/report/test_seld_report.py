@@ -19,7 +19,7 @@ from bast.model.evaluation.runs import evaluate_run, stored_evaluations
 from bast.pipeline.features.featurize import featurize
 from bast.dcase.files import read_dcase_csv
 from bast.dcase.metrics import score_directories
-from conftest import SELD_KINDS, render_seld_scenes
+from helpers import SELD_KINDS, render_seld_scenes
 
 KINDS = SELD_KINDS
 

@@ -23,7 +23,8 @@ from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.sources import default_hrir_path, load_hrirs
 from bast.pipeline.irs.rooms import RoomRanges, draw_rooms
 from bast.pipeline.irs.sofa import read_sofa, write_sofa
-from bast.pipeline.render.spatialize import SpatializeConfig, layout, spatialize
+from bast.pipeline.render.conditions import SpatializeConfig, layout
+from bast.pipeline.render.spatialize import spatialize
 from test_spatialize import read_all
 
 FS = 16000

@@ -36,7 +36,7 @@ from bast.errors import ConfigError, DataError
 from bast.dcase.files import format_dcase_rows, read_dcase_csv, write_dcase_csv
 from bast.dcase.metrics import count_recording, pair_csv_files, score_directories, score_recordings
 
-DATA = Path(__file__).parent / "data" / "seld"
+DATA = Path(__file__).parents[1] / "data" / "seld"
 N_CLASSES = {"misses_false_alarms": 3, "two_tracks_one_class": 2, "unaligned_and_empty": 2, "random": 4,
              "random_self": 4}
 

@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from bast.model.runs.checkpoint import load_checkpoint
+from helpers import cli_killed_at_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -51,15 +51,10 @@ def test_float32_training_uses_tf32_and_deterministic_runs(small_features, tmp_p
 def test_a_killed_gpu_run_resumes(small_features, tmp_path):
     args = [*SMALL, "--device", "cuda", "--epochs", "3", "--seed", "3"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "bast.cli", "train", str(small_features), "--out", str(killed),
-                             *args], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = cli_killed_at_step(2, 2, ["train", small_features, "--out", killed, *args], timeout=900)  # in epoch 2
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] == 1
     metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     done = cli("train", small_features, "--out", killed, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -1,0 +1,100 @@
+"""Helpers shared by test modules (a plain module: tests import it; conftest.py keeps only
+fixtures). tests/ is on sys.path through pyproject's `pythonpath`."""
+
+import subprocess
+import sys
+
+SELD_KINDS = ("white_noise", "harmonic", "clicks")
+
+
+def render_seld_scenes(out, *, count: int, duration_s: float, events: tuple, scenes_per_shard: int):
+    """Featurized anechoic scenes of 3 procedural classes (SELD_KINDS), up to 2 events at
+    once, half of them moving, on a 30 degree grid (the SELD tests' data): out/s2."""
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.irs.sources import parse_direction_options
+    from bast.pipeline.render.scenes import ScenesConfig, render_scenes
+
+    refs = [r for r in DefaultCorpus(n_clips=60, seed=3, speech=False).list_clips() if r.category in SELD_KINDS]
+    config = ScenesConfig(count=count, duration_s=duration_s, events=events, max_overlap=2, moving=0.5,
+                          speed=(30, 90), directions=parse_direction_options("0:360:30"),
+                          environments=("anechoic",), seed=3, scenes_per_shard=scenes_per_shard, test_fraction=0.25)
+    render_scenes(refs, out / "s1", config)
+    featurize(out / "s1", out / "s2")
+    return out / "s2"
+
+
+
+# A command killed at a chosen point of its own progress, not by a timer racing it: the CLI
+# runs in a child process (`python -c`) whose stage or training loop reports progress
+# through the library's own callbacks (on_shard, on_epoch/on_step); at the chosen point the
+# callback sends SIGKILL to the child's process group (the command and any dask workers it
+# started), as `kill -9` would. The library is used as it is; only the callback is wrapped.
+_KILL_AT_SHARD = """
+import os, signal, sys
+import {module} as stage_module
+from bast.cli import main
+
+real_run_stage = stage_module.run_stage
+
+def run_stage(*args, on_shard=None, **kwargs):
+    done = []
+
+    def on_shard_then_kill(info, planned):
+        if on_shard:
+            on_shard(info, planned)
+        done.append(info)
+        if len(done) == {shards}:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    return real_run_stage(*args, on_shard=on_shard_then_kill, **kwargs)
+
+stage_module.run_stage = run_stage
+sys.argv = ["bast-cli", *{argv!r}]
+main()
+"""
+
+_KILL_AT_STEP = """
+import os, signal, sys
+import bast.model.train as training
+from bast.cli import main
+
+real_train = training.train
+
+def train(*args, on_epoch=None, on_step=None, **kwargs):
+    epochs = []
+
+    def on_epoch_counted(row):
+        if on_epoch:
+            on_epoch(row)
+        epochs.append(row["epoch"])
+
+    def on_step_then_kill(done, total):
+        if on_step:
+            on_step(done, total)
+        if len(epochs) == {epoch} - 1 and done == {step}:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    return real_train(*args, on_epoch=on_epoch_counted, on_step=on_step_then_kill, **kwargs)
+
+training.train = train
+sys.argv = ["bast-cli", *{argv!r}]
+main()
+"""
+
+
+def cli_killed_at_shard(module: str, shards: int, argv: list, **run_kwargs):
+    """Run `bast-cli ARGV` in a child process and SIGKILL it (and its workers) once the
+    stage in `module` (whose `run_stage` the command calls) has reported `shards` shards
+    done. Returns the CompletedProcess; its returncode is -9 when the kill happened."""
+    code = _KILL_AT_SHARD.format(module=module, shards=shards, argv=[str(a) for a in argv])
+    return subprocess.run([sys.executable, "-c", code], start_new_session=True, capture_output=True, text=True,
+                          **run_kwargs)
+
+
+def cli_killed_at_step(epoch: int, step: int, argv: list, **run_kwargs):
+    """Run `bast-cli train ...` (ARGV) in a child process and SIGKILL it at training step
+    `step` of epoch `epoch` (1-based), after the epochs before it were saved."""
+    code = _KILL_AT_STEP.format(epoch=epoch, step=step, argv=[str(a) for a in argv])
+    return subprocess.run([sys.executable, "-c", code], start_new_session=True, capture_output=True, text=True,
+                          **run_kwargs)
