@@ -32,7 +32,8 @@ INNER = {
 # the CLI itself (the workers of a dask cluster import them; `bast-cli --help` stays quick).
 TORCH_FREE = ("bast.dcase.metrics", "bast.dcase.files", "bast.model.targets.metrics", "bast.pipeline.features.featurize",
               "bast.pipeline.render.spatialize", "bast.pipeline.render.scenes", "bast.pipeline.render.conditions",
-              "bast.pipeline.render.outputs", "bast.pipeline.features.scenes",
+              "bast.pipeline.render.outputs", "bast.pipeline.render.recipe", "bast.pipeline.render.sampler",
+              "bast.pipeline.features.scenes",
               "bast.pipeline.irs.check", "bast.report.seld", "bast.report.stats", "bast.cli")
 
 

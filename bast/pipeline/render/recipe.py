@@ -26,7 +26,7 @@ from bast.errors import ConfigError, DataError, MissingError
 from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.render.clips import ClipPolicy
-from bast.pipeline.render.spatialize import Condition, SpatializeConfig, assign_splits, layout
+from bast.pipeline.render.conditions import Condition, SpatializeConfig, assign_splits, layout
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Recipe:
     conditions: tuple[Condition, ...]  # the training split's (train and val share them)
     ir_paths: dict  # condition key -> the IR file it renders with (irs/<key>.sofa)
     rooms: dict  # room label -> HallSpec (simulated) or SOFA path (measured)
-    heads: dict  # head label -> SOFA path
+    head_paths: dict  # head label -> SOFA path
     categories: tuple[str, ...]  # the sorted class list of the whole data set
     plan_only: bool = False  # written by `spatialize --plan-only`: no audio shards
 
@@ -134,7 +134,7 @@ def read_recipe(stage1_dir) -> Recipe:
         ir_paths[cond.key] = str(path)
     categories = tuple(sorted(manifest.get("categories") or {r.category for r in refs}))
     return Recipe(root, config, source, sounds, the_layout.splits["train"], ir_paths, dict(the_layout.rooms),
-                  dict(the_layout.heads), categories, bool(manifest.get("plan_only")))
+                  dict(the_layout.head_paths), categories, bool(manifest.get("plan_only")))
 
 
 def simulated(recipe: Recipe, room: str) -> HallSpec | None:
