@@ -88,6 +88,7 @@ def spatialize(
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
     examples: Annotated[int, typer.Option(help="Also write WAV files of this many clips at 0/90/180/270 deg, for listening.")] = 0,
+    plan_only: Annotated[bool, typer.Option("--plan-only", help="Write the plan alone (parameters, IR banks, the sound split; no audio): a recipe for `train --on-the-fly`, which renders its validation and test sets; a later run without this option renders it whole. docs/train.md.")] = False,
 ) -> None:
     """Stage 1: render mono sounds to binaural clips at every direction in every environment.
 
@@ -108,6 +109,8 @@ def spatialize(
     from bast.pipeline.render.spatialize import spatialize as run
 
     check_examples(examples)  # before rendering, not after
+    if plan_only and examples:
+        raise ConfigError("--examples writes rendered clips; --plan-only renders none")
     if noise is not None and snr is None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
     grid_el, el_limit = parse_elevations(elevations)
@@ -150,7 +153,9 @@ def spatialize(
         progress.console.print(f"running {cluster.where_tasks_run(client)}"
                                + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
         summary = run(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
-                      on_start=progress.on_start, on_shard=progress.on_shard)
+                      on_start=progress.on_start, on_shard=progress.on_shard, splits=() if plan_only else None)
+    if plan_only:
+        console.print(f"plan written to {out} (no audio): train on it with `bast-cli train {out} --on-the-fly`")
     if examples:
         written = write_examples(out, examples)
         console.print(f"{len(written)} example WAV files in {out / 'examples'}")

@@ -138,14 +138,21 @@ class OnTheFlyData:
 def heldout_features(recipe: Recipe, run_dir, kinds, on_start=None, on_shard=None) -> "Path":
     """RUN/heldout: the validation and test samples of the recipe's Stage 1 folder,
     featurized once with Stage 2's code (resumable), so that a run on the fly is validated
-    and tested on exactly the samples a run from Stage 2 would be."""
+    and tested on exactly the samples a run from Stage 2 would be. A folder written by
+    `spatialize --plan-only` holds no audio: its validation and test shards are rendered
+    first, by spatialize itself, into RUN/heldout-stage1 (the shards a full run writes)."""
     from pathlib import Path
 
     from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import spatialize
 
+    stage1 = recipe.stage1
+    if recipe.plan_only:
+        stage1 = Path(run_dir) / "heldout-stage1"
+        spatialize(list(recipe.refs), stage1, recipe.config, source=recipe.source, splits=("val", "test"),
+                   on_start=on_start, on_shard=on_shard)
     out = Path(run_dir) / "heldout"
-    featurize(recipe.stage1, out, features=tuple(kinds), splits=("val", "test"), on_start=on_start,
-              on_shard=on_shard)
+    featurize(stage1, out, features=tuple(kinds), splits=("val", "test"), on_start=on_start, on_shard=on_shard)
     return out
 
 

@@ -60,6 +60,10 @@ def read_stage1(stage1_dir) -> dict:
     if scenefeatures.is_scenes(stage1_dir):
         return scenefeatures.read_scene_stage1(stage1_dir)
     manifest = read_manifest(stage1_dir, "spatialize", "featurize")
+    if manifest.get("plan_only"):
+        raise DataError(f"{stage1_dir} was written by spatialize --plan-only and holds no audio: train on it with "
+                        "`bast-cli train STAGE1 --on-the-fly`, or render it first (spatialize into it without "
+                        "--plan-only)")
     try:
         listed = [(s["path"], int(s["samples"]), s.get("sha256")) for s in manifest["shards"]]
     except (KeyError, TypeError, ValueError) as exc:

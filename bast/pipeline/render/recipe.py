@@ -37,6 +37,7 @@ class Recipe:
     stage1: Path
     config: SpatializeConfig
     source: dict  # the params' record of the sounds (recipe, folder, count, seed)
+    refs: tuple[ClipRef, ...]  # every sound, in the order spatialize listed them
     sounds: dict  # split -> tuple of ClipRefs
     conditions: tuple[Condition, ...]  # the training split's (train and val share them)
     ir_paths: dict  # condition key -> the IR file it renders with (irs/<key>.sofa)
@@ -133,7 +134,7 @@ def read_recipe(stage1_dir) -> Recipe:
             raise MissingError(f"{path}: the IR bank of condition {cond.key} is missing from {root}")
         ir_paths[cond.key] = str(path)
     categories = tuple(sorted(manifest.get("categories") or {r.category for r in refs}))
-    return Recipe(root, config, source, sounds, the_layout.splits["train"], ir_paths, dict(the_layout.rooms),
+    return Recipe(root, config, source, tuple(refs), sounds, the_layout.splits["train"], ir_paths, dict(the_layout.rooms),
                   dict(the_layout.head_paths), categories, bool(manifest.get("plan_only")))
 
 

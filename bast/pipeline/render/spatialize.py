@@ -231,11 +231,15 @@ def stage_params(refs: list[ClipRef], config: SpatializeConfig, condition_sets: 
 def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = SpatializeConfig(), *,
                client=None, source: dict | None = None, overwrite: bool = False,
                on_start: Callable[[int, int], None] | None = None,
-               on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
+               on_shard: Callable[[ShardInfo, int], None] | None = None,
+               splits: tuple[str, ...] | None = None) -> StageSummary:
     """Render `refs` into `out_dir` (the shard contract of docs/conventions.md); resumable.
 
     `client`: a dask Client (None runs in this process). `on_start(total_samples,
-    resumed_samples)` and `on_shard(info, planned_samples)` report progress.
+    resumed_samples)` and `on_shard(info, planned_samples)` report progress. `splits`:
+    render only the shards of these splits (their shard numbers as in a full run); ()
+    writes the plan alone (`--plan-only`: parameters, IR banks, manifest, no audio), which
+    training on the fly draws from and a later full run into the same folder completes.
     """
     if not refs:
         raise StageError("no input clips found")
@@ -250,7 +254,8 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         ir_paths.update(write_irs(out_dir, condition_sets))
         attrs = {"stage": "spatialize", "fs": FS, "seed": config.seed, "bast_version": __version__,
                  "params": json.dumps(params, sort_keys=True)}
-        return shard_tasks(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
+        tasks = shard_tasks(refs, config, ir_paths, out_dir, attrs, the_layout.splits)
+        return [t for t in tasks if splits is None or t.split in splits]
 
     def manifest_extra(summary: StageSummary, shards: list[ShardInfo]) -> dict:
         first = next(iter(condition_sets.values()))[1]
@@ -263,7 +268,8 @@ def spatialize(refs: list[ClipRef], out_dir, config: SpatializeConfig = Spatiali
         first = next(iter(condition_sets.values()))[1]
         failed = {f["clip_id"] for f in summary.failures}
         return {"directions": [[float(a), float(e)] for a, e in zip(first.azimuth_deg, np.round(first.elevation_deg, 6))],
-                "categories": sorted({r.category for r in refs if r.clip_id not in failed})}
+                "categories": sorted({r.category for r in refs if r.clip_id not in failed}),
+                **({"plan_only": True} if splits == () else {"splits": sorted(splits)} if splits else {})}
 
     out_dir = Path(out_dir)
     stage = Stage(

@@ -246,3 +246,23 @@ def test_a_stage1_folder_whose_sounds_changed_is_refused(stage, tmp_path):
     (copy / "params.json").write_text(json.dumps(params))
     with pytest.raises(DataError, match="can no longer be listed"):
         read_recipe(copy)
+
+
+def test_a_plan_only_folder_trains_on_the_fly_with_the_full_runs_heldout_sets(stage, tmp_path):
+    """spatialize --plan-only writes no audio; training on it renders its validation and
+    test shards, which equal those of the full Stage 1 folder byte for byte."""
+    run = CliRunner().invoke(app, ["spatialize", "default", str(tmp_path / "plan"), "--sounds", "16", "--seed", "3",
+                                   "--azimuths", "0:360:30", "--samples-per-shard", "48", "--workers", "0",
+                                   "--no-speech", "--plan-only"])
+    assert run.exit_code == 0, run.output
+    plan = json.loads((tmp_path / "plan" / "manifest.json").read_text())
+    assert plan["plan_only"] and plan["shards"] == [] and not list((tmp_path / "plan" / "shards").glob("*.h5"))
+    assert sorted(p.name for p in (tmp_path / "plan" / "irs").glob("*.sofa")) == ["anechoic.sofa", "hall.sofa"]
+    bad = CliRunner().invoke(app, ["featurize", str(tmp_path / "plan"), str(tmp_path / "f")])
+    assert bad.exit_code != 0 and "--plan-only" in bad.output and "Traceback" not in bad.output
+    cfg = preset("tiny", features=KINDS, epochs=1, epoch_samples=64, loader_workers=0, device="cpu", batch_size=32)
+    train_on_the_fly(tmp_path / "plan", tmp_path / "run", cfg)
+    full = json.loads((stage / "s1" / "manifest.json").read_text())
+    rendered = json.loads((tmp_path / "run" / "heldout-stage1" / "manifest.json").read_text())
+    want = {s["path"]: s["sha256"] for s in full["shards"] if s["split"] in ("val", "test")}
+    assert {s["path"]: s["sha256"] for s in rendered["shards"]} == want
