@@ -428,6 +428,7 @@ def train(
     Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
     """
     from bast.model.runs.config import preset as make_preset
+    from bast.model.targets.names import on_scenes
     from bast.model.train import train as run
 
     given = {"arch": model, "backbone": backbone, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
@@ -482,7 +483,7 @@ def train(
     if result and "accuracy" in result:
         console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
                       f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
-    if result and result.get("target") == "seld":
+    if result and on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
                       f"ER20 {result['er20']:.2f}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
                       f"SELD score {result['seld_score']:.3f}; DCASE CSVs in {out / 'eval' / 'seld'}")
@@ -549,6 +550,7 @@ def evaluate(
     RUN/eval/<data set>/seld/{ref,pred} the DCASE CSVs (docs/seld.md).
     """
     from bast.model.evaluation.runs import evaluate_run
+    from bast.model.targets.names import on_scenes
 
     t = Table(title=f"best checkpoints on the {split} split" + (f" ({env})" if env else ""))
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
@@ -566,7 +568,7 @@ def evaluate(
                 m = evaluate_run(run_dir, features, split=split, envs=env, device=device, force=force)
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
-            if m.get("target") == "seld":  # docs/seld.md
+            if on_scenes(m):  # docs/seld.md
                 ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
                            f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
@@ -642,10 +644,11 @@ def localize(
     """
     from bast.model.inference.localize import check_request, load_localizer, load_target, output_stems
     from bast.model.runs.checkpoint import read_run_config
+    from bast.model.targets.names import on_scenes
 
     check_request(run, audio, out, hop_ms=100.0 if hop_ms is None else hop_ms,
                   window_ms=500.0 if window_ms is None else window_ms)
-    seld = read_run_config(run).get("target") == "seld"
+    seld = on_scenes(read_run_config(run))
     if seld and (hop_ms is not None or window_ms is not None):
         from bast.errors import ConfigError
 

@@ -24,6 +24,7 @@ from bast.fileio import atomic_path, atomic_write_text, json_default
 from bast.model.evaluation import evaluate
 from bast.model.evaluation import runs as transfer
 from bast.model.targets import metrics as ev
+from bast.model.targets.names import on_scenes
 from bast.report import figures, stats
 from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
@@ -51,7 +52,7 @@ class Run:
     @property
     def seld(self) -> bool:
         """A SELD run (--target seld): scored on scenes, no per-sample table (report/seld.py)."""
-        return seldreport.is_seld(self.config)
+        return on_scenes(self.config)
 
     @property
     def arch(self) -> str:
@@ -119,7 +120,7 @@ def load_run(path, device: str = "cpu") -> Run:
 
     config = read_run_config(path)  # a missing or torn file: an error naming it
     rows = read_metrics(path)
-    if seldreport.is_seld(config):  # its final test: eval/test.json and the DCASE CSVs of its scenes
+    if on_scenes(config):  # its final test: eval/test.json and the DCASE CSVs of its scenes
         if not (path / "eval" / "test.json").exists() or not seldreport.csv_dirs(path)[0].is_dir():
             _evaluate(path, config, device)
         test = json.loads((path / "eval" / "test.json").read_text())

@@ -21,6 +21,7 @@ from bast.model.runs.runtime import Context
 from bast.model.data.manifest import (check_spectrogram_params, current_spectrogram_params, data_sha256, features_manifest, is_scenes_manifest, spectrogram_params,
                                       window_spectrogram_params)
 from bast.model.targets.core import target_of
+from bast.model.targets.names import on_scenes
 from bast.pipeline.features import kinds as featurekinds
 
 # ----------------------------------------------------------------------------- a run on any data set
@@ -80,7 +81,7 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     if not ckpt.exists():
         raise MissingError(f"{run_dir}: no checkpoints/best.pt to evaluate (a run that has not finished an epoch?)")
     manifest = features_manifest(features_dir)
-    seld, scenes = config.get("target") == "seld", is_scenes_manifest(manifest)
+    seld, scenes = on_scenes(config), is_scenes_manifest(manifest)
     if seld and not scenes:
         raise DataError(f"{features_dir} holds clips, and run {run_dir} is a SELD run (--target seld): evaluate it "
                         "on featurized scenes (bast-cli scenes, then featurize; docs/seld.md)")
@@ -213,7 +214,7 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
     index = _read_index(run_dir)
     index["trained_spectrogram"] = trained
     sets = index.setdefault("sets", {})
-    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if metrics.get("target") == "seld" else (
+    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if on_scenes(metrics) else (
         "ad_deg", "median_ad_deg", "mse", "front_back_rate")
     sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", *headline,
                                               "created")}
