@@ -1,7 +1,7 @@
 """Statistics behind `bast-cli report`: the hemifield comparison of the paper's Fig. 3
 and 4 (paired left / right errors, paired t-tests, Benjamini-Hochberg correction).
 
-Input is a predictions table (`bast.model.evaluation.evaluate`). Hemifields (docs/conventions.md):
+Input is a predictions table (`bast.model.targets.metrics`). Hemifields (docs/conventions.md):
 left 10..170 deg, right 190..350 deg (0 and 180 belong to neither); the mirror of ``a``
 across the median plane is ``360 - a``.
 """
