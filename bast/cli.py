@@ -132,14 +132,14 @@ def spatialize(
     raise typer.Exit(3 if summary.failures else 0)
 
 
-def _check_noise(noise: Optional[str], snr: Optional[str]) -> None:
+def _check_noise(noise: str | None, snr: str | None) -> None:
     if noise is not None and snr is None:
         from bast.errors import ConfigError
 
         raise ConfigError("--noise needs --snr (the level of the noise)")
 
 
-def _spatialize_directions(elevations: str, directions: Optional[str], hrir):
+def _spatialize_directions(elevations: str, directions: str | None, hrir):
     """(grid elevations or None, the --directions pairs or None, the heads or None) of
     spatialize's options, checked in this order."""
     from bast.errors import ConfigError
@@ -166,7 +166,7 @@ def _find_sounds(source: str, **how):
     return found
 
 
-def _spatialize_plan(found, config, conditions: dict, source: str, snr: Optional[str]) -> str:
+def _spatialize_plan(found, config, conditions: dict, source: str, snr: str | None) -> str:
     """One line: what spatialize is about to render."""
     return (f"{len(found.refs)} sounds from {source}"
             + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
