@@ -98,32 +98,20 @@ def spatialize(
     resumes; exit status 0 = every input rendered, 3 = done but some inputs were skipped
     (listed in failures.jsonl), 1 = error.
     """
-    from bast.datasets.sources import resolve_source
-    from bast.pipeline.stage import cluster
     from bast.pipeline.render.clips import ClipPolicy
-    from bast.errors import ConfigError
-    from bast.pipeline.irs.sources import parse_azimuths, parse_directions, parse_elevations, parse_environments, sofa_files
+    from bast.pipeline.irs.sources import parse_azimuths, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
     from bast.pipeline.render.conditions import SpatializeConfig, layout
     from bast.pipeline.render.outputs import check_examples, write_examples
     from bast.pipeline.render.spatialize import spatialize as run
+    from bast.errors import ConfigError
 
     check_examples(examples)  # before rendering, not after
+    _check_noise(noise, snr)
     if plan_only and examples:
         raise ConfigError("--examples writes rendered clips; --plan-only renders none")
-    if noise is not None and snr is None:
-        raise ConfigError("--noise needs --snr (the level of the noise)")
-    grid_el, el_limit = parse_elevations(elevations)
-    heads = sofa_files(hrir, "--hrir") or None
-    if el_limit is not None and directions is None:
-        raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
-    if directions is not None and grid_el is not None and elevations.strip() != "0":
-        raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
-    pairs = (None if directions is None
-             else parse_directions(directions, heads[0] if heads else None, el_limit))
-    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
-    for note in found.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    grid_el, pairs, heads = _spatialize_directions(elevations, directions, hrir)
+    found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     config = SpatializeConfig(
         azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
         elevations=(0.0,) if grid_el is None else tuple(float(e) for e in grid_el),
@@ -139,21 +127,10 @@ def spatialize(
     )
     conditions = layout(config).splits
     samples = len(found.refs) * config.n_directions * max(len(c) for c in conditions.values())
-    console.print(f"{len(found.refs)} sounds from {source}"
-                  + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
-                  + (f"; {len(config.azimuths)} azimuths" if config.flat and config.directions is None
-                     else f"; {config.n_directions} directions")
-                  + f" x {len(config.environments)} environments"
-                  + ("" if len(conditions["train"]) == len(config.environments) and conditions["train"] == conditions["test"]
-                     else f"; {len(conditions['train'])} train/val and {len(conditions['test'])} test conditions "
-                          "(head x room)")
-                  + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
-    small = cluster.small_job("spatialize", samples, workers, scheduler)
-    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering") as progress:
-        progress.console.print(f"running {cluster.where_tasks_run(client)}"
-                               + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
-        summary = run(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
-                      on_start=progress.on_start, on_shard=progress.on_shard, splits=() if plan_only else None)
+    console.print(_spatialize_plan(found, config, conditions, source, snr))
+    summary = _on_cluster("spatialize", "rendering", samples, "samples", workers, scheduler, lambda client, progress: run(
+        found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
+        on_start=progress.on_start, on_shard=progress.on_shard, splits=() if plan_only else None))
     if plan_only:
         console.print(f"plan written to {out} (no audio): train on it with `bast-cli train {out} --on-the-fly`")
     if examples:
@@ -161,6 +138,65 @@ def spatialize(
         console.print(f"{len(written)} example WAV files in {out / 'examples'}")
     _print_summary(summary, out)
     raise typer.Exit(3 if summary.failures else 0)
+
+
+def _check_noise(noise: str | None, snr: str | None) -> None:
+    if noise is not None and snr is None:
+        from bast.errors import ConfigError
+
+        raise ConfigError("--noise needs --snr (the level of the noise)")
+
+
+def _spatialize_directions(elevations: str, directions: str | None, hrir):
+    """(grid elevations or None, the --directions pairs or None, the heads or None) of
+    spatialize's options, checked in this order."""
+    from bast.errors import ConfigError
+    from bast.pipeline.irs.sources import parse_directions, parse_elevations, sofa_files
+
+    grid_el, el_limit = parse_elevations(elevations)
+    heads = sofa_files(hrir, "--hrir") or None
+    if el_limit is not None and directions is None:
+        raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
+    if directions is not None and grid_el is not None and elevations.strip() != "0":
+        raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    pairs = (None if directions is None
+             else parse_directions(directions, heads[0] if heads else None, el_limit))
+    return grid_el, pairs, heads
+
+
+def _find_sounds(source: str, **how):
+    """The sounds of SOURCE (`resolve_source`), its notes printed."""
+    from bast.datasets.sources import resolve_source
+
+    found = resolve_source(source, **how)
+    for note in found.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    return found
+
+
+def _spatialize_plan(found, config, conditions: dict, source: str, snr: str | None) -> str:
+    """One line: what spatialize is about to render."""
+    return (f"{len(found.refs)} sounds from {source}"
+            + (f" ({len(found.ignored)} non-audio files ignored)" if found.ignored else "")
+            + (f"; {len(config.azimuths)} azimuths" if config.flat and config.directions is None
+               else f"; {config.n_directions} directions")
+            + f" x {len(config.environments)} environments"
+            + ("" if len(conditions["train"]) == len(config.environments) and conditions["train"] == conditions["test"]
+               else f"; {len(conditions['train'])} train/val and {len(conditions['test'])} test conditions "
+                    "(head x room)")
+            + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
+
+
+def _on_cluster(stage: str, what: str, count: int, unit: str, workers, scheduler, work):
+    """`work(client, progress)` on a dask cluster (in this process for a small job: `count`
+    `unit`), under a progress bar named `what`; returns what it returned."""
+    from bast.pipeline.stage import cluster
+
+    small = cluster.small_job(stage, count, workers, scheduler)
+    with cluster.open_client(0 if small else workers, scheduler) as client, _progress(what) as progress:
+        progress.console.print(f"running {cluster.where_tasks_run(client)}"
+                               + (f" (a small job: {count:,} {unit}; --workers N starts a cluster)" if small else ""))
+        return work(client, progress)
 
 
 @command
@@ -210,17 +246,13 @@ def scenes(
     "categories"), OUT/failures.jsonl and the IRs used. A re-run resumes; exit status 0 =
     done, 3 = done but some sounds were skipped, 1 = error. docs/scenes.md.
     """
-    from bast.datasets.sources import resolve_source
-    from bast.errors import ConfigError
-    from bast.pipeline.stage import cluster
     from bast.pipeline.render.clips import ClipPolicy
     from bast.pipeline.irs.sources import parse_direction_options, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
     from bast.pipeline.render.scenes import ScenesConfig, render_scenes
     from bast.pipeline.render.conditions import layout
 
-    if noise is not None and snr is None:
-        raise ConfigError("--noise needs --snr (the level of the noise)")
+    _check_noise(noise, snr)
     heads = sofa_files(hrir, "--hrir") or None
     config = ScenesConfig(
         count=count, duration_s=duration, max_overlap=max_overlap, events=events, max_event_s=max_event,
@@ -232,21 +264,24 @@ def scenes(
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
         tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
     )
-    found = resolve_source(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
-    for note in found.notes:
-        console.print(f"[yellow]note:[/] {note}")
+    found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     conditions = layout(config.spatialize_config()).splits
     renders = count * max(len(c) for c in conditions.values())
     console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
                   f"{len(config.directions)} grid directions, {moving:.0%} moving; "
                   f"{len(conditions['train'])} train/val and {len(conditions['test'])} test conditions"
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
-    small = cluster.small_job("scenes", renders, workers, scheduler)
-    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("rendering scenes") as progress:
-        progress.console.print(f"running {cluster.where_tasks_run(client)}"
-                               + (f" (a small job: {renders:,} scene renders; --workers N starts a cluster)" if small else ""))
-        summary = render_scenes(found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
-                                on_start=progress.on_start, on_shard=progress.on_shard)
+    summary = _on_cluster("scenes", "rendering scenes", renders, "scene renders", workers, scheduler,
+                          lambda client, progress: render_scenes(
+                              found.refs, out, config, client=client, source=found.info, overwrite=overwrite,
+                              on_start=progress.on_start, on_shard=progress.on_shard))
+    _print_scenes_summary(summary, out)
+    if export_dcase is not None:
+        _export_dcase(out, export_dcase)
+    raise typer.Exit(3 if summary.failures else 0)
+
+
+def _print_scenes_summary(summary, out: Path) -> None:
     rate = f"{summary.samples_per_s:,.1f} scenes/s" if summary.shards_written else "nothing to do"
     console.print(f"[bold green]done[/]: {summary.samples:,} scenes with {summary.clips:,} events in "
                   f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
@@ -256,9 +291,6 @@ def scenes(
     if summary.failures:
         console.print(f"[yellow]{len(summary.failures)} sounds skipped[/] (see {out / 'failures.jsonl'})")
     console.print(f"manifest: {out / 'manifest.json'}")
-    if export_dcase is not None:
-        _export_dcase(out, export_dcase)
-    raise typer.Exit(3 if summary.failures else 0)
 
 
 def _export_dcase(stage1: Path, out: Path) -> None:
@@ -364,17 +396,13 @@ def featurize(
     OUT/failures.jsonl. A re-run resumes. Exit status 0 = done, 3 = done but some samples
     were skipped, 1 = error.
     """
-    from bast.pipeline.stage import cluster
     from bast.pipeline.features.featurize import featurize as run, read_stage1
 
     manifest = read_stage1(stage1)  # a wrong input is reported before any cluster starts
     samples = manifest.get("totals", {}).get("samples", 0)
-    small = cluster.small_job("featurize", samples, workers, scheduler)
-    with cluster.open_client(0 if small else workers, scheduler) as client, _progress("featurizing") as progress:
-        progress.console.print(f"running {cluster.where_tasks_run(client)}"
-                               + (f" (a small job: {samples:,} samples; --workers N starts a cluster)" if small else ""))
-        summary = run(stage1, out, dtype=dtype, features=features, phase=phase, client=client, overwrite=overwrite, on_start=progress.on_start,
-                      on_shard=progress.on_shard)
+    summary = _on_cluster("featurize", "featurizing", samples, "samples", workers, scheduler, lambda client, progress: run(
+        stage1, out, dtype=dtype, features=features, phase=phase, client=client, overwrite=overwrite,
+        on_start=progress.on_start, on_shard=progress.on_shard))
     rate = f"{summary.samples_per_s:,.0f} samples/s" if summary.shards_written else "nothing to do"
     console.print(f"[bold green]done[/]: {summary.samples:,} spectrograms in "
                   f"{summary.shards_written + summary.shards_resumed} shards ({summary.shards_resumed} resumed), "
@@ -440,10 +468,7 @@ def train(
     Several GPUs: torchrun --nproc_per_node N -m bast.cli train FEATURES --out RUN ...
     """
     from bast.model.runs.config import preset as make_preset
-    from bast.model.train import train as run, train_on_the_fly, trained_on_the_fly
-
-    if on_the_fly or (resume and trained_on_the_fly(out)):
-        run = train_on_the_fly
+    from bast.model.train import train as from_stage2, train_on_the_fly, trained_on_the_fly
 
     given = {"arch": model, "backbone": backbone, "features": _feature_names(kinds), "phase": phase, "target": target, "task_weights": task_weights, "loss": loss, "integration": integration, "shared": shared, "pos_embedding": pos_embedding,
              "epochs": epochs, "batch_size": batch_size, "lr": lr, "train_env": env, "test_env": test_env,
@@ -454,11 +479,8 @@ def train(
              "fresh_sounds": fresh_sounds, "sample_directions": sample_directions, "epoch_samples": epoch_samples,
              "loader_workers": loader_workers}
     overrides = {k: v for k, v in given.items() if v is not None}
-    from bast.errors import ConfigError
-
-    drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
-    if drawn and not on_the_fly and not resume:
-        raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
+    _check_draw_options(overrides, on_the_fly or resume)
+    run = train_on_the_fly if on_the_fly or (resume and trained_on_the_fly(out)) else from_stage2
     for item in set_ or []:
         key, _, value = item.partition("=")
         overrides[key.strip()] = _parse_value(value.strip())
@@ -471,45 +493,58 @@ def train(
     with Progress(TextColumn("[bold]epoch"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                   TimeElapsedColumn(), console=console, transient=True, disable=not main_rank) as progress:
         bar = progress.add_task("epoch", total=None)
+        result = run(features, out, cfg, resume=resume, resume_changes=resume_changes,
+                     on_epoch=lambda row: progress.console.print(_epoch_line(row)),
+                     on_step=lambda done, total: progress.update(bar, completed=done, total=total),
+                     on_info=lambda text: progress.console.print(text, markup=False, highlight=False))
+    if result:
+        _print_test(result, out)
 
-        def on_step(done, total):
-            progress.update(bar, completed=done, total=total)
 
-        def on_epoch(row):
-            if row.get("val_loss") is not None:
-                val = (f"val loss {row['val_loss']:.4f}  "
-                       + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
-                          else "")
-                       + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
-                       + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
-                          f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
-            else:
-                val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
-            progress.console.print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
-                                   f"{row['train_samples_per_s']:,.0f} samples/s")
+def _check_draw_options(overrides: dict, on_the_fly: bool) -> None:
+    """The options that say how samples are drawn mean nothing for a run from Stage 2."""
+    from bast.errors import ConfigError
 
-        def on_info(text):
-            progress.console.print(text, markup=False, highlight=False)
+    drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
+    if drawn and not on_the_fly:
+        raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
 
-        result = run(features, out, cfg, resume=resume, on_epoch=on_epoch, on_step=on_step,
-                     resume_changes=resume_changes, on_info=on_info)
-    if result and "ad_deg" in result:
+
+def _epoch_line(row: dict) -> str:
+    """One line per epoch of training: its loss, the validation figures, the speed."""
+    if row.get("val_loss") is not None:
+        val = (f"val loss {row['val_loss']:.4f}  "
+               + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
+                  else "")
+               + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
+               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
+                  f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
+    else:
+        val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
+    return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
+            f"{row['train_samples_per_s']:,.0f} samples/s")
+
+
+def _print_test(result: dict, out: Path) -> None:
+    """The final test's figures, as the run's target has them."""
+    from bast.model.targets.names import on_scenes
+
+    if "ad_deg" in result:
         envs = ", ".join(f"{e} {m['ad_deg']:.2f} deg" for e, m in result["by_env"].items())
         console.print(f"[bold green]test[/] (best checkpoint): AD {result['ad_deg']:.2f} deg "
                       f"(median {result['median_ad_deg']:.2f}), MSE {result['mse']:.4f}, n={result['n']}; {envs}")
-    if result and "great_circle_deg" in result:
+    if "great_circle_deg" in result:
         console.print(f"[bold green]test[/] on the sphere: great circle {result['great_circle_deg']:.1f} deg, lateral "
                       f"{result['lateral_error_deg']:.1f} deg, polar {result['polar_error_deg']:.1f} deg, quadrant "
                       f"error {result['quadrant_error_pct']:.1f} %")
-    if result and "accuracy" in result:
+    if "accuracy" in result:
         console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
                       f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
-    if result and result.get("target") == "seld":
+    if on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
                       f"ER20 {result['er20']:.2f}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
                       f"SELD score {result['seld_score']:.3f}; DCASE CSVs in {out / 'eval' / 'seld'}")
-    if result:
-        console.print(f"run: {out}")
+    console.print(f"run: {out}")
 
 
 def _parse_value(text: str):
@@ -571,6 +606,7 @@ def evaluate(
     RUN/eval/<data set>/seld/{ref,pred} the DCASE CSVs (docs/seld.md).
     """
     from bast.model.evaluation.runs import evaluate_run
+    from bast.model.targets.names import on_scenes
 
     t = Table(title=f"best checkpoints on the {split} split" + (f" ({env})" if env else ""))
     for col, justify in (("run", "left"), ("data set", "left"), ("AD (deg)", "right"), ("median AD", "right"),
@@ -583,12 +619,12 @@ def evaluate(
         ts.add_column(col, justify=justify)
     written = []
     for run_dir in runs:
-        for features in on:
-            with console.status(f"evaluating {run_dir} on {features}"):
-                m = evaluate_run(run_dir, features, split=split, envs=env, device=device, force=force)
+        for features_dir in on:
+            with console.status(f"evaluating {run_dir} on {features_dir}"):
+                m = evaluate_run(run_dir, features_dir, split=split, envs=env, device=device, force=force)
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
-            if m.get("target") == "seld":  # docs/seld.md
+            if on_scenes(m):  # docs/seld.md
                 ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
                            f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
@@ -664,10 +700,11 @@ def localize(
     """
     from bast.model.inference.localize import check_request, load_localizer, load_target, output_stems
     from bast.model.runs.checkpoint import read_run_config
+    from bast.model.targets.names import on_scenes
 
     check_request(run, audio, out, hop_ms=100.0 if hop_ms is None else hop_ms,
                   window_ms=500.0 if window_ms is None else window_ms)
-    seld = read_run_config(run).get("target") == "seld"
+    seld = on_scenes(read_run_config(run))
     if seld and (hop_ms is not None or window_ms is not None):
         from bast.errors import ConfigError
 
@@ -782,11 +819,9 @@ def irs(
 
     from bast import options
     from bast.errors import ConfigError, DataError
-    from bast.pipeline.stage import cluster
     from bast.pipeline.irs import check as ircheck
     from bast.pipeline.irs.hall import HallSpec
-    from bast.pipeline.irs.sources import (IRSources, default_hrir_path, direction_grid, load_hrirs, parse_azimuths,
-                                   parse_elevations, parse_environments)
+    from bast.pipeline.irs.sources import IRSources, direction_grid, parse_azimuths, parse_elevations, parse_environments
     from bast.pipeline.irs.rooms import draw_rooms
 
     options.output_dir(out, "--out", inputs=[("--hrir", hrir), ("--brir", brir)])
@@ -808,31 +843,51 @@ def irs(
             m = ircheck.check_environment(sources, name, az, el, out=out, interpolate=interpolate)
         results[name] = m
         _print_measurement(name, m)
-    failed = []
-    if generated:
-        with console.status(f"building {len(generated)} rooms"), cluster.open_client(workers or 0) as client:
-            built = ircheck.check_generated_rooms(generated, str(hrir or default_hrir_path()), az, el, out=out,
-                                                  tolerance_deg=tolerance, seed=seed, interpolate=interpolate,
-                                                  client=client)
-        for room, m in zip(generated, built.values()):
-            results[room.name] = m
-            _print_measurement(room.name, m)
-            _print_checks(m["checks"])
-            if not all(c["ok"] for c in m["checks"]):
-                failed.append(room.name)
+    failed = _check_rooms(generated, results, hrir, az, el, out, tolerance=tolerance, seed=seed,
+                          interpolate=interpolate, workers=workers) if generated else []
     if interpolation_check:
-        head = load_hrirs(hrir)
-        with _progress("leave-one-out") as progress:
-            progress.stage("leave-one-out")
-            loo = ircheck.interpolation_check(head, on_step=progress.on_step)
-        _print_interpolation(loo)
-        results["interpolation_check"] = loo
+        results["interpolation_check"] = _interpolation_check(hrir)
     path = ircheck.write_results(results, out)
     pngs = [r["png"] for r in results.values() if "png" in r]
     console.print((f"figures: {', '.join(pngs)}; " if pngs else "") + f"numbers: {path}")
     if failed:
         raise DataError(f"{len(failed)} generated room(s) failed a physics check: {', '.join(failed)} "
                         f"(details above and in {path})")
+
+
+def _check_rooms(generated: list, results: dict, hrir, az, el, out: Path, *, tolerance: float, seed: int,
+                 interpolate: bool, workers) -> list[str]:
+    """Build, measure and check the generated rooms through the head (into `results`, each
+    printed); the names of those that failed a check."""
+    from bast.pipeline.irs import check as ircheck
+    from bast.pipeline.irs.sources import default_hrir_path
+    from bast.pipeline.stage import cluster
+
+    with console.status(f"building {len(generated)} rooms"), cluster.open_client(workers or 0) as client:
+        built = ircheck.check_generated_rooms(generated, str(hrir or default_hrir_path()), az, el, out=out,
+                                              tolerance_deg=tolerance, seed=seed, interpolate=interpolate,
+                                              client=client)
+    failed = []
+    for room, m in zip(generated, built.values()):
+        results[room.name] = m
+        _print_measurement(room.name, m)
+        _print_checks(m["checks"])
+        if not all(c["ok"] for c in m["checks"]):
+            failed.append(room.name)
+    return failed
+
+
+def _interpolation_check(hrir) -> dict:
+    """HRIR interpolation against the nearest measured direction, leave-one-out, printed."""
+    from bast.pipeline.irs import check as ircheck
+    from bast.pipeline.irs.sources import load_hrirs
+
+    head = load_hrirs(hrir)
+    with _progress("leave-one-out") as progress:
+        progress.stage("leave-one-out")
+        loo = ircheck.interpolation_check(head, on_step=progress.on_step)
+    _print_interpolation(loo)
+    return loo
 
 
 def _print_interpolation(loo: dict) -> None:

@@ -24,6 +24,7 @@ from bast.fileio import atomic_path, atomic_write_text, json_default
 from bast.model.evaluation import evaluate
 from bast.model.evaluation import runs as transfer
 from bast.model.targets import metrics as ev
+from bast.model.targets.names import on_scenes
 from bast.report import figures, stats
 from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
@@ -51,7 +52,7 @@ class Run:
     @property
     def seld(self) -> bool:
         """A SELD run (--target seld): scored on scenes, no per-sample table (report/seld.py)."""
-        return seldreport.is_seld(self.config)
+        return on_scenes(self.config)
 
     @property
     def arch(self) -> str:
@@ -119,7 +120,7 @@ def load_run(path, device: str = "cpu") -> Run:
 
     config = read_run_config(path)  # a missing or torn file: an error naming it
     rows = read_metrics(path)
-    if seldreport.is_seld(config):  # its final test: eval/test.json and the DCASE CSVs of its scenes
+    if on_scenes(config):  # its final test: eval/test.json and the DCASE CSVs of its scenes
         if not (path / "eval" / "test.json").exists() or not seldreport.csv_dirs(path)[0].is_dir():
             _evaluate(path, config, device)
         test = json.loads((path / "eval" / "test.json").read_text())
@@ -170,58 +171,16 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     if not run_dirs:
         raise ConfigError("no runs given")
     options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
-    runs = [load_run(p, device) for p in run_dirs]
-    for r in runs:  # a NaN is never a result: a run without finite test predictions is refused
-        if r.seld:
-            seldreport.check_stored_test(r.path, r.test)
-        else:
-            _check_finite(r)
+    runs = _load_runs(run_dirs, device)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    names = [r.path.name for r in runs]
-    for r in runs:  # runs of the same folder name (a/run, b/run) keep apart in labels and files
-        if names.count(r.path.name) > 1:
-            r.name = f"{r.path.parent.name}-{r.path.name}"
-    sections: list[str] = []
     summary: dict = {"runs": {}}
     seld_runs, runs = [r for r in runs if r.seld], [r for r in runs if not r.seld]
-
-    # Runs at a glance.
-    rows = []
-    for r in runs:
-        s = ev.summary(r.pred)
-        summary["runs"][r.label] = {"path": str(r.path), "summary": s, "test": r.test, "config": r.config}
-        rows.append([r.label, r.config.get("preset", ""), f"{r.config.get('parameters', 0):,}",
-                     r.config.get("train_env", ""), str(len(r.metrics)),
-                     *(f"{s[k]:{f}}" if k in s else "" for k, f in (("ad_deg", ".2f"), ("median_ad_deg", ".2f"),
-                                                                    ("mse", ".4f"), ("front_back_rate", ".3f"))),
-                     str(s["n"])])
-    head = ["run", "preset", "parameters", "trained on", "epochs", "test AD (deg)", "median AD (deg)",
-            "test MSE", "front-back confusions", "test samples"]
-    if runs:
-        _write_csv(out / "runs.csv", head, rows)
-        sections.append(_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
-                                 "AD: angular distance between predicted and true direction; MSE: squared distance "
-                                 "between the (x, y) unit vectors (not halved; see docs/conventions.md).",
-                                 _table(head, rows)))
-
-    all_runs, runs = runs, [r for r in runs if "ad_deg" in r.pred]  # the azimuth figures: runs with a direction
-    if runs:
-        t1 = _table1(runs, out)
-        if t1:
-            sections.append(t1)
-        sections.append(_models(runs, fig_dir, out))
-        sections.append(_per_azimuth(runs, fig_dir))
-        sections.append(_hemifields(runs, fig_dir, out, summary))
-        t3 = _table3(runs, out)
-        if t3:
-            sections.append(t3)
-        gen = _generalisation(runs, fig_dir, out, summary, per_set_figures)
-        if gen:
-            sections.append(gen)
-    runs = all_runs
-    for r in runs:
-        sections.append(_run_section(r, fig_dir))
+    sections = _runs_table(runs, out, summary)
+    directions = [r for r in runs if "ad_deg" in r.pred]  # the azimuth figures: runs with a direction
+    if directions:
+        sections += _direction_sections(directions, fig_dir, out, summary, per_set_figures)
+    sections += [_run_section(r, fig_dir) for r in runs]
     if seld_runs:
         sections += _seld_sections(seld_runs, fig_dir, out, summary)
     if rollout_samples:
@@ -234,6 +193,51 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     page = _page(sections, out)
     atomic_write_text(out / "index.html", page)
     return out / "index.html", summary
+
+
+def _load_runs(run_dirs, device: str) -> list[Run]:
+    """The runs, each with a usable test (a NaN is never a result: a run without finite test
+    predictions is refused); runs of the same folder name (a/run, b/run) named apart."""
+    runs = [load_run(p, device) for p in run_dirs]
+    for r in runs:
+        if r.seld:
+            seldreport.check_stored_test(r.path, r.test)
+        else:
+            _check_finite(r)
+    names = [r.path.name for r in runs]
+    for r in runs:  # they keep apart in labels and files
+        if names.count(r.path.name) > 1:
+            r.name = f"{r.path.parent.name}-{r.path.name}"
+    return runs
+
+
+def _runs_table(runs: list[Run], out: Path, summary: dict) -> list[str]:
+    """The clip runs at a glance (runs.csv), their summaries into summary["runs"]."""
+    rows = []
+    for r in runs:
+        s = ev.summary(r.pred)
+        summary["runs"][r.label] = {"path": str(r.path), "summary": s, "test": r.test, "config": r.config}
+        rows.append([r.label, r.config.get("preset", ""), f"{r.config.get('parameters', 0):,}",
+                     r.config.get("train_env", ""), str(len(r.metrics)),
+                     *(f"{s[k]:{f}}" if k in s else "" for k, f in (("ad_deg", ".2f"), ("median_ad_deg", ".2f"),
+                                                                    ("mse", ".4f"), ("front_back_rate", ".3f"))),
+                     str(s["n"])])
+    head = ["run", "preset", "parameters", "trained on", "epochs", "test AD (deg)", "median AD (deg)",
+            "test MSE", "front-back confusions", "test samples"]
+    if not runs:
+        return []
+    _write_csv(out / "runs.csv", head, rows)
+    return [_section("Runs", "Test-set figures of each run's best checkpoint (lowest validation loss). "
+                     "AD: angular distance between predicted and true direction; MSE: squared distance "
+                     "between the (x, y) unit vectors (not halved; see docs/conventions.md).", _table(head, rows))]
+
+
+def _direction_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict, per_set_figures: bool) -> list[str]:
+    """The paper's tables and figures of the runs that predict a direction."""
+    sections = [t for t in (_table1(runs, out),) if t]
+    sections += [_models(runs, fig_dir, out), _per_azimuth(runs, fig_dir), _hemifields(runs, fig_dir, out, summary)]
+    sections += [t for t in (_table3(runs, out), _generalisation(runs, fig_dir, out, summary, per_set_figures)) if t]
+    return sections
 
 
 def _table1(runs: list[Run], out: Path) -> str:
@@ -479,6 +483,16 @@ def _run_section(r: Run, fig_dir: Path) -> str:
 def _seld_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> list[str]:
     """SELD runs: the DCASE scores beside "predict nothing" on the same test scenes, per
     class, on other data sets, and timelines of a few test scenes per run (docs/seld.md)."""
+    sections = [_seld_scores(runs, out, summary), _seld_classes(runs, out)]
+    other = _seld_other_sets(runs)
+    if other:
+        sections.append(other)
+    return sections + [_seld_run_section(r, fig_dir) for r in runs]
+
+
+def _seld_scores(runs: list[Run], out: Path, summary: dict) -> str:
+    """Each SELD run's test scores beside "predict nothing" on its test scenes (seld.csv);
+    into summary["seld"]."""
     head = ["run", "model", "backbone", "parameters", "epochs", "test scenes", "F20 (%)", "ER20", "LE (deg)",
             "LR (%)", "SELD score"]
     rows, csv_rows, nothing = [], [], {}
@@ -500,15 +514,18 @@ def _seld_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> 
                      f"{100 * v[9]:.1f}", f"{v[10]:.3f}"])
     _write_csv(out / "seld.csv", ["run", "model", "backbone", "parameters", "epochs", "scenes", "f20", "er20",
                                   "le_deg", "lr", "seld_score"], csv_rows)
-    sections = [_section("SELD: detection, classification and localization of every source over time",
-                         "Each SELD run's best checkpoint on its test scenes, scored the DCASE 2023 task 3 way "
-                         "(docs/seld.md): F20 and ER20, the location-aware F-score and error rate at 20°, on 1 s "
-                         "segments; LE and LR, the class-dependent localization error and recall; macro averages "
-                         "over classes; SELD score = mean(ER, 1 − F, LE / 180, 1 − LR), lower is better. "
-                         "\"predict nothing\": the same metrics on the reference CSVs with no prediction at all. "
-                         "Numbers: seld.csv; the DCASE CSVs: RUN/eval/seld/{ref,pred} "
-                         "(<code>bast-cli seld-metrics</code> scores them again).", _table(head, rows))]
+    return _section("SELD: detection, classification and localization of every source over time",
+                    "Each SELD run's best checkpoint on its test scenes, scored the DCASE 2023 task 3 way "
+                    "(docs/seld.md): F20 and ER20, the location-aware F-score and error rate at 20°, on 1 s "
+                    "segments; LE and LR, the class-dependent localization error and recall; macro averages "
+                    "over classes; SELD score = mean(ER, 1 − F, LE / 180, 1 − LR), lower is better. "
+                    "\"predict nothing\": the same metrics on the reference CSVs with no prediction at all. "
+                    "Numbers: seld.csv; the DCASE CSVs: RUN/eval/seld/{ref,pred} "
+                    "(<code>bast-cli seld-metrics</code> scores them again).", _table(head, rows))
 
+
+def _seld_classes(runs: list[Run], out: Path) -> str:
+    """The scores per class of each SELD run's test (seld_classes.csv)."""
     head = ["run", "class", "reference tracks", "F20 (%)", "LE (deg)", "LR (%)", "SELD", "TP", "FP", "FN"]
     rows, csv_rows = [], []
     for r in runs:
@@ -519,35 +536,39 @@ def _seld_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> 
                          f"{100 * c['LR']:.1f}", f"{c['SELD']:.3f}", str(c["TP"]), str(c["FP"]), str(c["FN"])])
     _write_csv(out / "seld_classes.csv", ["run", "class", "reference_tracks", "f20", "le_deg", "lr", "seld", "tp",
                                           "fp", "fn"], csv_rows)
-    sections.append(_section("SELD per class", "F20, LE, LR and the class's SELD score (with the one ER of all "
-                             "classes) on each run's test scenes; TP, FP (wrong place or extra track) and FN counted "
-                             "over 1 s segments. Numbers: seld_classes.csv.", _table(head, rows)))
+    return _section("SELD per class", "F20, LE, LR and the class's SELD score (with the one ER of all "
+                    "classes) on each run's test scenes; TP, FP (wrong place or extra track) and FN counted "
+                    "over 1 s segments. Numbers: seld_classes.csv.", _table(head, rows))
 
+
+def _seld_other_sets(runs: list[Run]) -> str:
+    """The SELD runs' stored evaluations on other scenes (`bast-cli evaluate`); '' when none."""
     other = {r.label: seldreport.stored_sets(r.path) for r in runs}
-    if any(other.values()):
-        head = ["run", "data set", "split", "scenes", "F20 (%)", "ER20", "LE (deg)", "LR (%)", "SELD score"]
-        rows = [[label, name, str(m.get("split")), str(m.get("n")), f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}",
-                 f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}"]
-                for label, sets in other.items() for name, m in sets.items()]
-        sections.append(_section("SELD runs on other data sets", "Stored results of <code>bast-cli evaluate RUN --on "
-                                 "SCENES</code> (RUN/eval/&lt;set&gt;/metrics.json and its seld/ CSVs).",
-                                 _table(head, rows)))
+    if not any(other.values()):
+        return ""
+    head = ["run", "data set", "split", "scenes", "F20 (%)", "ER20", "LE (deg)", "LR (%)", "SELD score"]
+    rows = [[label, name, str(m.get("split")), str(m.get("n")), f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}",
+             f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}"]
+            for label, sets in other.items() for name, m in sets.items()]
+    return _section("SELD runs on other data sets", "Stored results of <code>bast-cli evaluate RUN --on "
+                    "SCENES</code> (RUN/eval/&lt;set&gt;/metrics.json and its seld/ CSVs).", _table(head, rows))
 
-    for r in runs:
-        classes = r.test["classes_list"]
-        imgs = [figures.seld_timeline(pred, fig_dir / f"{r.name}_seld_{k}.png", classes, ref_rows=ref,
-                                      title=f"{name}: {r.label}")
-                for k, (name, ref, pred) in enumerate(seldreport.scene_rows(r.path, MAX_SELD_TIMELINES))]
-        if r.metrics:
-            imgs.append(figures.training_curves(r.metrics, fig_dir / f"{r.name}_training.png",
-                                                title=f"Training: {r.label}"))
-        t = r.test
-        sections.append(_section(f"Run {r.label}", f"Test scenes: {t['n']}, {t['windows']} windows of "
-                                 f"{t['window_frames']} frames. Timelines of its first {len(imgs) - bool(r.metrics)} "
-                                 "test scenes: reference tracks as thick faded lines, predicted events as points, "
-                                 "one colour per class; azimuth (DCASE: counter-clockwise, 90° left) above, elevation "
-                                 "below.", "".join(_img(p) for p in imgs)))
-    return sections
+
+def _seld_run_section(r: Run, fig_dir: Path) -> str:
+    """One SELD run: timelines of its first test scenes and its training curves."""
+    classes = r.test["classes_list"]
+    imgs = [figures.seld_timeline(pred, fig_dir / f"{r.name}_seld_{k}.png", classes, ref_rows=ref,
+                                  title=f"{name}: {r.label}")
+            for k, (name, ref, pred) in enumerate(seldreport.scene_rows(r.path, MAX_SELD_TIMELINES))]
+    if r.metrics:
+        imgs.append(figures.training_curves(r.metrics, fig_dir / f"{r.name}_training.png",
+                                            title=f"Training: {r.label}"))
+    t = r.test
+    return _section(f"Run {r.label}", f"Test scenes: {t['n']}, {t['windows']} windows of "
+                    f"{t['window_frames']} frames. Timelines of its first {len(imgs) - bool(r.metrics)} "
+                    "test scenes: reference tracks as thick faded lines, predicted events as points, "
+                    "one colour per class; azimuth (DCASE: counter-clockwise, 90° left) above, elevation "
+                    "below.", "".join(_img(p) for p in imgs))
 
 
 def _rollout_section(run: Run, fig_dir: Path, n: int, device: str) -> str:

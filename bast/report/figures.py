@@ -289,8 +289,9 @@ def confusion_matrix(classes, counts, path, title: str = "Sound class confusion 
 
 
 def category_bars(by_category: dict, path, title: str = "Angular distance per sound category") -> Path:
-    """Mean AD per sound category (from `evaluate.by_category`) as horizontal bars, sorted with
-    the hardest category on top, each labelled with its sample count."""
+    """Mean AD per sound category (from `bast.model.targets.metrics.by_category`) as
+    horizontal bars, sorted with the hardest category on top, each labelled with its
+    sample count."""
     items = sorted(by_category.items(), key=lambda kv: kv[1]["ad_deg"])
     names = [k for k, _ in items]
     ad = np.array([v["ad_deg"] for _, v in items], dtype=np.float64)
@@ -317,8 +318,9 @@ def category_bars(by_category: dict, path, title: str = "Angular distance per so
 
 
 def ad_by_value(groups: dict, path, xlabel: str, title: str = "Angular distance") -> Path:
-    """Mean AD per value of a numeric label (e.g. SNR in dB), from `evaluate.by_label`:
-    finite keys as a line; 'inf' (e.g. no noise) as a dashed horizontal line."""
+    """Mean AD per value of a numeric label (e.g. SNR in dB), from
+    `bast.model.targets.metrics.by_label`: finite keys as a line; 'inf' (e.g. no noise) as
+    a dashed horizontal line."""
     fig = _new((6.4, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     points = sorted((float(k), v["ad_deg"]) for k, v in groups.items() if np.isfinite(_float(k)))

@@ -19,13 +19,9 @@ import numpy as np
 from bast.errors import DataError, MissingError
 from bast.dcase.files import read_dcase_csv
 from bast.dcase.metrics import score_recordings
+from bast.model.targets.names import on_scenes
 
 HEADLINE = ("f20", "er20", "le_deg", "lr", "seld_score")
-
-
-def is_seld(config: dict) -> bool:
-    """Whether a run's config.json is of a SELD run."""
-    return config.get("target") == "seld"
 
 
 def csv_dirs(run_dir) -> tuple[Path, Path]:
@@ -81,4 +77,4 @@ def stored_sets(run_dir) -> dict[str, dict]:
         sets = json.loads(path.read_text()).get("sets", {}) if path.exists() else {}
     except ValueError:
         return {}
-    return {k: v for k, v in sets.items() if isinstance(v, dict) and v.get("target") == "seld"}
+    return {k: v for k, v in sets.items() if isinstance(v, dict) and on_scenes(v)}

@@ -1,7 +1,7 @@
 """Statistics behind `bast-cli report`: the hemifield comparison of the paper's Fig. 3
 and 4 (paired left / right errors, paired t-tests, Benjamini-Hochberg correction).
 
-Input is a predictions table (`bast.model.evaluation.evaluate`). Hemifields (docs/conventions.md):
+Input is a predictions table (`bast.model.targets.metrics`). Hemifields (docs/conventions.md):
 left 10..170 deg, right 190..350 deg (0 and 180 belong to neither); the mirror of ``a``
 across the median plane is ``360 - a``.
 """
@@ -59,22 +59,35 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
     pred = filter_env(pred, env)
     az = azimuth_key(pred["azimuth_deg"])
     val = np.asarray(pred[field], dtype=np.float64)
-
     if level == "azimuth":
-        sums: dict[float, list[float]] = defaultdict(lambda: [0.0, 0])
-        for a, v in zip(az.tolist(), val.tolist()):
-            s = sums[a]
-            s[0] += v
-            s[1] += 1
-        left, right, keys = [], [], []
-        for a in sorted(sums):
-            mirror = azimuth_key(360.0 - a)
-            if 0.0 < a < 180.0 and mirror in sums:
-                left.append(sums[a][0] / sums[a][1])
-                right.append(sums[mirror][0] / sums[mirror][1])
-                keys.append(a)
-        return np.array(left), np.array(right), np.array(keys, dtype=np.float64)
+        return _azimuth_pairs(az, val)
+    pairs = _clip_pairs(pred, az, val)
+    if level == "clip":
+        return (np.array([p[3] for p in pairs]), np.array([p[4] for p in pairs]),
+                np.array([p[2] for p in pairs], dtype=np.float64))
+    return _sound_pairs(pairs)
 
+
+def _azimuth_pairs(az: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pair per mirrored azimuth pair: the mean at ``a`` and at ``360 - a``; keys ``a``."""
+    sums: dict[float, list[float]] = defaultdict(lambda: [0.0, 0])
+    for a, v in zip(az.tolist(), val.tolist()):
+        s = sums[a]
+        s[0] += v
+        s[1] += 1
+    left, right, keys = [], [], []
+    for a in sorted(sums):
+        mirror = azimuth_key(360.0 - a)
+        if 0.0 < a < 180.0 and mirror in sums:
+            left.append(sums[a][0] / sums[a][1])
+            right.append(sums[mirror][0] / sums[mirror][1])
+            keys.append(a)
+    return np.array(left), np.array(right), np.array(keys, dtype=np.float64)
+
+
+def _clip_pairs(pred: dict, az: np.ndarray, val: np.ndarray) -> list[tuple]:
+    """(clip, env, a, left, right) for every (clip_id, env, a) found at both ``a`` and
+    ``360 - a`` (duplicates averaged), sorted by clip, env and azimuth."""
     clips = np.asarray(pred["clip_id"], dtype=str)
     envs = canonical_envs(pred["env"])
     cell: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -82,16 +95,18 @@ def hemifield_pairs(pred: dict, metric: str = "ad_deg", level: str = "sound",
         s = cell[(c, e, a)]
         s[0] += v
         s[1] += 1
-    pairs = []  # (clip, env, a, left, right)
+    pairs = []
     for (c, e, a), s in cell.items():
         if 0.0 < a < 180.0:
             r = cell.get((c, e, azimuth_key(360.0 - a)))
             if r is not None:
                 pairs.append((c, e, a, s[0] / s[1], r[0] / r[1]))
     pairs.sort(key=lambda t: (t[0], t[1], t[2]))
-    if level == "clip":
-        return (np.array([p[3] for p in pairs]), np.array([p[4] for p in pairs]),
-                np.array([p[2] for p in pairs], dtype=np.float64))
+    return pairs
+
+
+def _sound_pairs(pairs: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The clip pairs averaged per clip_id: one pair per sound; keys the clip_ids."""
     per_clip: dict[str, list] = defaultdict(lambda: [0.0, 0.0, 0])
     for c, _, _, lv, rv in pairs:
         s = per_clip[c]

@@ -145,13 +145,13 @@ _VERIFIED: dict[tuple, str] = {}
 def corrupt_shard(path, reason) -> DataError:
     """The error for a shard that cannot be used: its path, why, and how to recover."""
     path = Path(path)
-    features = path.parent.parent
+    features_dir = path.parent.parent  # the Stage 2 folder (FEATURES/shards/NAME.h5)
     stage1 = ""
     try:
-        stage1 = json.loads((features / "manifest.json").read_text())["params"]["stage1"]
+        stage1 = json.loads((features_dir / "manifest.json").read_text())["params"]["stage1"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    redo = f"bast-cli featurize {stage1 or 'STAGE1'} {features}"
+    redo = f"bast-cli featurize {stage1 or 'STAGE1'} {features_dir}"
     return DataError(f"{path}: unreadable or corrupt shard ({reason}); delete it and re-run `{redo}` to rewrite it")
 
 

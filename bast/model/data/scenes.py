@@ -38,9 +38,6 @@ from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.features.scenes import (ALIGNED_HOP, stft_label_frames, window_label_frames, window_labels,
                                          window_rows, window_starts)
 
-LABEL_FIELDS = ("scene_id", "env", "head", "room", "split")
-
-
 @dataclass
 class Scene:
     """One scene's labels: what it is, its label rows (R, 6) and its length in label frames."""

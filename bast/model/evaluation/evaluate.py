@@ -103,6 +103,25 @@ def evaluate(model: torch.nn.Module, data: EvalData, ctx: Context, loss: Target 
     return table_metrics(table, loss), table
 
 
+def score_clips(model: torch.nn.Module, data: EvalData, ctx: Context,
+                figures: Callable[[dict], dict]) -> tuple[dict, dict]:
+    """The one metrics-table scorer of a checkpoint on clips, for the final test
+    (eval/test.json) and `bast-cli evaluate` (eval/<set>/metrics.json): the predictions
+    table of `model` on `data` in float32 (`evaluate`), the figures `figures(table)` makes
+    of it (each file's own headline layout; it raises when they are no result), then the
+    extra labels of the shards (head, room, snr_db where Stage 1 wrote them): `labels` and
+    one breakdown `by_<label>` each, their columns added to the table. Returns (metrics,
+    table)."""
+    _, table = evaluate(model, data, ctx)
+    metrics = figures(table)
+    labels = extra_labels(data.sel.root, data.sel.shards)
+    table.update(labels)
+    metrics["labels"] = sorted(labels)
+    for label in labels:
+        metrics[f"by_{label}"] = by_label(table, label)
+    return metrics, table
+
+
 def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Context) -> dict:
     """The best checkpoint on the test split: eval/test.json and eval/test_predictions.csv
     (SELD: eval/test.json and the DCASE CSVs of the test scenes, bast/model/evaluation/seld.py)."""
@@ -115,29 +134,32 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
         data = SceneWindows(test_sel, cfg.window_frames, len(target.classes), ctx.device,
                             batch_size=cfg.eval_batch_size)
         return seld_test(model, data, ctx, target, run_dir / "eval", {"checkpoint": "best", "test_env": cfg.test_env})
-    data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target_of(cfg))
-    metrics, table = evaluate(model, data, ctx)
+    data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target)
+    metrics, table = score_clips(model, data, ctx, lambda table: _test_figures(table, cfg, run_dir, test_sel.root))
+    (run_dir / "eval").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1, default=json_default))
+    save_predictions(table, run_dir / "eval" / "test_predictions.csv")
+    return metrics
+
+
+def _test_figures(table: dict, cfg: TrainConfig, run_dir: Path, root: Path) -> dict:
+    """The figures of eval/test.json, in its layout: n, the headline and by_env
+    (`table_metrics`), median AD, by_category, which checkpoint; a target other than the
+    paper's azimuth adds its name and the rest of the table's summary."""
+    metrics = table_metrics(table)
     if "ad_deg" in table:
         metrics["median_ad_deg"] = float(np.median(table["ad_deg"])) if len(table["ad_deg"]) else float("nan")
     metrics.update(by_category=by_category(table), checkpoint="best", test_env=cfg.test_env)
     if cfg.target != "azimuth":  # the paper's target keeps its test.json as it was
         metrics.update(target=cfg.target, **{k: v for k, v in summary(table).items() if k not in metrics})
-    labels = extra_labels(test_sel.root, test_sel.shards)  # head, room, snr_db where Stage 1 wrote them
-    table.update(labels)
-    metrics["labels"] = sorted(labels)
-    for label in labels:
-        metrics[f"by_{label}"] = by_label(table, label)
     # A NaN is never a result: the headline figures present (AD for a direction, accuracy for
     # classes; a declared target may report others) must be finite numbers, over some samples.
     headline_ = [k for k in ("ad_deg", "mse", "accuracy", "loss") if metrics.get(k) is not None]
     if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in headline_):
-        raise DataError(f"{run_dir}: the test of checkpoints/best.pt on {test_sel.root} gave "
+        raise DataError(f"{run_dir}: the test of checkpoints/best.pt on {root} gave "
                         f"{', '.join(f'{k} {metrics[k]}' for k in headline_) or 'no figures'} over {metrics['n']} "
                         "samples; nothing written to eval/test.json (non-finite spectra in the test shards? re-run "
                         "bast-cli featurize)")
-    (run_dir / "eval").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1, default=json_default))
-    save_predictions(table, run_dir / "eval" / "test_predictions.csv")
     return metrics
 
 

@@ -15,12 +15,13 @@ from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text, json_default, sha256_file
 from bast.model.runs.checkpoint import load_model, read_metrics, read_run_config
 from bast.model.data.loaders import EvalData, Selection, data_classes
-from bast.model.evaluation.evaluate import extra_labels, eval_device, evaluate
-from bast.model.targets.metrics import by_label, load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
+from bast.model.evaluation.evaluate import eval_device, score_clips
+from bast.model.targets.metrics import load_predictions, per_azimuth, per_azimuth_by_env, save_predictions, summary
 from bast.model.runs.runtime import Context
 from bast.model.data.manifest import (check_spectrogram_params, current_spectrogram_params, data_sha256, features_manifest, is_scenes_manifest, spectrogram_params,
                                       window_spectrogram_params)
 from bast.model.targets.core import target_of
+from bast.model.targets.names import on_scenes
 from bast.pipeline.features import kinds as featurekinds
 
 # ----------------------------------------------------------------------------- a run on any data set
@@ -80,7 +81,38 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     if not ckpt.exists():
         raise MissingError(f"{run_dir}: no checkpoints/best.pt to evaluate (a run that has not finished an epoch?)")
     manifest = features_manifest(features_dir)
-    seld, scenes = config.get("target") == "seld", is_scenes_manifest(manifest)
+    seld = _check_data_kind(run_dir, config, features_dir, manifest)
+    trained = trained_spectrogram_params(run_dir)
+    params = window_spectrogram_params if seld else (lambda p: p)  # scenes: their length is not the window's
+    check_spectrogram_params(params(trained), params(spectrogram_params(manifest)), features_dir, run_dir)
+    env_list = list(parse_environments(envs)) if envs else None
+    name = eval_name(features_dir, split, env_list)
+    out = run_dir / "eval" / name
+    keys = {"features_dir": str(features_dir), "data_sha256": data_sha256(manifest), "split": split,
+            "envs": env_list or "all", "checkpoint_sha256": sha256_file(ckpt)}
+    stored = None if force else _stored_result(out, keys, seld)
+    if stored is not None:
+        _add_to_index(run_dir, name, stored, trained)
+        return {**stored, "reused": True}
+
+    shards = _eval_shards(manifest, features_dir, split, env_list)
+    dev = eval_device(device)
+    model, cfg = load_model(run_dir, "best", dev)
+    featurekinds.require(manifest, cfg.model.features, features_dir, str(run_dir))
+    sel = Selection(features_dir, shards, cfg.model.features).verify()
+    ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
+    head = {**keys, "name": name, "run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt),
+            "checkpoint_mtime": ckpt.stat().st_mtime, "checkpoint_epoch": _checkpoint_epoch(run_dir),
+            "trained_on": config.get("features_dir"), "spectrogram": spectrogram_params(manifest)}
+    result = (_evaluate_seld if seld else _evaluate_clips)(run_dir, out, model, cfg, sel, ctx, head)
+    _add_to_index(run_dir, name, result, trained)
+    return {**result, "reused": False}
+
+
+def _check_data_kind(run_dir: Path, config: dict, features_dir: Path, manifest: dict) -> bool:
+    """Whether the run works on scenes (`on_scenes`), after checking that the data holds
+    what it reads: scenes for a scene target, clips for the others."""
+    seld, scenes = on_scenes(config), is_scenes_manifest(manifest)
     if seld and not scenes:
         raise DataError(f"{features_dir} holds clips, and run {run_dir} is a SELD run (--target seld): evaluate it "
                         "on featurized scenes (bast-cli scenes, then featurize; docs/seld.md)")
@@ -88,27 +120,23 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
         raise DataError(f"{features_dir} holds scenes, and run {run_dir} was trained on single-source clips "
                         f"(--target {config.get('target', 'azimuth')}): only a SELD run (--target seld) reads "
                         "scenes; evaluate this run on featurized clips")
-    trained = trained_spectrogram_params(run_dir)
-    if seld:
-        check_spectrogram_params(window_spectrogram_params(trained), window_spectrogram_params(
-            spectrogram_params(manifest)), features_dir, run_dir)
-    else:
-        check_spectrogram_params(trained, spectrogram_params(manifest), features_dir, run_dir)
-    env_list = list(parse_environments(envs)) if envs else None
-    name = eval_name(features_dir, split, env_list)
-    out = run_dir / "eval" / name
-    keys = {"features_dir": str(features_dir), "data_sha256": data_sha256(manifest), "split": split,
-            "envs": env_list or "all", "checkpoint_sha256": sha256_file(ckpt)}
-    written = ("metrics.json", "seld") if seld else ("metrics.json", "predictions.csv")
-    if not force and all((out / w).exists() for w in written):
-        try:
-            old = json.loads((out / "metrics.json").read_text())
-        except ValueError:
-            old = {}
-        if all(old.get(k) == v for k, v in keys.items()):
-            _add_to_index(run_dir, name, old, trained)
-            return {**old, "reused": True}
+    return seld
 
+
+def _stored_result(out: Path, keys: dict, seld: bool) -> dict | None:
+    """The stored metrics of out/ when they are still valid (all files there, the same `keys`)."""
+    written = ("metrics.json", "seld") if seld else ("metrics.json", "predictions.csv")
+    if not all((out / w).exists() for w in written):
+        return None
+    try:
+        old = json.loads((out / "metrics.json").read_text())
+    except ValueError:
+        return None
+    return old if all(old.get(k) == v for k, v in keys.items()) else None
+
+
+def _eval_shards(manifest: dict, features_dir: Path, split: str, env_list) -> tuple:
+    """The shards of `split` ('all': every split) in `env_list` (None: all) that hold samples."""
     splits = ("train", "val", "test") if split == "all" else (split,)
     shards = tuple(s for s in manifest["shards"]
                    if s["split"] in splits and (env_list is None or s["env"] in env_list) and s["samples"])
@@ -117,47 +145,37 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
         raise DataError(f"{features_dir}: no {split} samples" + (f" in {', '.join(env_list)}" if env_list else "")
                         + f" (it holds {', '.join(f'{k} {v}' for k, v in have.items()) or 'none'}); "
                         "choose another --split or --env")
-    dev = eval_device(device)
-    model, cfg = load_model(run_dir, "best", dev)
-    featurekinds.require(manifest, cfg.model.features, features_dir, str(run_dir))
-    sel = Selection(features_dir, shards, cfg.model.features).verify()
-    ctx = Context(device=dev, amp_dtype=None)  # float32: a judgement, not a race
-    if seld:
-        return _evaluate_seld(run_dir, out, name, model, cfg, sel, ctx, manifest, trained,
-                              {**keys, "name": name, "run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt),
-                               "checkpoint_mtime": ckpt.stat().st_mtime, "checkpoint_epoch": _checkpoint_epoch(run_dir),
-                               "trained_on": config.get("features_dir"), "spectrogram": spectrogram_params(manifest)})
-    data = EvalData(sel, cfg.eval_batch_size, dev, cfg.memory_budget_gb, target=target_of(cfg))
-    _, table = evaluate(model, data, ctx)
-    predicted = [np.asarray(v) for k, v in table.items() if k.startswith("pred_") or k == "ad_deg"]
-    broken = sum(int((~np.isfinite(v)).sum()) for v in predicted if v.dtype.kind == "f")
-    if broken or not predicted or not len(predicted[0]):  # a NaN is never a result
-        raise DataError(f"{run_dir}: {broken} predicted values on {features_dir} are not finite numbers (NaN or Inf "
-                        f"weights in {ckpt}?); nothing written. Train the run again")
-    labels = extra_labels(features_dir, shards)
-    table.update(labels)
+    return shards
 
-    result = {**keys, "name": name, "run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt),
-              "checkpoint_mtime": ckpt.stat().st_mtime, "checkpoint_epoch": _checkpoint_epoch(run_dir),
-              "trained_on": config.get("features_dir"), "spectrogram": spectrogram_params(manifest),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary(table),
-              **({"per_azimuth": _lists(per_azimuth(table)),
-                  "per_azimuth_by_env": {e: _lists(t) for e, t in per_azimuth_by_env(table).items()}}
-                 if "ad_deg" in table else {}),
-              "labels": sorted(labels)}
-    for label, values in labels.items():
-        result[f"by_{label}"] = by_label(table, label)
-    if isinstance(result.get("front_back_rate"), float) and not np.isfinite(result["front_back_rate"]):
-        result["front_back_rate"] = None  # absent: every sample at 90 or 270 deg, where it is undefined
+
+def _evaluate_clips(run_dir: Path, out: Path, model, cfg, sel: Selection, ctx: Context, head: dict) -> dict:
+    """A clip run on clips: out/metrics.json and out/predictions.csv (`score_clips`, as the final test)."""
+    data = EvalData(sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target_of(cfg))
+    result, table = score_clips(model, data, ctx, lambda table: _set_figures(table, head, run_dir, sel.root))
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(table, out / "predictions.csv")
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=json_default))
-    _add_to_index(run_dir, name, result, trained)
-    return {**result, "reused": False}
+    return result
 
 
-def _evaluate_seld(run_dir: Path, out: Path, name: str, model, cfg, sel: Selection, ctx: Context, manifest: dict,
-                   trained: dict, keys: dict) -> dict:
+def _set_figures(table: dict, head: dict, run_dir: Path, root: Path) -> dict:
+    """The figures of an evaluation's metrics.json, in its layout: `head` (what was evaluated
+    on what), when, the table's summary and AD per azimuth (overall and per environment)."""
+    predicted = [np.asarray(v) for k, v in table.items() if k.startswith("pred_") or k == "ad_deg"]
+    broken = sum(int((~np.isfinite(v)).sum()) for v in predicted if v.dtype.kind == "f")
+    if broken or not predicted or not len(predicted[0]):  # a NaN is never a result
+        raise DataError(f"{run_dir}: {broken} predicted values on {root} are not finite numbers (NaN or Inf "
+                        f"weights in {head['checkpoint']}?); nothing written. Train the run again")
+    figures = {**head, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary(table),
+               **({"per_azimuth": _lists(per_azimuth(table)),
+                   "per_azimuth_by_env": {e: _lists(t) for e, t in per_azimuth_by_env(table).items()}}
+                  if "ad_deg" in table else {})}
+    if isinstance(figures.get("front_back_rate"), float) and not np.isfinite(figures["front_back_rate"]):
+        figures["front_back_rate"] = None  # absent: every sample at 90 or 270 deg, where it is undefined
+    return figures
+
+
+def _evaluate_seld(run_dir: Path, out: Path, model, cfg, sel: Selection, ctx: Context, head: dict) -> dict:
     """A SELD run on scenes: what its final test writes (bast/model/evaluation/seld.py `seld_test`),
     here out/metrics.json and the DCASE CSVs under out/seld/{ref,pred}."""
     from bast.model.data.scenes import SceneWindows
@@ -171,9 +189,7 @@ def _evaluate_seld(run_dir: Path, out: Path, name: str, model, cfg, sel: Selecti
     data = SceneWindows(sel, cfg.window_frames, len(target.classes), ctx.device, batch_size=cfg.eval_batch_size)
     (out / "metrics.json").unlink(missing_ok=True)  # no metrics file vouches for CSVs half rewritten
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result = seld_test(model, data, ctx, target, out, {**keys, "created": created}, metrics_file="metrics.json")
-    _add_to_index(run_dir, name, result, trained)
-    return {**result, "reused": False}
+    return seld_test(model, data, ctx, target, out, {**head, "created": created}, metrics_file="metrics.json")
 
 
 def stored_evaluations(run_dir) -> dict[str, dict]:
@@ -213,7 +229,7 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
     index = _read_index(run_dir)
     index["trained_spectrogram"] = trained
     sets = index.setdefault("sets", {})
-    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if metrics.get("target") == "seld" else (
+    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if on_scenes(metrics) else (
         "ad_deg", "median_ad_deg", "mse", "front_back_rate")
     sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", *headline,
                                               "created")}

@@ -154,7 +154,7 @@ def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Pa
     if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in ("loss", "er20", "f20", "le_deg", "lr")):
         raise DataError(f"the SELD test on {data.sel.root} gave loss {metrics.get('loss')} over {metrics['n']} "
                         "scenes; nothing written (non-finite spectra? re-run bast-cli featurize)")
-    metrics.update(target="seld", classes_list=list(target.classes), window_frames=data.length,
+    metrics.update(target=target.name, classes_list=list(target.classes), window_frames=data.length,
                    label_frames_per_window=data.label_frames, **extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dcase(results, out_dir / "seld")

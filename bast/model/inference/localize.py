@@ -274,13 +274,14 @@ def load_localizer(run_dir, device="auto") -> tuple[torch.nn.Module, torch.devic
                                           window_spectrogram_params)
     from bast.model.evaluation.runs import trained_spectrogram_params
     from bast.model.runs.checkpoint import read_run_config
+    from bast.model.targets.names import on_scenes
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     if not (run_dir / "checkpoints" / "best.pt").exists():
         raise DataError(f"{run_dir}: no checkpoints/best.pt (a run that has not finished an epoch?)")
     trained, here = trained_spectrogram_params(run_dir), current_spectrogram_params()
-    if config.get("target") == "seld":  # trained on scenes: their length is not the window's
+    if on_scenes(config):  # trained on scenes: their length is not the window's
         trained, here = window_spectrogram_params(trained), window_spectrogram_params(here)
     check_spectrogram_params(trained, here, "audio featurized by this version of bast", run_dir)
     dev = eval_device(device)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bast.errors import ConfigError
-from bast.model.targets import losses
+from bast.model.targets import losses, names
 from bast.sphere import azimuth_elevation
 
 TASK_WEIGHTS = ("fixed", "learned")
@@ -65,7 +65,8 @@ class Target(nn.Module):
     label_shape: ClassVar[tuple[int, ...]] = ()
     label_columns: ClassVar[tuple[str, ...]] = ()
     uses_classes: ClassVar[bool] = False  # needs the data set's class list (TargetSettings.classes)
-    scenes: ClassVar[bool] = False  # learned from windows of whole scenes (bast-cli scenes), not from clips
+    scenes: ClassVar[bool] = False  # learned from windows of whole scenes (bast-cli scenes), not from clips;
+    # the one clip-or-scene choice: torch-free code asks bast.model.targets.names.on_scenes
 
     def __init__(self, settings: TargetSettings):
         super().__init__()
@@ -112,6 +113,7 @@ def register(cls: type[Target]) -> type[Target]:
     if not cls.name:
         raise ConfigError(f"{cls.__name__} declares no name")
     TARGETS[cls.name] = cls
+    names.declare(cls.name, cls.scenes)  # the clip-or-scene answer for torch-free readers
     return cls
 
 

@@ -1,0 +1,31 @@
+"""What a target's name says without building it, torch-free: whether the target works on
+whole scenes (`bast-cli scenes`) or on single-source clips (`bast-cli spatialize`).
+
+A target declares it (`Target.scenes`, bast/model/targets/core.py); registering a target
+records its name here, so that the places which hold only a run's config.json or a
+metrics file (the report, the CLI, a stored evaluation) make the clip-or-scene choice
+with the same answer and without importing torch. The built-in scene targets are listed
+below so that the answer holds before core.py is imported.
+"""
+
+from __future__ import annotations
+
+DEFAULT = "azimuth"  # a run's config.json without a "target": the paper's
+_SCENE_TARGETS: set[str] = {"seld"}
+
+
+def declare(name: str, scenes: bool) -> None:
+    """Record whether the target `name` works on scenes (`register` in core.py calls it)."""
+    if scenes:
+        _SCENE_TARGETS.add(name)
+    else:
+        _SCENE_TARGETS.discard(name)
+
+
+def on_scenes(target) -> bool:
+    """Whether a target learns from and is scored on whole scenes (windows cut from them,
+    DCASE scores) rather than clips (a per-sample table). `target`: its name, or a dict
+    that names it under "target" (a run's config.json, eval/test.json, an evaluation's
+    metrics.json); no name is the default target, a clip target."""
+    name = target.get("target") if isinstance(target, dict) else target
+    return (name or DEFAULT) in _SCENE_TARGETS
