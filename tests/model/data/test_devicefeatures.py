@@ -162,8 +162,10 @@ def test_the_same_seed_gives_the_same_batches_twice(clean):
     for (x1, y1, n1), (x2, y2, n2), (x3, y3, n3) in zip(once, twice, numpy_path):
         assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(n1, n2)
         assert torch.equal(y1, y3) and torch.equal(n1, n3)  # the same draws as the numpy path
-        # the model's input: standardised log power, phase as it is (float16 of either path)
-        assert (x1 - x3).abs().max() < 0.05
+        # the model's input: the standardised log power (a dB is 1/20 or so), and the phase,
+        # which differs only in bins near the floor or 80 dB under the peak (see above)
+        assert (x1[:, :2] - x3[:, :2]).abs().max() < 0.05
+        assert ((x1[:, 2:] - x3[:, 2:]).abs() > 2e-3).float().mean() < 0.02
 
 
 def test_a_run_with_the_device_path_trains(clean, tmp_path):
@@ -172,6 +174,6 @@ def test_a_run_with_the_device_path_trains(clean, tmp_path):
     result = train_on_the_fly(clean, tmp_path / "run", cfg)
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 2 and all(math.isfinite(r["train_loss"]) for r in rows)
-    assert all(math.isfinite(v) for v in result["test"].values() if isinstance(v, float))
+    assert result["n"] > 0 and math.isfinite(result["ad_deg"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["render_device"] == "device"
+    assert config["render_device"] == "device" and config["render_device_used"] == "device"
