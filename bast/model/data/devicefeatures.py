@@ -89,65 +89,78 @@ _CACHE: dict = {}
 
 
 def _constants(device, dtype):
-    """(window, its spectrum, the density scale per frequency) on `device`, as stft.py's."""
+    """(window, the density scale per frequency) on `device`, as stft.py's."""
     key = (str(device), dtype)
     if key not in _CACHE:
         window = get_window(WINDOW, NPERSEG, fftbins=True)  # periodic, scipy's own
         scale = np.full(NPERSEG // 2 + 1, 2.0 / (FS * np.sum(window**2)))
         scale[[0, -1]] /= 2  # DC and Nyquist are not doubled
         w = torch.as_tensor(window, dtype=dtype, device=device)
-        _CACHE[key] = (w, torch.fft.rfft(w), torch.as_tensor(scale, dtype=torch.float64, device=device))
+        _CACHE[key] = (w, torch.as_tensor(scale, dtype=torch.float64, device=device))
     return _CACHE[key]
 
 
 def stft(x: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
     """Complex STFT (C, 129, T) of rows x (C, samples): frames of 256 every 128 without
-    padding, each frame's mean removed before the window (scipy's detrend='constant', by
-    linearity: rfft(w f) - mean(f) rfft(w)), no density scale."""
-    w, w_spectrum, _ = _constants(x.device, dtype)
-    x = x.to(dtype)
-    spec = torch.stft(x, NPERSEG, NPERSEG - NOVERLAP, window=w, center=False, onesided=True, return_complex=True)
-    means = x.unfold(-1, NPERSEG, NPERSEG - NOVERLAP).mean(dim=-1)  # (C, T)
-    return spec - means[:, None, :] * w_spectrum[None, :, None]
+    padding, each frame's mean removed before the window (scipy's detrend='constant'), no
+    density scale. The frames are cut and transformed as torch.stft(center=False) would,
+    with the mean removed between: on a CPU four times as fast as torch.stft and then the
+    mean's correction (measured), on a GPU the same kernels."""
+    return _stft(x, dtype).transpose(1, 2)
+
+
+def _stft(x: torch.Tensor, dtype) -> torch.Tensor:
+    """The STFT as (C, T, 129): frame-major, as the FFT makes it (transposed at the end)."""
+    w, _ = _constants(x.device, dtype)
+    x, hop = x.to(dtype), NPERSEG - NOVERLAP
+    frames = x.unfold(-1, NPERSEG, hop)  # (C, T, 256), a view
+    # each frame's mean from the sums of the hop-sized blocks (a frame is two blocks), as
+    # stft.py: a sum over every frame's 256 values costs more than the FFT on a CPU
+    t = frames.shape[1]
+    blocks = x[:, : (t + 1) * hop].reshape(x.shape[0], t + 1, hop).sum(dim=-1)
+    means = (blocks[:, :-1] + blocks[:, 1:]) / NPERSEG
+    return torch.fft.rfft((frames - means[..., None]) * w, dim=-1)
 
 
 def _power_and_floor(spec: torch.Tensor, floor_db: float) -> tuple[torch.Tensor, torch.Tensor]:
-    _, _, scale = _constants(spec.device, spec.real.dtype)
-    floor = (10.0 ** (floor_db / 10.0) / scale).to(spec.real.dtype)[:, None]  # before the scale, per frequency
-    return spec.real.square() + spec.imag.square(), floor
+    """|X|^2 (C, T, 129) and the floor per frequency (129,), both before the density scale."""
+    _, scale = _constants(spec.device, spec.real.dtype)
+    power = spec.real.square().addcmul_(spec.imag, spec.imag)
+    return power, (10.0 ** (floor_db / 10.0) / scale).to(spec.real.dtype)
 
 
 def _db(power: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
-    # As stft.py: 10 log10(max(p, floor / s)) in float32, plus 10 log10(s)
-    _, _, scale = _constants(power.device, power.dtype)
-    scale_db = (10 * torch.log10(scale)).float()[:, None]
-    return 10.0 * torch.log10(torch.maximum(power, floor).float()) + scale_db
+    """(C, 129, T) float32 dB of power (C, T, 129): as stft.py, 10 log10(max(p, floor / s))
+    in float32, plus 10 log10(s)."""
+    _, scale = _constants(power.device, power.dtype)
+    db = 10.0 * torch.log10(torch.maximum(power, floor).float()) + (10 * torch.log10(scale)).float()
+    return db.transpose(1, 2)
 
 
 def spectrogram_db(audio: torch.Tensor, floor_db: float, dtype=torch.float64) -> torch.Tensor:
     """Log-power spectrograms (B, 2, 129, frames) float32 in dB of audio (B, 2, samples)."""
     b, c, n = audio.shape
-    power, floor = _power_and_floor(stft(audio.reshape(b * c, n), dtype), floor_db)
-    return _db(power, floor).reshape(b, c, *power.shape[1:])
+    power, floor = _power_and_floor(_stft(audio.reshape(b * c, n), dtype), floor_db)
+    return _db(power, floor).reshape(b, c, power.shape[2], power.shape[1])
 
 
 def spectrogram_and_phase(audio: torch.Tensor, floor_db: float, dtype=torch.float64):
     """(db, phase), both (B, 2, 129, frames) float32, of binaural audio (B, 2, samples):
-    as stft.spectrogram_and_phase, from one STFT."""
+    as stft.spectrogram_and_phase, from one STFT. cos and sin of the angle of L conj(R) are
+    its real and imaginary parts over |L| |R| = sqrt(|L|^2 |R|^2), with real arithmetic."""
     if audio.ndim != 3 or audio.shape[1] != 2:
         raise DataError(f"binaural audio must be (batch, 2, samples), got {tuple(audio.shape)}")
     b, _, n = audio.shape
-    spec = stft(audio.reshape(2 * b, n), dtype)
+    spec = _stft(audio.reshape(2 * b, n), dtype)
     power, floor = _power_and_floor(spec, floor_db)
-    db = _db(power, floor).reshape(b, 2, *power.shape[1:])
-    left, right = spec[0::2], spec[1::2]
-    cross = left * right.conj()
-    audible = (power[0::2] > floor) & (power[1::2] > floor)
-    mag = cross.abs()
-    safe = torch.where(audible, mag, 1.0)
-    cos = torch.where(audible, cross.real / safe, 0.0)
-    sin = torch.where(audible, cross.imag / safe, 0.0)
-    return db, torch.stack([cos, sin], dim=1).float()
+    db = _db(power, floor).reshape(b, 2, power.shape[2], power.shape[1])
+    lr, li, rr, ri = spec.real[0::2], spec.imag[0::2], spec.real[1::2], spec.imag[1::2]
+    left, right = power[0::2], power[1::2]
+    audible = (left > floor) & (right > floor)
+    inverse = torch.where(audible, torch.rsqrt(torch.where(audible, left * right, 1.0)), 0.0)
+    cos = (lr * rr + li * ri) * inverse
+    sin = (li * rr - lr * ri) * inverse
+    return db, torch.stack([cos, sin], dim=1).float().transpose(2, 3)
 
 
 def stacked(names, audio: torch.Tensor, floor_db: float, dtype: str = "float16") -> torch.Tensor:
