@@ -177,3 +177,18 @@ def test_a_run_with_the_device_path_trains(clean, tmp_path):
     assert result["n"] > 0 and math.isfinite(result["ad_deg"])
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["render_device"] == "device" and config["render_device_used"] == "device"
+
+
+def test_the_cli_option(clean, tmp_path):
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    common = [str(clean), "--on-the-fly", "--epochs", "1", "--epoch-samples", "32", "--loader-workers", "0",
+              "--features", "logpower,phase", "--device", "cpu", "--batch-size", "32"]
+    run = CliRunner().invoke(app, ["train", *common, "--out", str(tmp_path / "r"), "--render-device", "device"])
+    assert run.exit_code == 0, run.output
+    assert "convolved and featurized on cpu" in " ".join(run.output.split())
+    bad = CliRunner().invoke(app, ["train", *common, "--out", str(tmp_path / "bad"), "--render-device", "gpu"])
+    assert bad.exit_code != 0 and "render_device must be one of auto, workers, device" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output and not (tmp_path / "bad" / "config.json").exists()
