@@ -90,7 +90,8 @@ def main() -> None:
     workers = best["render"] + best["featurize"]
     print(f"cores: {os.cpu_count()}; torch threads: {torch.get_num_threads()}; device: {device}; "
           f"{n} samples in batches of {args.batch}, {len(recipe.conditions)} conditions")
-    print(f"workers (numpy): render {best['render']:7.0f} + featurize {best['featurize']:7.0f} = {workers:7.0f} us/sample")
+    print(f"workers (numpy): render {best['render']:7.0f} + featurize {best['featurize']:7.0f} = "
+          f"{workers:7.0f} us/sample")
     print(f"device (torch):  prepare {best['prepare']:6.0f} + convolve, mix, STFT {best['device']:7.0f} us/sample "
           f"({best['prepare'] + best['device']:.0f} in all)")
     print(f"convolution + STFT: numpy {workers - best['prepare']:.0f} us against torch {best['device']:.0f} us "
