@@ -1,8 +1,8 @@
 """Training on the fly with the expensive part on the training device: the FFT convolution
-and the feature STFT, batched in torch (docs/train.md "Where samples are rendered").
+and the feature STFT, batched in torch (docs/train.md "Training on the fly", --render-device).
 
 The loader's workers (or the training process) draw and prepare each batch as numpy
-(`SampleRenderer.prepare`: the clip policy's clip with its gain and onset shift, which IR
+(`sampler.prepare_batch`: the clip policy's clip with its gain and onset shift, which IR
 row renders it, the noise window and its SNR): the cheap part. Here, on the device, the
 whole batch is then convolved (rfft of the clips times the IR spectra of their rows, which
 stay on the device, irfft, the first 8000 samples, as `Renderer.render_rows`), the noise

@@ -117,7 +117,7 @@ class OnTheFlyData:
         per_rank = epoch_samples // world  # every rank makes the same number of steps
         self.steps = per_rank // batch_size
         self.keys = _EpochKeys(first, per_rank, batch_size, self.steps)
-        # where the convolution and the STFT run (docs/train.md "Where samples are rendered")
+        # where the convolution and the STFT run (docs/train.md "Training on the fly", --render-device)
         self.place = devicefeatures.resolve_place(render_device, self.device)
         self.featurize, self.on_device = featurize, None
         if self.place == "device":

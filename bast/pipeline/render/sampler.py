@@ -13,7 +13,9 @@ its own sample numbers) draw exactly the same samples.
 (`clips.prepare`), the IR banks Stage 1 rendered with (irs/<key>.sofa) and its FFT renderer
 (`Renderer.render_rows`), its noise banks and SNR mixing (`noise.mix_at_snr`). A draw at a grid
 direction with no gain, no shift and no noise is the Stage 1 sample of that sound, direction
-and condition (tests/...test_onthefly.py checks it against Stage 1 + Stage 2). Directions off
+and condition (tests/...test_onthefly.py checks it against Stage 1 + Stage 2). `prepare_batch`
+does all of `render` but the convolution and the mixing, for a batch rendered on the
+training device (bast/model/data/devicefeatures.py). Directions off
 the grid: in anechoic conditions the HRIR interpolated at exactly that direction; in rooms the
 nearest direction of a denser bank built once (every 5 deg on the circle, about 10 deg apart on
 the sphere; cached like every room bank), whose direction is the label.
