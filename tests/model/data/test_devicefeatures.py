@@ -71,7 +71,7 @@ def _assert_features_match(got: np.ndarray, want: np.ndarray, floor_db: float = 
         assert diff[near].max() <= 2e-3 and diff[loud].max() <= 0.05
 
 
-def _both_ways(stage1, settings: DrawSettings, numbers, kinds=KINDS, dtype="float16"):
+def _both_ways(stage1, settings: DrawSettings, numbers, kinds=KINDS, dtype="float16", device="cpu"):
     recipe = read_recipe(stage1)
     renderer = SampleRenderer(recipe, settings)
     draws = draw(recipe, settings, 11, 2, numbers,
@@ -79,8 +79,9 @@ def _both_ways(stage1, settings: DrawSettings, numbers, kinds=KINDS, dtype="floa
     audio, labels = renderer.render(draws)
     want = Featurizer(kinds, FLOOR_DB, dtype)(audio).astype(np.float32)
     prepared, plabels = prepare_batch(renderer, draws)
-    got_audio, snr = dev.DeviceRenderer(renderer, "cpu").render(prepared)
-    got = dev.stacked(kinds, got_audio, FLOOR_DB, dtype)
+    got_audio, snr = dev.DeviceRenderer(renderer, device).render(prepared)
+    got = dev.stacked(kinds, got_audio, FLOOR_DB, dtype).cpu()
+    got_audio, snr = got_audio.cpu(), snr.cpu()
     assert got.dtype == (torch.float16 if dtype == "float16" else torch.float32)
     # the STFT alone, on the same audio: to the tolerances everywhere above the floor + 10 dB
     same = dev.stacked(kinds, torch.from_numpy(audio), FLOOR_DB, "float32").float().numpy()
@@ -115,6 +116,32 @@ def test_device_features_with_noise_equal_the_numpy_path(noisy):
     assert all(math.isfinite(d.snr_db) for d in draws)
     np.testing.assert_allclose(got_audio, audio, atol=2e-6 * np.abs(audio).max(), rtol=0)
     _assert_features_match(got, want, stored=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_the_features_equal_the_numpy_path(noisy):
+    """The same on a GPU (cuFFT), where `auto` puts the work."""
+    audio, got_audio, got, want, _ = _both_ways(noisy, DrawSettings(directions="circle"), range(24), device="cuda")
+    np.testing.assert_allclose(got_audio, audio, atol=2e-6 * np.abs(audio).max(), rtol=0)
+    _assert_features_match(got, want, stored=True)
+
+
+def test_noise_mixing_alone_equals_noise_py():
+    """Levels met, a silent sample and an undrawn level (+inf) left clean, as noise.mix_at_snr."""
+    from bast.pipeline.render.noise import mix_at_snr
+
+    rng = np.random.default_rng(1)
+    clean_ = rng.normal(0, 0.1, (4, 2, 8000)).astype(np.float32)
+    clean_[2] = 0
+    noise = rng.normal(0, 0.3, (4, 2, 8000)).astype(np.float32)
+    levels = np.array([10.0, -5.0, 3.0, np.inf], np.float32)
+    got, snr = dev.mix_at_snr(torch.from_numpy(clean_), torch.from_numpy(noise), torch.from_numpy(levels))
+    want = clean_.copy()
+    want_snr = mix_at_snr(want[:3], noise[:3].copy(), levels[:3])
+    np.testing.assert_allclose(got.numpy()[:3], want[:3], atol=1e-7)
+    np.testing.assert_array_equal(snr.numpy(), [*want_snr, np.inf])
+    np.testing.assert_array_equal(got.numpy()[3], clean_[3])
+    assert snr[2] == np.inf
 
 
 def test_log_power_alone_and_float32_storage(clean):
