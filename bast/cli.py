@@ -431,6 +431,7 @@ def train(
     sample_directions: Annotated[Optional[str], typer.Option(help="--on-the-fly: directions drawn from the Stage 1 grid, or anywhere on the circle or the sphere (interpolated HRIRs). [default: grid]")] = None,
     epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch. [default: as many as Stage 1's training split]")] = None,
     loader_workers: Annotated[Optional[int], typer.Option(help="--on-the-fly: processes rendering samples ahead of training (0: in the training process). [default: 1]")] = None,
+    render_device: Annotated[Optional[str], typer.Option(help="--on-the-fly: where the convolution and the feature STFT run: workers (numpy, in the loader processes), device (torch, batched on the training device) or auto (device on a GPU, workers on a CPU). [default: auto]")] = None,
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
     model: Annotated[Optional[str], typer.Option("--model", help="bast (default), or a baseline: mlp (Tang et al. 2022), cnn (the BAST paper's CNN), ast (one transformer stream), seldnet (the DCASE SELD baseline; --target seld). docs/train.md.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
@@ -477,7 +478,7 @@ def train(
              "amp": amp, "compile": compile, "compile_mode": compile_mode, "deterministic": deterministic,
              "val_every": val_every, "window_frames": window_frames, "window_hop": window_hop,
              "fresh_sounds": fresh_sounds, "sample_directions": sample_directions, "epoch_samples": epoch_samples,
-             "loader_workers": loader_workers}
+             "loader_workers": loader_workers, "render_device": render_device}
     overrides = {k: v for k, v in given.items() if v is not None}
     _check_draw_options(overrides, on_the_fly or resume)
     run = train_on_the_fly if on_the_fly or (resume and trained_on_the_fly(out)) else from_stage2

@@ -375,7 +375,7 @@ def on_the_fly_data(features_dir, cfg: TrainConfig, ctx: Context, target: Target
     featurize = Featurizer(tuple(cfg.model.features), float(stft["stft"]["floor_db"]), stft["dtype"])
     return OnTheFlyData(read_recipe(cfg.stage1_dir), settings, featurize, cfg.epoch_samples,
                         cfg.batch_size // ctx.world, ctx.device, cfg.seed, ctx.rank, ctx.world, target,
-                        cfg.loader_workers)
+                        cfg.loader_workers, cfg.render_device)
 
 
 def _split_envs(features_dir) -> str:
@@ -462,17 +462,21 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
         "loader": type(splits.data).__name__, "world_size": ctx.world,
         # the settings device, amp and compile stay as given; what they resolved to:
         "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32,
-        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg), "versions": versions()}, indent=1))
+        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg, ctx.device), "versions": versions()}, indent=1))
 
 
-def _recipe_record(cfg: TrainConfig) -> dict:
+def _recipe_record(cfg: TrainConfig, device) -> dict:
     """A run on the fly records the recipe it draws from (its settings are in cfg)."""
     if not cfg.on_the_fly:
         return {}
     from bast.model.data.onthefly import describe_recipe
     from bast.pipeline.render.recipe import read_recipe
 
-    return {"recipe": describe_recipe(read_recipe(cfg.stage1_dir))}
+    from bast.model.data.devicefeatures import resolve_place
+
+    # render_device stays as given; where the convolution and the STFT ran:
+    return {"recipe": describe_recipe(read_recipe(cfg.stage1_dir)),
+            "render_device_used": resolve_place(cfg.render_device, device)}
 
 
 def run_epochs(run_dir: Path, cfg: TrainConfig, ctx: Context, model, optimizer, splits: Splits, state: RunState,

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from bast.errors import ConfigError
+from bast.model.data import devicefeatures
 from bast.model.data.loaders import model_input
 from bast.model.targets.core import Target
 from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.render.recipe import Recipe
-from bast.pipeline.render.sampler import DrawSettings, SampleRenderer, draw
+from bast.pipeline.render.sampler import DrawSettings, SampleRenderer, draw, prepare_batch
 
 MAX_WORKERS = 64
 MAX_EPOCH_SAMPLES = 100_000_000
@@ -45,10 +46,13 @@ class Featurizer:
 
 class _Batches(torch.utils.data.Dataset):
     """Batch (epoch, first, last) -> (features, label columns, sample numbers); runs in the
-    loader's workers, each keeping its own SampleRenderer (clips, IR spectra, noise banks)."""
+    loader's workers, each keeping its own SampleRenderer (clips, IR spectra, noise banks).
+    `prepared`: the batch prepared for the device (`prepare_batch`) instead of features."""
 
-    def __init__(self, recipe: Recipe, settings: DrawSettings, featurize: Featurizer, seed: int):
+    def __init__(self, recipe: Recipe, settings: DrawSettings, featurize: Featurizer, seed: int,
+                 prepared: bool = False):
         self.recipe, self.settings, self.featurize, self.seed = recipe, settings, featurize, seed
+        self.prepared = prepared
         self._renderer: SampleRenderer | None = None
 
     def renderer(self) -> SampleRenderer:
@@ -65,6 +69,8 @@ class _Batches(torch.utils.data.Dataset):
         numbers = np.arange(first, last)
         draws = draw(self.recipe, self.settings, self.seed, epoch, numbers,
                      r.elevation_limits() if self.settings.directions == "sphere" else (-90.0, 90.0))
+        if self.prepared:
+            return (*prepare_batch(r, draws), numbers)
         audio, labels = r.render(draws)
         return self.featurize(audio), labels, numbers
 
@@ -100,7 +106,7 @@ class OnTheFlyData:
 
     def __init__(self, recipe: Recipe, settings: DrawSettings, featurize: Featurizer, epoch_samples: int,
                  batch_size: int, device, seed: int = 0, rank: int = 0, world: int = 1,
-                 target: Target | None = None, workers: int = 1):
+                 target: Target | None = None, workers: int = 1, render_device: str = "workers"):
         if not 1 <= epoch_samples <= MAX_EPOCH_SAMPLES:
             raise ConfigError(f"--epoch-samples must be in [1, {MAX_EPOCH_SAMPLES}], not {epoch_samples}")
         if not 0 <= workers <= MAX_WORKERS:
@@ -111,7 +117,13 @@ class OnTheFlyData:
         per_rank = epoch_samples // world  # every rank makes the same number of steps
         self.steps = per_rank // batch_size
         self.keys = _EpochKeys(first, per_rank, batch_size, self.steps)
-        self.batches = _Batches(recipe, settings, featurize, seed)
+        # where the convolution and the STFT run (docs/train.md "Training on the fly", --render-device)
+        self.place = devicefeatures.resolve_place(render_device, self.device)
+        self.featurize, self.on_device = featurize, None
+        if self.place == "device":
+            devicefeatures.check_kinds(featurize.kinds)
+            self.on_device = devicefeatures.DeviceRenderer(SampleRenderer(recipe, settings), self.device)
+        self.batches = _Batches(recipe, settings, featurize, seed, prepared=self.place == "device")
         self.loader = torch.utils.data.DataLoader(
             self.batches, batch_size=None, sampler=self.keys, num_workers=workers, collate_fn=_as_is,
             persistent_workers=workers > 0, worker_init_fn=_init_worker if workers else None,
@@ -124,13 +136,22 @@ class OnTheFlyData:
         s = self.batches.settings
         return (f"on the fly: {self.epoch_samples:,} samples an epoch drawn anew from {self.batches.recipe.stage1} "
                 f"({'fresh procedural sounds' if s.fresh_sounds else f'{len(self.batches.recipe.train_sounds())} training sounds'}, "
-                f"{s.directions} directions, gain +-{s.gain_db:g} dB, onset +-{s.onset_ms:g} ms), rendered by "
-                f"{self.loader.num_workers or 'the training'} process{'es' if self.loader.num_workers > 1 else ''}")
+                f"{s.directions} directions, gain +-{s.gain_db:g} dB, onset +-{s.onset_ms:g} ms), "
+                f"{'prepared' if self.on_device else 'rendered'} by "
+                f"{self.loader.num_workers or 'the training'} process{'es' if self.loader.num_workers > 1 else ''}"
+                + (f", convolved and featurized on {self.device}" if self.on_device else ""))
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         self.keys.epoch = epoch
-        for spec, labels, numbers in self.loader:
-            x = model_input(torch.from_numpy(spec).to(self.device, non_blocking=True), self.kinds)
+        for item, labels, numbers in self.loader:
+            if self.on_device:
+                # labels keep the SNRs drawn (a silent sample, mixed with no noise, would read
+                # +inf in the numpy path's): reading the device's back would wait for it
+                audio, _ = self.on_device.render(item)
+                spec = devicefeatures.stacked(self.kinds, audio, self.featurize.floor_db, self.featurize.dtype)
+            else:
+                spec = torch.from_numpy(item).to(self.device, non_blocking=True)
+            x = model_input(spec, self.kinds)
             y = self.target.encode(torch.from_numpy(self.target.labels(labels)).to(self.device))
             yield x, y, torch.from_numpy(numbers)
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from bast.conventions import parse_environments
 from bast.errors import ConfigError
+from bast.model.data.devicefeatures import RENDER_PLACES  # training on the fly
 from bast.model.nets.bast import BASTConfig
 from bast.model.nets.registry import BACKBONE_PRESETS, BASELINE_PRESETS, MODELS, model_config
 from bast.model.targets.core import TARGETS, TASK_WEIGHTS
@@ -89,6 +90,9 @@ class TrainConfig:
     gain_db: float = 6.0  # a gain drawn in [-gain_db, +gain_db] dB per sample
     onset_ms: float = 50.0  # an onset shift drawn in [-onset_ms, +onset_ms] ms per sample
     loader_workers: int = 1  # processes rendering ahead (0: in the training process)
+    # Where the convolution and the feature STFT run: auto (on the device when it is CUDA,
+    # else in the workers), workers (numpy) or device (torch, batched; any device).
+    render_device: str = "auto"
 
     def __post_init__(self):
         if self.arch not in MODELS:
@@ -132,6 +136,8 @@ class TrainConfig:
         if self.sample_directions not in SAMPLE_DIRECTIONS:
             raise ConfigError(f"sample_directions must be one of {', '.join(SAMPLE_DIRECTIONS)}, "
                               f"not {self.sample_directions!r}")
+        if self.render_device not in RENDER_PLACES:
+            raise ConfigError(f"render_device must be one of {', '.join(RENDER_PLACES)}, not {self.render_device!r}")
         for name, allowed, inside in _RANGES:
             value = getattr(self, name)
             if value is not None and not inside(value):
@@ -270,4 +276,4 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 # What a resumed run may change: how long it runs, and where (not what it learns from).
 RESUME_CHANGES = ("epochs", "max_minutes", "device", "compile", "compile_mode", "memory_budget_gb", "eval_batch_size", "val_every",
-                  "loader_workers")
+                  "loader_workers", "render_device")

@@ -13,7 +13,9 @@ its own sample numbers) draw exactly the same samples.
 (`clips.prepare`), the IR banks Stage 1 rendered with (irs/<key>.sofa) and its FFT renderer
 (`Renderer.render_rows`), its noise banks and SNR mixing (`noise.mix_at_snr`). A draw at a grid
 direction with no gain, no shift and no noise is the Stage 1 sample of that sound, direction
-and condition (tests/...test_onthefly.py checks it against Stage 1 + Stage 2). Directions off
+and condition (tests/...test_onthefly.py checks it against Stage 1 + Stage 2). `prepare_batch`
+does all of `render` but the convolution and the mixing, for a batch rendered on the
+training device (bast/model/data/devicefeatures.py). Directions off
 the grid: in anechoic conditions the HRIR interpolated at exactly that direction; in rooms the
 nearest direction of a denser bank built once (every 5 deg on the circle, about 10 deg apart on
 the sphere; cached like every room bank), whose direction is the label.
@@ -219,6 +221,25 @@ class SampleRenderer:
             lo, hi = max(lo, float(h.elevation_deg.min())), min(hi, float(h.elevation_deg.max()))
         return lo, hi
 
+    def ir_source(self, d: Draw) -> tuple[int, int, np.ndarray | None, float, float]:
+        """Which IR renders a draw: (bank, row, pair, azimuth, elevation) with bank
+        2 * condition for the condition's grid bank, 2 * condition + 1 for its denser bank
+        (`bank_renderer`), or -1 and the interpolated pair (2, taps) itself (anechoic, off
+        the grid); the direction is the one that labels the sample."""
+        if d.row >= 0:
+            return 2 * d.condition, d.row, None, d.azimuth_deg, d.elevation_deg
+        if self.recipe.conditions[d.condition].env == "anechoic":
+            pair = self._interpolator(d.condition)(d.azimuth_deg, d.elevation_deg).reshape(2, -1)
+            return -1, 0, pair.astype(np.float32), d.azimuth_deg, d.elevation_deg
+        _, dirs = self.dense_bank(d.condition)
+        row = int(np.argmax(dirs @ unit_vector(d.azimuth_deg, d.elevation_deg).reshape(3)))
+        az, el = azimuth_elevation(dirs[row])
+        return 2 * d.condition + 1, row, None, float(az) % 360.0, float(el)
+
+    def bank_renderer(self, bank: int) -> Renderer:
+        """The renderer of an `ir_source` bank (its `spectra` and `nfft`)."""
+        return self.dense_bank(bank // 2)[0] if bank % 2 else self.grid_renderer(bank // 2)
+
     def _pair(self, d: Draw, clip: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(2, n) audio of one draw's clip, and the direction that labels it."""
         if d.row >= 0:
@@ -258,12 +279,56 @@ class SampleRenderer:
                 noise = noise_mod.noise_window(self.recipe.config.noise, self._noise_bank(d.condition),
                                                np.random.default_rng(d.noise_seed), n)
                 snr[i] = noise_mod.mix_at_snr(audio[i:i + 1], noise[None], np.array([d.snr_db]))[0]
-        conds = [self.recipe.conditions[d.condition] for d in draws]
-        labels = {"azimuth_deg": az, "elevation_deg": el,
-                  "env": np.array([ENV_NAMES.index(c.env) for c in conds], dtype=np.uint8),
-                  "clip_id": np.array([d.sound.clip_id for d in draws], dtype=object),
-                  "category": np.array([d.sound.category for d in draws], dtype=object),
-                  "head": np.array([c.head for c in conds], dtype=object),
-                  "room": np.array([c.room for c in conds], dtype=object), "snr_db": snr}
-        return audio, labels
+        return audio, labels(self.recipe, draws, az, el, snr)
 
+
+@dataclass
+class Prepared:
+    """A batch of draws made ready to render elsewhere (on the training device:
+    bast/model/data/devicefeatures.py): what `SampleRenderer.render` does before and
+    after its FFT convolution, without it."""
+
+    clips: np.ndarray  # (B, n) float32: the clip policy's clips, gain and onset shift applied
+    banks: np.ndarray  # (B,) int64: the IR bank of each (`ir_source`), -1 for a pair of its own
+    rows: np.ndarray  # (B,) int64: the row in its bank, or the index into `pairs`
+    pairs: list  # the (2, taps) float32 IR pairs of the samples with bank -1
+    noise: np.ndarray | None  # (B, 2, n) float32 noise windows, unscaled (None: no noise drawn)
+    levels: np.ndarray  # (B,) float32 SNR in dB to mix each at (inf: none)
+
+
+def prepare_batch(renderer: SampleRenderer, draws: list[Draw]) -> tuple[Prepared, dict]:
+    """`renderer.render(draws)` up to the convolution: the batch's `Prepared` and its label
+    columns (snr_db: the levels drawn; the mixing may set +inf where a sample is silent)."""
+    n, count = CLIP_SAMPLES, len(draws)
+    clips = np.empty((count, n), dtype=np.float32)
+    banks, rows = np.empty(count, np.int64), np.empty(count, np.int64)
+    az, el = np.empty(count, np.float32), np.empty(count, np.float32)
+    levels = np.full(count, noise_mod.NO_NOISE, np.float32)
+    noise = np.zeros((count, 2, n), np.float32) if renderer.recipe.config.snr_db is not None else None
+    pairs: list = []
+    for i, d in enumerate(draws):
+        pieces = renderer.pieces(d.sound)
+        clip = pieces[min(int(d.piece * len(pieces)), len(pieces) - 1)]
+        if d.gain_db:
+            clip = clip * np.float32(10 ** (d.gain_db / 20))
+        clips[i] = shifted(clip, d.shift)
+        banks[i], rows[i], pair, az[i], el[i] = renderer.ir_source(d)
+        if pair is not None:
+            rows[i] = len(pairs)
+            pairs.append(pair)
+        if np.isfinite(d.snr_db) and noise is not None:
+            noise[i] = noise_mod.noise_window(renderer.recipe.config.noise, renderer._noise_bank(d.condition),
+                                              np.random.default_rng(d.noise_seed), n)
+            levels[i] = d.snr_db
+    return Prepared(clips, banks, rows, pairs, noise, levels), labels(renderer.recipe, draws, az, el, levels.copy())
+
+
+def labels(recipe: Recipe, draws: list[Draw], az, el, snr) -> dict:
+    """The label columns of rendered draws, as a shard's."""
+    conds = [recipe.conditions[d.condition] for d in draws]
+    return {"azimuth_deg": az, "elevation_deg": el,
+            "env": np.array([ENV_NAMES.index(c.env) for c in conds], dtype=np.uint8),
+            "clip_id": np.array([d.sound.clip_id for d in draws], dtype=object),
+            "category": np.array([d.sound.category for d in draws], dtype=object),
+            "head": np.array([c.head for c in conds], dtype=object),
+            "room": np.array([c.room for c in conds], dtype=object), "snr_db": snr}
