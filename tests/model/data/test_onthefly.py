@@ -184,6 +184,15 @@ def test_a_run_on_the_fly_is_validated_and_tested_on_the_stage2_sets(stage, tmp_
     test_n = sum(s["samples"] for s in stage2["shards"] if s["split"] == "test")
     assert result["n"] == test_n  # the same test set as a run from Stage 2
     assert np.isfinite(result["ad_deg"])
+    # evaluate and report treat it as any run: scored on the Stage 2 folder's test split it
+    # gives the final test's figures (the same samples), and the report lists it
+    from bast.model.evaluation.runs import evaluate_run
+    from bast.report.build import build_report
+
+    again = evaluate_run(tmp_path / "run", stage / "s2")
+    assert again["n"] == test_n and abs(again["ad_deg"] - result["ad_deg"]) < 1e-3
+    _, summary = build_report([tmp_path / "run"], tmp_path / "report", rollout_samples=0)
+    assert (tmp_path / "report" / "index.html").exists() and "run" in json.dumps(summary)
 
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(stage, tmp_path):
