@@ -191,8 +191,9 @@ def test_a_run_on_the_fly_is_validated_and_tested_on_the_stage2_sets(stage, tmp_
 
     again = evaluate_run(tmp_path / "run", stage / "s2")
     assert again["n"] == test_n and abs(again["ad_deg"] - result["ad_deg"]) < 1e-3
-    _, summary = build_report([tmp_path / "run"], tmp_path / "report", rollout_samples=0)
-    assert (tmp_path / "report" / "index.html").exists() and "run" in json.dumps(summary)
+    build_report([tmp_path / "run"], tmp_path / "report", rollout_samples=0)
+    (reported,) = json.loads((tmp_path / "report" / "summary.json").read_text())["runs"].values()
+    assert reported["summary"]["n"] == test_n and abs(reported["summary"]["ad_deg"] - result["ad_deg"]) < 1e-3
 
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(stage, tmp_path):
@@ -275,3 +276,28 @@ def test_a_plan_only_folder_trains_on_the_fly_with_the_full_runs_heldout_sets(st
     rendered = json.loads((tmp_path / "run" / "heldout-stage1" / "manifest.json").read_text())
     want = {s["path"]: s["sha256"] for s in full["shards"] if s["split"] in ("val", "test")}
     assert {s["path"]: s["sha256"] for s in rendered["shards"]} == want
+
+
+@pytest.mark.parametrize("arch,target", [("bast", "direction"), ("bast", "category"), ("bast", "direction+category"),
+                                         ("bast", "azimuth+category"), ("mlp", "azimuth"), ("cnn", "azimuth"),
+                                         ("ast", "azimuth")])
+def test_every_target_and_model_trains_on_the_fly(stage, tmp_path, arch, target):
+    cfg = preset("tiny", arch=arch, target=target, features=KINDS, epochs=1, epoch_samples=64, loader_workers=0,
+                 device="cpu", batch_size=32, warmup_steps=1)
+    result = train_on_the_fly(stage / "s1", tmp_path / "run", cfg)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["target"] == target and config["arch"] == arch and config["on_the_fly"]
+    stage2 = json.loads((stage / "s2" / "manifest.json").read_text())
+    assert result["n"] == sum(s["samples"] for s in stage2["shards"] if s["split"] == "test")
+    if "category" in target:  # the classes of the whole data set, in the test's order
+        assert config["classes"] == list(read_recipe(stage / "s1").categories)
+        assert "accuracy" in result and np.isfinite(result["accuracy"])
+    if target != "category":
+        assert np.isfinite(result["ad_deg"] if "ad_deg" in result else result["great_circle_deg"])
+
+
+def test_seld_is_not_drawn_on_the_fly(stage, tmp_path):
+    cfg = preset("tiny", target="seld", epochs=1, epoch_samples=64, loader_workers=0, device="cpu")
+    with pytest.raises((ConfigError, DataError)) as info:
+        train_on_the_fly(stage / "s1", tmp_path / "run", cfg)
+    assert "clips" in str(info.value) or "seld" in str(info.value)
