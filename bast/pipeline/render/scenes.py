@@ -480,8 +480,55 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
 
-def read_scenes(directory, reader: str = "reading scenes") -> dict:
-    """The manifest of a finished `bast-cli scenes` output."""
+def read_scenes(directory, reader: str = "reading scenes", verify: bool = True) -> dict:
+    """The manifest of a finished `bast-cli scenes` output; with `verify`, every shard
+    checked as the manifest lists it (check_scene_shard) before the reader uses any."""
+    from bast.errors import DataError
     from bast.pipeline.stage.shards import read_manifest
 
-    return read_manifest(directory, STAGE, reader)
+    directory = Path(directory)
+    manifest = read_manifest(directory, STAGE, reader)
+    if verify:
+        try:
+            listed = [(s["path"], int(s["samples"]), s.get("sha256")) for s in manifest["shards"]]
+            duration = float(manifest["params"]["duration_s"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{directory / 'manifest.json'}: malformed manifest ({type(exc).__name__}: {exc}); "
+                            f"re-run bast-cli scenes into {directory} to rewrite it") from None
+        for rel, samples, sha256 in listed:
+            check_scene_shard(directory / rel, samples, sha256, int(round(duration * FS)))
+    return manifest
+
+
+SCENE_LABELS = ("scene_id", "split", "env", "head", "room")  # one per scene
+
+
+def check_scene_shard(path, samples: int, sha256: str | None, scene_samples: int) -> None:
+    """One scene shard as its manifest lists it, as clip shards are checked
+    (bast.pipeline.stage.shards.check_listed_shard: a regular file, the manifest's sha256,
+    readable): `samples` scenes of 2 x `scene_samples` audio at 16 kHz, every per-scene
+    label as long, label rows of the 6 LABEL_COLUMNS indexed by label_offsets, events by
+    event_offsets. Errors name the shard as corrupt and how to rewrite it."""
+    from bast.errors import DataError
+    from bast.pipeline.stage.shards import check_listed_shard, check_ragged, rewrite_hint
+
+    path = Path(path)
+    layout = check_listed_shard(path, sha256, STAGE, ragged=("label_offsets", "event_offsets"))
+    hint = rewrite_hint(path, STAGE)
+    missing = [n for n in ("audio", "labels", "label_offsets") + SCENE_LABELS if n not in layout.shapes]
+    if missing:
+        raise DataError(f"{path}: corrupt, not a scene shard (missing {', '.join(missing)}); {hint}")
+    if layout.shapes["audio"] != (samples, 2, scene_samples) or layout.attrs.get("fs") != FS:
+        raise DataError(f"{path}: corrupt: audio of shape {layout.shapes['audio']} at {layout.attrs.get('fs')} Hz, "
+                        f"the manifest lists ({samples}, 2, {scene_samples}) at {FS} Hz; {hint}")
+    short = {n: layout.shapes[n][0] if layout.shapes[n] else 0 for n in SCENE_LABELS + ("snr_db",)
+             if n in layout.shapes and (layout.shapes[n][0] if layout.shapes[n] else 0) != samples}
+    if short:
+        raise DataError(f"{path}: corrupt: label(s) {', '.join(f'{k} ({n} rows)' for k, n in short.items())} do "
+                        f"not match its {samples} scenes; {hint}")
+    if len(layout.shapes["labels"]) != 2 or layout.shapes["labels"][1] != len(LABEL_COLUMNS):
+        raise DataError(f"{path}: corrupt: labels of shape {layout.shapes['labels']}, not (rows, "
+                        f"{len(LABEL_COLUMNS)}); {hint}")
+    check_ragged(path, layout, samples, "label_offsets", "labels", STAGE)
+    if "event_offsets" in layout.shapes:
+        check_ragged(path, layout, samples, "event_offsets", "event_clip_id", STAGE)
