@@ -110,7 +110,7 @@ def spatialize(
     _check_noise(noise, snr)
     if plan_only and examples:
         raise ConfigError("--examples writes rendered clips; --plan-only renders none")
-    grid_el, pairs, heads = _spatialize_directions(elevations, directions, hrir)
+    grid_el, pairs, heads = _spatialize_directions(azimuths, elevations, directions, hrir)
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     config = SpatializeConfig(
         azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
@@ -147,18 +147,25 @@ def _check_noise(noise: str | None, snr: str | None) -> None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
 
 
-def _spatialize_directions(elevations: str, directions: str | None, hrir):
+def _spatialize_directions(azimuths: str, elevations: str, directions: str | None, hrir):
     """(grid elevations or None, the --directions pairs or None, the heads or None) of
-    spatialize's options, checked in this order."""
+    spatialize's options, checked in this order (the grid within its budget of directions)."""
     from bast.errors import ConfigError
-    from bast.pipeline.irs.sources import parse_directions, parse_elevations, sofa_files
+    from bast.pipeline.irs.sources import (DEFAULT_AZIMUTH_TEXT, grid_budget, parse_azimuths, parse_directions,
+                                           parse_elevations, sofa_files)
 
-    grid_el, el_limit = parse_elevations(elevations)
+    n_az = len(parse_azimuths(azimuths)) if directions is None else 1
+    grid_el, el_limit = parse_elevations(elevations, n_az)
     heads = sofa_files(hrir, "--hrir") or None
     if el_limit is not None and directions is None:
         raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
     if directions is not None and grid_el is not None and elevations.strip() != "0":
         raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    if directions is not None and azimuths.strip() != DEFAULT_AZIMUTH_TEXT:  # not dropped without a word
+        raise ConfigError(f"--azimuths {azimuths} with --directions {directions}: --directions lists the directions "
+                          "and replaces the --azimuths x --elevations grid; give one or the other")
+    if grid_el is not None and directions is None:
+        grid_budget(len(grid_el), n_az, f"--elevations {elevations}")
     pairs = (None if directions is None
              else parse_directions(directions, heads[0] if heads else None, el_limit))
     return grid_el, pairs, heads
