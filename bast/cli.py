@@ -494,6 +494,8 @@ def train(
     # A resumed run keeps its settings; train() names any that cannot change.
     resume_changes = overrides if resume else None
     cfg = make_preset(preset, **({} if resume else overrides))
+    if not resume:
+        _check_window_options(overrides, cfg.target)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -515,6 +517,18 @@ def _check_draw_options(overrides: dict, on_the_fly: bool) -> None:
     drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
     if drawn and not on_the_fly:
         raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
+
+
+def _check_window_options(overrides: dict, target: str) -> None:
+    """--window-frames and --window-hop cut windows from scenes: on clips they would be
+    ignored without a word, so they are refused."""
+    from bast.errors import ConfigError
+    from bast.model.targets.core import make_target_class
+
+    given = [f"--{k.replace('_', '-')}" for k in ("window_frames", "window_hop") if k in overrides]
+    if given and not make_target_class(target).scenes:
+        raise ConfigError(f"{', '.join(given)} cut windows from scenes (--target seld); --target {target} trains "
+                          "on clips of a fixed length, where they would be ignored")
 
 
 def _epoch_line(row: dict) -> str:
