@@ -677,8 +677,13 @@ def seld_metrics(
     is an error.
     """
     from bast.fileio import atomic_write_text, json_default, versions
+    from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
     from bast.dcase.metrics import score_directories
+    from bast import options
 
+    if classes is not None:  # per-class counts are allocated for each: sized before
+        options.budget(options.count(classes, "--classes", 1), CLASS_BYTES, f"--classes {classes}", "classes",
+                       most=MAX_CLASSES)
     s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
     t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):
