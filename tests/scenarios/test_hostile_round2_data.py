@@ -284,3 +284,10 @@ def test_library_checks_say_the_same():
     with pytest.raises(ConfigError, match=r"\[0, 360\)"):
         check_directions([[400.0, 0.0]], "directions")
     assert check_directions([[0.0, -90.0], [359.5, 90.0]], "directions").shape == (2, 2)
+
+
+def test_a_model_too_large_to_train_is_refused_before_it_is_built(scenes, tmp_path):
+    before = snapshot(scenes / "s2")
+    refused(*cli("train", scenes / "s2", "--out", tmp_path / "run", "--target", "seld", "--set", "dim=100000"),
+            "model settings", "parameters in training would need", "GiB")
+    assert snapshot(scenes / "s2") == before and not (tmp_path / "run" / "checkpoints").exists()
