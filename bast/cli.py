@@ -258,8 +258,12 @@ def scenes(
     from bast.pipeline.render.noise import parse_snr
     from bast.pipeline.render.scenes import ScenesConfig, render_scenes
     from bast.pipeline.render.conditions import layout
+    from bast.errors import ConfigError
 
     _check_noise(noise, snr)
+    if moving == 0 and speed.strip() != "10:60":  # an option this run would ignore: said, not dropped
+        raise ConfigError(f"--speed {speed}: sets how fast moving events go, and with --moving 0 none moves; "
+                          "give --moving (the share that moves) or leave --speed out")
     heads = sofa_files(hrir, "--hrir") or None
     config = ScenesConfig(
         count=count, duration_s=duration, max_overlap=max_overlap, events=events, max_event_s=max_event,

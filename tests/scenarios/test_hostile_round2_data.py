@@ -291,3 +291,7 @@ def test_a_model_too_large_to_train_is_refused_before_it_is_built(scenes, tmp_pa
     refused(*cli("train", scenes / "s2", "--out", tmp_path / "run", "--target", "seld", "--set", "dim=100000"),
             "model settings", "parameters in training would need", "GiB")
     assert snapshot(scenes / "s2") == before and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_speed_without_moving_events_is_refused_not_ignored(tmp_path):
+    refused(*cli("scenes", "default", tmp_path / "out", "--speed", "30"), "--speed 30", "--moving 0")
