@@ -36,8 +36,11 @@ def azimuth_elevation(xyz) -> tuple[np.ndarray, np.ndarray]:
     non-zero length. At the poles the azimuth is 0."""
     xyz = np.asarray(xyz, dtype=np.float64)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    elevation = np.degrees(np.arctan2(z, np.hypot(x, y)))
-    return wrap_azimuth(np.degrees(np.arctan2(y, x))), elevation
+    horizontal = np.hypot(x, y)
+    elevation = np.degrees(np.arctan2(z, horizontal))
+    # At a pole x and y are float noise (cos 90 deg = 6e-17): their angle is noise too, so 0.
+    pole = horizontal <= _AXIS_EPS * np.abs(z)
+    return np.where(pole, 0.0, wrap_azimuth(np.degrees(np.arctan2(y, x)))), np.where(pole, np.sign(z) * 90.0, elevation)
 
 
 def great_circle_deg(az1, el1, az2, el2) -> np.ndarray:

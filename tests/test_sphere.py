@@ -75,3 +75,13 @@ def test_front_back_mirror_keeps_the_lateral_angle():
 
 def test_wrap_azimuth():
     np.testing.assert_allclose(wrap_azimuth([-10, 360, 725, -1e-20]), [350, 0, 5, 0])
+
+
+def test_the_poles_have_azimuth_0_whatever_the_noise():
+    # unit_vector(123, 90) has x, y of 1e-17 (cos 90 deg is not 0 in floats): not azimuth 123
+    for az in (0.0, 123.0, 270.0):
+        for el in (90.0, -90.0):
+            a, e = azimuth_elevation(unit_vector(az, el))
+            assert a == 0.0 and e == el
+    a, e = azimuth_elevation(unit_vector([10.0, 350.0], [89.9, -89.9]))
+    np.testing.assert_allclose(a, [10.0, 350.0], atol=1e-9)  # near, not at, a pole: kept
