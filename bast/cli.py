@@ -110,7 +110,7 @@ def spatialize(
     _check_noise(noise, snr)
     if plan_only and examples:
         raise ConfigError("--examples writes rendered clips; --plan-only renders none")
-    grid_el, pairs, heads = _spatialize_directions(elevations, directions, hrir)
+    grid_el, pairs, heads = _spatialize_directions(azimuths, elevations, directions, hrir)
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     config = SpatializeConfig(
         azimuths=tuple(float(a) for a in parse_azimuths(azimuths)),
@@ -147,18 +147,25 @@ def _check_noise(noise: str | None, snr: str | None) -> None:
         raise ConfigError("--noise needs --snr (the level of the noise)")
 
 
-def _spatialize_directions(elevations: str, directions: str | None, hrir):
+def _spatialize_directions(azimuths: str, elevations: str, directions: str | None, hrir):
     """(grid elevations or None, the --directions pairs or None, the heads or None) of
-    spatialize's options, checked in this order."""
+    spatialize's options, checked in this order (the grid within its budget of directions)."""
     from bast.errors import ConfigError
-    from bast.pipeline.irs.sources import parse_directions, parse_elevations, sofa_files
+    from bast.pipeline.irs.sources import (DEFAULT_AZIMUTH_TEXT, grid_budget, parse_azimuths, parse_directions,
+                                           parse_elevations, sofa_files)
 
-    grid_el, el_limit = parse_elevations(elevations)
+    n_az = len(parse_azimuths(azimuths)) if directions is None else 1
+    grid_el, el_limit = parse_elevations(elevations, n_az)
     heads = sofa_files(hrir, "--hrir") or None
     if el_limit is not None and directions is None:
         raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
     if directions is not None and grid_el is not None and elevations.strip() != "0":
         raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    if directions is not None and azimuths.strip() != DEFAULT_AZIMUTH_TEXT:  # not dropped without a word
+        raise ConfigError(f"--azimuths {azimuths} with --directions {directions}: --directions lists the directions "
+                          "and replaces the --azimuths x --elevations grid; give one or the other")
+    if grid_el is not None and directions is None:
+        grid_budget(len(grid_el), n_az, f"--elevations {elevations}")
     pairs = (None if directions is None
              else parse_directions(directions, heads[0] if heads else None, el_limit))
     return grid_el, pairs, heads
@@ -251,8 +258,12 @@ def scenes(
     from bast.pipeline.render.noise import parse_snr
     from bast.pipeline.render.scenes import ScenesConfig, render_scenes
     from bast.pipeline.render.conditions import layout
+    from bast.errors import ConfigError
 
     _check_noise(noise, snr)
+    if moving == 0 and speed.strip() != "10:60":  # an option this run would ignore: said, not dropped
+        raise ConfigError(f"--speed {speed}: sets how fast moving events go, and with --moving 0 none moves; "
+                          "give --moving (the share that moves) or leave --speed out")
     heads = sofa_files(hrir, "--hrir") or None
     config = ScenesConfig(
         count=count, duration_s=duration, max_overlap=max_overlap, events=events, max_event_s=max_event,
@@ -488,6 +499,8 @@ def train(
     # A resumed run keeps its settings; train() names any that cannot change.
     resume_changes = overrides if resume else None
     cfg = make_preset(preset, **({} if resume else overrides))
+    if not resume:
+        _check_window_options(overrides, cfg.target)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -509,6 +522,18 @@ def _check_draw_options(overrides: dict, on_the_fly: bool) -> None:
     drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
     if drawn and not on_the_fly:
         raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
+
+
+def _check_window_options(overrides: dict, target: str) -> None:
+    """--window-frames and --window-hop cut windows from scenes: on clips they would be
+    ignored without a word, so they are refused."""
+    from bast.errors import ConfigError
+    from bast.model.targets.core import make_target_class
+
+    given = [f"--{k.replace('_', '-')}" for k in ("window_frames", "window_hop") if k in overrides]
+    if given and not make_target_class(target).scenes:
+        raise ConfigError(f"{', '.join(given)} cut windows from scenes (--target seld); --target {target} trains "
+                          "on clips of a fixed length, where they would be ignored")
 
 
 def _epoch_line(row: dict) -> str:
@@ -657,8 +682,13 @@ def seld_metrics(
     is an error.
     """
     from bast.fileio import atomic_write_text, json_default, versions
+    from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
     from bast.dcase.metrics import score_directories
+    from bast import options
 
+    if classes is not None:  # per-class counts are allocated for each: sized before
+        options.budget(options.count(classes, "--classes", 1), CLASS_BYTES, f"--classes {classes}", "classes",
+                       most=MAX_CLASSES)
     s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
     t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):

@@ -27,6 +27,40 @@ MAX_SEED = 2**64 - 1
 MAX_WORKERS = 512
 
 
+# What one number a user types may make a command allocate at once (a grid of directions, the
+# per-class counts of a DCASE file's largest class, a shard of scenes): more is refused before
+# anything is allocated (`budget`), with the size it would need.
+MEMORY_BUDGET_BYTES = 8 * 2**30
+
+
+def size_text(n_bytes: float) -> str:
+    """Bytes for people: 24.8 GiB, 310 MiB, 12 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= scale:
+            v = n_bytes / scale
+            return f"{v:.3g} {unit}" if v < 1e3 else f"{v:,.0f} {unit}" if v < 1e15 else f"{v:.3g} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def budget(items, item_bytes: float, option: str, what: str, *, most: int | None = None,
+           limit_bytes: float = MEMORY_BUDGET_BYTES, error=ConfigError) -> int:
+    """`items` (a count a user's number sets: directions, classes, frames, scenes) when
+    `items` x `item_bytes` fits in `limit_bytes` and `items` is at most `most`; else one
+    `error` (ConfigError, or DataError for a file's content) naming `option`, `what` it
+    counts, how many and the memory that would need. Called before the allocation."""
+    try:
+        n = int(items)
+    except (OverflowError, ValueError):  # inf or nan from a user's arithmetic
+        raise error(f"{option}: {what}: {items} is not a count") from None
+    need = float(n) * float(item_bytes)
+    cap = min(most if most is not None else math.inf, limit_bytes // max(item_bytes, 1))
+    if n > cap:
+        many = f"{n:,}" if n < 1e15 else f"{float(n):.3g}"
+        raise error(f"{option}: {many} {what} would need {size_text(need)} of memory; at most {int(cap):,} "
+                    f"({size_text(cap * item_bytes)})")
+    return n
+
+
 def _fmt(v) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 

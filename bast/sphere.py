@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_AXIS_EPS = 1e-12  # |x| or |z| of a unit vector below this is float noise of a zero
+
 
 def wrap_azimuth(azimuth_deg):
     """Azimuths into [0, 360)."""
@@ -34,8 +36,11 @@ def azimuth_elevation(xyz) -> tuple[np.ndarray, np.ndarray]:
     non-zero length. At the poles the azimuth is 0."""
     xyz = np.asarray(xyz, dtype=np.float64)
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    elevation = np.degrees(np.arctan2(z, np.hypot(x, y)))
-    return wrap_azimuth(np.degrees(np.arctan2(y, x))), elevation
+    horizontal = np.hypot(x, y)
+    elevation = np.degrees(np.arctan2(z, horizontal))
+    # At a pole x and y are float noise (cos 90 deg = 6e-17): their angle is noise too, so 0.
+    pole = horizontal <= _AXIS_EPS * np.abs(z)
+    return np.where(pole, 0.0, wrap_azimuth(np.degrees(np.arctan2(y, x)))), np.where(pole, np.sign(z) * 90.0, elevation)
 
 
 def great_circle_deg(az1, el1, az2, el2) -> np.ndarray:
@@ -50,8 +55,14 @@ def great_circle_deg(az1, el1, az2, el2) -> np.ndarray:
 def lateral_polar(azimuth_deg, elevation_deg=0.0) -> tuple[np.ndarray, np.ndarray]:
     """Interaural-polar (lateral in [-90, 90], polar in [-90, 270)) in degrees."""
     x, y, z = np.moveaxis(unit_vector(azimuth_deg, elevation_deg), -1, 0)
+    # cos(270 deg) is -1.8e-16, not 0: without snapping, (270, -30) lands at polar 270 - 1e-14
+    # (outside [-90, 270)) instead of -90, and (90, 0) at polar 180 for atan2(0, -0). Noise
+    # of degrees-to-radians is ~1e-16; a real direction 1e-12 off the axis is 6e-11 deg off.
+    x = np.where(np.abs(x) < _AXIS_EPS, 0.0, x)
+    y = np.where(np.abs(y) < _AXIS_EPS, 0.0, y)
+    z = np.where(np.abs(z) < _AXIS_EPS, 0.0, z)
     lateral = np.degrees(np.arcsin(np.clip(y, -1.0, 1.0)))
-    polar = np.degrees(np.arctan2(z, x))  # (-180, 180]
+    polar = np.degrees(np.arctan2(z, x))  # (-180, 180]; 0 on the interaural axis (x = z = 0)
     polar = np.where(polar < -90.0, polar + 360.0, polar)  # [-90, 270)
     return lateral, polar
 

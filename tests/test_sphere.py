@@ -44,6 +44,20 @@ def test_lateral_polar_landmarks(az, el, lat, pol):
         assert po == pytest.approx(pol, abs=1e-9)
 
 
+@pytest.mark.parametrize("az, el, lat, pol", [
+    # worked by hand: x = cos el cos az, y = cos el sin az, z = sin el; lat = asin y, pol = atan2(z, x)
+    (270, -30, -60, -90),   # x = cos 270 = 0 exactly: polar -90, not 270 (float noise of cos 270)
+    (-90, -30, -60, -90), (90, -30, 60, -90), (90, 30, 60, 90), (270, 30, -60, 90),
+    (90, 0, 90, 0), (270, 0, -90, 0), (-90, 0, -90, 0),  # the interaural axis: x = z = 0, polar 0
+    (0, 90, 0, 90), (180, 90, 0, 90), (0, -90, 0, -90), (180, -90, 0, -90), (270, -90, 0, -90),  # the poles
+    (180, 0, 0, 180), (180, -30, 0, 210), (0, -30, 0, -30),
+])
+def test_lateral_polar_exact_at_the_boundaries(az, el, lat, pol):
+    la, po = lateral_polar(az, el)
+    assert la == pytest.approx(lat, abs=1e-9) and po == pytest.approx(pol, abs=1e-9)
+    assert -90.0 <= po < 270.0 and -90.0 <= la <= 90.0
+
+
 def test_lateral_polar_round_trip_and_ranges():
     rng = np.random.default_rng(2)
     az, el = rng.uniform(0, 360, 1000), rng.uniform(-89, 89, 1000)
@@ -61,3 +75,13 @@ def test_front_back_mirror_keeps_the_lateral_angle():
 
 def test_wrap_azimuth():
     np.testing.assert_allclose(wrap_azimuth([-10, 360, 725, -1e-20]), [350, 0, 5, 0])
+
+
+def test_the_poles_have_azimuth_0_whatever_the_noise():
+    # unit_vector(123, 90) has x, y of 1e-17 (cos 90 deg is not 0 in floats): not azimuth 123
+    for az in (0.0, 123.0, 270.0):
+        for el in (90.0, -90.0):
+            a, e = azimuth_elevation(unit_vector(az, el))
+            assert a == 0.0 and e == el
+    a, e = azimuth_elevation(unit_vector([10.0, 350.0], [89.9, -89.9]))
+    np.testing.assert_allclose(a, [10.0, 350.0], atol=1e-9)  # near, not at, a pole: kept

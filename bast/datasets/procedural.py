@@ -33,9 +33,12 @@ from bast.conventions import CLIP_SAMPLES as N_SAMPLES  # 500 ms
 from bast.conventions import FS
 from bast.datasets import speech as _speech
 from bast.datasets.base import ClipError, ClipRef, register
+from bast import options
 from bast.errors import ConfigError, MissingToolError
 
 PEAK = 0.5  # peak amplitude after normalisation
+MAX_SOUNDS = 1_000_000  # clips of one procedural corpus (the demo takes 290)
+SOUND_LISTING_BYTES = 1024  # a ClipRef and its place in the splits while a run is planned
 NYQUIST = FS / 2
 
 
@@ -283,6 +286,8 @@ class DefaultCorpus:
     def __init__(self, n_clips: int = 200, seed: int = 0, speech: bool | None = None):
         if int(n_clips) < 0:
             raise ConfigError(f"n_clips must be >= 0, got {n_clips}")
+        # listed whole before any is drawn: refused before the list is made
+        options.budget(n_clips, SOUND_LISTING_BYTES, f"--sounds {n_clips}", "procedural sounds", most=MAX_SOUNDS)
         if int(seed) < 0:
             raise ConfigError(f"seed must be >= 0, got {seed}")
         self.n_clips, self.seed = int(n_clips), int(seed)

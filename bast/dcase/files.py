@@ -19,9 +19,17 @@ import numpy as np
 
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text
+from bast.options import budget
 from bast.sphere import wrap_azimuth
 
 COLUMNS = ("frame", "class", "source", "azimuth", "elevation")
+# The largest class and frame index a file may hold: DCASE has 13 classes and 1 min
+# recordings (600 frames); 1000 classes and 24 h of 100 ms frames leave room for any real
+# set. Scoring holds 9 float64 counts per class and a segment entry per 10 frames.
+MAX_CLASSES = 1000
+MAX_FRAMES = 24 * 3600 * 10
+CLASS_BYTES = 9 * 8
+FRAME_BYTES = 8
 
 
 def dcase_azimuth(azimuth_deg) -> np.ndarray:
@@ -98,6 +106,10 @@ def parse_dcase_csv(text: str, where: str = "DCASE CSV") -> np.ndarray:
         frame, cls, source = values[:3]
         if min(frame, cls, source) < 0 or any(v != int(v) for v in (frame, cls, source)):
             raise DataError(f"{at}: frame, class and source must be whole numbers >= 0, not {words[:3]}")
+        # A class or frame index sizes what scoring allocates (per-class counts, 1 s segments):
+        # refused here, before, with what it would take.
+        budget(cls + 1, CLASS_BYTES, f"{at}: class {cls:.0f}", "classes", most=MAX_CLASSES, error=DataError)
+        budget(frame + 1, FRAME_BYTES, f"{at}: frame {frame:.0f}", "frames", most=MAX_FRAMES, error=DataError)
         if len(words) == 7:
             x, y, z = values[3:6]
             azimuth = np.degrees(np.arctan2(y, x))
@@ -108,6 +120,9 @@ def parse_dcase_csv(text: str, where: str = "DCASE CSV") -> np.ndarray:
             distance = values[5] if len(words) == 6 else np.nan
             if not -90.0 <= elevation <= 90.0:
                 raise DataError(f"{at}: elevation {elevation:g} outside [-90, 90] degrees")
+            if not -180.0 <= azimuth <= 180.0:  # the same rule as elevation: 999 is a typo, not 279
+                raise DataError(f"{at}: azimuth {azimuth:g} outside [-180, 180] degrees (DCASE: 90 left, "
+                                "-90 right)")
         rows.append((frame, cls, source, azimuth, elevation, distance))
     return np.array(rows, dtype=np.float64).reshape(-1, 6)
 

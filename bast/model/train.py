@@ -40,7 +40,7 @@ from bast.model.evaluation.evaluate import evaluate, final_test
 from bast.model.data.scenes import SceneWindows, is_scene_data
 from bast.model.evaluation.seld import seld_evaluate
 from bast.model.data.manifest import data_sha256, features_manifest
-from bast.model.nets.registry import build_model, model_fields
+from bast.model.nets.registry import build_model, check_model_size, model_fields
 from bast.model.targets.core import Target, attach, make_target_class, needs_classes, target_of
 from bast.model.runs.runtime import Context, autocast, describe, rank_seed, setup
 from bast.pipeline.stage.shards import DirectoryLock
@@ -194,6 +194,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
         else:  # what the target needs from the data: the classes, the output size
             cfg = _with_target(cfg, features_dir)
         target = target_of(cfg)
+        check_model_size(cfg.arch, cfg.model)  # refused before any data is read or weight made
         ctx = setup(cfg)
         splits = open_splits(features_dir, cfg, ctx, target)
         say(describe(ctx, cfg, splits.data, cfg.batch_size // ctx.world,

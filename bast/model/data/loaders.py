@@ -34,10 +34,9 @@ import torch
 
 from bast.conventions import SPEC_SHAPE, parse_environments
 from bast.errors import DataError
-from bast.fileio import sha256_file
 from bast.model.targets.core import Target, make_target
 from bast.pipeline.features import kinds as featurekinds
-from bast.pipeline.stage.shards import read_manifest
+from bast.pipeline.stage.shards import read_manifest, verify_sha256
 
 SAMPLE_BYTES = int(np.prod(SPEC_SHAPE)) * 2  # float16, log power only (more with other feature kinds)
 
@@ -138,42 +137,33 @@ def data_classes(features_dir) -> tuple[str, ...]:
     return tuple(sorted(found - {""}))
 
 
-# Shards found intact in this process: (path, size, mtime_ns) -> sha256.
-_VERIFIED: dict[tuple, str] = {}
-
-
-def corrupt_shard(path, reason) -> DataError:
-    """The error for a shard that cannot be used: its path, why, and how to recover."""
-    path = Path(path)
-    features_dir = path.parent.parent  # the Stage 2 folder (FEATURES/shards/NAME.h5)
+def _redo(path) -> str:
+    """How to rewrite a Stage 2 shard: the featurize command that made its folder."""
+    features_dir = Path(path).parent.parent  # the Stage 2 folder (FEATURES/shards/NAME.h5)
     stage1 = ""
     try:
         stage1 = json.loads((features_dir / "manifest.json").read_text())["params"]["stage1"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    redo = f"bast-cli featurize {stage1 or 'STAGE1'} {features_dir}"
-    return DataError(f"{path}: unreadable or corrupt shard ({reason}); delete it and re-run `{redo}` to rewrite it")
+    return f"delete it and re-run `bast-cli featurize {stage1 or 'STAGE1'} {features_dir}` to rewrite it"
+
+
+def corrupt_shard(path, reason) -> DataError:
+    """The error for a shard that cannot be used: its path, why, and how to recover."""
+    return DataError(f"{path}: unreadable or corrupt shard ({reason}); {_redo(path)}")
 
 
 def verify_shard(path, sha256: str | None) -> None:
     """Raise DataError when the shard at `path` is missing or its sha256 is not `sha256`
-    (None: only that it exists). A shard found intact is not read again in this process
-    while its size and modification time stay the same."""
+    (None: only that it exists): the pipeline's own check (bast.pipeline.stage.shards.
+    verify_sha256, which reads each file once per process while it is unchanged)."""
     path = Path(path)
     try:
-        st = path.stat()
+        path.stat()
     except OSError as exc:
         raise corrupt_shard(path, f"cannot be read: {exc.strerror or exc}") from None
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if not sha256 or _VERIFIED.get(key) == sha256:
-        return
-    try:
-        actual = sha256_file(path)
-    except OSError as exc:
-        raise corrupt_shard(path, f"cannot be read: {exc.strerror or exc}") from None
-    if actual != sha256:
-        raise corrupt_shard(path, f"its sha256 {actual[:12]}... differs from the manifest's {sha256[:12]}...")
-    _VERIFIED[key] = sha256
+    if sha256:
+        verify_sha256(path, sha256, _redo(path))
 
 
 # Datasets of a shard that are not per-sample labels for the breakdowns.

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 from bast.errors import DataError
-from bast.model.data.loaders import Selection, corrupt_shard, model_input, rank_share
+from bast.model.data.loaders import Selection, corrupt_shard, model_input, rank_share, verify_shard
 from bast.model.targets.adpit import encode
 from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.features.scenes import (ALIGNED_HOP, stft_label_frames, window_label_frames, window_labels,
                                          window_rows, window_starts)
+from bast.pipeline.stage.shards import ShardLayout, check_ragged
 
 @dataclass
 class Scene:
@@ -76,6 +77,13 @@ def read_scene_shard(path: Path, features=featurekinds.DEFAULT) -> tuple[np.ndar
             ids, heads, rooms = (f[k].asstr()[()] for k in ("scene_id", "head", "room"))
     except (OSError, KeyError, ValueError, IndexError) as exc:
         raise corrupt_shard(path, exc) from None
+    n = len(spec)
+    short = {k: len(v) for k, v in (("scene_id", ids), ("env", env), ("head", heads), ("room", rooms)) if len(v) != n}
+    if short:
+        raise corrupt_shard(path, f"label(s) {', '.join(f'{k} ({m} rows)' for k, m in short.items())} do not "
+                                  f"match its {n} scenes")
+    layout = ShardLayout({"labels": labels.shape, "label_offsets:values": np.asarray(offsets)}, {})
+    check_ragged(path, layout, n, "label_offsets", "labels", "featurize")
     frames = spec.shape[-1]
     n_labels = int(stft_label_frames(frames)[-1]) + 1 if frames else 0
     scenes = [Scene(str(ids[i]), str(env[i]), str(heads[i]), str(rooms[i]), labels[offsets[i]:offsets[i + 1]],
@@ -105,6 +113,7 @@ class SceneWindows:
         for i, s in enumerate(sel.shards):
             if not len(keep.get(i, ())):
                 continue  # another rank's: not read
+            verify_shard(sel.root / s["path"], s.get("sha256"))  # once per process (train verified it already)
             spec, scenes = read_scene_shard(sel.root / s["path"], sel.features)
             if spec.shape[-1] < self.length:
                 raise DataError(f"{sel.root / s['path']}: its scenes have {spec.shape[-1]} frames, shorter than a "

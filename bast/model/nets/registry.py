@@ -95,6 +95,31 @@ def build_model(arch: str, cfg) -> nn.Module:
     return MODELS[arch][1](cfg)
 
 
+# What training holds per parameter: float32 weights, their gradient and Adam's two moments.
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_model_size(arch: str, cfg) -> int:
+    """The parameters of `arch` with `cfg`, counted on the meta device (nothing allocated);
+    a model whose training state would not fit bast.options' memory budget (`--set dim=100000`)
+    is a ConfigError naming the size, before any weight is made. 0 when the model cannot
+    be built on the meta device (its real build then says why)."""
+    import torch
+
+    from bast import options
+
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, cfg)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - an op the meta device lacks: no estimate, no refusal
+        return 0
+    n = sum(p.numel() for p in model.parameters())
+    return options.budget(n, TRAINING_BYTES_PER_PARAMETER, "model settings (--preset, --set dim/depth/...)",
+                          f"{arch} parameters in training")
+
+
 def model_fields(arch: str) -> set[str]:
     from dataclasses import fields
 

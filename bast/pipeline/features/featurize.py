@@ -29,7 +29,8 @@ from bast.pipeline.irs.sources import default_hrir_path
 from bast.pipeline.features import scenes as scenefeatures
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
 from bast.pipeline.stage.shards import (OWNED, ShardInfo, StageError, manifest_categories, manifest_directions,
-                                  read_manifest, shard_name, verify_sha256, write_shard)
+                                  read_manifest, rewrite_hint, shard_name, write_shard,
+                                  check_listed_shard)
 
 LABELS = ("azimuth_deg", "env", "clip_id", "split", "category", "head", "room", "snr_db", "elevation_deg")
 # Stage 1 shards made before heads, rooms, noise and elevations existed hold only these; the
@@ -75,30 +76,20 @@ def read_stage1(stage1_dir) -> dict:
 
 
 def _rewrite_hint(path: Path) -> str:
-    return (f"delete it and {path.with_suffix('.json').name} beside it, and re-run bast-cli spatialize "
-            f"with the arguments that made {path.parent.parent} to rewrite it")
+    return rewrite_hint(path, "spatialize")
 
 
 def check_stage1_shard(path: Path, samples: int, sha256: str | None = None) -> None:
-    """One Stage 1 shard as its manifest lists it: a regular file (a FIFO would block the
-    reader), with the manifest's sha256 when given, `samples` rows of 2 x 8000 audio at
-    16 kHz and every label as long as the audio."""
+    """One Stage 1 shard as its manifest lists it (check_listed_shard: a regular file, the
+    manifest's sha256 when given, readable), `samples` rows of 2 x 8000 audio at 16 kHz
+    and every label as long as the audio."""
     path = Path(path)
-    if not path.exists():
-        raise StageError(f"{path}: listed in the Stage 1 manifest but missing; {_rewrite_hint(path)}")
-    if not path.is_file():
-        raise DataError(f"{path}: listed in the Stage 1 manifest but not a regular file")
-    if sha256:
-        verify_sha256(path, sha256, _rewrite_hint(path))
-    try:
-        with h5py.File(path, "r") as f:
-            if "audio" not in f or any(name not in f for name in REQUIRED_LABELS):
-                missing = [n for n in ("audio",) + REQUIRED_LABELS if n not in f]
-                raise StageError(f"{path}: not a Stage 1 shard (missing {', '.join(missing)})")
-            shape, fs = f["audio"].shape, f.attrs.get("fs")
-            lengths = {name: f[name].shape[0] if f[name].shape else 0 for name in LABELS if name in f}
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable HDF5 shard ({exc}); {_rewrite_hint(path)}") from None
+    layout = check_listed_shard(path, sha256, "spatialize")
+    missing = [n for n in ("audio",) + REQUIRED_LABELS if n not in layout.shapes]
+    if missing:
+        raise StageError(f"{path}: not a Stage 1 shard (missing {', '.join(missing)})")
+    shape, fs = layout.shapes["audio"], layout.attrs.get("fs")
+    lengths = {name: layout.shapes[name][0] if layout.shapes[name] else 0 for name in LABELS if name in layout.shapes}
     if shape != (samples, 2, SAMPLES):
         raise StageError(f"{path}: audio has shape {shape}; Stage 2 needs ({samples}, 2, {SAMPLES})")
     if fs != FS:

@@ -27,8 +27,9 @@ from bast.conventions import FS, LABEL_SAMPLES, N_FRAMES, N_FREQ
 from bast.errors import ConfigError
 from bast.pipeline.features import kinds as featurekinds
 from bast.pipeline.features.stft import NOVERLAP, NPERSEG, STFT_PARAMS, n_frames
+from bast.pipeline.render.scenes import read_scenes
 from bast.pipeline.stage.runner import Stage, StageSummary, run_stage
-from bast.pipeline.stage.shards import ShardInfo, StageError, read_manifest, shard_name, write_shard
+from bast.pipeline.stage.shards import ShardInfo, StageError, shard_name, write_shard
 
 HOP = NPERSEG - NOVERLAP
 TRACKS = ("track_category (N, F, T) int16: class index, -1 where the slot is empty; track_index (N, F, T) int16: "
@@ -195,12 +196,9 @@ def is_scenes(stage1_dir) -> bool:
 
 
 def read_scene_stage1(stage1_dir) -> dict:
-    stage1_dir = Path(stage1_dir)
-    manifest = read_manifest(stage1_dir, "scenes", "featurize")
-    for s in manifest["shards"]:
-        if not (stage1_dir / s["path"]).exists():
-            raise StageError(f"{stage1_dir / s['path']}: listed in the scenes manifest but missing")
-    return manifest
+    """The manifest of a finished scenes output, every shard checked against it (sha256,
+    shapes, label lengths: bast.pipeline.render.scenes.check_scene_shard) before any work."""
+    return read_scenes(Path(stage1_dir), "featurize")
 
 
 def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float, features=("logpower",),

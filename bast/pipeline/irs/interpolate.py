@@ -194,9 +194,14 @@ class Interpolator:
     def weights(self, azimuth_deg, elevation_deg) -> tuple[np.ndarray, np.ndarray]:
         """(Q, 3) vertex indices and (Q, 3) barycentric weights (summing to 1) of each direction."""
         u = unit_vector(np.atleast_1d(azimuth_deg), elevation_deg).reshape(-1, 3)
-        cos = u @ self.p.directions.T  # (Q, M)
-        nearest = np.argmax(cos, axis=1)
-        far = np.degrees(np.arccos(np.clip(cos[np.arange(len(u)), nearest], -1, 1))) > self.max_distance_deg
+        nearest = np.empty(len(u), dtype=int)
+        best = np.empty(len(u))
+        for start in range(0, len(u), 4096):  # (4096, M) at a time, never (Q, M): 24.8 GiB for a fine grid
+            cos = u[start:start + 4096] @ self.p.directions.T
+            nearest[start:start + 4096] = np.argmax(cos, axis=1)
+            best[start:start + 4096] = cos[np.arange(len(cos)), nearest[start:start + 4096]]
+        angle = np.degrees(np.arccos(np.clip(best, -1, 1)))
+        far = angle > self.max_distance_deg
         if np.any(far):
             az, el = azimuth_elevation(u[far][0])
             raise SofaError(f"{self.source}: azimuth {float(az):g}, elevation {float(el):g} deg is more than "
@@ -206,7 +211,7 @@ class Interpolator:
             idx, w = self._ring_weights(u)
         else:
             idx, w = self._face_weights(u)
-        exact = np.degrees(np.arccos(np.clip(cos[np.arange(len(u)), nearest], -1, 1))) <= EXACT_DEG
+        exact = angle <= EXACT_DEG
         idx[exact] = nearest[exact, None]
         w[exact] = (1.0, 0.0, 0.0)
         return idx, w

@@ -29,6 +29,11 @@ __all__ = ["DEFAULT_AZIMUTHS", "ENVIRONMENTS", "IRSources", "default_hrir_path",
 # Directions on the circle a request may name: 3600 is a 0.1 deg grid, finer than any
 # measured HRIR set and than the model can tell apart.
 MAX_AZIMUTHS = 3600
+# Directions of a grid or a list: a 1-degree grid over the whole sphere (360 x 181) is more
+# than any measured set holds. Each costs about DIRECTION_BYTES while its impulse responses
+# are looked up or interpolated (weights against a set of ~700 measured directions, float64).
+MAX_DIRECTIONS = 360 * 181
+DIRECTION_BYTES = 710 * 8
 
 
 def default_hrir_path() -> Path:
@@ -76,9 +81,10 @@ def parse_azimuths(text: str) -> np.ndarray:
     return check_azimuths(values, "--azimuths")
 
 
-def parse_elevations(text: str) -> tuple[np.ndarray | None, tuple[float, float] | None]:
+def parse_elevations(text: str, azimuths: int = 1) -> tuple[np.ndarray | None, tuple[float, float] | None]:
     """'-30,0,30' (a list) or 'LO:HI:STEP' (HI included) to elevations in degrees; 'LO:HI'
-    is a limit, not a grid (for --directions all): returns (None, (LO, HI))."""
+    is a limit, not a grid (for --directions all): returns (None, (LO, HI)). A range is
+    counted before it is made: with `azimuths` azimuths, its grid must fit the budget."""
     text = str(text).strip()
     usage = f"--elevations {text!r}: give a list such as -30,0,30, a range LO:HI:STEP, or LO:HI with --directions all"
     try:
@@ -95,8 +101,11 @@ def parse_elevations(text: str) -> tuple[np.ndarray | None, tuple[float, float] 
         if len(parts) != 3:
             raise ConfigError(usage)
         lo, hi, step = parts
-        if step <= 0 or hi < lo:
+        if not (step > 0 and hi >= lo):  # nan too
             raise ConfigError(f"--elevations {text!r}: need LO <= HI and a positive STEP")
+        if np.isfinite(lo) and np.isfinite(hi):  # counted before np.arange allocates them
+            n = min((hi - lo) / step + 1e-6, 1e300) // 1 + 1
+            grid_budget(n, azimuths, f"--elevations {text}")
         values = np.arange(lo, hi + step * 1e-6, step)
     if values.size == 0 or not np.all(np.isfinite(values)):
         raise ConfigError(usage)
@@ -138,19 +147,33 @@ def parse_directions(text: str, hrir=None, elevation_limit: tuple[float, float] 
     return read_directions_csv(text)
 
 
-def parse_direction_options(azimuths: str = "0:360:10", elevations: str = "0", directions: str | None = None,
+DEFAULT_AZIMUTH_TEXT = "0:360:10"  # the commands' --azimuths default
+
+
+def parse_direction_options(azimuths: str = DEFAULT_AZIMUTH_TEXT, elevations: str = "0", directions: str | None = None,
                             hrir=None) -> np.ndarray:
     """The (D, 2) (azimuth, elevation) pairs of the options --azimuths, --elevations and
     --directions together (docs/sphere.md): the grid azimuths x elevations, or --directions
     (all / FILE.csv, `hrir` naming the set 'all' lists) limited by --elevations LO:HI."""
-    grid_el, el_limit = parse_elevations(elevations)
+    az = parse_azimuths(azimuths) if directions is None else np.zeros(1)
+    grid_el, el_limit = parse_elevations(elevations, len(az))
     if el_limit is not None and directions is None:
         raise ConfigError(f"--elevations {elevations}: LO:HI limits --directions all; for a grid give LO:HI:STEP")
     if directions is not None and grid_el is not None and str(elevations).strip() != "0":
         raise ConfigError("--directions lists the directions: give --elevations as LO:HI (a limit) or not at all")
+    if directions is not None and str(azimuths).strip() != DEFAULT_AZIMUTH_TEXT:  # not dropped without a word
+        raise ConfigError(f"--azimuths {azimuths} with --directions {directions}: --directions lists the directions "
+                          "and replaces the --azimuths x --elevations grid; give one or the other")
     if directions is not None:
         return parse_directions(directions, hrir, el_limit)
-    return direction_grid(parse_azimuths(azimuths), grid_el)
+    grid_budget(len(grid_el), len(az), f"--elevations {elevations}")
+    return direction_grid(az, grid_el)
+
+
+def grid_budget(elevations: float, azimuths: int, option: str) -> None:
+    """Refuse a grid of more than MAX_DIRECTIONS directions, with the memory it would take."""
+    options.budget(elevations * azimuths, DIRECTION_BYTES, f"{option} with {azimuths:,} azimuth(s)",
+                   "directions", most=MAX_DIRECTIONS)
 
 
 def read_directions_csv(path) -> np.ndarray:
@@ -173,12 +196,27 @@ def read_directions_csv(path) -> np.ndarray:
                 pairs.append((float(row[fields["azimuth"]]), float(row[fields["elevation"]])))
             except (TypeError, ValueError):
                 raise ConfigError(f"--directions {path}, line {line}: azimuth and elevation must be numbers") from None
+            if len(pairs) > MAX_DIRECTIONS:  # refused while reading, before the rest is held
+                options.budget(len(pairs), DIRECTION_BYTES, f"--directions {path}", "directions or more",
+                               most=MAX_DIRECTIONS)
     pairs = np.array(pairs, dtype=float).reshape(-1, 2)
     if not len(pairs):
         raise ConfigError(f"--directions {path}: no directions listed")
-    if not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
-        raise ConfigError(f"--directions {path}: elevations lie in [-90, 90] deg and every value must be finite")
+    check_directions(pairs, f"--directions {path}")
     return unique_directions(pairs)
+
+
+def check_directions(pairs, option: str) -> np.ndarray:
+    """(D, 2) (azimuth, elevation) pairs of bast's own inputs: every value finite, azimuths in
+    [0, 360) as --azimuths takes them (SOFA; -90 is 270: a CSV of 400 is refused, not read as
+    40), elevations in [-90, 90] (docs/conventions.md, "Ranges")."""
+    pairs = np.asarray(pairs, dtype=float).reshape(-1, 2)
+    bad = ~np.isfinite(pairs).all(axis=1) | (pairs[:, 0] < 0) | (pairs[:, 0] >= 360) | (np.abs(pairs[:, 1]) > 90)
+    if bad.any():
+        az, el = pairs[bad][0]
+        raise ConfigError(f"{option}: direction ({az:g}, {el:g}): azimuths lie in [0, 360) deg (SOFA: 90 left, "
+                          "270 right; -90 is 270) and elevations in [-90, 90] deg, every value finite")
+    return pairs
 
 
 def check_azimuths(azimuths, option: str = "--azimuths") -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from bast import __version__
+from bast import __version__, options
 from bast.conventions import ENVIRONMENTS, FS, LABEL_HOP_S
 from bast.datasets.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError, SofaError
@@ -50,6 +50,14 @@ from bast.pipeline.render.conditions import (Condition, SpatializeConfig, assemb
 from bast.pipeline.render.outputs import check_output, summarise_shards, write_irs
 
 STAGE = "scenes"
+
+
+# Bounds of what one number may ask of a scenes run (bast.options.budget names the size).
+MAX_SCENES = 1_000_000
+SCENE_PLAN_BYTES = 4096  # a scene's id, events and label rows while the run is planned and drawn
+MAX_EVENTS = 1000  # per scene
+EVENT_BYTES = 1024
+MAX_SPEED = 360.0  # deg/s
 
 
 @dataclass(frozen=True)
@@ -83,26 +91,35 @@ class ScenesConfig:
     def __post_init__(self):
         if self.snr_db is not None:
             object.__setattr__(self, "snr_db", noise_mod.parse_snr(self.snr_db))
-        object.__setattr__(self, "events", tuple(int(v) for v in parse_range(self.events, "--events")))
-        object.__setattr__(self, "speed", parse_range(self.speed, "--speed"))
+        events = parse_range(self.events, "--events")
+        if any(v != int(v) for v in events) or events[1] < 1:  # 0 events: a scene of silence, not a plan
+            raise ConfigError(f"--events {self.events!r}: whole numbers of events per scene, N or LO:HI, at least "
+                              "one at the most (LO may be 0)")
+        options.budget(events[1], EVENT_BYTES, f"--events {self.events!r}", "events per scene", most=MAX_EVENTS)
+        object.__setattr__(self, "events", tuple(int(v) for v in events))
+        speed = parse_range(self.speed, "--speed")
+        if speed[1] > MAX_SPEED:
+            raise ConfigError(f"--speed {self.speed!r}: at most {MAX_SPEED:g} deg/s (one turn around the head a "
+                              "second; DCASE's moving sources go 10-40 deg/s)")
+        object.__setattr__(self, "speed", speed)
         pairs = np.asarray(self.directions, dtype=float).reshape(-1, 2)
         if not len(pairs) or not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
             raise ConfigError("directions: give at least one, with finite azimuths and elevations in [-90, 90] deg")
         object.__setattr__(self, "directions", tuple((float(a % 360.0), float(e)) for a, e in unique_directions(pairs)))
-        if self.count < 1:
-            raise ConfigError(f"--count {self.count}: at least one scene")
-        if not 0.1 <= self.duration_s <= 600:
-            raise ConfigError(f"--duration {self.duration_s:g}: between 0.1 and 600 s")
-        if self.max_overlap < 1:
-            raise ConfigError(f"--max-overlap {self.max_overlap}: at least 1")
+        options.count(self.count, "--count", 1)
+        options.budget(self.count, SCENE_PLAN_BYTES, f"--count {self.count}", "scenes", most=MAX_SCENES)
+        options.number(self.duration_s, "--duration", lo=0.1, hi=600, unit="s")
+        options.count(self.max_overlap, "--max-overlap", 1, MAX_EVENTS)  # label track slots per frame
         if not 0 <= self.moving <= 1:
             raise ConfigError(f"--moving {self.moving:g}: a share between 0 and 1")
         if not 0 < self.max_event_s:
             raise ConfigError(f"--max-event {self.max_event_s:g}: a positive length in seconds")
         if self.max_event_s * 1000 < self.policy.min_ms:
             raise ConfigError(f"--max-event {self.max_event_s:g} s is shorter than --min-ms {self.policy.min_ms:g}")
-        if self.scenes_per_shard < 1:
-            raise ConfigError("--scenes-per-shard: at least 1")
+        options.count(self.scenes_per_shard, "--scenes-per-shard", 1)
+        # one shard's audio is held at once while it renders: float32, 2 ears
+        options.budget(self.scenes_per_shard, self.n_samples * 2 * 4, f"--scenes-per-shard {self.scenes_per_shard} "
+                       f"of {self.duration_s:g} s", "scenes in memory at once")
 
     @property
     def n_samples(self) -> int:
@@ -480,8 +497,55 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
 
 
-def read_scenes(directory, reader: str = "reading scenes") -> dict:
-    """The manifest of a finished `bast-cli scenes` output."""
+def read_scenes(directory, reader: str = "reading scenes", verify: bool = True) -> dict:
+    """The manifest of a finished `bast-cli scenes` output; with `verify`, every shard
+    checked as the manifest lists it (check_scene_shard) before the reader uses any."""
+    from bast.errors import DataError
     from bast.pipeline.stage.shards import read_manifest
 
-    return read_manifest(directory, STAGE, reader)
+    directory = Path(directory)
+    manifest = read_manifest(directory, STAGE, reader)
+    if verify:
+        try:
+            listed = [(s["path"], int(s["samples"]), s.get("sha256")) for s in manifest["shards"]]
+            duration = float(manifest["params"]["duration_s"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{directory / 'manifest.json'}: malformed manifest ({type(exc).__name__}: {exc}); "
+                            f"re-run bast-cli scenes into {directory} to rewrite it") from None
+        for rel, samples, sha256 in listed:
+            check_scene_shard(directory / rel, samples, sha256, int(round(duration * FS)))
+    return manifest
+
+
+SCENE_LABELS = ("scene_id", "split", "env", "head", "room")  # one per scene
+
+
+def check_scene_shard(path, samples: int, sha256: str | None, scene_samples: int) -> None:
+    """One scene shard as its manifest lists it, as clip shards are checked
+    (bast.pipeline.stage.shards.check_listed_shard: a regular file, the manifest's sha256,
+    readable): `samples` scenes of 2 x `scene_samples` audio at 16 kHz, every per-scene
+    label as long, label rows of the 6 LABEL_COLUMNS indexed by label_offsets, events by
+    event_offsets. Errors name the shard as corrupt and how to rewrite it."""
+    from bast.errors import DataError
+    from bast.pipeline.stage.shards import check_listed_shard, check_ragged, rewrite_hint
+
+    path = Path(path)
+    layout = check_listed_shard(path, sha256, STAGE, ragged=("label_offsets", "event_offsets"))
+    hint = rewrite_hint(path, STAGE)
+    missing = [n for n in ("audio", "labels", "label_offsets") + SCENE_LABELS if n not in layout.shapes]
+    if missing:
+        raise DataError(f"{path}: corrupt, not a scene shard (missing {', '.join(missing)}); {hint}")
+    if layout.shapes["audio"] != (samples, 2, scene_samples) or layout.attrs.get("fs") != FS:
+        raise DataError(f"{path}: corrupt: audio of shape {layout.shapes['audio']} at {layout.attrs.get('fs')} Hz, "
+                        f"the manifest lists ({samples}, 2, {scene_samples}) at {FS} Hz; {hint}")
+    short = {n: layout.shapes[n][0] if layout.shapes[n] else 0 for n in SCENE_LABELS + ("snr_db",)
+             if n in layout.shapes and (layout.shapes[n][0] if layout.shapes[n] else 0) != samples}
+    if short:
+        raise DataError(f"{path}: corrupt: label(s) {', '.join(f'{k} ({n} rows)' for k, n in short.items())} do "
+                        f"not match its {samples} scenes; {hint}")
+    if len(layout.shapes["labels"]) != 2 or layout.shapes["labels"][1] != len(LABEL_COLUMNS):
+        raise DataError(f"{path}: corrupt: labels of shape {layout.shapes['labels']}, not (rows, "
+                        f"{len(LABEL_COLUMNS)}); {hint}")
+    check_ragged(path, layout, samples, "label_offsets", "labels", STAGE)
+    if "event_offsets" in layout.shapes:
+        check_ragged(path, layout, samples, "event_offsets", "event_clip_id", STAGE)

@@ -27,7 +27,8 @@ from bast.fileio import atomic_write_text, sha256_file, storage_errors, versions
 
 __all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "read_manifest", "atomic_write_text", "sha256_file", "versions",
            "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
-           "write_failures", "write_manifest", "manifest_directions", "manifest_categories", "verify_sha256", "OWNED"]
+           "write_failures", "write_manifest", "manifest_directions", "manifest_categories", "verify_sha256", "OWNED",
+           "rewrite_hint", "check_listed_shard", "check_ragged", "ShardLayout"]
 
 
 @dataclass
@@ -205,6 +206,59 @@ def verify_sha256(path, sha256: str, hint: str) -> None:
         raise DataError(f"{path}: corrupt (its sha256 {actual[:12]}... differs from the manifest's "
                         f"{sha256[:12]}...); {hint}")
     _VERIFIED[key] = sha256
+
+
+def rewrite_hint(path: Path, stage: str) -> str:
+    """How to rewrite a corrupt shard of a `stage` output: no re-run can repair it in place."""
+    path = Path(path)
+    return (f"delete it and {path.with_suffix('.json').name} beside it, and re-run bast-cli {stage} "
+            f"with the arguments that made {path.parent.parent} to rewrite it")
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What a reader checks of a shard before it uses it: its datasets' shapes and root attributes."""
+
+    shapes: dict
+    attrs: dict
+
+
+def check_listed_shard(path, sha256: str | None, stage: str, ragged: tuple = ()) -> ShardLayout:
+    """One shard as a `stage` manifest lists it: a regular file (a FIFO would block the
+    reader), the manifest's sha256 when given, and readable as HDF5. Returns its datasets'
+    shapes and root attributes; `ragged` names offset datasets (e.g. label_offsets) whose
+    values are read too, into shapes[name + ":values"], for the caller's length checks.
+    Every error says the shard is corrupt or missing and how to rewrite it: a re-run of
+    the reader cannot repair it."""
+    path, hint = Path(path), rewrite_hint(path, stage)
+    what = STAGE_NAMES.get(stage, f"{stage} output")
+    if not path.exists():
+        raise StageError(f"{path}: listed in the manifest of the {what} but missing; {hint}")
+    if not path.is_file():
+        raise DataError(f"{path}: listed in the manifest of the {what} but not a regular file")
+    if sha256:
+        verify_sha256(path, sha256, hint)
+    try:
+        with h5py.File(path, "r") as f:
+            shapes = {name: ds.shape for name, ds in f.items() if isinstance(ds, h5py.Dataset)}
+            shapes.update({f"{name}:values": np.asarray(f[name][()]) for name in ragged if name in shapes})
+            attrs = dict(f.attrs)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: corrupt, unreadable HDF5 shard ({exc}); {hint}") from None
+    return ShardLayout(shapes, attrs)
+
+
+def check_ragged(path, layout: ShardLayout, samples: int, offsets: str, rows: str, stage: str) -> None:
+    """DataError when `offsets` (samples + 1 values, from 0 rising to the length of `rows`)
+    does not index `rows` (a ragged column: scene i's rows are rows[offsets[i]:offsets[i+1]])."""
+    values = layout.shapes.get(f"{offsets}:values")
+    n_rows = layout.shapes.get(rows, (None,))[0] if layout.shapes.get(rows) else 0
+    ok = (values is not None and values.ndim == 1 and values.shape[0] == samples + 1
+          and values.dtype.kind in "iu" and int(values[0]) == 0 and int(values[-1]) == n_rows
+          and bool(np.all(np.diff(values) >= 0)))
+    if not ok:
+        raise DataError(f"{path}: corrupt: {offsets} does not index the {n_rows} rows of {rows} for its "
+                        f"{samples} scenes; {rewrite_hint(Path(path), stage)}")
 
 
 def write_failures(out_dir: Path, failures: list[dict]) -> None:

@@ -17,7 +17,7 @@ from bast.pipeline.irs.sofa import read_sofa, write_sofa
 from bast.pipeline.irs.sphericalhead import spherical_head_irs
 
 FS = 16000
-HUMAN = Path(__file__).parent / "data" / "human_hrir" / "sonicom_subject_rings.sofa"  # README.md beside it
+HUMAN = Path(__file__).parents[2] / "data" / "human_hrir" / "sonicom_subject_rings.sofa"  # README.md beside it
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_default_output_is_unchanged_apart_from_the_elevation_label(tmp_path):
 
 def test_directions_from_a_csv_with_interpolation(tmp_path):
     csv = tmp_path / "dirs.csv"
-    csv.write_text("azimuth,elevation\n12.5,-35\n100,45\n-20,3\n0,0\n")
+    csv.write_text("azimuth,elevation\n12.5,-35\n100,45\n340,3\n0,0\n")
     out = tmp_path / "s1"
     result = CliRunner().invoke(app, ["spatialize", "default", str(out), "--sounds", "2", "--env", "anechoic",
                                       "--directions", str(csv), "--interpolate", "--workers", "0"])

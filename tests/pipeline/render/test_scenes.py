@@ -248,9 +248,11 @@ def test_scene_directions_are_parsed_as_spatialize_parses_them(tmp_path):
     every = parse_direction_options(directions="all", elevations="-10:10")
     assert len(every) == 216 and set(every[:, 1]) == {-10.0, 0.0, 10.0}
     assert len(parse_direction_options(directions="all")) == len(kemar) == 710
-    (tmp_path / "d.csv").write_text("azimuth,elevation\n-90,30\n0,0\n")
+    # a CSV takes azimuths as --azimuths does, in [0, 360) (docs/conventions.md); ScenesConfig wraps
+    (tmp_path / "d.csv").write_text("azimuth,elevation\n270,30\n0,0\n")
     assert ScenesConfig(directions=parse_direction_options(directions=str(tmp_path / "d.csv"))).directions == (
         (270.0, 30.0), (0.0, 0.0))
+    assert ScenesConfig(directions=((-90.0, 30.0), (0.0, 0.0))).directions == ((270.0, 30.0), (0.0, 0.0))
     with pytest.raises(ConfigError, match="LO:HI limits"):
         parse_direction_options("0:360:90", "-10:10")
     with pytest.raises(ConfigError, match="CSV"):
