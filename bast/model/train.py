@@ -42,6 +42,7 @@ from bast.model.evaluation.seld import seld_evaluate
 from bast.model.data.manifest import data_sha256, features_manifest
 from bast.model.nets.registry import build_model, check_model_size, model_fields
 from bast.model.targets.core import Target, attach, make_target_class, needs_classes, target_of
+from bast.model.targets.names import on_scenes
 from bast.model.runs.runtime import Context, autocast, describe, rank_seed, setup
 from bast.pipeline.stage.shards import DirectoryLock
 
@@ -231,6 +232,9 @@ def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False
         if not cfg.on_the_fly:
             raise ConfigError(f"{run_dir} was not trained on the fly; resume it without --on-the-fly")
         stage1_dir = cfg.stage1_dir
+    if on_scenes(cfg.target):  # before any work: scenes are not drawn on the fly
+        raise ConfigError(f"--target {cfg.target} learns from whole scenes; training on the fly draws clips from a "
+                          "spatialize folder (train scenes from their Stage 2 folder, docs/seld.md)")
     recipe = read_recipe(stage1_dir)
     cfg = dataclasses.replace(cfg, on_the_fly=True, stage1_dir=str(recipe.stage1.resolve()),
                               epoch_samples=cfg.epoch_samples or default_epoch_samples(recipe))
