@@ -265,6 +265,12 @@ def scenes(
         tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
     )
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
+    if export_dcase is not None:  # before any work: the export never lands on an input
+        from bast.pipeline.render.dcase_export import check_export_output
+        from bast.pipeline.render.outputs import stage1_inputs
+
+        check_export_output(export_dcase, out, stage1_inputs(found.refs, config.spatialize_config(), found.info),
+                            option="--export-dcase")
     conditions = layout(config.spatialize_config()).splits
     renders = count * max(len(c) for c in conditions.values())
     console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
@@ -655,9 +661,12 @@ def seld_metrics(
     implementation computes them; files are matched by name, and a missing or extra file
     is an error.
     """
+    from bast import options
     from bast.fileio import atomic_write_text, json_default, versions
     from bast.dcase.metrics import score_directories
 
+    if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
+        options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
     s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
     t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):

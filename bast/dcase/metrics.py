@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from bast import options
 from bast.dcase.files import read_dcase_csv
 from bast.errors import ConfigError, DataError, MissingError
 
@@ -293,8 +294,9 @@ def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
                       doa_threshold: float = DOA_THRESHOLD_DEG, average: str = "macro") -> SeldScores:
     """Scores of every prediction CSV in `pred_dir` against the reference CSV of the same
     name in `ref_dir`. Without `n_classes`, the classes are 0 to the largest index seen."""
-    if doa_threshold <= 0:
-        raise ConfigError(f"the DOA threshold must be positive, not {doa_threshold!r}")
+    # 180 deg is the farthest two directions can be: a larger threshold would count any
+    # direction as a hit (NaN or inf used to be scored)
+    options.number(doa_threshold, "--threshold", lo=0.0, hi=180.0, lo_open=True, unit="deg")
     pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
     seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
     if n_classes is None:

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from bast import options
 from bast.errors import ConfigError, DataError, StageError, TrainingError
 from bast.fileio import atomic_write_text, versions
 from bast.model.nets.bast import count_parameters
@@ -182,8 +183,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     run_dir = Path(run_dir)
     if resume_changes and not resume:
         raise ConfigError("resume_changes applies to resume=True only")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is an existing file, not a run directory")
+    check_run_dir(run_dir, features_dir)
     say = on_info if on_info and int(os.environ.get("RANK", "0")) == 0 else (lambda text: None)
     with _writer_lock(run_dir):
         saved = None
@@ -230,6 +230,7 @@ def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False
         if not cfg.on_the_fly:
             raise ConfigError(f"{run_dir} was not trained on the fly; resume it without --on-the-fly")
         stage1_dir = cfg.stage1_dir
+    check_run_dir(run_dir, stage1_dir, "the Stage 1 folder")
     recipe = read_recipe(stage1_dir)
     cfg = dataclasses.replace(cfg, on_the_fly=True, stage1_dir=str(recipe.stage1.resolve()),
                               epoch_samples=cfg.epoch_samples or default_epoch_samples(recipe))
@@ -238,6 +239,19 @@ def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False
                 f"{run_dir / 'heldout'}")
     features_dir = heldout_features(recipe, run_dir, cfg.model.features)
     return train(features_dir, run_dir, cfg, resume, on_info=on_info, **kwargs)
+
+
+# What a run writes in its folder: no input may lie there.
+RUN_OWNED = ("config.json", "metrics.jsonl", "checkpoints", "eval", "heldout", "heldout-stage1")
+
+
+def check_run_dir(run_dir: Path, data_dir, name: str = "the Stage 2 folder") -> None:
+    """--out is a folder (new, or a run to resume) that is not the data it trains on nor
+    inside it, and no data lies where a run writes. A run on the fly reads RUN/heldout, its
+    own output, which is no input of the run's folder."""
+    if data_dir is not None and Path(data_dir).resolve() == (run_dir / "heldout").resolve():
+        data_dir = None
+    options.output_dir(run_dir, "--out", inputs=[(name, data_dir)], owned=RUN_OWNED)
 
 
 def trained_on_the_fly(run_dir) -> bool:

@@ -159,6 +159,10 @@ def _check_finite(run) -> None:
                         "; its training did not end with a usable test evaluation (bast-cli train writes it)")
 
 
+# What a report writes in its folder besides CSV files: no run may lie there.
+REPORT_OWNED = ("figures", "index.html", "summary.json")
+
+
 def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu",
                  per_set_figures: bool = False) -> tuple[Path, dict]:
     """Write REPORT/index.html (self-contained), figures/*.png, summary.json and CSVs.
@@ -170,7 +174,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     options.count(rollout_samples, "--rollout-samples", 0, MAX_ROLLOUT_SAMPLES)
     if not run_dirs:
         raise ConfigError("no runs given")
-    options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
+    options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs], owned=REPORT_OWNED)
     runs = _load_runs(run_dirs, device)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
 from bast.fileio import atomic_write_text, json_default, sha256_file
@@ -76,6 +77,8 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     features_dir = Path(features_dir).resolve()
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split {split!r}: choose from {', '.join(EVAL_SPLITS)}")
+    # what evaluate writes, RUN/eval, is never the data it reads nor inside it
+    options.output_dir(run_dir / "eval", "the run's evaluation folder", inputs=[("--on", features_dir)])
     config = read_run_config(run_dir)
     ckpt = run_dir / "checkpoints" / "best.pt"
     if not ckpt.exists():

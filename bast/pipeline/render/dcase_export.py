@@ -20,12 +20,24 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.dcase.files import label_rows_csv
 
 # The DCASE 2023 baseline takes the fold from the file name's fifth character and trains
 # on fold 3 and tests on fold 4 by default; val gets a fold of its own.
 FOLDS = {"train": 3, "test": 4, "val": 5}
 DCASE_FS = 24000  # the rate of DCASE's recordings, which its baselines assume
+
+
+# What an export writes in its folder: no input may lie there.
+EXPORT_OWNED = ("stereo_dev", "metadata_dev", "bast_index.csv", "bast_export.json")
+
+
+def check_export_output(out_dir, stage1_dir, inputs=(), option: str = "OUT") -> Path:
+    """The export's folder: not the scenes folder nor inside it (nor any other input of
+    `inputs`, (name, path) pairs), and holding no input where the export writes."""
+    return options.output_dir(out_dir, option, inputs=[("the scenes folder", stage1_dir), *inputs],
+                              owned=EXPORT_OWNED)
 
 
 def file_stem(split: str, room: int, mix: int) -> str:
@@ -49,6 +61,7 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS) -> dict:
     from bast.pipeline.render.scenes import read_scenes
 
     stage1_dir, out_dir = Path(stage1_dir), Path(out_dir)
+    check_export_output(out_dir, stage1_dir)
     manifest = read_scenes(stage1_dir, "export-dcase")
     from fractions import Fraction
 
