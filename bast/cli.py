@@ -548,9 +548,18 @@ def _print_test(result: dict, out: Path) -> None:
                       f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
     if on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
-                      f"ER20 {result['er20']:.2f}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
-                      f"SELD score {result['seld_score']:.3f}; DCASE CSVs in {out / 'eval' / 'seld'}")
+                      f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
+                      f"SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
+        if result.get("note"):
+            console.print(f"[yellow]note[/]: {result['note']}")
     console.print(f"run: {out}")
+
+
+def _figure(value, spec: str) -> str:
+    """A figure as text; an undefined one (None, NaN: eval JSON's null) as 'undefined'."""
+    import math
+
+    return "undefined" if value is None or not math.isfinite(float(value)) else format(value, spec)
 
 
 def _parse_value(text: str):
@@ -631,8 +640,9 @@ def evaluate(
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
             if on_scenes(m):  # docs/seld.md
-                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
-                           f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
+                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", _figure(m['er20'], '.2f'),
+                           f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", _figure(m['seld_score'], '.3f'), f"{m['n']:,}",
+                           how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
                 continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
@@ -662,8 +672,8 @@ def seld_metrics(
     is an error.
     """
     from bast import options
-    from bast.fileio import atomic_write_text, json_default, versions
-    from bast.dcase.metrics import score_directories
+    from bast.fileio import atomic_write_text, json_text, versions
+    from bast.dcase.metrics import SELD_NOTES, score_directories
 
     if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
         options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
@@ -680,10 +690,12 @@ def seld_metrics(
     console.print(t)
     console.print(f"ER {s.er:.3f} (S {d['substitutions']}, D {d['deletions']}, I {d['insertions']}), "
                   f"F {100 * s.f:.1f} %, LE {s.le:.1f} deg, LR {100 * s.lr:.1f} %, SELD {s.seld:.3f}")
+    if s.note:
+        console.print(f"[yellow]note[/]: {s.note}")
     if json_out is not None:
         d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
                  doa_threshold_deg=threshold, versions=versions())
-        atomic_write_text(json_out, json.dumps(d, indent=1, default=json_default) + "\n")
+        atomic_write_text(json_out, json_text(d, SELD_NOTES) + "\n")
         console.print(f"scores: {json_out}")
 
 
@@ -759,7 +771,7 @@ def _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms) 
 
 
 def _localize_seld(run, model, dev, target, path, out, stem) -> str:
-    from bast.fileio import atomic_write_text
+    from bast.fileio import write_json
     from bast.model.inference.seld import localize_recording
     from bast.model.runs.checkpoint import read_run_config
     from bast.report.figures import seld_timeline
@@ -771,7 +783,7 @@ def _localize_seld(run, model, dev, target, path, out, stem) -> str:
     write_dcase_csv(csv_path, loc.rows)
     seld_timeline(loc.rows, png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
     s = {**loc.summary(), "run": str(run), "device": str(dev), "csv": str(csv_path), "png": str(png)}
-    atomic_write_text(out / f"{stem}.json", json.dumps(s, indent=1))
+    write_json(out / f"{stem}.json", s)
     by_class = ", ".join(f"{c} {n}" for c, n in s["rows_by_class"].items())
     return (f"{path}: {s['windows']} windows, {s['label_frames']} frames of 100 ms, {s['duration_s']:.2f} s at "
             f"{s['sample_rate_in']} Hz; {s['rows']} event rows ({by_class}) -> {csv_path} (DCASE), {png}")

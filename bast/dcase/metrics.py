@@ -34,6 +34,19 @@ DOA_THRESHOLD_DEG = 20.0
 # The reference divides by (eps + ...) everywhere; the same eps keeps results bit-close.
 _EPS = np.finfo(np.float64).eps
 
+# A reference without any event (docs/seld.md "Empty references"). The DCASE 2023 tool
+# fails on an empty reference file (it takes the largest frame index of no rows); its
+# formulas, applied to the counts, give ER = insertions / eps (about 1e15 per insertion)
+# when something is predicted, and ER 0, F 0, LE 180, LR 0 (SELD 0.75) when nothing is.
+# bast keeps the latter, DCASE's values, with a note; the former is no number: ER and the
+# SELD score are undefined (NaN here, null in JSON, refused by `bast-cli seld-metrics`).
+NO_EVENTS_NOTE = ("the reference holds no events: ER is 0 as nothing was predicted; F 0, LE 180 deg and LR 0 "
+                  "are DCASE's values when there is nothing to detect or localize")
+UNDEFINED_ER_NOTE = ("undefined: the reference holds no events, and the error rate divides by their number "
+                     "(DCASE's formula gives insertions / 2.2e-16)")
+SELD_NOTES = {"ER": UNDEFINED_ER_NOTE, "SELD": UNDEFINED_ER_NOTE, "er20": UNDEFINED_ER_NOTE,
+              "seld_score": UNDEFINED_ER_NOTE}
+
 
 # ----------------------------------------------------------------------------- counting
 
@@ -210,9 +223,16 @@ class SeldScores:
     class_seld: np.ndarray
     counts: SeldCounts
 
+    @property
+    def note(self) -> str | None:
+        """Why the scores are not what they seem: a reference without events."""
+        if self.counts.n_ref.sum():
+            return None
+        return UNDEFINED_ER_NOTE if np.isnan(self.er) else NO_EVENTS_NOTE
+
     def to_dict(self) -> dict:
         c = self.counts
-        return {
+        return {**({"note": self.note} if self.note else {}),
             "average": self.average,
             "overall": {"ER": self.er, "F": self.f, "LE": self.le, "LR": self.lr, "SELD": self.seld},
             "classes": [{"class": k, "F": float(self.class_f[k]), "LE": float(self.class_le[k]),
@@ -234,7 +254,9 @@ def scores(c: SeldCounts, average: str = "macro") -> SeldScores:
     """The metrics of accumulated counts (`SELDMetrics.compute_seld_scores`). A class with
     no matched track has LE 180 degrees; one that never occurs scores F 0 and LR 0 under
     the macro average, as in the reference."""
-    er = (c.substitutions + c.deletions + c.insertions) / (c.n_ref.sum() + _EPS)
+    errors = c.substitutions + c.deletions + c.insertions
+    # no reference events but some predicted: DCASE's errors / eps is no error rate
+    er = errors / (c.n_ref.sum() + _EPS) if c.n_ref.sum() or not errors else float("nan")
     class_f = c.tp / (_EPS + c.tp + c.fp_spatial + 0.5 * (c.fp + c.fn))
     class_le = np.where(c.de_tp == 0, 180.0, c.total_de / (c.de_tp + _EPS))
     class_lr = c.de_tp / (_EPS + c.de_tp + c.de_fn)
@@ -298,6 +320,10 @@ def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
     # direction as a hit (NaN or inf used to be scored)
     options.number(doa_threshold, "--threshold", lo=0.0, hi=180.0, lo_open=True, unit="deg")
     pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
+    if not any(len(ref) for ref, _ in pairs) and any(len(pred) for _, pred in pairs):
+        raise DataError(f"{ref_dir}: no reference file holds an event, but the predictions do; the error rate "
+                        "and the SELD score are undefined without reference events (DCASE's formula divides by "
+                        "their number: ER = insertions / 2.2e-16), so nothing is scored")
     seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
     if n_classes is None:
         n_classes = max(seen, default=0)

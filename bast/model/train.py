@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from bast import options
 from bast.errors import ConfigError, DataError, StageError, TrainingError
-from bast.fileio import atomic_write_text, versions
+from bast.fileio import atomic_write_text, versions, write_json
 from bast.model.nets.bast import count_parameters
 from bast.model.runs.checkpoint import (unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
                                    remove_leftovers, restore_rng, rng_state, save_checkpoint)
@@ -467,7 +467,7 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
     info = describe(ctx, cfg, splits.data, cfg.batch_size // ctx.world,
                     torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps({
+    write_json(run_dir / "config.json", {
         **cfg.to_dict(), "features_dir": str(Path(features_dir).resolve()),
         "data_sha256": data_sha256(features_manifest(features_dir)), "parameters": count_parameters(model),
         "train_samples": cfg.epoch_samples if cfg.on_the_fly else splits.train_sel.samples,
@@ -476,7 +476,7 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
         "loader": type(splits.data).__name__, "world_size": ctx.world,
         # the settings device, amp and compile stay as given; what they resolved to:
         "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32,
-        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg), "versions": versions()}, indent=1))
+        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg), "versions": versions()})
 
 
 def _recipe_record(cfg: TrainConfig) -> dict:
@@ -656,6 +656,12 @@ def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
         raise TrainingError("--model seldnet is a SELD model: it trains with --target seld on scene data")
     if needs_classes(cfg.target) and not cfg.classes:
         cfg = dataclasses.replace(cfg, classes=data_classes(features_dir))
+    if needs_classes(cfg.target) and not kind.scenes and len(cfg.classes or ()) < 2:
+        # one class: accuracy 1.0 beside chance 1.0, a result that says nothing
+        raise TrainingError(f"--target {cfg.target}: {features_dir} holds {len(cfg.classes or ())} sound "
+                            f"categor{'y' if len(cfg.classes or ()) == 1 else 'ies'} "
+                            f"({', '.join(map(str, cfg.classes or ())) or 'none'}); a classifier needs two or more "
+                            "(spatialize sounds of several categories, or train --target azimuth or direction)")
     settings = target_of(cfg).model_settings(model_fields(cfg.arch))
     if any(getattr(cfg.model, k) != v for k, v in settings.items()):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
@@ -674,4 +680,4 @@ def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context, data) -> Non
     gathered: list = [None] * ctx.world
     dist.all_gather_object(gathered, mine)
     if ctx.main:
-        atomic_write_text(run_dir / "ddp.json", json.dumps(gathered))
+        write_json(run_dir / "ddp.json", gathered, indent=None)

@@ -20,11 +20,11 @@ import numpy as np
 from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
-from bast.fileio import atomic_path, atomic_write_text, json_default
+from bast.fileio import atomic_path, atomic_write_text, write_json
 from bast.model.evaluation import evaluate
 from bast.model.evaluation import runs as transfer
 from bast.model.targets import metrics as ev
-from bast.model.targets.names import on_scenes
+from bast.model.targets.names import METRIC_NOTES, on_scenes
 from bast.report import figures, stats
 from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
@@ -193,7 +193,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
         if explained is not None:
             sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=json_default))
+    write_json(out / "summary.json", summary, METRIC_NOTES)
     page = _page(sections, out)
     atomic_write_text(out / "index.html", page)
     return out / "index.html", summary

@@ -18,7 +18,6 @@ gets no azimuth, when its level is below `SILENCE_DBFS` (-60 dBFS) or more than
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from bast import options
 from bast.conventions import CLIP_SAMPLES, FS
 from bast.errors import ConfigError, DataError
-from bast.fileio import atomic_path, atomic_write_text
+from bast.fileio import atomic_path, write_json
 from bast.model.data.loaders import model_input
 
 WINDOW_MS = 1000.0 * CLIP_SAMPLES / FS  # 500 ms: what the model reads
@@ -250,7 +249,7 @@ def write_csv(loc: Localization, path) -> Path:
 
 def write_summary(loc: Localization, path, extra: dict | None = None) -> Path:
     path = Path(path)
-    atomic_write_text(path, json.dumps({**loc.summary(), **(extra or {})}, indent=1))
+    write_json(path, {**loc.summary(), **(extra or {})}, {"circular_mean_azimuth_deg": "every window is silent", "median_confidence": "every window is silent"})
     return path
 
 

@@ -15,7 +15,6 @@ DCASE layout (docs/scenes.md): one stereo WAV and one metadata CSV per scene and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +56,7 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS) -> dict:
     from scipy.signal import resample_poly
 
     from bast.conventions import FS
-    from bast.fileio import atomic_write_text
+    from bast.fileio import atomic_write_text, write_json
     from bast.pipeline.render.scenes import read_scenes
 
     stage1_dir, out_dir = Path(stage1_dir), Path(out_dir)
@@ -102,5 +101,5 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS) -> dict:
     summary = {"files": files, "fs": fs, "categories": manifest["totals"]["categories"],
                "folds": FOLDS, "rooms": [{"room": k + 1, "env": c[0], "head": c[1], "bast_room": c[2]}
                                          for k, c in enumerate(conditions)]}
-    atomic_write_text(out_dir / "bast_export.json", json.dumps(summary, indent=1))
+    write_json(out_dir / "bast_export.json", summary)
     return summary
