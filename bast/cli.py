@@ -43,6 +43,11 @@ def command(fn):
         except BastError as exc:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)))  # not markup: messages hold [ ]
             raise typer.Exit(1) from None
+        except UnicodeDecodeError as exc:  # a text file in another encoding, met by a reader that does not name it
+            bad = exc.object[exc.start:exc.start + 1].hex() if isinstance(exc.object, bytes) else "?"
+            err.print(Text.assemble(("error: ", "bold red"), f"a text file given is not UTF-8 (byte 0x{bad} at offset "
+                                    f"{exc.start}: {exc.reason}); save it as UTF-8"))
+            raise typer.Exit(1) from None
         except OSError as exc:  # a full, read-only or forbidden disk met outside bast's own writes
             from bast.fileio import storage_advice, storage_errno
 

@@ -69,7 +69,7 @@ def read_dcase_csv(path) -> np.ndarray:
     if not path.is_file():
         raise MissingError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV starts with a BOM: read past it
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text CSV in UTF-8 ({exc.reason} at byte {exc.start}); a DCASE file holds "
                         "rows frame,class,source,azimuth,elevation") from None

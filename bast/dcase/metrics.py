@@ -40,10 +40,10 @@ _EPS = np.finfo(np.float64).eps
 # when something is predicted, and ER 0, F 0, LE 180, LR 0 (SELD 0.75) when nothing is.
 # bast keeps the latter, DCASE's values, with a note; the former is no number: ER and the
 # SELD score are undefined (NaN here, null in JSON, refused by `bast-cli seld-metrics`).
-NO_EVENTS_NOTE = ("the reference holds no events: ER is 0 as nothing was predicted; F 0, LE 180 deg and LR 0 "
-                  "are DCASE's values when there is nothing to detect or localize")
-UNDEFINED_ER_NOTE = ("undefined: the reference holds no events, and the error rate divides by their number "
-                     "(DCASE's formula gives insertions / 2.2e-16)")
+NO_EVENTS_NOTE = ("the reference holds no events to score: ER is 0 as nothing was predicted; F 0, LE 180 deg and "
+                  "LR 0 are DCASE's values when there is nothing to detect or localize")
+UNDEFINED_ER_NOTE = ("undefined: the reference holds no events to score, and the error rate divides by their "
+                     "number (DCASE's formula gives insertions / 2.2e-16)")
 SELD_NOTES = {"ER": UNDEFINED_ER_NOTE, "SELD": UNDEFINED_ER_NOTE, "er20": UNDEFINED_ER_NOTE,
               "seld_score": UNDEFINED_ER_NOTE}
 

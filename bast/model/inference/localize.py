@@ -99,6 +99,8 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
         data, fs = sf.read(str(path), dtype="float64", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError, OSError
         raise DataError(f"{path}: cannot read it as audio ({exc})") from None
+    if not len(data):
+        raise DataError(f"{path}: no samples (an empty or cut recording); localize needs audio")
     if data.shape[1] != 2:
         raise DataError(f"{path}: {data.shape[1]} channel(s); localize needs a binaural recording with exactly 2 "
                         "(left ear first, right ear second)")
