@@ -700,6 +700,7 @@ def seld_metrics(
     if json_out is not None:
         d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
                  doa_threshold_deg=threshold, versions=versions())
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json_out, json_text(d, SELD_NOTES) + "\n")
         console.print(f"scores: {json_out}")
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from bast import options
 from bast.errors import ConfigError, DataError, StageError, TrainingError
-from bast.fileio import atomic_write_text, versions, write_json
+from bast.fileio import atomic_write_text, json_text, versions, write_json
 from bast.model.nets.bast import count_parameters
 from bast.model.runs.checkpoint import (unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
                                    remove_leftovers, restore_rng, rng_state, save_checkpoint)
@@ -270,13 +270,27 @@ def _writer_lock(run_dir: Path):
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    fresh = not run_dir.exists()
     try:
         with DirectoryLock(run_dir):
-            yield
+            try:
+                yield
+            except BaseException:
+                if fresh:  # a run refused before it wrote anything leaves no folder behind
+                    _remove_if_untouched(run_dir)
+                raise
     except StageError as exc:
         if "in use by another run" in str(exc):
             raise TrainingError(f"{exc} (a live `bast-cli train` writes it)") from None
         raise
+
+
+def _remove_if_untouched(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but its lock (made by this process)."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in run_dir.iterdir()] == [".lock"]:
+            (run_dir / ".lock").unlink()
+            run_dir.rmdir()
 
 
 def resume_settings(run_dir: Path, features_dir, changes: dict | None) -> tuple[dict, TrainConfig]:
@@ -606,9 +620,10 @@ def save_epoch(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: Context, 
 
 
 def _append_row(run_dir: Path, row: dict) -> None:
-    """One metrics.jsonl line in one write (a kill leaves at most that line torn; resume drops it)."""
+    """One metrics.jsonl line in one write (a kill leaves at most that line torn; resume drops it);
+    strict JSON: a figure that is not finite is null, with a note beside it."""
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row, allow_nan=False) + "\n")
+        f.write(json_text(row, indent=None) + "\n")
 
 
 def _all_ranks(ctx: Context, flag: bool) -> bool:
