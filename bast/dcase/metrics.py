@@ -321,7 +321,7 @@ def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
     options.number(doa_threshold, "--threshold", lo=0.0, hi=180.0, lo_open=True, unit="deg")
     pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
     if not any(len(ref) for ref, _ in pairs) and any(len(pred) for _, pred in pairs):
-        raise DataError(f"{ref_dir}: no reference file holds an event, but the predictions do; the error rate "
+        raise DataError(f"{ref_dir}: the reference holds no events in any file, but the predictions do; the error rate "
                         "and the SELD score are undefined without reference events (DCASE's formula divides by "
                         "their number: ER = insertions / 2.2e-16), so nothing is scored")
     seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
