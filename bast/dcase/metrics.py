@@ -294,7 +294,8 @@ def pair_csv_files(ref_dir, pred_dir) -> list[tuple[Path, Path]]:
     found = {}
     for role, folder in (("reference", Path(ref_dir)), ("prediction", Path(pred_dir))):
         if not folder.is_dir():
-            raise MissingError(f"{folder}: no such {role} folder")
+            raise (DataError(f"{folder}: not a folder; give the folder of {role} CSV files") if folder.exists()
+                   else MissingError(f"{folder}: no such {role} folder"))
         names: dict[str, Path] = {}
         for path in sorted(folder.rglob("*.csv")):
             if path.name in names:

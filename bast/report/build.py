@@ -174,7 +174,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     options.count(rollout_samples, "--rollout-samples", 0, MAX_ROLLOUT_SAMPLES)
     if not run_dirs:
         raise ConfigError("no runs given")
-    options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs], owned=REPORT_OWNED)
+    options.output_dir(out, "--out", inputs=_report_inputs(run_dirs), owned=REPORT_OWNED)
     runs = _load_runs(run_dirs, device)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +197,22 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     page = _page(sections, out)
     atomic_write_text(out / "index.html", page)
     return out / "index.html", summary
+
+
+def _report_inputs(run_dirs) -> list[tuple[str, str]]:
+    """What a report reads: the runs, and the data each was trained on (attention rollout
+    reads its test samples), named for messages. A run whose config cannot be read is
+    named by `load_run` later."""
+    inputs = []
+    for p in run_dirs:
+        inputs.append(("the run", p))
+        try:
+            data = json.loads((Path(p) / "config.json").read_text()).get("features_dir")
+        except (OSError, ValueError, AttributeError):
+            data = None
+        if isinstance(data, str):
+            inputs.append((f"the data of run {p}", data))
+    return inputs
 
 
 def _load_runs(run_dirs, device: str) -> list[Run]:

@@ -401,3 +401,21 @@ def test_a_directions_csv_with_a_bom_is_accepted(tmp_path):
     from bast.pipeline.irs.sources import read_directions_csv
 
     assert read_directions_csv(csv).tolist() == [[0.0, 0.0], [90.0, 0.0]]
+
+
+def test_seld_metrics_on_a_fifo_or_a_file_in_place_of_a_folder_is_one_line(dcase):
+    # a FIFO named like a prediction would block the read forever
+    fifo = sorted((dcase / "pred").glob("*.csv"))[0]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    code, out = cli_process("seld-metrics", dcase / "ref", dcase / "pred")
+    refused(code, out, "FIFO", fifo.name)
+    a_file = sorted((dcase / "ref").glob("*.csv"))[0]
+    refused(*cli("seld-metrics", a_file, dcase / "ref"), str(a_file), "not a folder")
+
+
+def test_a_report_never_writes_into_the_data_of_its_runs(clip):
+    s2 = clip / "s2"
+    before = snapshot(s2)
+    refused(*cli("report", clip / "run", "--out", s2 / "report", "--rollout-samples", "0"), "the data of run")
+    assert snapshot(s2) == before and not (s2 / "report").exists()
