@@ -547,10 +547,11 @@ def _print_test(result: dict, out: Path) -> None:
     if "great_circle_deg" in result:
         console.print(f"[bold green]test[/] on the sphere: great circle {result['great_circle_deg']:.1f} deg, lateral "
                       f"{result['lateral_error_deg']:.1f} deg, polar {result['polar_error_deg']:.1f} deg, quadrant "
-                      f"error {result['quadrant_error_pct']:.1f} %")
+                      f"error {_figure(result['quadrant_error_pct'], '.1f')} %")
     if "accuracy" in result:
         console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
-                      f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
+                      f"{_figure(result['chance_accuracy'], '.3f')}), macro F1 {_figure(result['macro_f1'], '.3f')}, "
+                      f"n={result['n']}")
     if on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
                       f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
@@ -601,8 +602,8 @@ def report(
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     for label, r in summary.get("seld", {}).items():
         m = r.get("test", r)  # a run's test, or the "predict nothing" scores
-        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {m['er20']:.2f}, LE {m['le_deg']:.1f} deg, "
-                      f"LR {100 * m['lr']:.1f} %, SELD score {m['seld_score']:.3f}")
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE {m['le_deg']:.1f} deg, "
+                      f"LR {100 * m['lr']:.1f} %, SELD score {_figure(m['seld_score'], '.3f')}")
     console.print(f"report: {page}")
 
 
