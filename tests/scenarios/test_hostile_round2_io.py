@@ -419,3 +419,13 @@ def test_a_report_never_writes_into_the_data_of_its_runs(clip):
     before = snapshot(s2)
     refused(*cli("report", clip / "run", "--out", s2 / "report", "--rollout-samples", "0"), "the data of run")
     assert snapshot(s2) == before and not (s2 / "report").exists()
+
+
+def test_localize_refuses_a_recording_at_an_absurd_sample_rate(clip, tmp_path):
+    # a 1 Hz header would resample a small file into gigabytes
+    odd = tmp_path / "odd.wav"
+    sf.write(odd, np.zeros((1000, 2)), 1)
+    good = wav(tmp_path / "good.wav")
+    code, out = cli_process("localize", clip / "run", odd, good, "--out", tmp_path / "loc", "--device", "cpu")
+    refused(code, out, str(odd), "sample rate 1 Hz")
+    assert (tmp_path / "loc" / "good.csv").exists() and not (tmp_path / "loc" / "odd.csv").exists()

@@ -88,6 +88,11 @@ class Localization:
                 "max_level_dbfs": float(np.max(self.level_dbfs)), **self.info}
 
 
+# Sample rates of recordings localize reads (resampled to 16 kHz): the telephone band to the
+# highest rate audio interfaces record at, as for SOFA sets (bast/pipeline/irs/sofa.py).
+MIN_FS_IN, MAX_FS_IN = 8000, 768000
+
+
 def read_binaural(path) -> tuple[np.ndarray, int]:
     """(audio (2, samples) float32 at 16 kHz, the file's own rate). DataError naming the file
     when libsndfile cannot read it or it does not have exactly 2 channels."""
@@ -101,6 +106,9 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
         raise DataError(f"{path}: cannot read it as audio ({exc})") from None
     if not len(data):
         raise DataError(f"{path}: no samples (an empty or cut recording); localize needs audio")
+    if not MIN_FS_IN <= fs <= MAX_FS_IN:  # a 1 Hz header would resample one file into many gigabytes
+        raise DataError(f"{path}: sample rate {fs} Hz; localize reads recordings sampled from {MIN_FS_IN:,} to "
+                        f"{MAX_FS_IN:,} Hz (a damaged header?)")
     if data.shape[1] != 2:
         raise DataError(f"{path}: {data.shape[1]} channel(s); localize needs a binaural recording with exactly 2 "
                         "(left ear first, right ear second)")
