@@ -125,7 +125,8 @@ def strict(value, notes: dict | None = None):
     """`value` in plain, strict JSON types: numpy arrays and scalars as lists and numbers,
     and every NaN or infinity as None. In a dict, a key whose number is not finite gets a
     "<key>_note" beside it: `notes[key]` when given (why it is undefined), else
-    UNDEFINED_NOTE. Lists keep their length (None in place)."""
+    UNDEFINED_NOTE; so does a key already None that `notes` names. Lists keep their length
+    (None in place)."""
     notes = notes or {}
     if isinstance(value, np.ndarray):
         value = value.tolist()
@@ -138,7 +139,8 @@ def strict(value, notes: dict | None = None):
         for k, v in value.items():
             item = strict(v, notes)
             out[k] = item
-            if item is None and _not_finite(v) and f"{k}_note" not in value:
+            # a number that is not finite, or a null the writer has a reason for
+            if item is None and (_not_finite(v) or str(k) in notes) and f"{k}_note" not in value:
                 out[f"{k}_note"] = notes.get(str(k), UNDEFINED_NOTE)
         return out
     if isinstance(value, (list, tuple)):

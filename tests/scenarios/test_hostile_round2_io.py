@@ -429,3 +429,12 @@ def test_localize_refuses_a_recording_at_an_absurd_sample_rate(clip, tmp_path):
     code, out = cli_process("localize", clip / "run", odd, good, "--out", tmp_path / "loc", "--device", "cpu")
     refused(code, out, str(odd), "sample rate 1 Hz")
     assert (tmp_path / "loc" / "good.csv").exists() and not (tmp_path / "loc" / "odd.csv").exists()
+
+
+def test_a_silent_recording_says_why_it_has_no_mean_azimuth(clip, tmp_path):
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.zeros((16000, 2)), 16000)
+    code, out = cli("localize", clip / "run", quiet, "--out", tmp_path / "loc", "--device", "cpu")
+    assert code == 0, out
+    summary = strict_json(tmp_path / "loc" / "quiet.json")
+    assert summary["circular_mean_azimuth_deg"] is None and "silent" in summary["circular_mean_azimuth_deg_note"]
