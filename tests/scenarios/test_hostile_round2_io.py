@@ -438,3 +438,29 @@ def test_a_silent_recording_says_why_it_has_no_mean_azimuth(clip, tmp_path):
     assert code == 0, out
     summary = strict_json(tmp_path / "loc" / "quiet.json")
     assert summary["circular_mean_azimuth_deg"] is None and "silent" in summary["circular_mean_azimuth_deg_note"]
+
+
+def _latin1_name(folder: Path, stem: bytes) -> Path:
+    """A file whose name holds a Latin-1 byte (not UTF-8), as an old archive leaves them."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + stem + b"\xe9.wav"))
+
+
+def test_a_sound_named_in_latin1_is_skipped_with_a_note(sounds, tmp_path):
+    odd = _latin1_name(sounds, b"caf")
+    shutil.copy(sounds / "s0.wav", odd)
+    code, out = cli_process("spatialize", sounds, tmp_path / "out", "--env", "anechoic", "--azimuths", "0,90",
+                            "--workers", "0")
+    assert code == 0 and "Traceback" not in out, out
+    assert "not UTF-8" in out
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["totals"]["inputs"] == 3
+    refused(*cli_process("spatialize", odd, tmp_path / "one", "--env", "anechoic", "--azimuths", "0,90"),
+            "not UTF-8")
+
+
+def test_localize_names_a_recording_named_in_latin1_and_goes_on(clip, tmp_path):
+    good = wav(tmp_path / "good.wav")
+    odd = _latin1_name(tmp_path, b"rec")
+    shutil.copy(good, odd)
+    refused(*cli_process("localize", clip / "run", odd, good, "--out", tmp_path / "loc", "--device", "cpu"),
+            "not UTF-8")
+    assert (tmp_path / "loc" / "good.json").exists() and len(list((tmp_path / "loc").iterdir())) == 3

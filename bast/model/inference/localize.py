@@ -100,6 +100,10 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
     from scipy.signal import resample_poly
 
     path = options.input_file(path, "AUDIO", "audio file")  # a FIFO would block the read
+    try:  # libsndfile, the outputs' names and the figures' titles need the name as text
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{str(path)!r}: its name is not UTF-8 text; rename the file") from None
     try:
         data, fs = sf.read(str(path), dtype="float64", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError, OSError
