@@ -329,7 +329,9 @@ def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
     if n_classes is None:
         n_classes = max(seen, default=0)
         if n_classes == 0:
-            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}; give the number of classes")
+            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}: nothing to detect and nothing "
+                            "predicted; give the number of classes (--classes N) to score it as DCASE does "
+                            "(docs/seld.md, Empty references)")
     elif n_classes < 1:
         raise ConfigError(f"the number of classes must be positive, not {n_classes}")
     return score_recordings(pairs, n_classes, doa_threshold=doa_threshold, average=average)
