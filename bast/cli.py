@@ -43,6 +43,11 @@ def command(fn):
         except BastError as exc:
             err.print(Text.assemble(("error: ", "bold red"), str(exc)))  # not markup: messages hold [ ]
             raise typer.Exit(1) from None
+        except UnicodeDecodeError as exc:  # a text file in another encoding, met by a reader that does not name it
+            bad = exc.object[exc.start:exc.start + 1].hex() if isinstance(exc.object, bytes) else "?"
+            err.print(Text.assemble(("error: ", "bold red"), f"a text file given is not UTF-8 (byte 0x{bad} at offset "
+                                    f"{exc.start}: {exc.reason}); save it as UTF-8"))
+            raise typer.Exit(1) from None
         except OSError as exc:  # a full, read-only or forbidden disk met outside bast's own writes
             from bast.fileio import storage_advice, storage_errno
 
@@ -276,6 +281,12 @@ def scenes(
         tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
     )
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
+    if export_dcase is not None:  # before any work: the export never lands on an input
+        from bast.pipeline.render.dcase_export import check_export_output
+        from bast.pipeline.render.outputs import stage1_inputs
+
+        check_export_output(export_dcase, out, stage1_inputs(found.refs, config.spatialize_config(), found.info),
+                            option="--export-dcase")
     conditions = layout(config.spatialize_config()).splits
     renders = count * max(len(c) for c in conditions.values())
     console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
@@ -562,15 +573,25 @@ def _print_test(result: dict, out: Path) -> None:
     if "great_circle_deg" in result:
         console.print(f"[bold green]test[/] on the sphere: great circle {result['great_circle_deg']:.1f} deg, lateral "
                       f"{result['lateral_error_deg']:.1f} deg, polar {result['polar_error_deg']:.1f} deg, quadrant "
-                      f"error {result['quadrant_error_pct']:.1f} %")
+                      f"error {_figure(result['quadrant_error_pct'], '.1f')} %")
     if "accuracy" in result:
         console.print(f"[bold green]test[/] classes: accuracy {result['accuracy']:.3f} (chance "
-                      f"{result['chance_accuracy']:.3f}), macro F1 {result['macro_f1']:.3f}, n={result['n']}")
+                      f"{_figure(result['chance_accuracy'], '.3f')}), macro F1 {_figure(result['macro_f1'], '.3f')}, "
+                      f"n={result['n']}")
     if on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
-                      f"ER20 {result['er20']:.2f}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
-                      f"SELD score {result['seld_score']:.3f}; DCASE CSVs in {out / 'eval' / 'seld'}")
+                      f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
+                      f"SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
+        if result.get("note"):
+            console.print(f"[yellow]note[/]: {result['note']}")
     console.print(f"run: {out}")
+
+
+def _figure(value, spec: str) -> str:
+    """A figure as text; an undefined one (None, NaN: eval JSON's null) as 'undefined'."""
+    import math
+
+    return "undefined" if value is None or not math.isfinite(float(value)) else format(value, spec)
 
 
 def _parse_value(text: str):
@@ -607,8 +628,8 @@ def report(
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     for label, r in summary.get("seld", {}).items():
         m = r.get("test", r)  # a run's test, or the "predict nothing" scores
-        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {m['er20']:.2f}, LE {m['le_deg']:.1f} deg, "
-                      f"LR {100 * m['lr']:.1f} %, SELD score {m['seld_score']:.3f}")
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE {m['le_deg']:.1f} deg, "
+                      f"LR {100 * m['lr']:.1f} %, SELD score {_figure(m['seld_score'], '.3f')}")
     console.print(f"report: {page}")
 
 
@@ -651,8 +672,9 @@ def evaluate(
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
             if on_scenes(m):  # docs/seld.md
-                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}", f"{m['le_deg']:.1f}",
-                           f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}", f"{m['n']:,}", how)
+                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", _figure(m['er20'], '.2f'),
+                           f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", _figure(m['seld_score'], '.3f'), f"{m['n']:,}",
+                           how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
                 continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
@@ -681,14 +703,16 @@ def seld_metrics(
     implementation computes them; files are matched by name, and a missing or extra file
     is an error.
     """
-    from bast.fileio import atomic_write_text, json_default, versions
-    from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
-    from bast.dcase.metrics import score_directories
     from bast import options
+    from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
+    from bast.dcase.metrics import SELD_NOTES, score_directories
+    from bast.fileio import atomic_write_text, json_text, versions
 
     if classes is not None:  # per-class counts are allocated for each: sized before
         options.budget(options.count(classes, "--classes", 1), CLASS_BYTES, f"--classes {classes}", "classes",
                        most=MAX_CLASSES)
+    if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
+        options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
     s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
     t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):
@@ -702,10 +726,13 @@ def seld_metrics(
     console.print(t)
     console.print(f"ER {s.er:.3f} (S {d['substitutions']}, D {d['deletions']}, I {d['insertions']}), "
                   f"F {100 * s.f:.1f} %, LE {s.le:.1f} deg, LR {100 * s.lr:.1f} %, SELD {s.seld:.3f}")
+    if s.note:
+        console.print(f"[yellow]note[/]: {s.note}")
     if json_out is not None:
         d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
                  doa_threshold_deg=threshold, versions=versions())
-        atomic_write_text(json_out, json.dumps(d, indent=1, default=json_default) + "\n")
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_out, json_text(d, SELD_NOTES) + "\n")
         console.print(f"scores: {json_out}")
 
 
@@ -781,7 +808,7 @@ def _localize_clip(run, model, dev, target, path, out, stem, hop_ms, window_ms) 
 
 
 def _localize_seld(run, model, dev, target, path, out, stem) -> str:
-    from bast.fileio import atomic_write_text
+    from bast.fileio import write_json
     from bast.model.inference.seld import localize_recording
     from bast.model.runs.checkpoint import read_run_config
     from bast.report.figures import seld_timeline
@@ -793,7 +820,7 @@ def _localize_seld(run, model, dev, target, path, out, stem) -> str:
     write_dcase_csv(csv_path, loc.rows)
     seld_timeline(loc.rows, png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
     s = {**loc.summary(), "run": str(run), "device": str(dev), "csv": str(csv_path), "png": str(png)}
-    atomic_write_text(out / f"{stem}.json", json.dumps(s, indent=1))
+    write_json(out / f"{stem}.json", s)
     by_class = ", ".join(f"{c} {n}" for c, n in s["rows_by_class"].items())
     return (f"{path}: {s['windows']} windows, {s['label_frames']} frames of 100 ms, {s['duration_s']:.2f} s at "
             f"{s['sample_rate_in']} Hz; {s['rows']} event rows ({by_class}) -> {csv_path} (DCASE), {png}")

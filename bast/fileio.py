@@ -6,6 +6,8 @@ import contextlib
 import errno
 import hashlib
 import importlib.metadata
+import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -113,3 +115,52 @@ def json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+# Why a figure has no value, written beside it as "<key>_note" when the writer names none.
+UNDEFINED_NOTE = "undefined for this data (nothing to compute it from)"
+
+
+def strict(value, notes: dict | None = None):
+    """`value` in plain, strict JSON types: numpy arrays and scalars as lists and numbers,
+    and every NaN or infinity as None. In a dict, a key whose number is not finite gets a
+    "<key>_note" beside it: `notes[key]` when given (why it is undefined), else
+    UNDEFINED_NOTE; so does a key already None that `notes` names. Lists keep their length
+    (None in place)."""
+    notes = notes or {}
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            item = strict(v, notes)
+            out[k] = item
+            # a number that is not finite, or a null the writer has a reason for
+            if item is None and (_not_finite(v) or str(k) in notes) and f"{k}_note" not in value:
+                out[f"{k}_note"] = notes.get(str(k), UNDEFINED_NOTE)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [strict(v, notes) for v in value]
+    return value
+
+
+def _not_finite(v) -> bool:
+    try:
+        return isinstance(v, (float, np.floating)) and not math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def json_text(value, notes: dict | None = None, indent: int | None = 1) -> str:
+    """Strict JSON text of `value` (`strict`: null, never NaN or Infinity, with the reason
+    beside it); anything JSON has no type for as its text."""
+    return json.dumps(strict(value, notes), indent=indent, allow_nan=False, default=json_default)
+
+
+def write_json(path, value, notes: dict | None = None, indent: int | None = 1) -> None:
+    """`path` written atomically as strict JSON (`json_text`)."""
+    atomic_write_text(path, json_text(value, notes, indent))

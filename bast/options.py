@@ -188,14 +188,9 @@ def _inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def output_dir(path, option: str, *, inputs=(), owned=()) -> Path:
-    """`path` as an output folder: not an existing file, not one of the `inputs` nor inside
-    one, and holding no input in the parts of it the command writes or clears (`owned`,
-    names relative to it: e.g. "shards", "manifest.json"), so --overwrite can never delete
-    what the command reads. `inputs` are paths, or (option, path) pairs to name them."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path}: an existing file, not a folder; give a folder (new or existing)")
+def _clear_of_inputs(path: Path, option: str, inputs, owned=()) -> None:
+    """`path` (an output folder or file) is none of the `inputs`, nor inside one, and no
+    input lies in the parts of it the command writes (`owned`)."""
     out = path.resolve()
     for item in inputs:
         name, inp = item if isinstance(item, tuple) else ("an input", item)
@@ -210,4 +205,36 @@ def output_dir(path, option: str, *, inputs=(), owned=()) -> Path:
             if _inside(src, out / part):
                 raise ConfigError(f"{name} {inp} lies in {path / part}, which this command writes and "
                                   f"--overwrite clears; move it, or write to another {option}")
+
+
+def output_dir(path, option: str, *, inputs=(), owned=()) -> Path:
+    """`path` as an output folder: not an existing file, not one of the `inputs` nor inside
+    one, and holding no input in the parts of it the command writes or clears (`owned`,
+    names relative to it: e.g. "shards", "manifest.json"), so --overwrite can never delete
+    what the command reads. `inputs` are paths, or (option, path) pairs to name them."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path}: an existing file, not a folder; give a folder (new or existing)")
+    _clear_of_inputs(path, option, inputs, owned)
+    return path
+
+
+def output_file(path, option: str, *, inputs=()) -> Path:
+    """`path` as an output file (written whole, replacing an older one): not a folder or
+    anything but a regular file, not one of the `inputs` nor inside an input folder, and
+    in a folder that exists (or can be made: its nearest existing parent is a folder)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(f"{option} {path}: cannot use it ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{option} {path}: {_kind(mode)}; give the name of a file to write")
+    _clear_of_inputs(path, option, inputs)
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a folder")
     return path

@@ -97,6 +97,15 @@ def _walk(root: Path, exclude: Path | None):
     return audio, other
 
 
+def _utf8(path: Path) -> bool:
+    """Whether the name can be written as UTF-8 (a Latin-1 byte in a name cannot)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _category_from(rel: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else ""
 
@@ -177,14 +186,20 @@ def _scan(source: Path, exclude: Path | None, ignored: list[str],
     if source.is_dir():
         audio, other = _walk(source, exclude)
         ignored.extend(str(p) for p in other)
+        unnamed = [p for p in audio if not _utf8(p)]  # every record of a sound names it in UTF-8
+        if unnamed:
+            warnings.append(f"skipped {len(unnamed)} sound file(s) whose name is not UTF-8 text, e.g. "
+                            f"{str(unnamed[0])!r}; rename them to use them")
         entries = []
-        for p in audio:
+        for p in (p for p in audio if _utf8(p)):
             rel = p.relative_to(source)
             entries.append(_Entry(rel.as_posix(), Path(os.path.abspath(p)), _category_from(rel), None))
         return entries
     if source.suffix.lower() == ".csv":
         return _read_manifest(source, warnings)
     if is_audio_path(source):
+        if not _utf8(source):
+            raise DataError(f"sound source {str(source)!r}: its name is not UTF-8 text; rename it")
         return [_Entry(source.name, Path(os.path.abspath(source)), "", None)]
     raise DataError(f"sound source {source} is neither a folder, a CSV manifest (.csv) nor an "
                      f"audio file ({', '.join(sorted(e[1:] for e in AUDIO_EXTENSIONS))})")

@@ -13,11 +13,11 @@ Pure numpy: the CLI, the pipeline and the model's evaluation can all use it.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from bast.errors import ConfigError, DataError, MissingError
+from bast import options
+from bast.errors import ConfigError, DataError
 from bast.fileio import atomic_write_text
 from bast.options import budget
 from bast.sphere import wrap_azimuth
@@ -73,11 +73,9 @@ def read_dcase_csv(path) -> np.ndarray:
     """Rows (n, 5) of a DCASE-format CSV: `frame,class,source,azimuth,elevation[,distance]`
     without a header, degrees; the distance is read past, as DCASE 2023 does (see
     `parse_dcase_csv` for it). Bad rows raise DataError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingError(f"{path}: no such file")
+    path = options.input_file(path, "CSV", "DCASE CSV file")  # a FIFO is refused, never opened (it would block)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV starts with a BOM: read past it
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a text CSV in UTF-8 ({exc.reason} at byte {exc.start}); a DCASE file holds "
                         "rows frame,class,source,azimuth,elevation") from None

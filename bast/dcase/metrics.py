@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from bast import options
 from bast.dcase.files import read_dcase_csv
 from bast.errors import ConfigError, DataError, MissingError
 
@@ -32,6 +33,19 @@ FRAMES_PER_SEGMENT = 10  # 1 s of 100 ms label frames
 DOA_THRESHOLD_DEG = 20.0
 # The reference divides by (eps + ...) everywhere; the same eps keeps results bit-close.
 _EPS = np.finfo(np.float64).eps
+
+# A reference without any event (docs/seld.md "Empty references"). The DCASE 2023 tool
+# fails on an empty reference file (it takes the largest frame index of no rows); its
+# formulas, applied to the counts, give ER = insertions / eps (about 1e15 per insertion)
+# when something is predicted, and ER 0, F 0, LE 180, LR 0 (SELD 0.75) when nothing is.
+# bast keeps the latter, DCASE's values, with a note; the former is no number: ER and the
+# SELD score are undefined (NaN here, null in JSON, refused by `bast-cli seld-metrics`).
+NO_EVENTS_NOTE = ("the reference holds no events to score: ER is 0 as nothing was predicted; F 0, LE 180 deg and "
+                  "LR 0 are DCASE's values when there is nothing to detect or localize")
+UNDEFINED_ER_NOTE = ("undefined: the reference holds no events to score, and the error rate divides by their "
+                     "number (DCASE's formula gives insertions / 2.2e-16)")
+SELD_NOTES = {"ER": UNDEFINED_ER_NOTE, "SELD": UNDEFINED_ER_NOTE, "er20": UNDEFINED_ER_NOTE,
+              "seld_score": UNDEFINED_ER_NOTE}
 
 
 # ----------------------------------------------------------------------------- counting
@@ -209,9 +223,16 @@ class SeldScores:
     class_seld: np.ndarray
     counts: SeldCounts
 
+    @property
+    def note(self) -> str | None:
+        """Why the scores are not what they seem: a reference without events."""
+        if self.counts.n_ref.sum():
+            return None
+        return UNDEFINED_ER_NOTE if np.isnan(self.er) else NO_EVENTS_NOTE
+
     def to_dict(self) -> dict:
         c = self.counts
-        return {
+        return {**({"note": self.note} if self.note else {}),
             "average": self.average,
             "overall": {"ER": self.er, "F": self.f, "LE": self.le, "LR": self.lr, "SELD": self.seld},
             "classes": [{"class": k, "F": float(self.class_f[k]), "LE": float(self.class_le[k]),
@@ -233,7 +254,9 @@ def scores(c: SeldCounts, average: str = "macro") -> SeldScores:
     """The metrics of accumulated counts (`SELDMetrics.compute_seld_scores`). A class with
     no matched track has LE 180 degrees; one that never occurs scores F 0 and LR 0 under
     the macro average, as in the reference."""
-    er = (c.substitutions + c.deletions + c.insertions) / (c.n_ref.sum() + _EPS)
+    errors = c.substitutions + c.deletions + c.insertions
+    # no reference events but some predicted: DCASE's errors / eps is no error rate
+    er = errors / (c.n_ref.sum() + _EPS) if c.n_ref.sum() or not errors else float("nan")
     class_f = c.tp / (_EPS + c.tp + c.fp_spatial + 0.5 * (c.fp + c.fn))
     class_le = np.where(c.de_tp == 0, 180.0, c.total_de / (c.de_tp + _EPS))
     class_lr = c.de_tp / (_EPS + c.de_tp + c.de_fn)
@@ -271,7 +294,8 @@ def pair_csv_files(ref_dir, pred_dir) -> list[tuple[Path, Path]]:
     found = {}
     for role, folder in (("reference", Path(ref_dir)), ("prediction", Path(pred_dir))):
         if not folder.is_dir():
-            raise MissingError(f"{folder}: no such {role} folder")
+            raise (DataError(f"{folder}: not a folder; give the folder of {role} CSV files") if folder.exists()
+                   else MissingError(f"{folder}: no such {role} folder"))
         names: dict[str, Path] = {}
         for path in sorted(folder.rglob("*.csv")):
             if path.name in names:
@@ -293,14 +317,21 @@ def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
                       doa_threshold: float = DOA_THRESHOLD_DEG, average: str = "macro") -> SeldScores:
     """Scores of every prediction CSV in `pred_dir` against the reference CSV of the same
     name in `ref_dir`. Without `n_classes`, the classes are 0 to the largest index seen."""
-    if doa_threshold <= 0:
-        raise ConfigError(f"the DOA threshold must be positive, not {doa_threshold!r}")
+    # 180 deg is the farthest two directions can be: a larger threshold would count any
+    # direction as a hit (NaN or inf used to be scored)
+    options.number(doa_threshold, "--threshold", lo=0.0, hi=180.0, lo_open=True, unit="deg")
     pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
+    if not any(len(ref) for ref, _ in pairs) and any(len(pred) for _, pred in pairs):
+        raise DataError(f"{ref_dir}: the reference holds no events in any file, but the predictions do; the error rate "
+                        "and the SELD score are undefined without reference events (DCASE's formula divides by "
+                        "their number: ER = insertions / 2.2e-16), so nothing is scored")
     seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
     if n_classes is None:
         n_classes = max(seen, default=0)
         if n_classes == 0:
-            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}; give the number of classes")
+            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}: nothing to detect and nothing "
+                            "predicted; give the number of classes (--classes N) to score it as DCASE does "
+                            "(docs/seld.md, Empty references)")
     elif n_classes < 1:
         raise ConfigError(f"the number of classes must be positive, not {n_classes}")
     return score_recordings(pairs, n_classes, doa_threshold=doa_threshold, average=average)

@@ -29,8 +29,9 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from bast import options
 from bast.errors import ConfigError, DataError, StageError, TrainingError
-from bast.fileio import atomic_write_text, versions
+from bast.fileio import atomic_write_text, json_text, versions, write_json
 from bast.model.nets.bast import count_parameters
 from bast.model.runs.checkpoint import (unwrap, copy_checkpoint, load_checkpoint, load_model, read_run_config,
                                    remove_leftovers, restore_rng, rng_state, save_checkpoint)
@@ -183,8 +184,7 @@ def train(features_dir, run_dir, cfg: TrainConfig, resume: bool = False,
     run_dir = Path(run_dir)
     if resume_changes and not resume:
         raise ConfigError("resume_changes applies to resume=True only")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is an existing file, not a run directory")
+    check_run_dir(run_dir, features_dir)
     say = on_info if on_info and int(os.environ.get("RANK", "0")) == 0 else (lambda text: None)
     with _writer_lock(run_dir):
         saved = None
@@ -235,6 +235,7 @@ def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False
     if on_scenes(cfg.target):  # before any work: scenes are not drawn on the fly
         raise ConfigError(f"--target {cfg.target} learns from whole scenes; training on the fly draws clips from a "
                           "spatialize folder (train scenes from their Stage 2 folder, docs/seld.md)")
+    check_run_dir(run_dir, stage1_dir, "the Stage 1 folder")
     recipe = read_recipe(stage1_dir)
     cfg = dataclasses.replace(cfg, on_the_fly=True, stage1_dir=str(recipe.stage1.resolve()),
                               epoch_samples=cfg.epoch_samples or default_epoch_samples(recipe))
@@ -243,6 +244,19 @@ def train_on_the_fly(stage1_dir, run_dir, cfg: TrainConfig, resume: bool = False
                 f"{run_dir / 'heldout'}")
     features_dir = heldout_features(recipe, run_dir, cfg.model.features)
     return train(features_dir, run_dir, cfg, resume, on_info=on_info, **kwargs)
+
+
+# What a run writes in its folder: no input may lie there.
+RUN_OWNED = ("config.json", "metrics.jsonl", "checkpoints", "eval", "heldout", "heldout-stage1")
+
+
+def check_run_dir(run_dir: Path, data_dir, name: str = "the Stage 2 folder") -> None:
+    """--out is a folder (new, or a run to resume) that is not the data it trains on nor
+    inside it, and no data lies where a run writes. A run on the fly reads RUN/heldout, its
+    own output, which is no input of the run's folder."""
+    if data_dir is not None and Path(data_dir).resolve() == (run_dir / "heldout").resolve():
+        data_dir = None
+    options.output_dir(run_dir, "--out", inputs=[(name, data_dir)], owned=RUN_OWNED)
 
 
 def trained_on_the_fly(run_dir) -> bool:
@@ -261,13 +275,27 @@ def _writer_lock(run_dir: Path):
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
+    fresh = not run_dir.exists()
     try:
         with DirectoryLock(run_dir):
-            yield
+            try:
+                yield
+            except BaseException:
+                if fresh:  # a run refused before it wrote anything leaves no folder behind
+                    _remove_if_untouched(run_dir)
+                raise
     except StageError as exc:
         if "in use by another run" in str(exc):
             raise TrainingError(f"{exc} (a live `bast-cli train` writes it)") from None
         raise
+
+
+def _remove_if_untouched(run_dir: Path) -> None:
+    """Remove `run_dir` when it holds nothing but its lock (made by this process)."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in run_dir.iterdir()] == [".lock"]:
+            (run_dir / ".lock").unlink()
+            run_dir.rmdir()
 
 
 def resume_settings(run_dir: Path, features_dir, changes: dict | None) -> tuple[dict, TrainConfig]:
@@ -458,7 +486,7 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
     info = describe(ctx, cfg, splits.data, cfg.batch_size // ctx.world,
                     torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps({
+    write_json(run_dir / "config.json", {
         **cfg.to_dict(), "features_dir": str(Path(features_dir).resolve()),
         "data_sha256": data_sha256(features_manifest(features_dir)), "parameters": count_parameters(model),
         "train_samples": cfg.epoch_samples if cfg.on_the_fly else splits.train_sel.samples,
@@ -467,7 +495,7 @@ def write_run_record(run_dir: Path, features_dir, cfg: TrainConfig, ctx: Context
         "loader": type(splits.data).__name__, "world_size": ctx.world,
         # the settings device, amp and compile stay as given; what they resolved to:
         "device_used": str(ctx.device), "autocast_dtype": str(ctx.amp_dtype), "tf32": ctx.tf32,
-        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg, ctx.device), "versions": versions()}, indent=1))
+        "compiled": ctx.compile, "setup": info, **_recipe_record(cfg, ctx.device), "versions": versions()})
 
 
 def _recipe_record(cfg: TrainConfig, device) -> dict:
@@ -601,9 +629,10 @@ def save_epoch(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: Context, 
 
 
 def _append_row(run_dir: Path, row: dict) -> None:
-    """One metrics.jsonl line in one write (a kill leaves at most that line torn; resume drops it)."""
+    """One metrics.jsonl line in one write (a kill leaves at most that line torn; resume drops it);
+    strict JSON: a figure that is not finite is null, with a note beside it."""
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row, allow_nan=False) + "\n")
+        f.write(json_text(row, indent=None) + "\n")
 
 
 def _all_ranks(ctx: Context, flag: bool) -> bool:
@@ -651,6 +680,12 @@ def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
         raise TrainingError("--model seldnet is a SELD model: it trains with --target seld on scene data")
     if needs_classes(cfg.target) and not cfg.classes:
         cfg = dataclasses.replace(cfg, classes=data_classes(features_dir))
+    if needs_classes(cfg.target) and not kind.scenes and len(cfg.classes or ()) < 2:
+        # one class: accuracy 1.0 beside chance 1.0, a result that says nothing
+        raise TrainingError(f"--target {cfg.target}: {features_dir} holds {len(cfg.classes or ())} sound "
+                            f"categor{'y' if len(cfg.classes or ()) == 1 else 'ies'} "
+                            f"({', '.join(map(str, cfg.classes or ())) or 'none'}); a classifier needs two or more "
+                            "(spatialize sounds of several categories, or train --target azimuth or direction)")
     settings = target_of(cfg).model_settings(model_fields(cfg.arch))
     if any(getattr(cfg.model, k) != v for k, v in settings.items()):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
@@ -669,4 +704,4 @@ def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context, data) -> Non
     gathered: list = [None] * ctx.world
     dist.all_gather_object(gathered, mine)
     if ctx.main:
-        atomic_write_text(run_dir / "ddp.json", json.dumps(gathered))
+        write_json(run_dir / "ddp.json", gathered, indent=None)

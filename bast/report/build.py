@@ -20,11 +20,11 @@ import numpy as np
 from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
-from bast.fileio import atomic_path, atomic_write_text, json_default
+from bast.fileio import atomic_path, atomic_write_text, write_json
 from bast.model.evaluation import evaluate
 from bast.model.evaluation import runs as transfer
 from bast.model.targets import metrics as ev
-from bast.model.targets.names import on_scenes
+from bast.model.targets.names import METRIC_NOTES, on_scenes
 from bast.report import figures, stats
 from bast.report import seld as seldreport
 from bast.report.paper import PAPER_BASELINES, PAPER_TABLE3, TABLE1_BY_BACKBONE
@@ -159,6 +159,10 @@ def _check_finite(run) -> None:
                         "; its training did not end with a usable test evaluation (bast-cli train writes it)")
 
 
+# What a report writes in its folder besides CSV files: no run may lie there.
+REPORT_OWNED = ("figures", "index.html", "summary.json")
+
+
 def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu",
                  per_set_figures: bool = False) -> tuple[Path, dict]:
     """Write REPORT/index.html (self-contained), figures/*.png, summary.json and CSVs.
@@ -170,7 +174,7 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
     options.count(rollout_samples, "--rollout-samples", 0, MAX_ROLLOUT_SAMPLES)
     if not run_dirs:
         raise ConfigError("no runs given")
-    options.output_dir(out, "--out", inputs=[("the run", p) for p in run_dirs])
+    options.output_dir(out, "--out", inputs=_report_inputs(run_dirs), owned=REPORT_OWNED)
     runs = _load_runs(run_dirs, device)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -189,10 +193,26 @@ def build_report(run_dirs, out_dir, rollout_samples: int = 2, device: str = "cpu
         if explained is not None:
             sections.append(_rollout_section(explained, fig_dir, rollout_samples, device))
 
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=json_default))
+    write_json(out / "summary.json", summary, METRIC_NOTES)
     page = _page(sections, out)
     atomic_write_text(out / "index.html", page)
     return out / "index.html", summary
+
+
+def _report_inputs(run_dirs) -> list[tuple[str, str]]:
+    """What a report reads: the runs, and the data each was trained on (attention rollout
+    reads its test samples), named for messages. A run whose config cannot be read is
+    named by `load_run` later."""
+    inputs = []
+    for p in run_dirs:
+        inputs.append(("the run", p))
+        try:
+            data = json.loads((Path(p) / "config.json").read_text()).get("features_dir")
+        except (OSError, ValueError, AttributeError):
+            data = None
+        if isinstance(data, str):
+            inputs.append((f"the data of run {p}", data))
+    return inputs
 
 
 def _load_runs(run_dirs, device: str) -> list[Run]:

@@ -6,7 +6,6 @@ test (eval/test.json, eval/test_predictions.csv); `bast.model.evaluation.runs` f
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from bast.errors import DataError
-from bast.fileio import atomic_write_text, json_default
+from bast.fileio import write_json
+from bast.model.targets.names import METRIC_NOTES
 from bast.model.targets import losses
 from bast.model.runs.checkpoint import load_model
 from bast.model.runs.config import TrainConfig
@@ -137,7 +137,7 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
     data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target)
     metrics, table = score_clips(model, data, ctx, lambda table: _test_figures(table, cfg, run_dir, test_sel.root))
     (run_dir / "eval").mkdir(exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "test.json", json.dumps(metrics, indent=1, default=json_default))
+    write_json(run_dir / "eval" / "test.json", metrics, METRIC_NOTES)
     save_predictions(table, run_dir / "eval" / "test_predictions.csv")
     return metrics
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.conventions import parse_environments
 from bast.errors import ConfigError, DataError, MissingError
-from bast.fileio import atomic_write_text, json_default, sha256_file
+from bast.fileio import sha256_file, write_json
 from bast.model.runs.checkpoint import load_model, read_metrics, read_run_config
 from bast.model.data.loaders import EvalData, Selection, data_classes
 from bast.model.evaluation.evaluate import eval_device, score_clips
@@ -21,7 +22,7 @@ from bast.model.runs.runtime import Context
 from bast.model.data.manifest import (check_spectrogram_params, current_spectrogram_params, data_sha256, features_manifest, is_scenes_manifest, spectrogram_params,
                                       window_spectrogram_params)
 from bast.model.targets.core import target_of
-from bast.model.targets.names import on_scenes
+from bast.model.targets.names import METRIC_NOTES, on_scenes
 from bast.pipeline.features import kinds as featurekinds
 
 # ----------------------------------------------------------------------------- a run on any data set
@@ -76,6 +77,8 @@ def evaluate_run(run_dir, features_dir, split: str = "test", envs=None, device: 
     features_dir = Path(features_dir).resolve()
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split {split!r}: choose from {', '.join(EVAL_SPLITS)}")
+    # what evaluate writes, RUN/eval, is never the data it reads nor inside it
+    options.output_dir(run_dir / "eval", "the run's evaluation folder", inputs=[("--on", features_dir)])
     config = read_run_config(run_dir)
     ckpt = run_dir / "checkpoints" / "best.pt"
     if not ckpt.exists():
@@ -154,7 +157,7 @@ def _evaluate_clips(run_dir: Path, out: Path, model, cfg, sel: Selection, ctx: C
     result, table = score_clips(model, data, ctx, lambda table: _set_figures(table, head, run_dir, sel.root))
     out.mkdir(parents=True, exist_ok=True)
     save_predictions(table, out / "predictions.csv")
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=1, default=json_default))
+    write_json(out / "metrics.json", result, METRIC_NOTES)
     return result
 
 
@@ -235,5 +238,5 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
                                               "created")}
     sets[name]["metrics"] = f"eval/{name}/metrics.json"
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "eval" / "index.json", json.dumps(index, indent=1, default=json_default))
+    write_json(run_dir / "eval" / "index.json", index, METRIC_NOTES)
 

@@ -13,7 +13,6 @@ beside them (eval/seld/ref, eval/seld/pred) gives the same numbers.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from bast.errors import DataError
-from bast.fileio import atomic_write_text, json_default
+from bast.fileio import write_json
+from bast.model.targets.names import METRIC_NOTES
 from bast.model.runs.runtime import Context, autocast, full_precision
 from bast.model.data.scenes import SceneWindows
 from bast.model.targets.adpit import adpit_loss, decode
@@ -108,7 +108,8 @@ def metrics_of(results: dict, classes) -> dict:
         if not pairs:
             return {"n": 0}, None
         s = score_recordings(pairs, n_classes)
-        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld}, s
+        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld,
+                **({"note": s.note} if s.note else {})}, s
 
     overall, scores = score([True] * len(results["names"]))
     metrics = {**overall, "loss": results["loss_sum"] / results["windows"] if results["windows"] else math.nan,
@@ -151,12 +152,13 @@ def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Pa
     (metrics, per class and environment, `extra`; `evaluate` names it metrics.json) and
     the DCASE CSVs under out_dir/seld, written before the metrics file that vouches for them."""
     metrics, results = seld_evaluate(model, data, ctx, target)
-    if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in ("loss", "er20", "f20", "le_deg", "lr")):
+    # ER (and the SELD score) alone may be undefined: test scenes without events (null in JSON, with a note)
+    if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in ("loss", "f20", "le_deg", "lr")):
         raise DataError(f"the SELD test on {data.sel.root} gave loss {metrics.get('loss')} over {metrics['n']} "
                         "scenes; nothing written (non-finite spectra? re-run bast-cli featurize)")
     metrics.update(target=target.name, classes_list=list(target.classes), window_frames=data.length,
                    label_frames_per_window=data.label_frames, **extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dcase(results, out_dir / "seld")
-    atomic_write_text(out_dir / metrics_file, json.dumps(metrics, indent=1, default=json_default))
+    write_json(out_dir / metrics_file, metrics, METRIC_NOTES)
     return metrics

@@ -18,7 +18,6 @@ gets no azimuth, when its level is below `SILENCE_DBFS` (-60 dBFS) or more than
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from bast import options
 from bast.conventions import CLIP_SAMPLES, FS
 from bast.errors import ConfigError, DataError
-from bast.fileio import atomic_path, atomic_write_text
+from bast.fileio import atomic_path, write_json
 from bast.model.data.loaders import model_input
 
 WINDOW_MS = 1000.0 * CLIP_SAMPLES / FS  # 500 ms: what the model reads
@@ -89,6 +88,11 @@ class Localization:
                 "max_level_dbfs": float(np.max(self.level_dbfs)), **self.info}
 
 
+# Sample rates of recordings localize reads (resampled to 16 kHz): the telephone band to the
+# highest rate audio interfaces record at, as for SOFA sets (bast/pipeline/irs/sofa.py).
+MIN_FS_IN, MAX_FS_IN = 8000, 768000
+
+
 def read_binaural(path) -> tuple[np.ndarray, int]:
     """(audio (2, samples) float32 at 16 kHz, the file's own rate). DataError naming the file
     when libsndfile cannot read it or it does not have exactly 2 channels."""
@@ -96,10 +100,19 @@ def read_binaural(path) -> tuple[np.ndarray, int]:
     from scipy.signal import resample_poly
 
     path = options.input_file(path, "AUDIO", "audio file")  # a FIFO would block the read
+    try:  # libsndfile, the outputs' names and the figures' titles need the name as text
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{str(path)!r}: its name is not UTF-8 text; rename the file") from None
     try:
         data, fs = sf.read(str(path), dtype="float64", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError, OSError
         raise DataError(f"{path}: cannot read it as audio ({exc})") from None
+    if not len(data):
+        raise DataError(f"{path}: no samples (an empty or cut recording); localize needs audio")
+    if not MIN_FS_IN <= fs <= MAX_FS_IN:  # a 1 Hz header would resample one file into many gigabytes
+        raise DataError(f"{path}: sample rate {fs} Hz; localize reads recordings sampled from {MIN_FS_IN:,} to "
+                        f"{MAX_FS_IN:,} Hz (a damaged header?)")
     if data.shape[1] != 2:
         raise DataError(f"{path}: {data.shape[1]} channel(s); localize needs a binaural recording with exactly 2 "
                         "(left ear first, right ear second)")
@@ -250,7 +263,7 @@ def write_csv(loc: Localization, path) -> Path:
 
 def write_summary(loc: Localization, path, extra: dict | None = None) -> Path:
     path = Path(path)
-    atomic_write_text(path, json.dumps({**loc.summary(), **(extra or {})}, indent=1))
+    write_json(path, {**loc.summary(), **(extra or {})}, {"circular_mean_azimuth_deg": "every window is silent", "median_confidence": "every window is silent"})
     return path
 
 

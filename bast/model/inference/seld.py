@@ -98,10 +98,15 @@ def localize_recording(model: torch.nn.Module, path, target, window_frames: int,
     is shorter than one window."""
     from bast.model.inference.localize import read_binaural
 
+    from bast.pipeline.features.stft import n_frames
+
     audio, fs_in = read_binaural(path)
-    spec, kinds = recording_features(model, audio)
-    frames = spec.shape[-1]
-    starts = window_starts(frames, window_frames, ALIGNED_HOP)
+    # shorter than one window: said before the STFT, which has no frame of it to compute
+    starts = window_starts(max(n_frames(audio.shape[1]), 0), window_frames, ALIGNED_HOP)
+    if starts.size:
+        spec, kinds = recording_features(model, audio)
+        frames = spec.shape[-1]
+        starts = window_starts(frames, window_frames, ALIGNED_HOP)
     if starts.size == 0:
         raise DataError(f"{path}: {audio.shape[1] / FS * 1000:.0f} ms long; this SELD run reads windows of "
                         f"{window_ms(window_frames):g} ms ({window_frames} frames), and the recording holds none")

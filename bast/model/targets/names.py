@@ -14,6 +14,20 @@ DEFAULT = "azimuth"  # a run's config.json without a "target": the paper's
 _SCENE_TARGETS: set[str] = {"seld"}
 
 
+# Why a figure of a test or an evaluation is undefined, written beside it as "<key>_note"
+# where it is null (strict JSON: never NaN; bast.fileio.strict).
+METRIC_NOTES = {
+    "ad_deg": "no test samples", "median_ad_deg": "no test samples", "mse": "no test samples",
+    "front_back_rate": "no test sample off the interaural axis (truths at 90 or 270 deg only)",
+    "quadrant_error_pct": "no response within 30 deg of the median plane",
+    "accuracy": "no test samples", "chance_accuracy": "no classes", "macro_f1": "no class occurs",
+    "loss": "no windows scored",
+    # SELD (bast/dcase/metrics.py SELD_NOTES): test scenes without any event
+    "er20": "undefined: the test scenes hold no events, and the error rate divides by their number",
+    "seld_score": "undefined: the test scenes hold no events, and the error rate divides by their number",
+}
+
+
 def declare(name: str, scenes: bool) -> None:
     """Record whether the target `name` works on scenes (`register` in core.py calls it)."""
     if scenes:

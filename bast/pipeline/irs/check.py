@@ -12,13 +12,12 @@ interpolation's leave-one-out: docs/sphere.md.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from bast.errors import DataError
-from bast.fileio import atomic_path
+from bast.fileio import atomic_path, write_json
 from bast.pipeline.irs import acoustics
 from bast.pipeline.irs.rooms import room_record
 from bast.pipeline.irs.sofa import IRSet
@@ -254,11 +253,9 @@ def check_generated_rooms(rooms, hrir: str, azimuths_deg, elevations_deg=None, *
 
 def write_results(results: dict, out: Path) -> Path:
     """OUT/irs.json: every measurement `bast-cli irs` made."""
-    from bast.fileio import atomic_write_text, json_default
-
     path = Path(out) / "irs.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(results, indent=1, default=json_default))
+    write_json(path, results)
     return path
 
 

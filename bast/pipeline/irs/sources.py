@@ -184,7 +184,16 @@ def read_directions_csv(path) -> np.ndarray:
     if not path.is_file():
         raise ConfigError(f"--directions {path}: give 'all' or a CSV file with columns azimuth,elevation "
                           "(no such file)")
-    with path.open(newline="") as f:
+    try:
+        return _directions_from_csv(path, csv)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--directions {path}: not a UTF-8 text CSV (byte 0x{exc.object[exc.start]:02x} at "
+                          f"{exc.start}: {exc.reason}); save it as UTF-8 with columns azimuth,elevation") from None
+
+
+def _directions_from_csv(path: Path, csv) -> np.ndarray:
+    # utf-8-sig: a spreadsheet's CSV starts with a byte-order mark, which is not part of the header
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = {name.strip().lower(): name for name in reader.fieldnames or ()}
         if not {"azimuth", "elevation"} <= set(fields):

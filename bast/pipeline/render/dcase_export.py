@@ -15,17 +15,28 @@ DCASE layout (docs/scenes.md): one stereo WAV and one metadata CSV per scene and
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from bast import options
 from bast.dcase.files import label_rows_csv
 
 # The DCASE 2023 baseline takes the fold from the file name's fifth character and trains
 # on fold 3 and tests on fold 4 by default; val gets a fold of its own.
 FOLDS = {"train": 3, "test": 4, "val": 5}
 DCASE_FS = 24000  # the rate of DCASE's recordings, which its baselines assume
+
+
+# What an export writes in its folder: no input may lie there.
+EXPORT_OWNED = ("stereo_dev", "metadata_dev", "bast_index.csv", "bast_export.json")
+
+
+def check_export_output(out_dir, stage1_dir, inputs=(), option: str = "OUT") -> Path:
+    """The export's folder: not the scenes folder nor inside it (nor any other input of
+    `inputs`, (name, path) pairs), and holding no input where the export writes."""
+    return options.output_dir(out_dir, option, inputs=[("the scenes folder", stage1_dir), *inputs],
+                              owned=EXPORT_OWNED)
 
 
 def file_stem(split: str, room: int, mix: int) -> str:
@@ -45,10 +56,11 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS) -> dict:
     from scipy.signal import resample_poly
 
     from bast.conventions import FS
-    from bast.fileio import atomic_write_text
+    from bast.fileio import atomic_write_text, write_json
     from bast.pipeline.render.scenes import read_scenes
 
     stage1_dir, out_dir = Path(stage1_dir), Path(out_dir)
+    check_export_output(out_dir, stage1_dir)
     manifest = read_scenes(stage1_dir, "export-dcase")
     from fractions import Fraction
 
@@ -89,5 +101,5 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS) -> dict:
     summary = {"files": files, "fs": fs, "categories": manifest["totals"]["categories"],
                "folds": FOLDS, "rooms": [{"room": k + 1, "env": c[0], "head": c[1], "bast_room": c[2]}
                                          for k, c in enumerate(conditions)]}
-    atomic_write_text(out_dir / "bast_export.json", json.dumps(summary, indent=1))
+    write_json(out_dir / "bast_export.json", summary)
     return summary

@@ -24,15 +24,20 @@ from bast.pipeline.irs.sofa import write_sofa
 MAX_EXAMPLES = 1000  # example clips to write as WAV (x 4 azimuths x conditions): for listening
 
 
-def check_output(out_dir, refs: list[ClipRef], config: SpatializeConfig, source: dict) -> None:
-    """OUT is a folder (new or existing) that is no input nor inside one, and no input
-    (a sound, a SOFA file) lies where the stage writes or --overwrite clears."""
+def stage1_inputs(refs: list[ClipRef], config: SpatializeConfig, source: dict) -> list[tuple[str, str]]:
+    """What a Stage 1 run reads, named for messages: heads, rooms, the sound folders and
+    every sound file; no output may land on any of them."""
     inputs = [("--hrir", p) for p in config.hrir_paths] + [("--brir", p) for p in config.brir_paths]
     inputs += [("--test-hrir", p) for p in config.test_hrir]
     inputs += [(name, source[key]) for key, name in (("source", "the sound source"), ("test", "--test"))
                if source.get(key)]
-    inputs += [("sound", r.locator) for r in refs if r.recipe == "files"]
-    options.output_dir(out_dir, "OUT", inputs=inputs, owned=OWNED)
+    return inputs + [("sound", r.locator) for r in refs if r.recipe == "files"]
+
+
+def check_output(out_dir, refs: list[ClipRef], config: SpatializeConfig, source: dict) -> None:
+    """OUT is a folder (new or existing) that is no input nor inside one, and no input
+    (a sound, a SOFA file) lies where the stage writes or --overwrite clears."""
+    options.output_dir(out_dir, "OUT", inputs=stage1_inputs(refs, config, source), owned=OWNED)
 
 
 def summarise_shards(summary: StageSummary, shards: list[ShardInfo]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from bast.conventions import ENVIRONMENTS as ENV_NAMES  # stored codes: env = index in this tuple
 from bast.conventions import SPLITS
 from bast.errors import DataError, MissingError, StageError
-from bast.fileio import atomic_write_text, sha256_file, storage_errors, versions
+from bast.fileio import atomic_write_text, sha256_file, storage_errors, versions, write_json
 
 __all__ = ["ENV_NAMES", "SPLITS", "StageError", "ShardInfo", "read_manifest", "atomic_write_text", "sha256_file", "versions",
            "shard_name", "write_shard", "finished_shard", "DirectoryLock", "prepare_output", "clear_outputs",
@@ -78,7 +78,7 @@ def write_shard(out_dir: Path, info: ShardInfo, arrays: dict, attrs: dict) -> Sh
                     else:
                         f.create_dataset(name, data=data, track_times=False)
             info.sha256 = sha256_file(tmp)
-            atomic_write_text(final.with_suffix(".json"), json.dumps(asdict(info)))
+            write_json(final.with_suffix(".json"), asdict(info), indent=None)
             os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -319,7 +319,7 @@ def write_manifest(out_dir: Path, stage: str, params: dict, shards: list[ShardIn
         "totals": {**totals, **extra},
         **(top or {}),
     }
-    atomic_write_text(Path(out_dir) / "manifest.json", json.dumps(manifest, indent=1))
+    write_json(Path(out_dir) / "manifest.json", manifest)
     return manifest
 
 
