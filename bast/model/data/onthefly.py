@@ -14,6 +14,7 @@ changes what it holds, so results do not depend on the number of workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -156,14 +157,12 @@ class OnTheFlyData:
             yield x, y, torch.from_numpy(numbers)
 
 
-def heldout_features(recipe: Recipe, run_dir, kinds, on_start=None, on_shard=None) -> "Path":
+def heldout_features(recipe: Recipe, run_dir, kinds, on_start=None, on_shard=None) -> Path:
     """RUN/heldout: the validation and test samples of the recipe's Stage 1 folder,
     featurized once with Stage 2's code (resumable), so that a run on the fly is validated
     and tested on exactly the samples a run from Stage 2 would be. A folder written by
     `spatialize --plan-only` holds no audio: its validation and test shards are rendered
     first, by spatialize itself, into RUN/heldout-stage1 (the shards a full run writes)."""
-    from pathlib import Path
-
     from bast.pipeline.features.featurize import featurize
     from bast.pipeline.render.spatialize import spatialize
 
