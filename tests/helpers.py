@@ -1,8 +1,10 @@
 """Helpers shared by test modules (a plain module: tests import it; conftest.py keeps only
 fixtures). tests/ is on sys.path through pyproject's `pythonpath`."""
 
+import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 SELD_KINDS = ("white_noise", "harmonic", "clicks")
 
@@ -98,3 +100,33 @@ def cli_killed_at_step(epoch: int, step: int, argv: list, **run_kwargs):
     code = _KILL_AT_STEP.format(epoch=epoch, step=step, argv=[str(a) for a in argv])
     return subprocess.run([sys.executable, "-c", code], start_new_session=True, capture_output=True, text=True,
                           **run_kwargs)
+
+
+def snapshot(*paths) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), to show nothing changed."""
+    out = {}
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file() and q.name != ".lock")
+        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    return out
+
+
+def cli(*args) -> tuple[int, str]:
+    """The CLI in this process: (exit code, its output on one line). A traceback (an exception
+    other than the exit) is raised, so that it fails the case as what it is."""
+    from typer.testing import CliRunner
+
+    from bast.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, " ".join(result.output.split())
+
+
+def refused(code: int, output: str, *words: str) -> None:
+    """An expected failure: exit 1, one `error:` line and no traceback, naming `words`."""
+    assert code == 1, output
+    assert "error:" in output and "Traceback" not in output, output
+    for w in words:
+        assert w in output, f"{w!r} not in: {output}"

@@ -3,7 +3,6 @@ bast / ast / seldnet / mlp training, stitching windows back into scenes, the DCA
 of the final test and its CSVs (docs/seld.md)."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -59,7 +59,7 @@ def test_a_cpu_run_under_device_auto_is_not_compiled():
 def test_compile_mode_is_a_setting_recorded_and_said():
     """--compile-mode (reduce-overhead: CUDA graphs) reaches the Context and the start-up
     lines, is written with the settings, and older configs without it read as default."""
-    from bast.model.runs.runtime import Context, describe, setup
+    from bast.model.runs.runtime import describe, setup
 
     cfg = preset("tiny", device="cpu", compile=True, compile_mode="reduce-overhead")
     ctx = setup(cfg)

@@ -8,7 +8,6 @@ Cases that could hang (a FIFO, zero workers) run the CLI in a subprocess with a 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import math
 import os
@@ -21,14 +20,12 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from bast import options
-from bast.cli import app
+from helpers import cli, refused, snapshot
 from bast.errors import ConfigError, DataError, SofaError, StorageError
 from bast.fileio import sha256_file
 
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 HANG_LIMIT_S = 60
 
@@ -36,20 +33,6 @@ HANG_LIMIT_S = 60
 # --------------------------------------------------------------------------- helpers
 
 
-def snapshot(*paths) -> dict[str, str]:
-    """sha256 of every file under `paths` (files or folders), to show nothing was lost."""
-    out = {}
-    for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file() and q.name != ".lock")
-        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
-    return out
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a traceback is a failure of the case, shown as such
-    return result.exit_code, " ".join(result.output.split())
 
 
 def cli_process(*args, cwd=None) -> tuple[int, str]:
@@ -62,12 +45,6 @@ def cli_process(*args, cwd=None) -> tuple[int, str]:
         pytest.fail(f"bast-cli {' '.join(map(str, args))} hung (> {HANG_LIMIT_S} s)")
     return done.returncode, " ".join((done.stdout + done.stderr).split())
 
-
-def refused(code: int, output: str, *words: str) -> None:
-    assert code == 1, output
-    assert "error:" in output and "Traceback" not in output, output
-    for w in words:
-        assert w in output, f"{w!r} not in: {output}"
 
 
 # --------------------------------------------------------------------------- data

@@ -16,7 +16,8 @@ import pytest
 
 from bast.errors import ConfigError, DataError
 from bast.fileio import sha256_file
-from test_hostile import cli, cli_process, refused, snapshot
+from helpers import cli, refused, snapshot
+from test_hostile import cli_process
 
 # What a refusal may allocate (numpy's arrays are traced by tracemalloc): far below any of
 # the sizes refused here (hundreds of MiB to many GiB).

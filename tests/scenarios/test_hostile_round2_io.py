@@ -8,7 +8,6 @@ Cases that read audio or could block run the CLI in a subprocess with a timeout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,14 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from bast import options
-from bast.cli import app
+from helpers import cli, refused, snapshot
 from bast.errors import ConfigError
 from helpers import render_seld_scenes
 
-runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 HANG_LIMIT_S = 120
 
@@ -35,20 +32,6 @@ HANG_LIMIT_S = 120
 # --------------------------------------------------------------------------- helpers
 
 
-def snapshot(*paths) -> dict[str, str]:
-    """sha256 of every file under `paths` (files or folders), to show nothing changed."""
-    out = {}
-    for p in map(Path, paths):
-        files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file() and q.name != ".lock")
-        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
-    return out
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # a traceback is a failure of the case, shown as such
-    return result.exit_code, " ".join(result.output.split())
 
 
 def cli_process(*args) -> tuple[int, str]:
@@ -61,12 +44,6 @@ def cli_process(*args) -> tuple[int, str]:
         pytest.fail(f"bast-cli {' '.join(map(str, args))} hung (> {HANG_LIMIT_S} s)")
     return done.returncode, done.stdout + done.stderr
 
-
-def refused(code: int, output: str, *words: str) -> None:
-    assert code == 1, output
-    assert "error:" in output and "Traceback" not in output, output
-    for w in words:
-        assert w in output, f"{w!r} not in: {output}"
 
 
 def strict_json(path: Path):

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,7 +20,7 @@ from bast.cli import app
 from bast.errors import BastError, DataError
 from bast.fileio import sha256_file
 from bast.model.runs.checkpoint import load_checkpoint, read_metrics, read_run_config
-from bast.model.train import TrainingError, optimizer_state_for, preset, train
+from bast.model.train import optimizer_state_for, preset, train
 from bast.pipeline.stage.shards import DirectoryLock
 
 runner = CliRunner()
@@ -46,7 +47,7 @@ def copy_run(run, tmp_path):
     return dst
 
 
-def altered_features(features, tmp_path, split: str, change) -> "Path":
+def altered_features(features, tmp_path, split: str, change) -> Path:
     """A copy of `features` whose `split` shards `change(h5file)` alters, the manifest's
     checksums made to vouch for them (as if featurize had written them)."""
     out = tmp_path / f"s2-{split}"

@@ -173,26 +173,9 @@ def stage1_head(manifest: dict) -> str:
     return Path(hrir).stem if isinstance(hrir, str) else ""
 
 
-def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
-              features=None, client=None, splits: tuple[str, ...] | None = None,
-              overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
-              on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
-    """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable. `features`:
-    the feature kinds (names, or a comma-separated string; default the log power);
-    `phase` adds the interaural phase. `splits`: only the shards of these splits (training
-    on the fly featurizes the validation and test samples alone); None: every shard."""
-    if dtype not in ("float16", "float32"):
-        raise StageError(f"dtype {dtype!r}: choose float16 or float32")
-    options.number(floor_db, "floor_db", hi=0, unit="dB")
-    names = featurekinds.parse(features if isinstance(features, str) or features is None else ",".join(features),
-                               phase)
-    options.output_dir(out_dir, "OUT", inputs=[("the Stage 1 folder", stage1_dir)], owned=OWNED)
-    if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
-        return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, features=names,
-                                              client=client, overwrite=overwrite, on_start=on_start,
-                                              on_shard=on_shard)
-    stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
-    manifest = read_stage1(stage1_dir)
+
+def stage_params(stage1_dir: Path, manifest: dict, names, dtype: str, floor_db: float, splits) -> dict:
+    """The parameters that determine a Stage 2 output; a re-run must match them to resume."""
     params = {
         "stage": "featurize",
         "stage1": str(stage1_dir),
@@ -214,6 +197,29 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
         params["features"] = {n: featurekinds.get(n).record(SAMPLES, dtype) for n in names}
     if splits is not None:  # recorded only when chosen: a full featurize keeps its parameters
         params["splits"] = sorted(splits)
+    return params
+
+def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = FLOOR_DB, phase: bool = False,
+              features=None, client=None, splits: tuple[str, ...] | None = None,
+              overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
+              on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
+    """Write Stage 2 shards for the Stage 1 output in `stage1_dir`; resumable. `features`:
+    the feature kinds (names, or a comma-separated string; default the log power);
+    `phase` adds the interaural phase. `splits`: only the shards of these splits (training
+    on the fly featurizes the validation and test samples alone); None: every shard."""
+    if dtype not in ("float16", "float32"):
+        raise StageError(f"dtype {dtype!r}: choose float16 or float32")
+    options.number(floor_db, "floor_db", hi=0, unit="dB")
+    names = featurekinds.parse(features if isinstance(features, str) or features is None else ",".join(features),
+                               phase)
+    options.output_dir(out_dir, "OUT", inputs=[("the Stage 1 folder", stage1_dir)], owned=OWNED)
+    if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
+        return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, features=names,
+                                              client=client, overwrite=overwrite, on_start=on_start,
+                                              on_shard=on_shard)
+    stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
+    manifest = read_stage1(stage1_dir)
+    params = stage_params(stage1_dir, manifest, names, dtype, floor_db, splits)
     shards = [s for s in manifest["shards"] if splits is None or s["split"] in splits]
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     head = stage1_head(manifest)

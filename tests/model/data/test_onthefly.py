@@ -19,7 +19,7 @@ from bast.model.data.onthefly import Featurizer, OnTheFlyData, default_epoch_sam
 from bast.model.runs.checkpoint import read_metrics
 from bast.model.runs.config import preset
 from bast.model.targets.core import make_target
-from bast.model.train import train, train_on_the_fly
+from bast.model.train import train_on_the_fly
 from bast.pipeline.features.featurize import featurize
 from bast.pipeline.render.recipe import read_recipe
 from bast.pipeline.render.sampler import Draw, DrawSettings, SampleRenderer, draw

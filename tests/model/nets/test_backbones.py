@@ -13,7 +13,7 @@ import torch
 
 from bast.errors import ConfigError
 from bast.model.nets.bast import BAST, BASTConfig, count_parameters
-from bast.model.nets.baselines import AST, ASTConfig
+from bast.model.nets.baselines import ASTConfig
 from bast.model.runs.config import preset
 from bast.model.nets.registry import build_model
 

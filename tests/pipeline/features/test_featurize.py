@@ -231,7 +231,6 @@ def test_a_small_job_runs_in_this_process_and_says_so(stage1, tmp_path):
 def test_interaural_phase_follows_the_itd_and_scipy():
     """A left ear leading by d samples gives a cross-spectrum angle of 2 pi f d / fs (wrapped),
     the same as scipy's own complex STFT; silent bins carry no phase."""
-    from scipy.signal import stft
 
     from bast.pipeline.features.stft import spectrogram_and_phase
 

@@ -424,7 +424,7 @@ def test_elevated_still_events_in_a_generated_room_are_spatialize_renderings(tmp
     test_directions.py), and each scene is its events' dry sounds convolved with
     spatialize's BRIR of their direction."""
     from bast.pipeline.irs.rooms import RoomRanges
-    from bast.pipeline.render.scenes import draw_scene, load_event
+    from bast.pipeline.render.scenes import load_event
     from bast.pipeline.irs.sofa import read_sofa
     from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
 

@@ -17,7 +17,7 @@ from bast.cli import app
 from bast.datasets import load_clip
 from bast.datasets.procedural import DefaultCorpus
 from bast.pipeline.irs import acoustics
-from bast.pipeline.render.clips import ClipPolicy, prepare
+from bast.pipeline.render.clips import prepare
 from bast.pipeline.irs.sources import load_hrirs
 from bast.pipeline.stage.shards import DirectoryLock, StageError, sha256_file
 from bast.pipeline.render.conditions import SpatializeConfig, assign_splits
