@@ -130,3 +130,20 @@ def refused(code: int, output: str, *words: str) -> None:
     assert "error:" in output and "Traceback" not in output, output
     for w in words:
         assert w in output, f"{w!r} not in: {output}"
+
+
+def small_run(root: Path) -> Path:
+    """root/s1 (8 procedural sounds x 4 azimuths, anechoic), root/s2 and a one-epoch tiny
+    run root/run: the data the hostile-input suites attack."""
+    from bast.datasets.procedural import DefaultCorpus
+    from bast.model.runs.config import preset
+    from bast.model.train import train
+    from bast.pipeline.features.featurize import featurize
+    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
+
+    refs = DefaultCorpus(n_clips=8, seed=3, speech=False).list_clips()
+    spatialize(refs, root / "s1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), environments=("anechoic",),
+                                                  seed=3, samples_per_shard=8))
+    featurize(root / "s1", root / "s2")
+    train(root / "s2", root / "run", preset("tiny", epochs=1, batch_size=4, seed=3))
+    return root

@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 
 from bast import options
-from helpers import cli, refused, snapshot
+from helpers import cli, refused, small_run, snapshot
 from bast.errors import ConfigError, DataError, SofaError, StorageError
 from bast.fileio import sha256_file
 
@@ -53,19 +53,7 @@ def cli_process(*args, cwd=None) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Stage 1 (8 sounds x 4 azimuths, anechoic), Stage 2, and a one-epoch run."""
-    from bast.datasets.procedural import DefaultCorpus
-    from bast.model.runs.config import preset
-    from bast.model.train import train
-    from bast.pipeline.features.featurize import featurize
-    from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
-
-    root = tmp_path_factory.mktemp("hostile")
-    refs = DefaultCorpus(n_clips=8, seed=3, speech=False).list_clips()
-    spatialize(refs, root / "s1", SpatializeConfig(azimuths=(0.0, 90.0, 180.0, 270.0), environments=("anechoic",),
-                                                  seed=3, samples_per_shard=8))
-    featurize(root / "s1", root / "s2")
-    train(root / "s2", root / "run", preset("tiny", epochs=1, batch_size=4, seed=3))
-    return root
+    return small_run(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture
