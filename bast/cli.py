@@ -450,6 +450,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
     on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md).")] = False,
     fresh_sounds: Annotated[Optional[bool], typer.Option("--fresh-sounds", help="--on-the-fly: new procedural sounds every epoch, never the validation or test ones.")] = None,
+    fresh_per_epoch: Annotated[Optional[int], typer.Option(help="--fresh-sounds: this many new sounds an epoch, each heard at several directions and conditions (synthesis is what costs); 0: a new sound for every sample. [default: 0]")] = None,
     sample_directions: Annotated[Optional[str], typer.Option(help="--on-the-fly: directions drawn from the Stage 1 grid, or anywhere on the circle or the sphere (interpolated HRIRs). [default: grid]")] = None,
     epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch. [default: as many as Stage 1's training split]")] = None,
     loader_workers: Annotated[Optional[int], typer.Option(help="--on-the-fly: processes rendering samples ahead of training (0: in the training process). [default: 1]")] = None,
@@ -499,7 +500,7 @@ def train(
              "max_minutes": max_minutes, "memory_budget_gb": memory_budget_gb, "seed": seed, "device": device,
              "amp": amp, "compile": compile, "compile_mode": compile_mode, "deterministic": deterministic,
              "val_every": val_every, "window_frames": window_frames, "window_hop": window_hop,
-             "fresh_sounds": fresh_sounds, "sample_directions": sample_directions, "epoch_samples": epoch_samples,
+             "fresh_sounds": fresh_sounds, "fresh_per_epoch": fresh_per_epoch, "sample_directions": sample_directions, "epoch_samples": epoch_samples,
              "loader_workers": loader_workers, "render_device": render_device}
     overrides = {k: v for k, v in given.items() if v is not None}
     _check_draw_options(overrides, on_the_fly or resume)
@@ -530,7 +531,8 @@ def _check_draw_options(overrides: dict, on_the_fly: bool) -> None:
     """The options that say how samples are drawn mean nothing for a run from Stage 2."""
     from bast.errors import ConfigError
 
-    drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "sample_directions", "epoch_samples") if k in overrides]
+    drawn = [f"--{k.replace('_', '-')}" for k in ("fresh_sounds", "fresh_per_epoch", "sample_directions", "epoch_samples")
+             if k in overrides]
     if drawn and not on_the_fly:
         raise ConfigError(f"{', '.join(drawn)} draw training samples on the fly: add --on-the-fly")
 

@@ -404,7 +404,8 @@ def on_the_fly_data(features_dir, cfg: TrainConfig, ctx: Context, target: Target
     from bast.pipeline.render.sampler import DrawSettings
 
     stft = features_manifest(features_dir)["params"]
-    settings = DrawSettings(cfg.fresh_sounds, cfg.sample_directions, cfg.gain_db, cfg.onset_ms)
+    settings = DrawSettings(fresh_sounds=cfg.fresh_sounds, fresh_per_epoch=cfg.fresh_per_epoch, directions=cfg.sample_directions,
+                            gain_db=cfg.gain_db, onset_ms=cfg.onset_ms)
     featurize = Featurizer(tuple(cfg.model.features), float(stft["stft"]["floor_db"]), stft["dtype"])
     return OnTheFlyData(read_recipe(cfg.stage1_dir), settings, featurize, cfg.epoch_samples,
                         cfg.batch_size // ctx.world, ctx.device, cfg.seed, ctx.rank, ctx.world, target,

@@ -136,7 +136,7 @@ class OnTheFlyData:
     def describe(self) -> str:
         s = self.batches.settings
         return (f"on the fly: {self.epoch_samples:,} samples an epoch drawn anew from {self.batches.recipe.stage1} "
-                f"({'fresh procedural sounds' if s.fresh_sounds else f'{len(self.batches.recipe.train_sounds())} training sounds'}, "
+                f"({(f'{s.fresh_per_epoch:,} fresh procedural sounds an epoch' if s.fresh_per_epoch else 'fresh procedural sounds') if s.fresh_sounds else f'{len(self.batches.recipe.train_sounds())} training sounds'}, "
                 f"{s.directions} directions, gain +-{s.gain_db:g} dB, onset +-{s.onset_ms:g} ms), "
                 f"{'prepared' if self.on_device else 'rendered'} by "
                 f"{self.loader.num_workers or 'the training'} process{'es' if self.loader.num_workers > 1 else ''}"

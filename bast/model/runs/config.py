@@ -85,6 +85,7 @@ class TrainConfig:
     on_the_fly: bool = False
     stage1_dir: str = ""
     fresh_sounds: bool = False  # new procedural sounds every epoch
+    fresh_per_epoch: int = 0  # with fresh_sounds: new sounds an epoch, each reused; 0 = one per sample
     sample_directions: str = "grid"  # grid | circle | sphere
     epoch_samples: int = 0  # samples per epoch; 0 = as many as Stage 1's training split holds
     gain_db: float = 6.0  # a gain drawn in [-gain_db, +gain_db] dB per sample

@@ -23,6 +23,7 @@ the sphere; cached like every room bank), whose direction is the label.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from bast.sphere import azimuth_elevation, unit_vector
 DIRECTION_MODES = ("grid", "circle", "sphere")
 ROOM_CIRCLE_STEP_DEG = 5.0  # a room's denser bank on the circle
 ROOM_SPHERE_POINTS = 412  # about 10 deg apart on the whole sphere (those inside the head's range kept)
+FRESH_CACHE = 4096  # fresh sounds a renderer keeps (~32 KB each): an epoch's sounds, reused
+MAX_FRESH_PER_EPOCH = 10_000_000
 FRESH_INDEX = 2**40  # fresh procedural sounds take indices n .. n + 2**40 of the corpus: never a listed one
 
 
@@ -51,6 +54,11 @@ class DrawSettings:
     """How training samples are drawn (TrainConfig records them; docs/train.md)."""
 
     fresh_sounds: bool = False  # new procedural sounds every epoch instead of the training sounds
+    # With fresh_sounds: this many new sounds an epoch, sample k taking sound k mod N (each
+    # sound heard at about epoch_samples / N directions and conditions); 0: a new sound for
+    # every sample. Synthesis, not rendering, is what costs (espeak-ng speech: ~56 ms a
+    # sound against ~2 ms to render a sample), so reuse keeps one loader worker ahead of BAST.
+    fresh_per_epoch: int = 0
     directions: str = "grid"  # grid | circle | sphere
     gain_db: float = 6.0  # a gain drawn uniformly in [-gain_db, +gain_db] dB
     onset_ms: float = 50.0  # an onset shift drawn uniformly in [-onset_ms, +onset_ms] ms (zeros shifted in)
@@ -61,6 +69,8 @@ class DrawSettings:
                               f"not {self.directions!r}")
         if not 0 <= self.gain_db <= 40:
             raise ConfigError(f"gain_db must be in [0, 40] dB, not {self.gain_db!r}")
+        if not 0 <= self.fresh_per_epoch <= MAX_FRESH_PER_EPOCH:
+            raise ConfigError(f"--fresh-per-epoch must be in [0, {MAX_FRESH_PER_EPOCH}], not {self.fresh_per_epoch!r}")
         if not 0 <= self.onset_ms <= 250:
             raise ConfigError(f"onset_ms must be in [0, 250] ms, not {self.onset_ms!r}")
 
@@ -126,7 +136,13 @@ def draw(recipe: Recipe, settings: DrawSettings, seed: int, epoch: int, numbers,
     out = []
     for number in numbers:
         rng = _rng(seed, epoch, number)
-        sound = _fresh_sound(recipe, rng) if settings.fresh_sounds else sounds[int(rng.integers(len(sounds)))]
+        if not settings.fresh_sounds:
+            sound = sounds[int(rng.integers(len(sounds)))]
+        elif settings.fresh_per_epoch:  # the epoch's sound slot number mod N, drawn from its own stream
+            slot = int(number) % settings.fresh_per_epoch
+            sound = _fresh_sound(recipe, np.random.default_rng([int(seed), int(epoch), slot, 0x5D]))
+        else:
+            sound = _fresh_sound(recipe, rng)
         piece = float(rng.uniform())
         condition = int(rng.integers(len(recipe.conditions)))
         azimuth, elevation, row = _direction(recipe, settings.directions, rng, limits)
@@ -157,20 +173,28 @@ class SampleRenderer:
     def __init__(self, recipe: Recipe, settings: DrawSettings):
         self.recipe, self.settings = recipe, settings
         self._clips: dict[str, list[np.ndarray]] = {}
+        self._fresh: collections.OrderedDict[str, list[np.ndarray]] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ sounds
     def pieces(self, ref: ClipRef) -> list[np.ndarray]:
         """The clip policy's pieces of a sound (Stage 1's `prepare`), loaded once; fresh
-        sounds are not kept (each is drawn once)."""
-        got = self._clips.get(ref.clip_id)
+        sounds are kept only while an epoch may reuse them (the last FRESH_CACHE)."""
+        fresh = ref.clip_id.startswith("fresh/")
+        got = self._fresh.get(ref.clip_id) if fresh else self._clips.get(ref.clip_id)
+        if fresh and got is not None:
+            self._fresh.move_to_end(ref.clip_id)
         if got is None:
             try:
                 audio, fs = load_clip(ref)
                 got, _ = prepare(audio, fs, self.recipe.config.policy)
             except ClipError as exc:
                 raise DataError(f"training sound {ref.clip_id} ({ref.locator}) cannot be used: {exc}") from None
-            if not ref.clip_id.startswith("fresh/"):
+            if not fresh:
                 self._clips[ref.clip_id] = got
+            elif self.settings.fresh_per_epoch:
+                self._fresh[ref.clip_id] = got
+                if len(self._fresh) > FRESH_CACHE:
+                    self._fresh.popitem(last=False)
         return got
 
     # ------------------------------------------------------------------ impulse responses

@@ -132,6 +132,26 @@ def test_fresh_sounds_are_never_listed_ones(stage):
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
 
 
+def test_fresh_sounds_per_epoch_are_reused_by_slot_and_renewed_each_epoch(stage):
+    """--fresh-per-epoch N: sample k hears the epoch's sound k mod N; the next epoch draws N
+    new ones; a sound rendered from the renderer's cache equals it rendered anew."""
+    recipe = read_recipe(stage / "s1")
+    s = DrawSettings(fresh_sounds=True, fresh_per_epoch=8)
+    draws = draw(recipe, s, 0, 0, range(32))
+    slots = [{d.sound.clip_id for d in draws[k::8]} for k in range(8)]
+    assert all(len(ids) == 1 for ids in slots) and len(set().union(*slots)) == 8
+    # each use is its own draw: directions and conditions still differ between the uses
+    assert len({(d.azimuth_deg, d.condition) for d in draws[0::8]}) > 1
+    later = {d.sound.clip_id for d in draw(recipe, s, 0, 1, range(8))}
+    assert not later & set().union(*slots)
+    assert [d.sound for d in draw(recipe, s, 0, 0, range(8, 16))] == [d.sound for d in draws[8:16]]
+    cached = SampleRenderer(recipe, s)
+    cached.render(draws[:8])
+    np.testing.assert_array_equal(cached.render(draws[8:12])[0], SampleRenderer(recipe, s).render(draws[8:12])[0])
+    with pytest.raises(ConfigError, match="--fresh-per-epoch"):
+        DrawSettings(fresh_sounds=True, fresh_per_epoch=-1)
+
+
 def test_directions_off_the_grid(stage):
     recipe = read_recipe(stage / "s1")
     for mode in ("circle", "sphere"):
