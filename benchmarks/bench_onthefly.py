@@ -2,6 +2,7 @@
 
     python benchmarks/bench_onthefly.py STAGE1 STAGE2 [--models bast,mlp] [--samples 4096]
                                         [--workers 0,1] [--epochs 2] [--out DIR]
+                                        [--fresh-per-epoch N]
 
 For each model (the tiny preset with the log power and the interaural phase, as the demo
 trains them): `train` from the Stage 2 folder (resident on the device: loading costs nothing
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4096, help="training samples per epoch (both ways)")
     ap.add_argument("--workers", default="0,1", help="loader worker counts to try on the fly")
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--fresh-per-epoch", type=int, default=0, help="also time fresh sounds, N an epoch")
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary folder, removed)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-otf-"))
@@ -52,14 +54,20 @@ def main() -> None:
         train(args.stage2, out / f"{model}-stage2", preset("tiny", **common))
         disk = rate(out / f"{model}-stage2")
         print(f"{model}: from Stage 2 {disk:8.0f} samples/s ({time.perf_counter() - t:.0f} s in all)")
-        for w in (int(x) for x in args.workers.split(",")):
+        workers = [int(x) for x in args.workers.split(",")]
+        ways = [(w, {}) for w in workers]
+        if args.fresh_per_epoch:
+            ways.append((workers[0], {"fresh_sounds": True, "fresh_per_epoch": args.fresh_per_epoch}))
+        for w, fresh in ways:
             t = time.perf_counter()
-            cfg = preset("tiny", **common, epoch_samples=args.samples, loader_workers=w)
-            train_on_the_fly(args.stage1, out / f"{model}-otf-w{w}", cfg)
-            fly = rate(out / f"{model}-otf-w{w}")
-            print(f"{model}: on the fly, {w} worker(s) {fly:8.0f} samples/s = {fly / disk:.2f} x Stage 2 "
-                  f"({time.perf_counter() - t:.0f} s in all, held-out featurizing included)")
-            rows.append({"model": model, "workers": w, "stage2": disk, "on_the_fly": fly, "ratio": fly / disk})
+            name = f"{model}-otf-w{w}" + ("-fresh" if fresh else "")
+            cfg = preset("tiny", **common, epoch_samples=args.samples, loader_workers=w, **fresh)
+            train_on_the_fly(args.stage1, out / name, cfg)
+            fly = rate(out / name)
+            print(f"{model}: on the fly, {w} worker(s){', fresh sounds' if fresh else ''} {fly:8.0f} samples/s = "
+                  f"{fly / disk:.2f} x Stage 2 ({time.perf_counter() - t:.0f} s in all, held-out featurizing included)")
+            rows.append({"model": model, "workers": w, "fresh": bool(fresh), "stage2": disk, "on_the_fly": fly,
+                         "ratio": fly / disk})
     print(json.dumps(rows))
     if args.out is None:
         shutil.rmtree(out, ignore_errors=True)
