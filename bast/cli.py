@@ -459,7 +459,7 @@ def train(
     backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
     kinds: Annotated[Optional[str], typer.Option("--features", help="Feature kinds the model reads, comma-separated (the data must hold them): logpower (default), phase; docs/featurize.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase): short for --features logpower,phase.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category (docs/sphere.md); seld on scene data (docs/seld.md).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category (docs/sphere.md); on scene data seld, or seld-distance (also each event's distance, as DCASE 2024; docs/seld.md).")] = None,
     window_frames: Annotated[Optional[int], typer.Option(help="--target seld: STFT frames per window cut from the scenes (61 = 500 ms = 5 label frames; longer for seldnet). [default: 61]")] = None,
     window_hop: Annotated[Optional[int], typer.Option(help="--target seld: training windows start every this many frames. [default: 25, two label frames]")] = None,
     task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
@@ -555,7 +555,9 @@ def _epoch_line(row: dict) -> str:
                   else "")
                + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
                + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
-                  f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
+                  f"{_figure(row['val_er20'], '.2f')}  SELD {_figure(row.get('val_seld_score'), '.3f')}  "
+                  if row.get("val_f20") is not None else "")
+               + (f"RDE {_figure(row['val_rde'], '.2f')}  " if "val_rde" in row else ""))
     else:
         val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
     return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
@@ -581,7 +583,9 @@ def _print_test(result: dict, out: Path) -> None:
     if on_scenes(result):
         console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
                       f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
-                      f"SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
+                      f"SELD score {_figure(result['seld_score'], '.3f')}"
+                      + (f", relative distance error {_figure(result['rde'], '.3f')}" if "rde" in result else "")
+                      + f"; DCASE CSVs in {out / 'eval' / 'seld'}")
         if result.get("note"):
             console.print(f"[yellow]note[/]: {result['note']}")
     console.print(f"run: {out}")
@@ -818,7 +822,7 @@ def _localize_seld(run, model, dev, target, path, out, stem) -> str:
     csv_path, png = out / f"{stem}.csv", out / f"{stem}.png"
     out.mkdir(parents=True, exist_ok=True)
     write_dcase_csv(csv_path, loc.rows)
-    seld_timeline(loc.rows, png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
+    seld_timeline(loc.rows[:, :5], png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
     s = {**loc.summary(), "run": str(run), "device": str(dev), "csv": str(csv_path), "png": str(png)}
     write_json(out / f"{stem}.json", s)
     by_class = ", ".join(f"{c} {n}" for c, n in s["rows_by_class"].items())

@@ -147,8 +147,8 @@ def _gather_rng(ctx: Context) -> list:
 
 @dataclass
 class RunState:
-    """Where a run stands: epochs completed, optimizer steps, and the best validation loss
-    so far with its epoch (the weights in best.pt)."""
+    """Where a run stands: epochs completed, optimizer steps, and the best validation figure
+    so far (cfg.best_by: the loss, or the SELD score) with its epoch (the weights in best.pt)."""
 
     epoch: int = 0
     step: int = 0
@@ -372,7 +372,8 @@ def open_splits(features_dir, cfg: TrainConfig, ctx: Context, target: Target | N
         raise TrainingError(f"batch size {cfg.batch_size} does not split over {ctx.world} processes")
     target = target if target is not None else target_of(cfg)
     if target.scenes:  # windows cut from whole scenes, resident (bast/model/data/scenes.py)
-        windows = dict(length=cfg.window_frames, n_classes=len(target.classes), device=ctx.device)
+        windows = dict(length=cfg.window_frames, n_classes=len(target.classes), device=ctx.device,
+                       distance=target.distance)
         data = SceneWindows(train_sel, **windows, batch_size=cfg.batch_size // ctx.world, hop=cfg.window_hop,
                             shuffle=True, seed=cfg.seed, rank=ctx.rank, world=ctx.world)
         if len(data) == 0:
@@ -614,10 +615,9 @@ def save_epoch(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: Context, 
     validation improved. last.pt says which epoch best.pt holds, so a kill between the two
     saves is repaired on resume (`_repair_best`); a kill before last.pt redoes the epoch."""
     state.epoch = row["epoch"]
-    loss = row.get("val_loss")
-    improved = loss is not None and loss < state.best  # the same on every rank: metrics are gathered
+    improved = is_better(row.get(cfg.best_by), state.best, cfg.best_by)  # the same on every rank: gathered metrics
     if improved:
-        state.best, state.best_epoch = loss, state.epoch
+        state.best, state.best_epoch = row[cfg.best_by], state.epoch
     rng = _gather_rng(ctx)
     if ctx.main:
         ckpt_dir = run_dir / "checkpoints"
@@ -626,6 +626,16 @@ def save_epoch(run_dir: Path, model, optimizer, cfg: TrainConfig, ctx: Context, 
                         state.best_epoch)
         if improved:
             copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+
+
+def is_better(value, best: float, best_by: str) -> bool:
+    """Whether a validation figure (None: not validated, or not finite) beats the best so far.
+    The loss must fall; a SELD score that equals the best also wins (the later epoch), as
+    the DCASE 2023 baseline keeps it (`<=`): the score plateaus at 1.0 while a model still
+    predicts nothing, and the later epoch has trained longer."""
+    if value is None:
+        return False
+    return value <= best if best_by == "val_seld_score" else value < best
 
 
 def _append_row(run_dir: Path, row: dict) -> None:
@@ -653,6 +663,11 @@ def run_final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Co
             if state.best_lost:  # validated, but best.pt deleted and nothing trained since
                 raise TrainingError(f"{run_dir / 'checkpoints' / 'best.pt'} is missing (deleted?); resume with more "
                                     "--epochs to choose a best checkpoint again")
+            if cfg.best_by == "val_seld_score":
+                raise TrainingError(f"{run_dir}: no epoch had a finite validation SELD score (metrics.jsonl), which "
+                                    "picks the best checkpoint: the validation scenes hold no events (the error rate "
+                                    "divides by their number), or the model's outputs are not finite; render "
+                                    "scenes with events, or pick by the loss (--set best_by=val_loss)")
             raise TrainingError(f"{run_dir}: no epoch had a finite validation loss (metrics.jsonl), so there is no "
                                 "best checkpoint to test; the model's predictions on the validation split are not "
                                 "finite: check the data (bast-cli featurize) or lower the learning rate (--lr)")
@@ -673,7 +688,8 @@ def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
     kind = make_target_class(cfg.target)
     if scenes != kind.scenes:
         raise TrainingError(
-            f"{features_dir} holds featurized scenes (bast-cli scenes): train them with --target seld"
+            f"{features_dir} holds featurized scenes (bast-cli scenes): train them with --target seld (or "
+            "seld-distance)"
             if scenes else f"--target {cfg.target} learns from scenes (bast-cli scenes, then featurize); "
             f"{features_dir} holds clips")
     if cfg.arch == "seldnet" and not kind.scenes:
@@ -689,7 +705,16 @@ def _with_target(cfg: TrainConfig, features_dir) -> TrainConfig:
     settings = target_of(cfg).model_settings(model_fields(cfg.arch))
     if any(getattr(cfg.model, k) != v for k, v in settings.items()):
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **settings))
-    return cfg
+    return dataclasses.replace(cfg, best_by=_best_by(cfg, kind))
+
+
+def _best_by(cfg: TrainConfig, kind: type[Target]) -> str:
+    """What picks the best checkpoint: `auto` is the target's choice (the SELD score for the
+    SELD targets, the loss for the others); the SELD score needs a SELD target."""
+    if cfg.best_by == "val_seld_score" and not kind.scenes:
+        raise ConfigError(f"best_by val_seld_score needs a SELD target (scenes); --target {cfg.target} has no "
+                          "SELD score: use val_loss or auto")
+    return kind.best_by if cfg.best_by == "auto" else cfg.best_by
 
 
 def _ddp_report(run_dir: Path, model, coverage: list, ctx: Context, data) -> None:

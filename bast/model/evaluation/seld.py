@@ -8,6 +8,11 @@ vectors that the windows holding it gave it (up to 3 with 61-frame windows), the
 15 degrees. Scores are counted over all scenes at once, as DCASE does over recordings,
 and with the DCASE tool's rules, so that `bast-cli seld-metrics` on the CSVs written
 beside them (eval/seld/ref, eval/seld/pred) gives the same numbers.
+
+A target with distance (`seld-distance`) gives every row a sixth column, the distance (in
+metres as decoded, in cm in the DCASE rows and files), and its metrics add the relative
+distance error of DCASE 2024 (`relative_distance_error`); the DCASE 2023 scores read the
+first five columns, as the 2023 tool does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from scipy.optimize import linear_sum_assignment
+
 from bast.errors import DataError
 from bast.fileio import write_json
 from bast.model.targets.names import METRIC_NOTES
@@ -28,7 +35,8 @@ from bast.model.data.scenes import SceneWindows
 from bast.model.targets.adpit import adpit_loss, decode
 from bast.model.targets.core import Seld
 from bast.dcase.files import dcase_rows, write_dcase_csv
-from bast.dcase.metrics import SeldScores, score_recordings
+from bast.dcase.metrics import SeldScores, reference_frames, score_recordings
+from bast.sphere import great_circle_deg
 
 
 @torch.no_grad()
@@ -76,15 +84,25 @@ def stitch_windows(outputs, placements, label_frames) -> list[np.ndarray]:
     return [s / np.maximum(c, 1)[:, None, None, None] for s, c in zip(sums, counts)]
 
 
+def as_dcase(rows) -> np.ndarray:
+    """Rows (n, 5), or (n, 6) with the distance in metres last, as a DCASE file holds them
+    (bast.dcase.files.dcase_rows: whole numbers, the distance in cm), float64."""
+    rows = np.asarray(rows, dtype=np.float64)
+    if rows.ndim == 2 and rows.shape[1] == 6:
+        rows = np.column_stack([rows[:, :5], rows[:, 5] * 100.0])
+    return dcase_rows(rows).astype(np.float64).reshape(-1, rows.shape[-1] if rows.ndim == 2 else 5)
+
+
 def scene_results(model, data: SceneWindows, target: Seld, training_precision: Context | None = None) -> dict:
-    """This rank's scenes: their names, environments, reference and predicted DCASE rows,
-    and the window loss sum and count."""
+    """This rank's scenes: their names, environments, reference and predicted DCASE rows
+    (with the distance in cm for a distance target), and the window loss sum and count."""
     outputs, loss_sum = predict_windows(model, data, target, training_precision)
     stitched = stitch(outputs, data)
+    columns = 6 if target.distance else 5
     return {"names": [s.name for s in data.scenes], "envs": [s.env for s in data.scenes],
-            # as the DCASE files hold them (whole degrees), so the files score as the run did
-            "ref": [dcase_rows(s.rows[:, :5]).astype(np.float64) for s in data.scenes],
-            "pred": [dcase_rows(decode(o)).astype(np.float64) for o in stitched],
+            # as the DCASE files hold them (whole degrees, cm), so the files score as the run did
+            "ref": [as_dcase(s.rows[:, :columns]) for s in data.scenes],
+            "pred": [as_dcase(decode(o)) for o in stitched],
             "loss_sum": loss_sum, "windows": len(outputs)}
 
 
@@ -99,24 +117,62 @@ def gather_results(results: dict, world: int) -> dict:
     return joined
 
 
-def metrics_of(results: dict, classes) -> dict:
-    """The DCASE scores of scene results, overall, per class (by name) and per environment."""
+def relative_distance_error(recordings, n_classes: int) -> tuple[float, np.ndarray]:
+    """The relative distance error of DCASE 2024 task 3 (RDE, class-dependent) of
+    (reference rows, predicted rows) pairs, DCASE rows (n, 6) with the distance last (any
+    unit, the same in both): overall, and per class (NaN for a class without a pair).
+
+    bast's own until bast.dcase scores the 2024 edition, after the 2024 baseline's
+    `SELDMetrics.update_seld_scores` with eval_dist (partha2409/DCASE2024_seld_baseline,
+    SELD_evaluation_metrics.py): frame by frame, not in 1 s segments, over the reference's
+    frames (its largest frame index, `reference_frames`); in each frame and class that both
+    hold, reference and predicted events paired by the Hungarian algorithm on their angle;
+    every pair counts (its DE_TP), within 20 degrees or not: |d_pred - d_ref| / d_ref. Per
+    class the mean over its pairs; overall the mean over the classes that have any, as its
+    macro average (np.nanmean); NaN when no class has a pair."""
+    total, pairs = np.zeros(n_classes), np.zeros(n_classes)
+    for ref, pred in recordings:
+        n_frames = reference_frames(ref, pred)
+        ref, pred = ref[ref[:, 0] < n_frames], pred[pred[:, 0] < n_frames]
+        for frame, cls in sorted({(f, c) for f, c in ref[:, :2].astype(np.int64).tolist()}):
+            r = ref[(ref[:, 0] == frame) & (ref[:, 1] == cls)]
+            p = pred[(pred[:, 0] == frame) & (pred[:, 1] == cls)]
+            if not len(p):
+                continue
+            az1, el1, az2, el2 = np.broadcast_arrays(r[:, None, 3], r[:, None, 4], p[None, :, 3], p[None, :, 4])
+            i, j = linear_sum_assignment(great_circle_deg(az1, el1, az2, el2))
+            # (d_ref + eps), as the reference: a reference at distance 0 gives a huge error, not a division by 0
+            total[cls] += np.sum(np.abs(p[j, 5] - r[i, 5]) / (r[i, 5] + np.finfo(np.float64).eps))
+            pairs[cls] += len(i)
+    per_class = np.where(pairs > 0, total / np.maximum(pairs, 1), np.nan)
+    return (float(np.nanmean(per_class)) if pairs.any() else math.nan), per_class
+
+
+def metrics_of(results: dict, classes, distance: bool = False) -> dict:
+    """The DCASE scores of scene results, overall, per class (by name) and per environment;
+    with `distance` (rows of 6 columns), the relative distance error too (`rde`, per class
+    `RDE`)."""
     n_classes = len(classes)
 
-    def score(keep) -> tuple[dict, SeldScores | None]:
+    def score(keep) -> tuple[dict, SeldScores | None, np.ndarray | None]:
         pairs = [(r, p) for r, p, k in zip(results["ref"], results["pred"], keep) if k]
         if not pairs:
-            return {"n": 0}, None
-        s = score_recordings(pairs, n_classes)
-        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld,
-                **({"note": s.note} if s.note else {})}, s
+            return {"n": 0}, None, None
+        s = score_recordings([(r[:, :5], p[:, :5]) for r, p in pairs], n_classes)  # DCASE 2023: 5 columns
+        out = {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld,
+               **({"note": s.note} if s.note else {})}
+        rde = None
+        if distance:
+            out["rde"], rde = relative_distance_error(pairs, n_classes)
+        return out, s, rde
 
-    overall, scores = score([True] * len(results["names"]))
+    overall, scores, rde = score([True] * len(results["names"]))
     metrics = {**overall, "loss": results["loss_sum"] / results["windows"] if results["windows"] else math.nan,
                "windows": results["windows"]}
     if scores is not None:
         d = scores.to_dict()
-        metrics["classes"] = [{**c, "class": classes[c["class"]]} for c in d["classes"]]
+        metrics["classes"] = [{**c, "class": classes[c["class"]], **({"RDE": rde[c["class"]]} if distance else {})}
+                              for c in d["classes"]]
         metrics.update({k: d[k] for k in ("substitutions", "deletions", "insertions")})
     metrics["by_env"] = {env: score([e == env for e in results["envs"]])[0] for env in sorted(set(results["envs"]))}
     return metrics
@@ -127,7 +183,7 @@ def seld_evaluate(model, data: SceneWindows, ctx: Context, target: Seld,
     """The SELD metrics of `model` on the scenes of `data` (every rank's, gathered), and the
     scene results (rows per scene)."""
     results = gather_results(scene_results(model, data, target, ctx if training_precision else None), data.world)
-    return metrics_of(results, target.classes), results
+    return metrics_of(results, target.classes, target.distance), results
 
 
 def write_dcase(results: dict, out_dir: Path) -> None:
