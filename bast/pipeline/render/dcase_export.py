@@ -6,10 +6,11 @@ the class index, the source (track) index, the azimuth in degrees counter-clockw
 ahead in [-180, 180), the elevation in degrees, and (from 2024) the distance in cm. bast's
 label rows (bast/pipeline/render/scenemodel.py) hold the same columns in SOFA units (azimuth in
 [0, 360), distance in metres). Predictions use the same format; DCASE 2023 reads the first
-five columns, so `parse_csv` accepts five or six.
+five columns, so bast/dcase/files.py's `parse_dcase_csv` accepts five or six.
 
-`to_csv_lines`/`parse_csv` and `to_dcase_rows`/`from_dcase_rows` are pure: a metrics module
-reading predictions can use them. `export_dcase` writes a finished scenes output in the
+The conversions (`to_dcase_rows`/`from_dcase_rows`, `label_rows_csv`, `parse_dcase_csv`) are
+pure and live in bast/dcase/files.py: a metrics module reading predictions uses them too.
+`export_dcase` writes a finished scenes output in the
 DCASE layout (docs/scenes.md): one stereo WAV and one metadata CSV per scene and condition.
 
 DCASE 2025 task 3 (stereo SELD; `export_dcase(..., stereo2025=True)`, `--stereo-dcase2025`)
