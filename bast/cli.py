@@ -226,6 +226,7 @@ def scenes(
     interpolate: Annotated[bool, typer.Option("--interpolate", help="HRIRs interpolated at the sources' directions, moving ones along their path (else the nearest measured direction). docs/scenes.md.")] = False,
     moving: Annotated[float, typer.Option(help="Share of events that move (0-1).")] = 0.0,
     speed: Annotated[str, typer.Option(help="Speed of moving events in deg/s, V or LO:HI.")] = "10:60",
+    distance: Annotated[Optional[str], typer.Option(help="Source distances in metres, R or LO:HI, drawn per event (a moving event: a start and an end distance). Anechoic: the propagation delay and 1/r from the HRIRs' distance; rooms: BRIRs with the source there (a grid of distances). Default: the IR set's one distance. docs/scenes.md.")] = None,
     test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
     sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
@@ -247,6 +248,7 @@ def scenes(
     normalize: Annotated[str, typer.Option(help="Level of each event: 'rms' (-20 dBFS over the event), 'peak', or 'none'.")] = "rms",
     scenes_per_shard: Annotated[int, typer.Option(help="Scenes per HDF5 shard.")] = 20,
     export_dcase: Annotated[Optional[Path], typer.Option("--export-dcase", help="Also write the scenes in the DCASE layout (stereo WAV + metadata CSV) to this folder.")] = None,
+    stereo_dcase2025: Annotated[bool, typer.Option("--stereo-dcase2025", help="With --export-dcase: metadata as DCASE 2025 task 3 (stereo SELD) has it: a header, azimuth folded to the front, distance in cm, on-screen flag. docs/scenes.md.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
@@ -261,11 +263,13 @@ def scenes(
     from bast.pipeline.render.clips import ClipPolicy
     from bast.pipeline.irs.sources import parse_direction_options, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
-    from bast.pipeline.render.scenes import ScenesConfig, render_scenes
+    from bast.pipeline.render.scenes import ScenesConfig, check_scene_layout, render_scenes
     from bast.pipeline.render.conditions import layout
     from bast.errors import ConfigError
 
     _check_noise(noise, snr)
+    if stereo_dcase2025 and export_dcase is None:
+        raise ConfigError("--stereo-dcase2025 sets the format of --export-dcase DIR: give --export-dcase too")
     if moving == 0 and speed.strip() != "10:60":  # an option this run would ignore: said, not dropped
         raise ConfigError(f"--speed {speed}: sets how fast moving events go, and with --moving 0 none moves; "
                           "give --moving (the share that moves) or leave --speed out")
@@ -278,7 +282,7 @@ def scenes(
         seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, scenes_per_shard=scenes_per_shard,
         hrir=heads, brir=sofa_files(brir, "--brir") or None,
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
-        tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
+        tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse", distance=distance,
     )
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     if export_dcase is not None:  # before any work: the export never lands on an input
@@ -287,10 +291,13 @@ def scenes(
 
         check_export_output(export_dcase, out, stage1_inputs(found.refs, config.spatialize_config(), found.info),
                             option="--export-dcase")
-    conditions = layout(config.spatialize_config()).splits
+    the_layout = layout(config.spatialize_config())
+    check_scene_layout(config, the_layout)  # a --distance the rooms cannot hold, before any work
+    conditions = the_layout.splits
     renders = count * max(len(c) for c in conditions.values())
     console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
                   f"{len(config.directions)} grid directions, {moving:.0%} moving; "
+                  + (f"distances {config.distance[0]:g}-{config.distance[1]:g} m; " if config.distance else "") +
                   f"{len(conditions['train'])} train/val and {len(conditions['test'])} test conditions"
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     summary = _on_cluster("scenes", "rendering scenes", renders, "scene renders", workers, scheduler,
@@ -299,7 +306,7 @@ def scenes(
                               on_start=progress.on_start, on_shard=progress.on_shard))
     _print_scenes_summary(summary, out)
     if export_dcase is not None:
-        _export_dcase(out, export_dcase)
+        _export_dcase(out, export_dcase, stereo_dcase2025)
     raise typer.Exit(3 if summary.failures else 0)
 
 
@@ -315,22 +322,24 @@ def _print_scenes_summary(summary, out: Path) -> None:
     console.print(f"manifest: {out / 'manifest.json'}")
 
 
-def _export_dcase(stage1: Path, out: Path) -> None:
+def _export_dcase(stage1: Path, out: Path, stereo2025: bool = False) -> None:
     from bast.pipeline.render.dcase_export import export_dcase as run
 
     with console.status(f"writing {out}"):
-        summary = run(stage1, out)
+        summary = run(stage1, out, stereo2025=stereo2025)
     console.print(f"DCASE layout: {summary['files']} WAV + CSV pairs at {summary['fs']} Hz in {out} "
-                  f"(folds {summary['folds']}; index {out / 'bast_index.csv'})")
+                  + ("(DCASE 2025 stereo metadata: azimuth folded to the front, distance in cm; " if stereo2025
+                     else "(") + f"folds {summary['folds']}; index {out / 'bast_index.csv'})")
 
 
 @command
 def export_dcase(
     stage1: Annotated[Path, typer.Argument(help="A scenes output directory (bast-cli scenes).")],
     out: Annotated[Path, typer.Argument(help="Folder for stereo_dev/ and metadata_dev/ (the DCASE layout).")],
+    stereo_dcase2025: Annotated[bool, typer.Option("--stereo-dcase2025", help="Metadata as DCASE 2025 task 3 (stereo SELD) has it: header frame,class,source,azimuth,distance,onscreen; azimuth folded to the front, distance in cm. docs/scenes.md.")] = False,
 ) -> None:
     """Write scenes as DCASE SELD data: one stereo WAV and one metadata CSV (frame, class, source, azimuth, elevation, distance) per scene. docs/scenes.md."""
-    _export_dcase(stage1, out)
+    _export_dcase(stage1, out, stereo_dcase2025)
 
 
 def _print_summary(summary, out: Path) -> None:
