@@ -136,6 +136,8 @@ class SceneFlyData:
             raise ConfigError(f"--epoch-samples must be in [1, {MAX_EPOCH_SAMPLES}] scenes, not {epoch_scenes}")
         if not 0 <= workers <= MAX_WORKERS:
             raise ConfigError(f"--loader-workers must be in [0, {MAX_WORKERS}], not {workers}")
+        if not recipe.train_sounds():  # said here, not from inside a loader worker
+            raise DataError(f"{recipe.stage1}: no training sounds to draw scenes from")
         self.recipe, self.device, self.kinds, self.length = recipe, torch.device(device), featurize.kinds, length
         self.epoch_scenes, self.batch_size, self.rank, self.world = epoch_scenes, batch_size, rank, world
         self.cutter = SceneCutter(length, hop, n_classes, distance=distance)

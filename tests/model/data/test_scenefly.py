@@ -144,6 +144,8 @@ def test_the_loader_gives_the_same_batches_with_workers_and_ranks_disjoint(scene
         _data(scenes, recipe, epoch_scenes=0)
     with pytest.raises(DataError, match="window"):
         SceneFlyData(recipe, _featurizer(scenes), 8, 8, "cpu", length=1000, hop=10, n_classes=3, workers=0)
+    with pytest.raises(DataError, match="no training sounds"):
+        _data(scenes, dataclasses.replace(recipe, sounds={**recipe.sounds, "train": ()}))
 
 
 def _tiny(**kwargs):
