@@ -455,12 +455,12 @@ def _feature_names(text: Optional[str]) -> Optional[list]:
 
 @command
 def train(
-    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize); with --on-the-fly a Stage 1 one (bast-cli spatialize).")],
+    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize); with --on-the-fly a Stage 1 one (bast-cli spatialize; bast-cli scenes for --target seld).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
-    on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md).")] = False,
+    on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples (or, for --target seld, scenes) every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md, docs/seld.md).")] = False,
     fresh_sounds: Annotated[Optional[bool], typer.Option("--fresh-sounds", help="--on-the-fly: new procedural sounds every epoch, never the validation or test ones.")] = None,
     sample_directions: Annotated[Optional[str], typer.Option(help="--on-the-fly: directions drawn from the Stage 1 grid, or anywhere on the circle or the sphere (interpolated HRIRs). [default: grid]")] = None,
-    epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch. [default: as many as Stage 1's training split]")] = None,
+    epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch (scenes, for --target seld). [default: as many as Stage 1's training split]")] = None,
     loader_workers: Annotated[Optional[int], typer.Option(help="--on-the-fly: processes rendering samples ahead of training (0: in the training process). [default: 1]")] = None,
     render_device: Annotated[Optional[str], typer.Option(help="--on-the-fly: where the convolution and the feature STFT run: workers (numpy, in the loader processes), device (torch, batched on the training device) or auto (device on a GPU, workers on a CPU). [default: auto]")] = None,
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
