@@ -1,5 +1,6 @@
 """SELD evaluation: window outputs stitched back into whole scenes, decoded to DCASE rows,
-scored with the DCASE 2023 metrics (bast/dcase/metrics.py; docs/seld.md).
+scored with the DCASE metrics of the newest edition the rows allow (bast/dcase/; 2023
+unless every row carries a distance, then 2024; recorded as "edition"; docs/seld.md).
 
 Windows are cut every 25 STFT frames (two label frames) and one more ends at the scene's
 end (bast/model/data/scenes.py); a label frame's output is the mean of the multi-ACCDOA
@@ -27,8 +28,14 @@ from bast.model.runs.runtime import Context, autocast, full_precision
 from bast.model.data.scenes import SceneWindows
 from bast.model.targets.adpit import adpit_loss, decode
 from bast.model.targets.core import Seld
+from bast.dcase.editions import rows_edition
 from bast.dcase.files import dcase_rows, write_dcase_csv
+from bast.dcase.frames import NO_PAIR_NOTE, FrameScores
 from bast.dcase.metrics import SeldScores, score_recordings
+
+
+# The notes of undefined figures: a run's, and DCASE 2024's localization errors without pairs.
+NOTES = {**METRIC_NOTES, "le_deg": NO_PAIR_NOTE, "rde": NO_PAIR_NOTE, "distance_error_m": NO_PAIR_NOTE}
 
 
 @torch.no_grad()
@@ -100,26 +107,45 @@ def gather_results(results: dict, world: int) -> dict:
 
 
 def metrics_of(results: dict, classes) -> dict:
-    """The DCASE scores of scene results, overall, per class (by name) and per environment."""
+    """The DCASE scores of scene results, overall, per class (by name) and per environment,
+    by the newest edition the rows allow ("edition"): 2024 when every reference and
+    predicted row carries a distance (a sixth column, cm), else 2023. The headline keys are
+    the same in both (f20, er20, le_deg: DOAE in 2024, lr, seld_score: each edition's own);
+    2024 adds rde and distance_error_m."""
     n_classes = len(classes)
+    edition = rows_edition(zip(results["ref"], results["pred"]))
 
-    def score(keep) -> tuple[dict, SeldScores | None]:
+    def score(keep) -> tuple[dict, SeldScores | FrameScores | None]:
         pairs = [(r, p) for r, p, k in zip(results["ref"], results["pred"], keep) if k]
         if not pairs:
             return {"n": 0}, None
-        s = score_recordings(pairs, n_classes)
-        return {"n": len(pairs), "er20": s.er, "f20": s.f, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld,
-                **({"note": s.note} if s.note else {})}, s
+        s = score_recordings(pairs, n_classes, edition=edition)
+        head = {"n": len(pairs), "er20": s.er, "f20": s.f, "lr": s.lr, "seld_score": s.seld}
+        if edition == "2023":
+            head["le_deg"] = s.le
+        else:
+            head.update(le_deg=s.doa_error, rde=s.relative_distance_error, distance_error_m=s.distance_error_m)
+        return {**head, **({"note": s.note} if s.note else {})}, s
 
     overall, scores = score([True] * len(results["names"]))
-    metrics = {**overall, "loss": results["loss_sum"] / results["windows"] if results["windows"] else math.nan,
+    metrics = {"edition": edition, **overall,
+               "loss": results["loss_sum"] / results["windows"] if results["windows"] else math.nan,
                "windows": results["windows"]}
     if scores is not None:
         d = scores.to_dict()
-        metrics["classes"] = [{**c, "class": classes[c["class"]]} for c in d["classes"]]
+        metrics["classes"] = [{**_report_keys(c), "class": classes[c["class"]]} for c in d["classes"]]
         metrics.update({k: d[k] for k in ("substitutions", "deletions", "insertions")})
     metrics["by_env"] = {env: score([e == env for e in results["envs"]])[0] for env in sorted(set(results["envs"]))}
     return metrics
+
+
+def _report_keys(c: dict) -> dict:
+    """A class's scores with the keys `bast-cli report` reads in every edition (F, LE, LR,
+    SELD, reference_tracks: DCASE 2023's names) beside the edition's plain names."""
+    if "F" in c:
+        return c
+    return {**c, "F": c["f_score"], "LE": c["doa_error_deg"], "LR": c["localization_recall"], "SELD": c["seld_score"],
+            "reference_tracks": c["reference_events"]}
 
 
 def seld_evaluate(model, data: SceneWindows, ctx: Context, target: Seld,
@@ -152,13 +178,15 @@ def seld_test(model, data: SceneWindows, ctx: Context, target: Seld, out_dir: Pa
     (metrics, per class and environment, `extra`; `evaluate` names it metrics.json) and
     the DCASE CSVs under out_dir/seld, written before the metrics file that vouches for them."""
     metrics, results = seld_evaluate(model, data, ctx, target)
-    # ER (and the SELD score) alone may be undefined: test scenes without events (null in JSON, with a note)
-    if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in ("loss", "f20", "le_deg", "lr")):
+    # ER (and the SELD score) alone may be undefined: test scenes without events (null in JSON, with a note);
+    # so may DCASE 2024's DOA error, when no prediction pairs with a reference event
+    needed = ("loss", "f20", "lr") + (("le_deg",) if metrics["edition"] == "2023" else ())
+    if not metrics["n"] or not all(math.isfinite(float(metrics[k])) for k in needed):
         raise DataError(f"the SELD test on {data.sel.root} gave loss {metrics.get('loss')} over {metrics['n']} "
                         "scenes; nothing written (non-finite spectra? re-run bast-cli featurize)")
     metrics.update(target=target.name, classes_list=list(target.classes), window_frames=data.length,
                    label_frames_per_window=data.label_frames, **extra)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_dcase(results, out_dir / "seld")
-    write_json(out_dir / metrics_file, metrics, METRIC_NOTES)
+    write_json(out_dir / metrics_file, metrics, NOTES)
     return metrics
