@@ -163,35 +163,39 @@ def _span(frames, cls, source, *values) -> list[list]:
 
 
 # 2024, 5 classes (class 4 never occurs): a perfect direction (error ~8e-4 deg, not 0); a
-# predicted distance 0 (relative error eps-close to 1.0: still a hit) and one 1 cm beyond
-# twice the reference's (1.01: a miss); two same-class events with the rows of a frame in
+# predicted distance 0 (relative error eps-close to 1.0: still a hit), one of exactly twice
+# the reference's (1.0: a hit, the threshold is strict) and one 1 cm beyond twice (1.01: a
+# miss); two same-class events with the rows of a frame in
 # the other order and one direction 15 deg off, then a third, extra prediction; a class
 # only predicted; a direction 30 deg off at the right distance; the last reference frame
 # (20, not scored) and a prediction past it; b: an empty prediction file.
 EDGE_2024 = {
     "a": (_span(range(10), 0, 0, 0, 0, 200) + _span(range(2, 8), 1, 0, 90, 0, 100)
           + [r for f in range(6) for r in ([f, 2, 0, 10, 0, 300], [f, 2, 1, 100, 20, 300])]
-          + _span(range(15, 18), 0, 0, -150, -30, 400) + _span([20], 0, 0, 45, 0, 150),
+          + _span(range(11, 14), 0, 0, 0, 0, 400) + _span(range(15, 18), 0, 0, -150, -30, 400)
+          + _span([20], 0, 0, 45, 0, 150),
           _span(range(10), 0, 0, 0, 0, 200) + _span(range(2, 6), 1, 0, 90, 0, 0) + _span(range(6, 8), 1, 0, 90, 0, 201)
           + [r for f in range(4) for r in ([f, 2, 0, 115, 20, 300], [f, 2, 0, 12, 0, 310])]
           + [r for f in range(4, 6) for r in ([f, 2, 0, 10, 0, 300], [f, 2, 0, 100, 20, 300], [f, 2, 0, 60, 0, 300])]
-          + _span(range(10, 13), 3, 0, -60, 10, 250) + _span(range(15, 18), 0, 0, -120, -30, 400)
+          + _span(range(10, 13), 3, 0, -60, 10, 250) + _span(range(11, 14), 0, 0, 0, 0, 800)
+          + _span(range(15, 18), 0, 0, -120, -30, 400)
           + _span([20, 25], 0, 0, 45, 0, 150)),
     "b": (_span(range(6), 1, 0, -90, 0, 120), []),
 }
 
 # 2025, 4 classes: a rear direction predicted at its front mirror (150 vs 30, -170 vs -10:
 # no error), with the on-screen flag wrong; 100 vs 95 (folded 80 vs 85); 179 vs -179
-# (folded 1 vs -1); eleven predictions of one class in one frame (the 11th overwrites
+# (folded 1 vs -1); a distance of twice the reference's (relative error 1.0: a hit); eleven predictions of one class in one frame (the 11th overwrites
 # track 0) against two references with source 12 (>= 10: the lowest free track); the last
 # reference frame (20) and a prediction past it; b: an empty reference with predictions
 # (not scored); c: an empty prediction.
 EDGE_2025 = {
     "a": (_span(range(5), 0, 0, 150, 200, 0) + _span(range(5), 1, 0, -170, 100, 0) + _span(range(5, 10), 2, 0, 100, 300, 0)
-          + _span(range(10, 13), 3, 0, 179, 300, 0) + _span([15], 0, 12, 20, 200, 1) + _span([15], 0, 12, -40, 250, 1)
+          + _span(range(10, 13), 3, 0, 179, 300, 0) + _span(range(6, 9), 1, 0, 60, 400, 1) + _span([15], 0, 12, 20, 200, 1) + _span([15], 0, 12, -40, 250, 1)
           + _span([20], 2, 0, 0, 100, 1),
           _span(range(5), 0, 0, 30, 200, 0) + _span(range(5), 1, 0, -10, 150, 1) + _span(range(5, 10), 2, 0, 95, 300, 0)
-          + _span(range(10, 13), 3, 0, -179, 300, 0) + [[15, 0, s, 10 * s - 50, 200, 1] for s in range(11)]
+          + _span(range(10, 13), 3, 0, -179, 300, 0) + _span(range(6, 9), 1, 0, 60, 800, 1)
+          + [[15, 0, s, 10 * s - 50, 200, 1] for s in range(11)]
           + _span([20, 26], 2, 0, 0, 100, 1)),
     "b": ([], _span(range(3, 9), 1, 0, 40, 200, 1)),
     "c": (_span(range(4), 3, 0, -30, 150, 1), []),
