@@ -6,8 +6,12 @@ the class index, the source (track) index, the azimuth in degrees counter-clockw
 ahead in [-180, 180), the elevation in degrees, and (from 2024) the distance in cm. bast's
 label rows (bast/pipeline/render/scenemodel.py) hold the same columns in SOFA units (azimuth in
 [0, 360), distance in metres): `to_dcase_rows` / `from_dcase_rows` convert. Predictions use
-the same format; DCASE 2023 reads the first five columns. The DCASE 2023 baseline's own
+the same format; DCASE 2023 reads the first five columns (`read_dcase_csv`), DCASE 2024
+needs the distance on every row (`read_dcase2024_csv`). The DCASE 2023 baseline's own
 output, `frame,class,source,x,y,z,distance` (7 columns), is read as the direction of (x, y, z).
+DCASE 2025 (stereo) files start with the header line frame,class,source,azimuth,distance,onscreen
+and hold no elevation (`read_dcase2025_csv`). Each form has its writer (`write_dcase2023_csv`,
+`write_dcase2024_csv`, `write_dcase2025_csv`; `write_dcase_csv` writes 5 or 6 columns).
 Pure numpy: the CLI, the pipeline and the model's evaluation can all use it.
 """
 
