@@ -554,8 +554,8 @@ def _epoch_line(row: dict) -> str:
                + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
                   else "")
                + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
-               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
-                  f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
+               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {_figure(row.get('val_le_deg'), '.1f')} deg  ER20 "
+                  f"{_figure(row.get('val_er20'), '.2f')}  " if row.get("val_f20") is not None else ""))
     else:
         val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
     return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"

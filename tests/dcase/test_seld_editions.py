@@ -329,3 +329,16 @@ def test_predict_nothing_is_scored_by_the_runs_edition(tmp_path):
     assert math.isnan(m["le_deg"]) and m["seld_score"] == pytest.approx(1.0)  # mean of 1 - F alone
     m23 = predict_nothing(tmp_path, 4)
     assert m23["edition"] == "2023" and m23["le_deg"] == 180.0
+
+
+def test_2024_without_reference_events_scores_f_and_leaves_the_error_rate_undefined(tmp_path):
+    """2023 refuses such folders (its SELD score holds ER); 2024's SELD score does not, so
+    F and the SELD score are given and only ER is null, with why."""
+    ref, pred = _case(tmp_path, "", ROWS24)
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(app, ["seld-metrics", str(ref), str(pred), "--edition", "2024", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    d = _strict(out.read_text())
+    assert d["f_score"] == 0.0 and d["seld_score"] == pytest.approx(1.0) and d["error_rate"] is None
+    assert "divides by their number" in d["error_rate_note"] and "no events" in d["note"]
+    assert d["doa_error_deg"] is None and "no prediction was paired" in d["doa_error_deg_note"]
