@@ -697,7 +697,7 @@ def seld_metrics(
     edition: Annotated[Optional[str], typer.Option(help="DCASE edition of the metrics: 2023 (1 s segments, direction), 2024 (frame-wise, direction and distance) or 2025 (stereo: azimuth folded to the front, and distance). [default: the newest the files' columns allow]")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the largest class index seen + 1); classes never seen count in the macro average.")] = None,
     threshold: Annotated[float, typer.Option(help="DOA threshold in degrees for a detection to count as true.")] = 20.0,
-    onscreen: Annotated[bool, typer.Option("--onscreen", help="--edition 2025: a detection must also get the on-screen flag right (the audio-visual track's F20/on-off).")] = False,
+    onscreen: Annotated[bool, typer.Option("--onscreen", help="DCASE 2025: a detection must also get the on-screen flag right (the audio-visual track's F20/on-off).")] = False,
     average: Annotated[str, typer.Option(help="macro (DCASE: the mean over classes) or micro (pooled counts).")] = "macro",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores, per class and overall, to this JSON file.")] = None,
 ) -> None:
@@ -714,7 +714,6 @@ def seld_metrics(
     from bast.dcase.editions import check_edition
     from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
     from bast.dcase.metrics import score_folders, scores_json
-    from bast.errors import ConfigError
     from bast.fileio import atomic_write_text, json_text, versions
 
     if classes is not None:  # per-class counts are allocated for each: sized before
@@ -722,8 +721,6 @@ def seld_metrics(
                        most=MAX_CLASSES)
     if edition is not None:
         edition = check_edition(edition)
-    if onscreen and edition != "2025":
-        raise ConfigError("--onscreen needs --edition 2025: only DCASE 2025's files carry the on-screen flag")
     if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
         options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
     s, edition, why = score_folders(ref_dir, pred_dir, edition=edition, n_classes=classes, doa_threshold=threshold,

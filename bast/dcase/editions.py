@@ -26,7 +26,6 @@ from bast.dcase.files import (
 from bast.errors import ConfigError, DataError
 
 EDITIONS = ("2023", "2024", "2025")
-NEWEST = EDITIONS[-1]
 _FORMS = {"5": "5 columns (frame,class,source,azimuth,elevation: no distance)",
           "7": "7 columns (the baselines' frame,class,source,x,y,z,distance, whose distance is 0 in the 2023 "
                "baseline's files and metres in the 2024 one's, where the task's files hold cm)",

@@ -369,6 +369,9 @@ def score_folders(ref_dir, pred_dir, *, edition: str | None = None, n_classes: i
         raise ConfigError(f"the number of classes must be positive, not {n_classes}")
     files = pair_csv_files(ref_dir, pred_dir)
     edition, why = choose_edition([p for pair in files for p in pair], edition)
+    if require_onscreen and edition != "2025":
+        raise ConfigError(f"--onscreen: only DCASE 2025's files carry the on-screen flag; these are scored by DCASE "
+                          f"{edition} ({why})")
     read = READERS[edition]
     pairs = [(read(r), read(p)) for r, p in files]
     check_reference_distances(pairs, [r for r, _ in files], edition)

@@ -219,7 +219,7 @@ def test_cli_json_holds_the_figures_under_plain_names(tmp_path):
 def test_cli_2025_with_the_onscreen_flag_required(tmp_path):
     out = tmp_path / "s.json"
     result = CliRunner().invoke(app, ["seld-metrics", str(DATA / "dcase2025" / "edge" / "ref"),
-                                      str(DATA / "dcase2025" / "edge" / "pred"), "--edition", "2025", "--onscreen",
+                                      str(DATA / "dcase2025" / "edge" / "pred"), "--onscreen",  # 2025: chosen
                                       "--classes", "4", "--json", str(out)])
     assert result.exit_code == 0, result.output
     d, want = _strict(out.read_text()), REF_2025["edge"]["audiovisual/macro"]
@@ -284,7 +284,8 @@ ROWS25 = f"{DCASE2025_HEADER}\n0,0,0,10,200,1\n1,0,0,10,200,1\n"
     (ROWS25, None, ["--edition", "2023"], ["--edition 2023 reads rows", "has a header line"]),
     ("0,0,0,10,0,0\n1,0,0,10,0,200\n", None, [], ["a reference event at distance 0 cm (frame 0)"]),
     (ROWS24, None, ["--edition", "2026"], ["--edition 2026: DCASE editions scored are 2023, 2024, 2025"]),
-    (ROWS24, None, ["--onscreen"], ["--onscreen needs --edition 2025"]),
+    (ROWS24, None, ["--onscreen"], ["--onscreen: only DCASE 2025's files carry the on-screen flag",
+                                    "scored by DCASE 2024"]),
 ])
 def test_cli_refuses_what_an_edition_cannot_score_in_one_line(tmp_path, ref, pred, args, phrases):
     _refused([*_case(tmp_path, ref, pred), *args], *phrases)
