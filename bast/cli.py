@@ -694,7 +694,7 @@ def evaluate(
 def seld_metrics(
     ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (2023: frame,class,source,azimuth,elevation; 2024: and distance in cm; 2025: a header line, then frame,class,source,azimuth,distance,onscreen), searched recursively.")],
     pred_dir: Annotated[Path, typer.Argument(help="Predicted CSVs of the same names, in the same format.")],
-    edition: Annotated[Optional[str], typer.Option(help="DCASE edition of the metrics: 2023 (1 s segments, direction), 2024 (frame-wise, direction and distance) or 2025 (stereo: azimuth folded to the front, and distance). [default: the newest the files' columns allow]")] = None,
+    edition: Annotated[Optional[str], typer.Option(help="DCASE edition of the metrics: 2023 (1 s segments, direction), 2024 (frame-wise, direction and distance) or 2025 (stereo: azimuth folded to the front, and distance); default: the newest the files' columns allow, named in the output.")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the largest class index seen + 1); classes never seen count in the macro average.")] = None,
     threshold: Annotated[float, typer.Option(help="DOA threshold in degrees for a detection to count as true.")] = 20.0,
     onscreen: Annotated[bool, typer.Option("--onscreen", help="DCASE 2025: a detection must also get the on-screen flag right (the audio-visual track's F20/on-off).")] = False,
