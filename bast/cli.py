@@ -563,10 +563,11 @@ def _epoch_line(row: dict) -> str:
                + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
                   else "")
                + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
-               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
-                  f"{_figure(row['val_er20'], '.2f')}  SELD {_figure(row.get('val_seld_score'), '.3f')}  "
-                  if row.get("val_f20") is not None else "")
-               + (f"RDE {_figure(row['val_rde'], '.2f')}  " if "val_rde" in row else ""))
+               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {_figure(row.get('val_le_deg'), '.1f')} deg  ER20 "
+                  f"{_figure(row.get('val_er20'), '.2f')}  "
+                  + (f"RDE {_figure(row.get('val_rde'), '.2f')}  " if "val_rde" in row else "")
+                  + f"SELD {_figure(row.get('val_seld_score'), '.3f')} (DCASE {row.get('val_edition', '2023')})  "
+                  if row.get("val_f20") is not None else ""))
     else:
         val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
     return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
@@ -590,11 +591,12 @@ def _print_test(result: dict, out: Path) -> None:
                       f"{_figure(result['chance_accuracy'], '.3f')}), macro F1 {_figure(result['macro_f1'], '.3f')}, "
                       f"n={result['n']}")
     if on_scenes(result):
-        console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
-                      f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
-                      f"SELD score {_figure(result['seld_score'], '.3f')}"
+        console.print(f"[bold green]test[/] SELD (DCASE {result.get('edition', '2023')}, best checkpoint, {result['n']} "
+                      f"scenes): F20 {100 * result['f20']:.1f} %, "
+                      f"ER20 {_figure(result['er20'], '.2f')}, LE {_figure(result['le_deg'], '.1f')} deg, "
+                      f"LR {100 * result['lr']:.1f} %"
                       + (f", relative distance error {_figure(result['rde'], '.3f')}" if "rde" in result else "")
-                      + f"; DCASE CSVs in {out / 'eval' / 'seld'}")
+                      + f", SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
         if result.get("note"):
             console.print(f"[yellow]note[/]: {result['note']}")
     console.print(f"run: {out}")
@@ -641,8 +643,10 @@ def report(
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     for label, r in summary.get("seld", {}).items():
         m = r.get("test", r)  # a run's test, or the "predict nothing" scores
-        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE {m['le_deg']:.1f} deg, "
-                      f"LR {100 * m['lr']:.1f} %, SELD score {_figure(m['seld_score'], '.3f')}")
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE "
+                      f"{_figure(m['le_deg'], '.1f')} deg, LR {100 * m['lr']:.1f} %"
+                      + (f", RDE {_figure(m['rde'], '.3f')}" if "rde" in m else "")
+                      + f", SELD score {_figure(m['seld_score'], '.3f')} (DCASE {m.get('edition', '2023')})")
     console.print(f"report: {page}")
 
 
@@ -673,8 +677,9 @@ def evaluate(
                          ("MSE", "right"), ("n", "right"), ("", "left")):
         t.add_column(col, justify=justify)
     ts = Table(title=f"SELD runs, best checkpoints on the {split} scenes" + (f" ({env})" if env else ""))
-    for col, justify in (("run", "left"), ("data set", "left"), ("F20 (%)", "right"), ("ER20", "right"),
-                         ("LE (deg)", "right"), ("LR (%)", "right"), ("SELD", "right"), ("scenes", "right"),
+    for col, justify in (("run", "left"), ("data set", "left"), ("DCASE", "right"), ("F20 (%)", "right"), ("ER20", "right"),
+                         ("LE (deg)", "right"), ("LR (%)", "right"), ("RDE", "right"), ("SELD", "right"),
+                         ("scenes", "right"),
                          ("", "left")):
         ts.add_column(col, justify=justify)
     written = []
@@ -685,9 +690,10 @@ def evaluate(
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
             if on_scenes(m):  # docs/seld.md
-                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", _figure(m['er20'], '.2f'),
-                           f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", _figure(m['seld_score'], '.3f'), f"{m['n']:,}",
-                           how)
+                ts.add_row(str(run_dir), m["name"], m.get("edition", "2023"), f"{100 * m['f20']:.1f}",
+                           _figure(m['er20'], '.2f'), _figure(m['le_deg'], '.1f'), f"{100 * m['lr']:.1f}",
+                           _figure(m['rde'], '.3f') if "rde" in m else "-",  # DCASE 2023 scores no distance
+                           _figure(m['seld_score'], '.3f'), f"{m['n']:,}", how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
                 continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
@@ -702,32 +708,55 @@ def evaluate(
 
 @command
 def seld_metrics(
-    ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (frame,class,source,azimuth,elevation[,distance]), searched recursively.")],
+    ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (2023: frame,class,source,azimuth,elevation; 2024: and distance in cm; 2025: a header line, then frame,class,source,azimuth,distance,onscreen), searched recursively.")],
     pred_dir: Annotated[Path, typer.Argument(help="Predicted CSVs of the same names, in the same format.")],
+    edition: Annotated[Optional[str], typer.Option(help="DCASE edition of the metrics: 2023 (1 s segments, direction), 2024 (frame-wise, direction and distance) or 2025 (stereo: azimuth folded to the front, and distance); default: the newest the files' columns allow, named in the output.")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the largest class index seen + 1); classes never seen count in the macro average.")] = None,
     threshold: Annotated[float, typer.Option(help="DOA threshold in degrees for a detection to count as true.")] = 20.0,
-    average: Annotated[str, typer.Option(help="macro (DCASE 2023: the mean over classes) or micro (pooled counts).")] = "macro",
+    onscreen: Annotated[bool, typer.Option("--onscreen", help="DCASE 2025: a detection must also get the on-screen flag right (the audio-visual track's F20/on-off).")] = False,
+    average: Annotated[str, typer.Option(help="macro (DCASE: the mean over classes) or micro (pooled counts).")] = "macro",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores, per class and overall, to this JSON file.")] = None,
 ) -> None:
-    """Score any system's DCASE-format predictions the DCASE 2023 task 3 way (docs/seld.md).
+    """Score any system's DCASE-format predictions the DCASE task 3 way (docs/seld.md).
 
-    Location-aware error rate and F-score at the DOA threshold on 1 s segments, and the
-    class-dependent localization error and recall, as the DCASE 2023 baseline's reference
-    implementation computes them; files are matched by name, and a missing or extra file
-    is an error.
+    Each edition as that year's reference implementation computes it: 2023, location-aware
+    error rate and F-score at the DOA threshold on 1 s segments with the class-dependent
+    localization error and recall; 2024, frame-wise F-score with distance (a hit within the
+    threshold and a relative distance error at most 1), DOA error and relative distance
+    error; 2025, the same on the azimuth folded to the front. Files are matched by name, and
+    a missing or extra file is an error.
     """
     from bast import options
+    from bast.dcase.editions import check_edition
     from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
-    from bast.dcase.metrics import SELD_NOTES, score_directories
+    from bast.dcase.metrics import score_folders, scores_json
     from bast.fileio import atomic_write_text, json_text, versions
 
     if classes is not None:  # per-class counts are allocated for each: sized before
         options.budget(options.count(classes, "--classes", 1), CLASS_BYTES, f"--classes {classes}", "classes",
                        most=MAX_CLASSES)
+    if edition is not None:
+        edition = check_edition(edition)
     if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
         options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
-    s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
-    t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
+    s, edition, why = score_folders(ref_dir, pred_dir, edition=edition, n_classes=classes, doa_threshold=threshold,
+                                    require_onscreen=onscreen, average=average)
+    console.print(f"edition: DCASE {edition} ({why})")
+    (_print_seld_2023 if edition == "2023" else _print_seld_frames)(s, threshold)
+    if s.note:
+        console.print(f"[yellow]note[/]: {s.note}")
+    if json_out is not None:
+        d, notes = scores_json(s, edition, why)
+        d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
+                 doa_threshold_deg=threshold, versions=versions())
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_out, json_text(d, notes) + "\n")
+        console.print(f"scores: {json_out}")
+
+
+def _print_seld_2023(s, threshold: float) -> None:
+    """`seld-metrics` by DCASE 2023: per class and overall, and the one error rate."""
+    t = Table(title=f"SELD metrics, DCASE 2023, {s.average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):
         t.add_column(col, justify="right")
     d = s.to_dict()
@@ -739,14 +768,36 @@ def seld_metrics(
     console.print(t)
     console.print(f"ER {s.er:.3f} (S {d['substitutions']}, D {d['deletions']}, I {d['insertions']}), "
                   f"F {100 * s.f:.1f} %, LE {s.le:.1f} deg, LR {100 * s.lr:.1f} %, SELD {s.seld:.3f}")
-    if s.note:
-        console.print(f"[yellow]note[/]: {s.note}")
-    if json_out is not None:
-        d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
-                 doa_threshold_deg=threshold, versions=versions())
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_out, json_text(d, SELD_NOTES) + "\n")
-        console.print(f"scores: {json_out}")
+
+
+def _cell(value, spec: str) -> str:
+    """A table cell: an undefined figure (a class without any pair) as '-'."""
+    return "-" if _figure(value, spec) == "undefined" else format(value, spec)
+
+
+def _print_seld_frames(s, threshold: float) -> None:
+    """`seld-metrics` by DCASE 2024 or 2025 (frame-wise, with distance): per class and overall."""
+    pc = s.per_class
+    extra = ([("LR (%)", "localization_recall", 100, ".1f"), ("SELD", "seld_score", 1, ".3f")] if s.edition == "2024"
+             else [("on-screen (%)", "onscreen_accuracy", 100, ".1f")])
+    cols = [("F (%)", "f_score", 100, ".1f"), ("DOAE (deg)", "doa_error_deg", 1, ".1f"),
+            ("dist. err. (m)", "distance_error_m", 1, ".2f"), ("RDE", "relative_distance_error", 1, ".3f"), *extra]
+    rde = s.thresholds["relative_distance_threshold"]
+    t = Table(title=f"SELD metrics, DCASE {s.edition}, {s.average} average, {threshold:g} deg and RDE {rde:g} "
+                    f"({s.counts.recordings} files)")
+    for col in ("class", "ref. events", *(c[0] for c in cols)):
+        t.add_column(col, justify="right")
+    for k in range(s.counts.n_classes):
+        t.add_row(str(k), str(int(s.counts.n_ref[k])), *(_cell(scale * pc[key][k], spec) for _, key, scale, spec in cols))
+    overall = s.plain()
+    t.add_row("all", str(int(s.counts.n_ref.sum())),
+              *(_cell(scale * overall[key], spec) for _, key, scale, spec in cols), style="bold")
+    console.print(t)
+    tail = (f", ER {_figure(s.er, '.3f')}, LR {_figure(100 * s.lr, '.1f')} %, SELD {_figure(s.seld, '.3f')}"
+            if s.edition == "2024" else f", on-screen {_figure(100 * s.onscreen_accuracy, '.1f')} %")
+    console.print(f"F {100 * s.f:.1f} %, DOAE {_figure(s.doa_error, '.1f')} deg, RDE "
+                  f"{_figure(s.relative_distance_error, '.3f')}, distance error {_figure(s.distance_error_m, '.2f')} m"
+                  + tail)
 
 
 @command

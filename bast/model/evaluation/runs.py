@@ -233,7 +233,8 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
     index = _read_index(run_dir)
     index["trained_spectrogram"] = trained
     sets = index.setdefault("sets", {})
-    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if on_scenes(metrics) else (
+    headline = ("target", "edition", "f20", "er20", "le_deg", "lr", "seld_score",
+                *(("rde",) if "rde" in metrics else ())) if on_scenes(metrics) else (
         "ad_deg", "median_ad_deg", "mse", "front_back_rate")
     sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", *headline,
                                               "created")}

@@ -25,9 +25,12 @@ METRIC_NOTES = {
     # SELD (bast/dcase/metrics.py SELD_NOTES): test scenes without any event
     "er20": "undefined: the test scenes hold no events, and the error rate divides by their number",
     "seld_score": "undefined: the test scenes hold no events, and the error rate divides by their number",
-    # SELD with distance (bast/model/evaluation/seld.py relative_distance_error)
-    "rde": "no predicted event was paired with a reference event, so no distance was compared",
-    "RDE": "no predicted event of this class was paired with a reference event, so no distance was compared",
+    # SELD with distance, scored by DCASE 2024 (bast/dcase/frames.py NO_PAIR_NOTE, the same words:
+    # not imported, so that this module stays light): the localization errors without pairs
+    "le_deg": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "rde": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "distance_error_m": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "RDE": "undefined: no prediction was paired with a reference event of its class in any frame",
 }
 
 

@@ -18,10 +18,12 @@ scores azimuth and distance only, with rear directions folded to the front, sinc
 cannot tell them apart. Its metadata (as the task's baseline, partha2409/DCASE2025_seld_baseline,
 writes and reads it) has a header line `frame,class,source,azimuth,distance,onscreen`, then
 integers: the 100 ms frame, the class, the source, the azimuth folded into [-90, 90]
-(`fold_azimuth_front`: a -> 180 - a above 90, -180 - a below -90, after wrapping into
-[-180, 180)), the distance in cm, and whether the event is on the video's screen. bast
-scenes have no video: every event is written off screen (0), as the baseline's audio-only
-model writes its predictions. `dcase2025_rows` and `dcase2025_csv` are that writer.
+(bast/dcase/dcase2025.py `fold_azimuth`, the baseline's `fold_az_angle`: a -> 180 - a above
+90, -180 - a below -90, after wrapping into [-180, 180)), the distance in cm, and whether the
+event is on the video's screen. bast scenes have no video: every event is written off screen
+(0), as the baseline's audio-only model writes its predictions. `dcase2025_rows` makes those
+rows of bast's label rows; bast/dcase/files.py's `write_dcase2025_csv` writes them, the one
+writer of the format, whose reader `seld-metrics --edition 2025` scores them with.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from bast import options
-from bast.dcase.files import label_rows_csv, to_dcase_rows
+from bast.dcase.dcase2025 import fold_azimuth
+from bast.dcase.files import label_rows_csv, to_dcase_rows, write_dcase2025_csv
+from bast.fileio import atomic_write_text
 
 # The DCASE 2023 baseline takes the fold from the file name's fifth character and trains
 # on fold 3 and tests on fold 4 by default; val gets a fold of its own.
@@ -50,17 +54,6 @@ def check_export_output(out_dir, stage1_dir, inputs=(), option: str = "OUT") -> 
                               owned=EXPORT_OWNED)
 
 
-DCASE2025_HEADER = "frame,class,source,azimuth,distance,onscreen"
-
-
-def fold_azimuth_front(azimuth_deg) -> np.ndarray:
-    """Azimuths (degrees, any range) folded to the front as DCASE 2025 does (its baseline's
-    `fold_az_angle`): wrapped into [-180, 180), then a rear direction mirrored across the
-    interaural axis, a -> 180 - a for a > 90 and -180 - a for a < -90; result in [-90, 90]."""
-    a = (np.asarray(azimuth_deg, dtype=np.float64) + 180.0) % 360.0 - 180.0
-    return np.where(a > 90.0, 180.0 - a, np.where(a < -90.0, -180.0 - a, a))
-
-
 def dcase2025_rows(rows: np.ndarray) -> np.ndarray:
     """(R, 6) label rows (frame, category, track, azimuth_deg, elevation_deg, distance_m) ->
     (R, 6) int64 DCASE 2025 rows (frame, class, source, folded azimuth, distance in cm,
@@ -69,14 +62,18 @@ def dcase2025_rows(rows: np.ndarray) -> np.ndarray:
     d = to_dcase_rows(rows)
     out = np.zeros((len(d), 6), dtype=np.int64)
     out[:, :3] = d[:, :3]
-    out[:, 3] = fold_azimuth_front(d[:, 3]).astype(np.int64)
+    out[:, 3] = fold_azimuth(d[:, 3]).astype(np.int64)
     out[:, 4] = d[:, 5]
     return out[np.lexsort((out[:, 2], out[:, 0]))]
 
 
-def dcase2025_csv(rows: np.ndarray) -> str:
-    """Label rows as DCASE 2025 metadata text: the header line, then `dcase2025_rows`."""
-    return DCASE2025_HEADER + "\n" + "".join(",".join(map(str, r)) + "\n" for r in dcase2025_rows(rows))
+def write_metadata(path: Path, labels: np.ndarray, stereo2025: bool = False) -> None:
+    """A scene's label rows as its metadata CSV, atomically: DCASE 2024's rows (no header),
+    or with `stereo2025` DCASE 2025's (`dcase2025_rows` by `write_dcase2025_csv`)."""
+    if stereo2025:
+        write_dcase2025_csv(path, dcase2025_rows(labels))
+    else:
+        atomic_write_text(path, label_rows_csv(labels))
 
 
 def file_stem(split: str, room: int, mix: int) -> str:
@@ -88,19 +85,18 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS, stereo2025: bool = 
     """Write every scene of a finished `bast-cli scenes` output in the DCASE layout:
     OUT/stereo_dev/dev-<split>-bast/<stem>.wav (2 channels, left first, 16-bit PCM at `fs`)
     and OUT/metadata_dev/dev-<split>-bast/<stem>.csv, one pair per scene and condition (the
-    metadata in DCASE 2024's columns, or with `stereo2025` DCASE 2025's: `dcase2025_csv`);
+    metadata in DCASE 2024's columns, or with `stereo2025` DCASE 2025's: `write_metadata`);
     the room number is the condition's position in the data set's list of conditions.
     OUT/bast_index.csv maps each file to its scene, condition and the gain applied (a scene
     whose peak would clip is scaled down). Returns a summary."""
     import h5py
 
-    from bast.fileio import atomic_write_text, write_json
+    from bast.fileio import write_json
     from bast.pipeline.render.scenes import read_scenes
 
     stage1_dir, out_dir = Path(stage1_dir), Path(out_dir)
     check_export_output(out_dir, stage1_dir)
     manifest = read_scenes(stage1_dir, "export-dcase")
-    write_meta = dcase2025_csv if stereo2025 else label_rows_csv
     conditions: list[tuple] = []
     for s in manifest["shards"]:
         key = (s["env"], s["head"], s["room"])
@@ -119,7 +115,7 @@ def export_dcase(stage1_dir, out_dir, *, fs: int = DCASE_FS, stereo2025: bool = 
                 gain = write_wav(wav, f["audio"][i], fs)
                 meta = out_dir / "metadata_dev" / f"dev-{s['split']}-bast" / f"{stem}.csv"
                 meta.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(meta, write_meta(labels[offsets[i]:offsets[i + 1]]))
+                write_metadata(meta, labels[offsets[i]:offsets[i + 1]], stereo2025)
                 index.append(f"{wav.relative_to(out_dir)},{s['split']},{scene_id},{s['env']},{s['head']},{s['room']},"
                              f"{gain:.6g}")
     atomic_write_text(out_dir / "bast_index.csv", "\n".join(index) + "\n")

@@ -1,6 +1,6 @@
 """The SELD target with distance (`seld-distance`, DCASE 2024): multi-ACCDOA plus a distance
 per track and class, ADPIT over both, decoding to rows with distance, the seldnet output,
-and the relative distance error."""
+and the relative distance error (DCASE 2024's, bast.dcase.dcase2024)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from bast.dcase import dcase2024
 from bast.errors import ConfigError, DataError
-from bast.model.evaluation.seld import as_dcase, relative_distance_error
+from bast.model.evaluation.seld import as_dcase, metrics_of
 from bast.model.nets.seldnet import SELDNET_PRESETS, SELDnet, SELDnetConfig
 from bast.model.targets.adpit import adpit_loss, decode, duplicate, encode
 from bast.model.targets.core import TargetSettings, make_target
@@ -163,20 +164,43 @@ def test_the_loss_falls_when_seldnet_overfits_one_distance_target():
     np.testing.assert_allclose(got[got[:, 1] == 1, 5], 1.0, atol=0.2)
 
 
+def _rde(recordings, n_classes: int) -> tuple[float, np.ndarray]:
+    """The relative distance error, overall and per class, of the scorer a seld-distance
+    run is scored by (its evaluation's metrics_of: DCASE 2024, bast.dcase.dcase2024)."""
+    results = {"names": [str(i) for i in range(len(recordings))], "envs": ["anechoic"] * len(recordings),
+               "ref": [r for r, _ in recordings], "pred": [p for _, p in recordings], "loss_sum": 0.0, "windows": 1}
+    m = metrics_of(results, [f"c{k}" for k in range(n_classes)], edition="2024")
+    return m["rde"], np.array([c["RDE"] for c in m["classes"]])
+
+
 def test_relative_distance_error_pairs_by_direction_and_averages_per_class():
-    """DCASE 2024's RDE, by hand: frame 0 holds two class-0 events, predicted in the other
-    order (the Hungarian pairing on angle finds them); class 1 is predicted once at 150 cm
-    for 100 cm; class 2 is never predicted (no pair: NaN, left out of the mean)."""
+    """DCASE 2024's RDE, by hand, as a seld-distance run's evaluation gives it: frame 0
+    holds two class-0 events, predicted in the other order (the Hungarian pairing on angle
+    finds them); class 1 is predicted once at 150 cm for 100 cm; class 2 is never predicted
+    (no pair: NaN, left out of the mean)."""
     ref = np.array([[0, 0, 0, 90, 0, 200], [0, 0, 1, -90, 0, 400], [1, 1, 0, 0, 0, 100], [1, 2, 0, 45, 0, 300],
                     [2, 0, 0, 0, 0, 100]], dtype=float)
     pred = np.array([[0, 0, 0, -80, 0, 300], [0, 0, 1, 85, 0, 100], [1, 1, 0, 170, 0, 150]], dtype=float)
-    overall, per_class = relative_distance_error([(ref, pred)], 3)
+    overall, per_class = _rde([(ref, pred)], 3)
     # class 0: |100 - 200| / 200 and |300 - 400| / 400; class 1: |150 - 100| / 100 (any angle counts)
     assert per_class[0] == pytest.approx((0.5 + 0.25) / 2) and per_class[1] == pytest.approx(0.5)
     assert math.isnan(per_class[2]) and overall == pytest.approx((0.375 + 0.5) / 2)
+    # the same as the edition's own scorer gives (seld-metrics --edition 2024 on the files)
+    s = dcase2024.score_recordings([(ref, pred)], 3)
+    assert s.relative_distance_error == overall
+    np.testing.assert_array_equal(s.per_class["relative_distance_error"], per_class)
     # a perfect prediction: 0; no prediction at all: no pair, NaN (never a number pretending)
-    assert relative_distance_error([(ref, ref)], 3)[0] == 0.0
-    assert math.isnan(relative_distance_error([(ref, np.zeros((0, 6)))], 3)[0])
+    assert _rde([(ref, ref)], 3)[0] == 0.0
+    assert math.isnan(_rde([(ref, np.zeros((0, 6)))], 3)[0])
     # the reference's last frame (index 2, its largest) is not scored, as DCASE's tool counts frames
     late = np.array([[2, 0, 0, 0, 0, 900]], dtype=float)
-    assert relative_distance_error([(ref, np.vstack([pred, late]))], 3)[0] == pytest.approx(overall)
+    assert _rde([(ref, np.vstack([pred, late]))], 3)[0] == pytest.approx(overall)
+
+
+def test_the_notes_of_a_run_name_the_2024_edition_s_undefined_errors_in_its_words():
+    """names.py keeps the note of an undefined DOA or distance error as text (it stays
+    light for the CLI); it must say what bast.dcase says."""
+    from bast.dcase.frames import NO_PAIR_NOTE
+    from bast.model.targets.names import METRIC_NOTES
+
+    assert all(METRIC_NOTES[k] == NO_PAIR_NOTE for k in ("le_deg", "rde", "distance_error_m", "RDE"))

@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from bast.cli import app
 from bast.datasets.procedural import DefaultCorpus
+from bast.dcase.dcase2025 import fold_azimuth
+from bast.dcase.files import format_dcase2025_rows
 from bast.errors import ConfigError
 from bast.pipeline.irs.acoustics import drr_db
 from bast.pipeline.irs.hall import SPEED_OF_SOUND, build_hall
@@ -386,13 +388,14 @@ def test_a_grid_too_large_for_a_bank_is_refused_before_it_is_built(monkeypatch, 
 
 def test_folding_to_the_front_is_dcase_2025s():
     """The baseline's fold_az_angle: wrap into [-180, 180), then 180 - a above 90 and
-    -180 - a below -90 (a rear source mirrored across the interaural axis)."""
+    -180 - a below -90 (a rear source mirrored across the interaural axis); the export's
+    rows are label rows folded so, written by the one DCASE 2025 writer (bast.dcase.files)."""
     az = np.array([0, 30, 90, 91, 135, 180, 200, 269, 270, 300, -91, -180, 359.6, 450])
-    np.testing.assert_allclose(dcase.fold_azimuth_front(az),
+    np.testing.assert_allclose(fold_azimuth(az),
                                [0, 30, 90, 89, 45, 0, -20, -89, -90, -60, -89, 0, -0.4, 90], atol=1e-9)
     rows = np.array([[2, 1, 0, 135.4, 20.0, 1.234], [1, 0, 1, 250.0, -10.0, 2.0], [1, 0, 0, 10.0, 0.0, 0.5]])
-    assert dcase.dcase2025_csv(rows).splitlines() == ["frame,class,source,azimuth,distance,onscreen",
-                                                      "1,0,0,10,50,0", "1,0,1,-70,200,0", "2,1,0,45,123,0"]
+    assert format_dcase2025_rows(dcase.dcase2025_rows(rows)).splitlines() == [
+        "frame,class,source,azimuth,distance,onscreen", "1,0,0,10,50,0", "1,0,1,-70,200,0", "2,1,0,45,123,0"]
 
 
 def test_stereo_dcase2025_export_round_trips_the_labels(anechoic_run, tmp_path):
@@ -418,16 +421,30 @@ def test_stereo_dcase2025_export_round_trips_the_labels(anechoic_run, tmp_path):
         assert len(back) == len(rows) > 0
         np.testing.assert_array_equal(back[:, :3], rows[:, :3])
         assert np.all(np.abs(back[:, 3]) <= 90)
-        assert np.abs(back[:, 3] - dcase.fold_azimuth_front(rows[:, 3])).max() <= 0.5 + 1e-9
+        assert np.abs(back[:, 3] - fold_azimuth(rows[:, 3])).max() <= 0.5 + 1e-9
         assert np.abs(back[:, 4] / 100.0 - rows[:, 5]).max() <= 0.005 + 1e-6
         assert not back[:, 5].any()
 
 
 def test_cli_stereo_dcase2025_export(anechoic_run, tmp_path):
+    """The export from the CLI, and its metadata scored against itself by `seld-metrics
+    --edition 2025` (which reads only files with the 2025 header): perfect, F 1 and no DOA or distance error
+    for every class that occurs (micro-averaged, as classes absent from 4 short scenes
+    would count F 0 in the macro average)."""
     out, _ = anechoic_run
     r = CliRunner().invoke(app, ["export-dcase", str(out / "a"), str(tmp_path / "x"), "--stereo-dcase2025"])
     assert r.exit_code == 0, r.output
     first = min((tmp_path / "x" / "metadata_dev").rglob("*.csv")).read_text().splitlines()[0]
     assert first == "frame,class,source,azimuth,distance,onscreen"
+    meta = tmp_path / "x" / "metadata_dev"
+    r = CliRunner().invoke(app, ["seld-metrics", str(meta), str(meta), "--edition", "2025", "--average", "micro",
+                                 "--json", str(tmp_path / "self.json")])
+    assert r.exit_code == 0, r.output
+    assert "edition: DCASE 2025" in r.output
+    d = json.loads((tmp_path / "self.json").read_text())
+    assert d["edition"] == "2025" and d["f_score"] == pytest.approx(1.0)
+    assert d["doa_error_deg"] == 0.0 and d["relative_distance_error"] == 0.0 and d["distance_error_m"] == 0.0
+    scored = [c for c in d["classes"] if c["TP"]]
+    assert scored and all(c["FP"] == c["FN"] == 0 for c in d["classes"])
     r = CliRunner().invoke(app, ["scenes", "default", str(tmp_path / "y"), "--stereo-dcase2025", "--workers", "0"])
     assert r.exit_code == 1 and "--export-dcase" in r.output and not (tmp_path / "y").exists()
