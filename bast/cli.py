@@ -226,6 +226,7 @@ def scenes(
     interpolate: Annotated[bool, typer.Option("--interpolate", help="HRIRs interpolated at the sources' directions, moving ones along their path (else the nearest measured direction). docs/scenes.md.")] = False,
     moving: Annotated[float, typer.Option(help="Share of events that move (0-1).")] = 0.0,
     speed: Annotated[str, typer.Option(help="Speed of moving events in deg/s, V or LO:HI.")] = "10:60",
+    distance: Annotated[Optional[str], typer.Option(help="Source distances in metres, R or LO:HI, drawn per event (a moving event: a start and an end distance). Anechoic: the propagation delay and 1/r from the HRIRs' distance; rooms: BRIRs with the source there (a grid of distances). Default: the IR set's one distance. docs/scenes.md.")] = None,
     test: Annotated[Optional[Path], typer.Option(help="Folder or CSV of independent test sounds (else --test-fraction of SOURCE).")] = None,
     sounds: Annotated[int, typer.Option(help="Procedural corpus: number of sounds.")] = 200,
     speech: Annotated[Optional[bool], typer.Option("--speech/--no-speech", help="Procedural corpus: include espeak-ng speech (default: when installed).")] = None,
@@ -247,6 +248,7 @@ def scenes(
     normalize: Annotated[str, typer.Option(help="Level of each event: 'rms' (-20 dBFS over the event), 'peak', or 'none'.")] = "rms",
     scenes_per_shard: Annotated[int, typer.Option(help="Scenes per HDF5 shard.")] = 20,
     export_dcase: Annotated[Optional[Path], typer.Option("--export-dcase", help="Also write the scenes in the DCASE layout (stereo WAV + metadata CSV) to this folder.")] = None,
+    stereo_dcase2025: Annotated[bool, typer.Option("--stereo-dcase2025", help="With --export-dcase: metadata as DCASE 2025 task 3 (stereo SELD) has it: a header, azimuth folded to the front, distance in cm, on-screen flag. docs/scenes.md.")] = False,
     workers: Annotated[Optional[int], typer.Option(help="Local dask worker processes (default: one per core; 0: run in this process).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of an existing dask scheduler, e.g. tcp://host:8786.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an output directory made with other parameters.")] = False,
@@ -261,11 +263,13 @@ def scenes(
     from bast.pipeline.render.clips import ClipPolicy
     from bast.pipeline.irs.sources import parse_direction_options, parse_environments, sofa_files
     from bast.pipeline.render.noise import parse_snr
-    from bast.pipeline.render.scenes import ScenesConfig, render_scenes
+    from bast.pipeline.render.scenes import ScenesConfig, check_scene_layout, render_scenes
     from bast.pipeline.render.conditions import layout
     from bast.errors import ConfigError
 
     _check_noise(noise, snr)
+    if stereo_dcase2025 and export_dcase is None:
+        raise ConfigError("--stereo-dcase2025 sets the format of --export-dcase DIR: give --export-dcase too")
     if moving == 0 and speed.strip() != "10:60":  # an option this run would ignore: said, not dropped
         raise ConfigError(f"--speed {speed}: sets how fast moving events go, and with --moving 0 none moves; "
                           "give --moving (the share that moves) or leave --speed out")
@@ -278,7 +282,7 @@ def scenes(
         seed=seed, val_fraction=val_fraction, test_fraction=test_fraction, scenes_per_shard=scenes_per_shard,
         hrir=heads, brir=sofa_files(brir, "--brir") or None,
         test_hrir=sofa_files(test_hrir, "--test-hrir"), rooms=rooms, test_rooms=test_rooms, rt60_s=rt60,
-        tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse",
+        tolerance_deg=ir_tolerance, snr_db=parse_snr(snr), noise=noise or "diffuse", distance=distance,
     )
     found = _find_sounds(source, test=test, sounds=sounds, seed=seed, speech=speech, categories=categories)
     if export_dcase is not None:  # before any work: the export never lands on an input
@@ -287,10 +291,13 @@ def scenes(
 
         check_export_output(export_dcase, out, stage1_inputs(found.refs, config.spatialize_config(), found.info),
                             option="--export-dcase")
-    conditions = layout(config.spatialize_config()).splits
+    the_layout = layout(config.spatialize_config())
+    check_scene_layout(config, the_layout)  # a --distance the rooms cannot hold, before any work
+    conditions = the_layout.splits
     renders = count * max(len(c) for c in conditions.values())
     console.print(f"{count} scenes of {duration:g} s from {len(found.refs)} sounds in {source}; "
                   f"{len(config.directions)} grid directions, {moving:.0%} moving; "
+                  + (f"distances {config.distance[0]:g}-{config.distance[1]:g} m; " if config.distance else "") +
                   f"{len(conditions['train'])} train/val and {len(conditions['test'])} test conditions"
                   + (f"; {config.noise} noise at {snr} dB SNR" if config.snr_db is not None else ""))
     summary = _on_cluster("scenes", "rendering scenes", renders, "scene renders", workers, scheduler,
@@ -299,7 +306,7 @@ def scenes(
                               on_start=progress.on_start, on_shard=progress.on_shard))
     _print_scenes_summary(summary, out)
     if export_dcase is not None:
-        _export_dcase(out, export_dcase)
+        _export_dcase(out, export_dcase, stereo_dcase2025)
     raise typer.Exit(3 if summary.failures else 0)
 
 
@@ -315,22 +322,24 @@ def _print_scenes_summary(summary, out: Path) -> None:
     console.print(f"manifest: {out / 'manifest.json'}")
 
 
-def _export_dcase(stage1: Path, out: Path) -> None:
+def _export_dcase(stage1: Path, out: Path, stereo2025: bool = False) -> None:
     from bast.pipeline.render.dcase_export import export_dcase as run
 
     with console.status(f"writing {out}"):
-        summary = run(stage1, out)
+        summary = run(stage1, out, stereo2025=stereo2025)
     console.print(f"DCASE layout: {summary['files']} WAV + CSV pairs at {summary['fs']} Hz in {out} "
-                  f"(folds {summary['folds']}; index {out / 'bast_index.csv'})")
+                  + ("(DCASE 2025 stereo metadata: azimuth folded to the front, distance in cm; " if stereo2025
+                     else "(") + f"folds {summary['folds']}; index {out / 'bast_index.csv'})")
 
 
 @command
 def export_dcase(
     stage1: Annotated[Path, typer.Argument(help="A scenes output directory (bast-cli scenes).")],
     out: Annotated[Path, typer.Argument(help="Folder for stereo_dev/ and metadata_dev/ (the DCASE layout).")],
+    stereo_dcase2025: Annotated[bool, typer.Option("--stereo-dcase2025", help="Metadata as DCASE 2025 task 3 (stereo SELD) has it: header frame,class,source,azimuth,distance,onscreen; azimuth folded to the front, distance in cm. docs/scenes.md.")] = False,
 ) -> None:
     """Write scenes as DCASE SELD data: one stereo WAV and one metadata CSV (frame, class, source, azimuth, elevation, distance) per scene. docs/scenes.md."""
-    _export_dcase(stage1, out)
+    _export_dcase(stage1, out, stereo_dcase2025)
 
 
 def _print_summary(summary, out: Path) -> None:
@@ -446,13 +455,13 @@ def _feature_names(text: Optional[str]) -> Optional[list]:
 
 @command
 def train(
-    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize); with --on-the-fly a Stage 1 one (bast-cli spatialize).")],
+    features: Annotated[Path, typer.Argument(help="A Stage 2 output directory (bast-cli featurize); with --on-the-fly a Stage 1 one (bast-cli spatialize; bast-cli scenes for --target seld).")],
     out: Annotated[Path, typer.Option("--out", help="Run directory: config, metrics.jsonl, checkpoints, eval.")],
-    on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md).")] = False,
+    on_the_fly: Annotated[bool, typer.Option("--on-the-fly", help="Draw new training samples (or, for --target seld, scenes) every epoch from the Stage 1 folder's recipe, rendered and featurized as training asks for them; validation and test are its own, featurized once (docs/train.md, docs/seld.md).")] = False,
     fresh_sounds: Annotated[Optional[bool], typer.Option("--fresh-sounds", help="--on-the-fly: new procedural sounds every epoch, never the validation or test ones.")] = None,
     fresh_per_epoch: Annotated[Optional[int], typer.Option(help="--fresh-sounds: this many new sounds an epoch, each heard at several directions and conditions (synthesis is what costs); 0: a new sound for every sample. [default: 0]")] = None,
     sample_directions: Annotated[Optional[str], typer.Option(help="--on-the-fly: directions drawn from the Stage 1 grid, or anywhere on the circle or the sphere (interpolated HRIRs). [default: grid]")] = None,
-    epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch. [default: as many as Stage 1's training split]")] = None,
+    epoch_samples: Annotated[Optional[int], typer.Option(help="--on-the-fly: samples per epoch (scenes, for --target seld). [default: as many as Stage 1's training split]")] = None,
     loader_workers: Annotated[Optional[int], typer.Option(help="--on-the-fly: processes rendering samples ahead of training (0: in the training process). [default: 1]")] = None,
     render_device: Annotated[Optional[str], typer.Option(help="--on-the-fly: where the convolution and the feature STFT run: workers (numpy, in the loader processes), device (torch, batched on the training device) or auto (device on a GPU, workers on a CPU). [default: auto]")] = None,
     preset: Annotated[str, typer.Option(help="paper (GPU: D 1024, Adam 1e-4, batch 48, 50 epochs), small, or tiny (minutes on a CPU).")] = "tiny",
@@ -460,7 +469,7 @@ def train(
     backbone: Annotated[Optional[str], typer.Option(help="Encoder of BAST (and ast): vit (the paper's), swin (shifted windows) or mamba (bidirectional state spaces; pip install \"bast[mamba]\"). docs/train.md.")] = None,
     kinds: Annotated[Optional[str], typer.Option("--features", help="Feature kinds the model reads, comma-separated (the data must hold them): logpower (default), phase; docs/featurize.md.")] = None,
     phase: Annotated[Optional[bool], typer.Option("--phase", help="Also feed the interaural phase (needs featurize --phase): short for --features logpower,phase.")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category (docs/sphere.md); seld on scene data (docs/seld.md).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="What the model learns: azimuth (paper, default), direction (3-D), category, direction+category, azimuth+category (docs/sphere.md); on scene data seld, or seld-distance (also each event's distance, as DCASE 2024; docs/seld.md).")] = None,
     window_frames: Annotated[Optional[int], typer.Option(help="--target seld: STFT frames per window cut from the scenes (61 = 500 ms = 5 label frames; longer for seldnet). [default: 61]")] = None,
     window_hop: Annotated[Optional[int], typer.Option(help="--target seld: training windows start every this many frames. [default: 25, two label frames]")] = None,
     task_weights: Annotated[Optional[str], typer.Option(help="Multitask targets: fixed loss weights, or learned (Kendall et al. 2018).")] = None,
@@ -556,8 +565,11 @@ def _epoch_line(row: dict) -> str:
                + (f"val AD {row['val_ad_deg']:6.2f} deg  val MSE {row['val_mse']:.4f}  " if "val_ad_deg" in row
                   else "")
                + (f"val accuracy {row['val_accuracy']:.3f}  " if "val_accuracy" in row else "")
-               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {row['val_le_deg']:.1f} deg  ER20 "
-                  f"{row['val_er20']:.2f}  " if row.get("val_f20") is not None else ""))
+               + (f"val F20 {100 * row['val_f20']:.1f} %  LE {_figure(row.get('val_le_deg'), '.1f')} deg  ER20 "
+                  f"{_figure(row.get('val_er20'), '.2f')}  "
+                  + (f"RDE {_figure(row.get('val_rde'), '.2f')}  " if "val_rde" in row else "")
+                  + f"SELD {_figure(row.get('val_seld_score'), '.3f')} (DCASE {row.get('val_edition', '2023')})  "
+                  if row.get("val_f20") is not None else ""))
     else:
         val = "val loss not finite  " if row.get("val_nonfinite") else "(no validation)  "
     return (f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f}  {val}"
@@ -581,9 +593,12 @@ def _print_test(result: dict, out: Path) -> None:
                       f"{_figure(result['chance_accuracy'], '.3f')}), macro F1 {_figure(result['macro_f1'], '.3f')}, "
                       f"n={result['n']}")
     if on_scenes(result):
-        console.print(f"[bold green]test[/] SELD (best checkpoint, {result['n']} scenes): F20 {100 * result['f20']:.1f} %, "
-                      f"ER20 {_figure(result['er20'], '.2f')}, LE {result['le_deg']:.1f} deg, LR {100 * result['lr']:.1f} %, "
-                      f"SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
+        console.print(f"[bold green]test[/] SELD (DCASE {result.get('edition', '2023')}, best checkpoint, {result['n']} "
+                      f"scenes): F20 {100 * result['f20']:.1f} %, "
+                      f"ER20 {_figure(result['er20'], '.2f')}, LE {_figure(result['le_deg'], '.1f')} deg, "
+                      f"LR {100 * result['lr']:.1f} %"
+                      + (f", relative distance error {_figure(result['rde'], '.3f')}" if "rde" in result else "")
+                      + f", SELD score {_figure(result['seld_score'], '.3f')}; DCASE CSVs in {out / 'eval' / 'seld'}")
         if result.get("note"):
             console.print(f"[yellow]note[/]: {result['note']}")
     console.print(f"run: {out}")
@@ -630,8 +645,10 @@ def report(
         console.print(f"{label}: test AD {r['summary']['ad_deg']:.2f} deg, MSE {r['summary']['mse']:.4f}")
     for label, r in summary.get("seld", {}).items():
         m = r.get("test", r)  # a run's test, or the "predict nothing" scores
-        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE {m['le_deg']:.1f} deg, "
-                      f"LR {100 * m['lr']:.1f} %, SELD score {_figure(m['seld_score'], '.3f')}")
+        console.print(f"{label}: F20 {100 * m['f20']:.1f} %, ER20 {_figure(m['er20'], '.2f')}, LE "
+                      f"{_figure(m['le_deg'], '.1f')} deg, LR {100 * m['lr']:.1f} %"
+                      + (f", RDE {_figure(m['rde'], '.3f')}" if "rde" in m else "")
+                      + f", SELD score {_figure(m['seld_score'], '.3f')} (DCASE {m.get('edition', '2023')})")
     console.print(f"report: {page}")
 
 
@@ -662,8 +679,9 @@ def evaluate(
                          ("MSE", "right"), ("n", "right"), ("", "left")):
         t.add_column(col, justify=justify)
     ts = Table(title=f"SELD runs, best checkpoints on the {split} scenes" + (f" ({env})" if env else ""))
-    for col, justify in (("run", "left"), ("data set", "left"), ("F20 (%)", "right"), ("ER20", "right"),
-                         ("LE (deg)", "right"), ("LR (%)", "right"), ("SELD", "right"), ("scenes", "right"),
+    for col, justify in (("run", "left"), ("data set", "left"), ("DCASE", "right"), ("F20 (%)", "right"), ("ER20", "right"),
+                         ("LE (deg)", "right"), ("LR (%)", "right"), ("RDE", "right"), ("SELD", "right"),
+                         ("scenes", "right"),
                          ("", "left")):
         ts.add_column(col, justify=justify)
     written = []
@@ -674,9 +692,10 @@ def evaluate(
             how = "stored" if m["reused"] else "evaluated"
             d = Path(run_dir) / "eval" / m["name"]
             if on_scenes(m):  # docs/seld.md
-                ts.add_row(str(run_dir), m["name"], f"{100 * m['f20']:.1f}", _figure(m['er20'], '.2f'),
-                           f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", _figure(m['seld_score'], '.3f'), f"{m['n']:,}",
-                           how)
+                ts.add_row(str(run_dir), m["name"], m.get("edition", "2023"), f"{100 * m['f20']:.1f}",
+                           _figure(m['er20'], '.2f'), _figure(m['le_deg'], '.1f'), f"{100 * m['lr']:.1f}",
+                           _figure(m['rde'], '.3f') if "rde" in m else "-",  # DCASE 2023 scores no distance
+                           _figure(m['seld_score'], '.3f'), f"{m['n']:,}", how)
                 written.append(f"{d / 'metrics.json'}, DCASE CSVs in {d / 'seld'}")
                 continue
             t.add_row(str(run_dir), m["name"], f"{m['ad_deg']:.2f}", f"{m['median_ad_deg']:.2f}", f"{m['mse']:.4f}",
@@ -691,32 +710,55 @@ def evaluate(
 
 @command
 def seld_metrics(
-    ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (frame,class,source,azimuth,elevation[,distance]), searched recursively.")],
+    ref_dir: Annotated[Path, typer.Argument(help="Reference DCASE-format CSVs (2023: frame,class,source,azimuth,elevation; 2024: and distance in cm; 2025: a header line, then frame,class,source,azimuth,distance,onscreen), searched recursively.")],
     pred_dir: Annotated[Path, typer.Argument(help="Predicted CSVs of the same names, in the same format.")],
+    edition: Annotated[Optional[str], typer.Option(help="DCASE edition of the metrics: 2023 (1 s segments, direction), 2024 (frame-wise, direction and distance) or 2025 (stereo: azimuth folded to the front, and distance); default: the newest the files' columns allow, named in the output.")] = None,
     classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the largest class index seen + 1); classes never seen count in the macro average.")] = None,
     threshold: Annotated[float, typer.Option(help="DOA threshold in degrees for a detection to count as true.")] = 20.0,
-    average: Annotated[str, typer.Option(help="macro (DCASE 2023: the mean over classes) or micro (pooled counts).")] = "macro",
+    onscreen: Annotated[bool, typer.Option("--onscreen", help="DCASE 2025: a detection must also get the on-screen flag right (the audio-visual track's F20/on-off).")] = False,
+    average: Annotated[str, typer.Option(help="macro (DCASE: the mean over classes) or micro (pooled counts).")] = "macro",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores, per class and overall, to this JSON file.")] = None,
 ) -> None:
-    """Score any system's DCASE-format predictions the DCASE 2023 task 3 way (docs/seld.md).
+    """Score any system's DCASE-format predictions the DCASE task 3 way (docs/seld.md).
 
-    Location-aware error rate and F-score at the DOA threshold on 1 s segments, and the
-    class-dependent localization error and recall, as the DCASE 2023 baseline's reference
-    implementation computes them; files are matched by name, and a missing or extra file
-    is an error.
+    Each edition as that year's reference implementation computes it: 2023, location-aware
+    error rate and F-score at the DOA threshold on 1 s segments with the class-dependent
+    localization error and recall; 2024, frame-wise F-score with distance (a hit within the
+    threshold and a relative distance error at most 1), DOA error and relative distance
+    error; 2025, the same on the azimuth folded to the front. Files are matched by name, and
+    a missing or extra file is an error.
     """
     from bast import options
+    from bast.dcase.editions import check_edition
     from bast.dcase.files import CLASS_BYTES, MAX_CLASSES
-    from bast.dcase.metrics import SELD_NOTES, score_directories
+    from bast.dcase.metrics import score_folders, scores_json
     from bast.fileio import atomic_write_text, json_text, versions
 
     if classes is not None:  # per-class counts are allocated for each: sized before
         options.budget(options.count(classes, "--classes", 1), CLASS_BYTES, f"--classes {classes}", "classes",
                        most=MAX_CLASSES)
+    if edition is not None:
+        edition = check_edition(edition)
     if json_out is not None:  # checked before any work: never a JSON over a CSV it reads
         options.output_file(json_out, "--json", inputs=[("REF_DIR", ref_dir), ("PRED_DIR", pred_dir)])
-    s = score_directories(ref_dir, pred_dir, n_classes=classes, doa_threshold=threshold, average=average)
-    t = Table(title=f"SELD metrics, {average} average, {threshold:g} deg ({s.counts.recordings} files)")
+    s, edition, why = score_folders(ref_dir, pred_dir, edition=edition, n_classes=classes, doa_threshold=threshold,
+                                    require_onscreen=onscreen, average=average)
+    console.print(f"edition: DCASE {edition} ({why})")
+    (_print_seld_2023 if edition == "2023" else _print_seld_frames)(s, threshold)
+    if s.note:
+        console.print(f"[yellow]note[/]: {s.note}")
+    if json_out is not None:
+        d, notes = scores_json(s, edition, why)
+        d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
+                 doa_threshold_deg=threshold, versions=versions())
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json_out, json_text(d, notes) + "\n")
+        console.print(f"scores: {json_out}")
+
+
+def _print_seld_2023(s, threshold: float) -> None:
+    """`seld-metrics` by DCASE 2023: per class and overall, and the one error rate."""
+    t = Table(title=f"SELD metrics, DCASE 2023, {s.average} average, {threshold:g} deg ({s.counts.recordings} files)")
     for col in ("class", "ref. tracks", "F (%)", "LE (deg)", "LR (%)", "SELD"):
         t.add_column(col, justify="right")
     d = s.to_dict()
@@ -728,14 +770,36 @@ def seld_metrics(
     console.print(t)
     console.print(f"ER {s.er:.3f} (S {d['substitutions']}, D {d['deletions']}, I {d['insertions']}), "
                   f"F {100 * s.f:.1f} %, LE {s.le:.1f} deg, LR {100 * s.lr:.1f} %, SELD {s.seld:.3f}")
-    if s.note:
-        console.print(f"[yellow]note[/]: {s.note}")
-    if json_out is not None:
-        d.update(reference=str(ref_dir), prediction=str(pred_dir), n_classes=s.counts.n_classes,
-                 doa_threshold_deg=threshold, versions=versions())
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(json_out, json_text(d, SELD_NOTES) + "\n")
-        console.print(f"scores: {json_out}")
+
+
+def _cell(value, spec: str) -> str:
+    """A table cell: an undefined figure (a class without any pair) as '-'."""
+    return "-" if _figure(value, spec) == "undefined" else format(value, spec)
+
+
+def _print_seld_frames(s, threshold: float) -> None:
+    """`seld-metrics` by DCASE 2024 or 2025 (frame-wise, with distance): per class and overall."""
+    pc = s.per_class
+    extra = ([("LR (%)", "localization_recall", 100, ".1f"), ("SELD", "seld_score", 1, ".3f")] if s.edition == "2024"
+             else [("on-screen (%)", "onscreen_accuracy", 100, ".1f")])
+    cols = [("F (%)", "f_score", 100, ".1f"), ("DOAE (deg)", "doa_error_deg", 1, ".1f"),
+            ("dist. err. (m)", "distance_error_m", 1, ".2f"), ("RDE", "relative_distance_error", 1, ".3f"), *extra]
+    rde = s.thresholds["relative_distance_threshold"]
+    t = Table(title=f"SELD metrics, DCASE {s.edition}, {s.average} average, {threshold:g} deg and RDE {rde:g} "
+                    f"({s.counts.recordings} files)")
+    for col in ("class", "ref. events", *(c[0] for c in cols)):
+        t.add_column(col, justify="right")
+    for k in range(s.counts.n_classes):
+        t.add_row(str(k), str(int(s.counts.n_ref[k])), *(_cell(scale * pc[key][k], spec) for _, key, scale, spec in cols))
+    overall = s.plain()
+    t.add_row("all", str(int(s.counts.n_ref.sum())),
+              *(_cell(scale * overall[key], spec) for _, key, scale, spec in cols), style="bold")
+    console.print(t)
+    tail = (f", ER {_figure(s.er, '.3f')}, LR {_figure(100 * s.lr, '.1f')} %, SELD {_figure(s.seld, '.3f')}"
+            if s.edition == "2024" else f", on-screen {_figure(100 * s.onscreen_accuracy, '.1f')} %")
+    console.print(f"F {100 * s.f:.1f} %, DOAE {_figure(s.doa_error, '.1f')} deg, RDE "
+                  f"{_figure(s.relative_distance_error, '.3f')}, distance error {_figure(s.distance_error_m, '.2f')} m"
+                  + tail)
 
 
 @command
@@ -820,7 +884,7 @@ def _localize_seld(run, model, dev, target, path, out, stem) -> str:
     csv_path, png = out / f"{stem}.csv", out / f"{stem}.png"
     out.mkdir(parents=True, exist_ok=True)
     write_dcase_csv(csv_path, loc.rows)
-    seld_timeline(loc.rows, png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
+    seld_timeline(loc.rows[:, :5], png, loc.classes, duration_s=loc.duration_s, title=f"SELD: {Path(path).name}")
     s = {**loc.summary(), "run": str(run), "device": str(dev), "csv": str(csv_path), "png": str(png)}
     write_json(out / f"{stem}.json", s)
     by_class = ", ".join(f"{c} {n}" for c, n in s["rows_by_class"].items())

@@ -33,6 +33,7 @@ INNER = {
 TORCH_FREE = ("bast.dcase.metrics", "bast.dcase.files", "bast.model.targets.metrics", "bast.pipeline.features.featurize",
               "bast.pipeline.render.spatialize", "bast.pipeline.render.scenes", "bast.pipeline.render.conditions",
               "bast.pipeline.render.outputs", "bast.pipeline.render.recipe", "bast.pipeline.render.sampler",
+              "bast.pipeline.render.scenesampler",
               "bast.pipeline.features.scenes", "bast.pipeline.irs.check", "bast.model.targets.names", "bast.report.seld",
               "bast.report.stats", "bast.cli")
 

@@ -26,7 +26,15 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from bast import options
-from bast.dcase.files import read_dcase_csv
+from bast.dcase import dcase2024, dcase2025
+from bast.dcase.editions import (
+    READERS,
+    check_edition,
+    check_reference_distances,
+    choose_edition,
+    classes_of,
+)
+from bast.dcase.frames import FRAME_NOTES
 from bast.errors import ConfigError, DataError, MissingError
 
 FRAMES_PER_SEGMENT = 10  # 1 s of 100 ms label frames
@@ -45,7 +53,8 @@ NO_EVENTS_NOTE = ("the reference holds no events to score: ER is 0 as nothing wa
 UNDEFINED_ER_NOTE = ("undefined: the reference holds no events to score, and the error rate divides by their "
                      "number (DCASE's formula gives insertions / 2.2e-16)")
 SELD_NOTES = {"ER": UNDEFINED_ER_NOTE, "SELD": UNDEFINED_ER_NOTE, "er20": UNDEFINED_ER_NOTE,
-              "seld_score": UNDEFINED_ER_NOTE}
+              "seld_score": UNDEFINED_ER_NOTE, "error_rate": UNDEFINED_ER_NOTE}
+NO_DISTANCE_NOTE = "not scored: DCASE 2023 scores directions only, not distances (--edition 2024 or 2025 does)"
 
 
 # ----------------------------------------------------------------------------- counting
@@ -230,6 +239,11 @@ class SeldScores:
             return None
         return UNDEFINED_ER_NOTE if np.isnan(self.er) else NO_EVENTS_NOTE
 
+    def plain(self) -> dict:
+        """The overall figures under the plain names every edition uses."""
+        return {"f_score": self.f, "doa_error_deg": self.le, "error_rate": self.er, "localization_recall": self.lr,
+                "seld_score": self.seld}
+
     def to_dict(self) -> dict:
         c = self.counts
         return {**({"note": self.note} if self.note else {}),
@@ -237,6 +251,8 @@ class SeldScores:
             "overall": {"ER": self.er, "F": self.f, "LE": self.le, "LR": self.lr, "SELD": self.seld},
             "classes": [{"class": k, "F": float(self.class_f[k]), "LE": float(self.class_le[k]),
                          "LR": float(self.class_lr[k]), "SELD": float(self.class_seld[k]),
+                         "f_score": float(self.class_f[k]), "doa_error_deg": float(self.class_le[k]),
+                         "localization_recall": float(self.class_lr[k]), "seld_score": float(self.class_seld[k]),
                          "reference_tracks": int(c.n_ref[k]), "TP": int(c.tp[k]),
                          "FP": int(c.fp[k] + c.fp_spatial[k]), "FN": int(c.fn[k])} for k in range(c.n_classes)],
             "substitutions": int(c.substitutions), "deletions": int(c.deletions), "insertions": int(c.insertions),
@@ -276,9 +292,24 @@ def scores(c: SeldCounts, average: str = "macro") -> SeldScores:
 
 
 def score_recordings(recordings, n_classes: int, *, doa_threshold: float = DOA_THRESHOLD_DEG,
-                     average: str = "macro") -> SeldScores:
+                     average: str = "macro", edition: str = "2023"):
     """Scores of (reference rows, predicted rows) or (reference rows, predicted rows,
-    n_frames) pairs, counted over all recordings together."""
+    n_frames) pairs, counted over all recordings together: DCASE 2023's (SeldScores) of
+    rows (n, 5), or with `edition` "2024" or "2025" that edition's `FrameScores` of its
+    rows (n, 6) at its default distance threshold (`score_pairs` for the others)."""
+    return score_pairs(recordings, n_classes, check_edition(edition), doa_threshold=doa_threshold, average=average)
+
+
+def score_pairs(recordings, n_classes: int, edition: str, *, doa_threshold: float = DOA_THRESHOLD_DEG,
+                reldist_threshold: float = 1.0, require_onscreen: bool = False, average: str = "macro"):
+    """The scores of recordings (as `score_recordings`) by `edition`, with its thresholds."""
+    if edition == "2024":
+        return dcase2024.score_recordings(recordings, n_classes, doa_threshold=doa_threshold,
+                                          reldist_threshold=reldist_threshold, average=average)
+    if edition == "2025":
+        return dcase2025.score_recordings(recordings, n_classes, doa_threshold=doa_threshold,
+                                          reldist_threshold=reldist_threshold, require_onscreen=require_onscreen,
+                                          average=average)
     total = SeldCounts(n_classes)
     for rec in recordings:
         ref, pred, *n_frames = rec
@@ -314,24 +345,53 @@ def pair_csv_files(ref_dir, pred_dir) -> list[tuple[Path, Path]]:
 
 
 def score_directories(ref_dir, pred_dir, *, n_classes: int | None = None,
-                      doa_threshold: float = DOA_THRESHOLD_DEG, average: str = "macro") -> SeldScores:
+                      doa_threshold: float = DOA_THRESHOLD_DEG, average: str = "macro", edition: str | None = "2023"):
     """Scores of every prediction CSV in `pred_dir` against the reference CSV of the same
-    name in `ref_dir`. Without `n_classes`, the classes are 0 to the largest index seen."""
+    name in `ref_dir`. Without `n_classes`, the classes are 0 to the largest index seen.
+    DCASE 2023's (SeldScores) unless `edition` names another: "2024" or "2025" give the
+    `FrameScores` of that edition's files, None those of the newest the files allow
+    (`score_folders` says which, and why)."""
+    return score_folders(ref_dir, pred_dir, edition=edition, n_classes=n_classes, doa_threshold=doa_threshold,
+                         average=average)[0]
+
+
+def score_folders(ref_dir, pred_dir, *, edition: str | None = None, n_classes: int | None = None,
+                  doa_threshold: float = DOA_THRESHOLD_DEG, reldist_threshold: float = 1.0,
+                  require_onscreen: bool = False, average: str = "macro"):
+    """(scores, edition, why) of every prediction CSV in `pred_dir` against the reference CSV
+    of the same name in `ref_dir`, by `edition` (None: the newest the files allow; why says
+    which rule chose it). Files and options the edition cannot score are refused."""
     # 180 deg is the farthest two directions can be: a larger threshold would count any
     # direction as a hit (NaN or inf used to be scored)
     options.number(doa_threshold, "--threshold", lo=0.0, hi=180.0, lo_open=True, unit="deg")
-    pairs = [(read_dcase_csv(r), read_dcase_csv(p)) for r, p in pair_csv_files(ref_dir, pred_dir)]
-    if not any(len(ref) for ref, _ in pairs) and any(len(pred) for _, pred in pairs):
+    options.number(reldist_threshold, "relative distance threshold", lo=0.0, lo_open=True)
+    if n_classes is not None and n_classes < 1:
+        raise ConfigError(f"the number of classes must be positive, not {n_classes}")
+    files = pair_csv_files(ref_dir, pred_dir)
+    edition, why = choose_edition([p for pair in files for p in pair], edition)
+    if require_onscreen and edition != "2025":
+        raise ConfigError(f"--onscreen: only DCASE 2025's files carry the on-screen flag; these are scored by DCASE "
+                          f"{edition} ({why})")
+    read = READERS[edition]
+    pairs = [(read(r), read(p)) for r, p in files]
+    check_reference_distances(pairs, [r for r, _ in files], edition)
+    if edition == "2023" and not any(len(ref) for ref, _ in pairs) and any(len(pred) for _, pred in pairs):
         raise DataError(f"{ref_dir}: the reference holds no events in any file, but the predictions do; the error rate "
                         "and the SELD score are undefined without reference events (DCASE's formula divides by "
                         "their number: ER = insertions / 2.2e-16), so nothing is scored")
-    seen = [int(rows[:, 1].max()) + 1 for pair in pairs for rows in pair if len(rows)]
-    if n_classes is None:
-        n_classes = max(seen, default=0)
-        if n_classes == 0:
-            raise DataError(f"no rows in any file of {ref_dir} or {pred_dir}: nothing to detect and nothing "
-                            "predicted; give the number of classes (--classes N) to score it as DCASE does "
-                            "(docs/seld.md, Empty references)")
-    elif n_classes < 1:
-        raise ConfigError(f"the number of classes must be positive, not {n_classes}")
-    return score_recordings(pairs, n_classes, doa_threshold=doa_threshold, average=average)
+    n_classes = classes_of(pairs, n_classes, f"{ref_dir} or {pred_dir}")
+    return score_pairs(pairs, n_classes, edition, doa_threshold=doa_threshold, reldist_threshold=reldist_threshold,
+                       require_onscreen=require_onscreen, average=average), edition, why
+
+
+def scores_json(scores, edition: str, why: str) -> tuple[dict, dict]:
+    """(what `seld-metrics --json` writes of `scores` by `edition`, the notes for its
+    undefined figures): the edition, why it was used, the overall figures under plain
+    names (f_score, doa_error_deg, relative_distance_error, distance_error_m, and the
+    edition's others), per class and the counts. 2023's older keys (overall: ER, F, LE, LR,
+    SELD) stay, and its distance figures are null with a note."""
+    if edition == "2023":
+        d = {"edition": edition, "edition_reason": why, **scores.plain(), "relative_distance_error": None,
+             "distance_error_m": None, **scores.to_dict()}
+        return d, {**SELD_NOTES, "relative_distance_error": NO_DISTANCE_NOTE, "distance_error_m": NO_DISTANCE_NOTE}
+    return {"edition": edition, "edition_reason": why, **scores.to_dict()}, FRAME_NOTES

@@ -511,37 +511,63 @@ def _seld_sections(runs: list[Run], fig_dir: Path, out: Path, summary: dict) -> 
 
 
 def _seld_scores(runs: list[Run], out: Path, summary: dict) -> str:
-    """Each SELD run's test scores beside "predict nothing" on its test scenes (seld.csv);
-    into summary["seld"]."""
-    head = ["run", "model", "backbone", "parameters", "epochs", "test scenes", "F20 (%)", "ER20", "LE (deg)",
-            "LR (%)", "SELD score"]
+    """Each SELD run's test scores beside "predict nothing" on its test scenes, by the
+    same DCASE edition (seld.csv); into summary["seld"]."""
+    head = ["run", "model", "backbone", "parameters", "epochs", "test scenes", "DCASE", "F20 (%)", "ER20",
+            "LE / DOAE (deg)", "LR (%)", "RDE", "SELD score"]
     rows, csv_rows, nothing = [], [], {}
     summary["seld"] = {}
     for r in runs:
-        t = r.test
+        t, edition = r.test, seldreport.edition_of(r.test)
         backbone = r.backbone if r.arch in ("bast", "ast") else ""
         values = [r.label, r.arch, backbone, r.config.get("parameters", 0), len(r.metrics), t["n"],
-                  *(t[k] for k in seldreport.HEADLINE)]
+                  *(t[k] for k in seldreport.HEADLINE), edition, t.get("rde")]
         csv_rows.append(values)
         summary["seld"][r.label] = {"path": str(r.path), "test": t, "config": r.config}
-        nothing.setdefault(seldreport.reference_key(r.path), (r, seldreport.predict_nothing(r.path, len(t["classes_list"]))))
+        key = (seldreport.reference_key(r.path), edition)
+        nothing.setdefault(key, (r, seldreport.predict_nothing(r.path, len(t["classes_list"]), edition)))
     for first, m in nothing.values():
         where = f" (test scenes of {first.name})" if len(nothing) > 1 else ""
-        csv_rows.append([f"predict nothing{where}", "", "", 0, 0, m["n"], *(m[k] for k in seldreport.HEADLINE)])
+        csv_rows.append([f"predict nothing{where}", "", "", 0, 0, m["n"], *(m[k] for k in seldreport.HEADLINE),
+                         m["edition"], m.get("rde")])
         summary["seld"][f"predict nothing{where}"] = m
     for v in csv_rows:
-        rows.append([*v[:3], f"{v[3]:,}", str(v[4]), str(v[5]), f"{100 * v[6]:.1f}", f"{v[7]:.2f}", f"{v[8]:.1f}",
-                     f"{100 * v[9]:.1f}", f"{v[10]:.3f}"])
+        rows.append([*v[:3], f"{v[3]:,}", str(v[4]), str(v[5]), v[11], _cell(v[6], ".1f", 100), _cell(v[7], ".2f"),
+                     _cell(v[8], ".1f"), _cell(v[9], ".1f", 100), _rde_cell(v[11], v[12]), _cell(v[10], ".3f")])
+    # an undefined figure is an empty cell, never "nan"; rde is empty for DCASE 2023 too (no distance)
     _write_csv(out / "seld.csv", ["run", "model", "backbone", "parameters", "epochs", "scenes", "f20", "er20",
-                                  "le_deg", "lr", "seld_score"], csv_rows)
+                                  "le_deg", "lr", "seld_score", "edition", "rde"],
+               [[_defined(x) for x in v] for v in csv_rows])
     return _section("SELD: detection, classification and localization of every source over time",
-                    "Each SELD run's best checkpoint on its test scenes, scored the DCASE 2023 task 3 way "
-                    "(docs/seld.md): F20 and ER20, the location-aware F-score and error rate at 20°, on 1 s "
-                    "segments; LE and LR, the class-dependent localization error and recall; macro averages "
-                    "over classes; SELD score = mean(ER, 1 − F, LE / 180, 1 − LR), lower is better. "
+                    "Each SELD run's best checkpoint on its test scenes, scored the DCASE task 3 way of the "
+                    "edition in the DCASE column (docs/seld.md). 2023: F20 and ER20, the location-aware "
+                    "F-score and error rate at 20°, on 1 s segments; LE and LR, the class-dependent "
+                    "localization error and recall; SELD score = mean(ER, 1 − F, LE / 180, 1 − LR). 2024 (runs "
+                    "whose rows carry distances): frame-wise, a hit also needs a relative distance error of at "
+                    "most 1; DOAE the class-dependent DOA error, RDE the relative distance error |d̂ − d| / d; "
+                    "SELD score = mean(1 − F, DOAE / 180, RDE). "
+                    "Macro averages over classes; lower SELD scores are better. "
                     "\"predict nothing\": the same metrics on the reference CSVs with no prediction at all. "
                     "Numbers: seld.csv; the DCASE CSVs: RUN/eval/seld/{ref,pred} "
                     "(<code>bast-cli seld-metrics</code> scores them again).", _table(head, rows))
+
+
+def _rde_cell(edition: str, value) -> str:
+    """The relative distance error of a SELD result for a table: "-" where its edition
+    (2023) scores no distance."""
+    return "-" if edition == "2023" else _cell(value, ".3f")
+
+
+def _defined(value):
+    """A CSV cell: a number that is not finite (an undefined figure) as None (empty)."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _cell(value, spec: str, scale: float = 1.0) -> str:
+    """A figure for a table; an undefined one (null, NaN) as "undefined"."""
+    if value is None or not np.isfinite(float(value)):
+        return "undefined"
+    return format(scale * value, spec)
 
 
 def _seld_classes(runs: list[Run], out: Path) -> str:
@@ -552,13 +578,14 @@ def _seld_classes(runs: list[Run], out: Path) -> str:
         for c in r.test.get("classes", []):
             csv_rows.append([r.label, c["class"], c["reference_tracks"], c["F"], c["LE"], c["LR"], c["SELD"], c["TP"],
                              c["FP"], c["FN"]])
-            rows.append([r.label, c["class"], str(c["reference_tracks"]), f"{100 * c['F']:.1f}", f"{c['LE']:.1f}",
-                         f"{100 * c['LR']:.1f}", f"{c['SELD']:.3f}", str(c["TP"]), str(c["FP"]), str(c["FN"])])
+            rows.append([r.label, c["class"], str(c["reference_tracks"]), _cell(c["F"], ".1f", 100),
+                         _cell(c["LE"], ".1f"), _cell(c["LR"], ".1f", 100), _cell(c["SELD"], ".3f"), str(c["TP"]),
+                         str(c["FP"]), str(c["FN"])])
     _write_csv(out / "seld_classes.csv", ["run", "class", "reference_tracks", "f20", "le_deg", "lr", "seld", "tp",
                                           "fp", "fn"], csv_rows)
     return _section("SELD per class", "F20, LE, LR and the class's SELD score (with the one ER of all "
                     "classes) on each run's test scenes; TP, FP (wrong place or extra track) and FN counted "
-                    "over 1 s segments. Numbers: seld_classes.csv.", _table(head, rows))
+                    "over 1 s segments (DCASE 2023) or frames (2024; LE is then DOAE). Numbers: seld_classes.csv.", _table(head, rows))
 
 
 def _seld_other_sets(runs: list[Run]) -> str:
@@ -566,9 +593,11 @@ def _seld_other_sets(runs: list[Run]) -> str:
     other = {r.label: seldreport.stored_sets(r.path) for r in runs}
     if not any(other.values()):
         return ""
-    head = ["run", "data set", "split", "scenes", "F20 (%)", "ER20", "LE (deg)", "LR (%)", "SELD score"]
-    rows = [[label, name, str(m.get("split")), str(m.get("n")), f"{100 * m['f20']:.1f}", f"{m['er20']:.2f}",
-             f"{m['le_deg']:.1f}", f"{100 * m['lr']:.1f}", f"{m['seld_score']:.3f}"]
+    head = ["run", "data set", "split", "scenes", "DCASE", "F20 (%)", "ER20", "LE / DOAE (deg)", "LR (%)", "RDE",
+            "SELD score"]
+    rows = [[label, name, str(m.get("split")), str(m.get("n")), seldreport.edition_of(m), _cell(m["f20"], ".1f", 100),
+             _cell(m["er20"], ".2f"), _cell(m["le_deg"], ".1f"), _cell(m["lr"], ".1f", 100),
+             _rde_cell(seldreport.edition_of(m), m.get("rde")), _cell(m["seld_score"], ".3f")]
             for label, sets in other.items() for name, m in sets.items()]
     return _section("SELD runs on other data sets", "Stored results of <code>bast-cli evaluate RUN --on "
                     "SCENES</code> (RUN/eval/&lt;set&gt;/metrics.json and its seld/ CSVs).", _table(head, rows))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bast.errors import DataError, MissingError
-from bast.dcase.files import read_dcase_csv
+from bast.dcase.files import read_dcase2024_csv, read_dcase_csv
 from bast.dcase.metrics import score_recordings
 from bast.model.targets.names import on_scenes
 
@@ -30,9 +30,18 @@ def csv_dirs(run_dir) -> tuple[Path, Path]:
     return root / "ref", root / "pred"
 
 
+def edition_of(test: dict) -> str:
+    """The DCASE edition a stored SELD evaluation was scored by; runs from before editions
+    were recorded were all scored by 2023."""
+    return str(test.get("edition", "2023"))
+
+
 def check_stored_test(run_dir, test: dict) -> None:
-    """A SELD run's stored test must hold finite scores over some scenes and its CSVs."""
-    bad = [k for k in HEADLINE if not isinstance(test.get(k), (int, float)) or not np.isfinite(test[k])]
+    """A SELD run's stored test must hold finite scores over some scenes and its CSVs (in
+    DCASE 2024, the DOA error may be undefined: no prediction paired with an event)."""
+    optional = ("le_deg",) if edition_of(test) != "2023" else ()
+    bad = [k for k in HEADLINE if k not in optional
+           and (not isinstance(test.get(k), (int, float)) or not np.isfinite(test[k]))]
     if not test.get("n") or bad:
         raise DataError(f"{run_dir}: eval/test.json holds no usable SELD test ({', '.join(bad) or 'no scenes'}); "
                         "its training did not end with a test evaluation (bast-cli train writes it)")
@@ -59,15 +68,23 @@ def reference_key(run_dir) -> str:
     return h.hexdigest()
 
 
-def predict_nothing(run_dir, n_classes: int) -> dict:
+def predict_nothing(run_dir, n_classes: int, edition: str = "2023") -> dict:
     """The DCASE scores of a system that detects nothing, on a run's test scenes: its
-    reference CSVs against empty predictions (F 0, ER 1, LR 0, LE 180 by the metrics'
-    rules; computed, not assumed)."""
-    pairs = [(ref, np.zeros((0, 5))) for _, ref, _ in scene_rows(run_dir)]
+    reference CSVs against empty predictions, by the run's `edition` (2023: F 0, ER 1,
+    LR 0, LE 180 by the metrics' rules; 2024: F 0, ER 1, LR 0, the DOA and distance
+    errors undefined; computed, not assumed)."""
+    ref_dir, _ = csv_dirs(run_dir)
+    if edition == "2023":
+        refs = [ref for _, ref, _ in scene_rows(run_dir)]
+    else:
+        refs = [read_dcase2024_csv(p) for p in sorted(ref_dir.glob("*.csv"))]
+    pairs = [(ref, np.zeros((0, ref.shape[1]))) for ref in refs]
     if not pairs:
         raise DataError(f"{run_dir}: no reference CSVs in eval/seld/ref")
-    s = score_recordings(pairs, n_classes)
-    return {"n": len(pairs), "f20": s.f, "er20": s.er, "le_deg": s.le, "lr": s.lr, "seld_score": s.seld}
+    s = score_recordings(pairs, n_classes, edition=edition)
+    out = {"n": len(pairs), "edition": edition, "f20": s.f, "er20": s.er,
+           "le_deg": s.le if edition == "2023" else s.doa_error, "lr": s.lr, "seld_score": s.seld}
+    return out if edition == "2023" else {**out, "rde": s.relative_distance_error}
 
 
 def stored_sets(run_dir) -> dict[str, dict]:

@@ -186,3 +186,157 @@ def test_seldnet_reads_longer_windows_and_its_test_covers_every_label_frame(scen
         if scene == 0:
             covered[first:first + 20] += 1
     assert covered.min() >= 1  # every label frame of the scene lies in some window
+
+
+def test_a_distance_run_scores_distance_and_writes_it_in_every_dcase_csv(scene_data, tmp_path):
+    """`--target seld-distance`: seldnet outputs a distance per track and class; the test,
+    `evaluate` and `localize` write 6-column DCASE CSVs (distance in cm), the test reports
+    its DCASE 2024 scores (relative distance error among them) equal those of the rows it
+    wrote, and the best checkpoint is the epoch of the lowest validation SELD score, DCASE
+    2024's (ties: the later, as DCASE 2023's `<=`)."""
+    from bast.dcase.files import parse_dcase_csv
+    from bast.dcase.metrics import score_folders
+    from bast.model.evaluation.runs import evaluate_run
+    from bast.model.runs.checkpoint import load_checkpoint
+
+    run = tmp_path / "dist"
+    cfg = preset("tiny", arch="seldnet", target="seld-distance", epochs=3, batch_size=16, device="cpu", seed=0)
+    result = train(scene_data, run, cfg)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["distance"] is True and config["best_by"] == "val_seld_score"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_loss"] is not None for r in rows)  # the loss is still recorded
+    assert all(r["val_edition"] == "2024" and "val_rde" in r for r in rows)
+    scores = [r["val_seld_score"] for r in rows]
+    best = max(i for i, s in enumerate(scores) if s == min(scores)) + 1
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["best_epoch"] == best and last["best_val"] == min(scores)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == best
+    saved = json.loads((run / "eval" / "test.json").read_text())
+    assert saved["target"] == "seld-distance" and saved["best_by"] == "val_seld_score"
+    assert saved["edition"] == "2024"
+    assert np.isfinite(saved["rde"]) and saved["rde"] == pytest.approx(result["rde"])
+    assert all("RDE" in c for c in saved["classes"])
+    # the CSVs: 6 columns, the reference's distance the scenes' label distance in cm
+    files = {part: sorted((run / "eval" / "seld" / part).glob("*.csv")) for part in ("ref", "pred")}
+    ref = [parse_dcase_csv(p.read_text()) for p in files["ref"]]
+    pred = [parse_dcase_csv(p.read_text()) for p in files["pred"]]
+    data = SceneWindows(Selection.of(scene_data, "test", "RI"), 61, 3, "cpu")
+    want_cm = {s.name: np.rint(s.rows[:, 5] * 100) for s in data.scenes}
+    for path, rows_cm in zip(files["ref"], ref):
+        np.testing.assert_array_equal(np.sort(rows_cm[:, 5]), np.sort(want_cm[path.stem]))
+    assert sum(len(p) for p in pred) > 0 and all(np.isfinite(p[:, 5]).all() and (p[:, 5] >= 0).all() for p in pred)
+    # the files give the run's scores: DCASE 2024's, the edition chosen from their columns
+    again, edition, _ = score_folders(run / "eval" / "seld" / "ref", run / "eval" / "seld" / "pred", n_classes=3)
+    assert edition == "2024" and again.f == pytest.approx(saved["f20"])
+    assert again.relative_distance_error == pytest.approx(saved["rde"])
+    assert again.seld == pytest.approx(saved["seld_score"]) and again.lr == pytest.approx(saved["lr"])
+    assert (again.doa_error == pytest.approx(saved["le_deg"]) if saved["le_deg"] is not None
+            else np.isnan(again.doa_error))
+    # evaluate on the same scenes: the same, in its own folder
+    m = evaluate_run(run, scene_data, split="test", device="cpu")
+    assert m["rde"] == pytest.approx(saved["rde"]) and m["f20"] == pytest.approx(saved["f20"])
+    assert all(parse_dcase_csv(p.read_text()).shape[1] == 6
+               for p in (run / "eval" / m["name"] / "seld" / "ref").glob("*.csv"))
+    # localize a test scene's audio: a 6-column CSV, the distance in cm
+    r = CliRunner().invoke(app, ["localize", str(run), str(_test_scene_wav(scene_data, tmp_path / "scene.wav")),
+                                 "--out", str(tmp_path / "loc"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "loc" / "scene.csv").read_text()
+    assert text and all(len(line.split(",")) == 6 for line in text.splitlines())
+    assert json.loads((tmp_path / "loc" / "scene.json").read_text())["target"] == "seld-distance"
+
+
+class _Silent(torch.nn.Module):
+    """A model that detects nothing (every output 0), as a young one may for epochs."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return torch.zeros(len(x), self.size) + self.bias
+
+
+def test_a_distance_epoch_that_predicts_nothing_is_validated_and_may_be_the_best(scene_data, tmp_path):
+    """DCASE 2024 leaves the DOA and distance errors of a model that pairs nothing undefined
+    (null, with the edition's note), while its SELD score is defined: the 2024 tool's mean of
+    what is defined, 1 - F = 1. Such an epoch is not marked non-finite, its line reads
+    'undefined', and it can be the best checkpoint (the lowest SELD score so far)."""
+    from bast.cli import _epoch_line
+    from bast.model.runs.runtime import Context
+    from bast.model.train import RunState, save_epoch, validate
+
+    classes = data_classes(scene_data)
+    target = make_target("seld-distance", TargetSettings(classes=tuple(classes)))
+    val = SceneWindows(Selection.of(scene_data, "val", "RI"), 61, len(classes), "cpu", batch_size=16, distance=True)
+    ctx = Context(device=torch.device("cpu"), amp_dtype=None)
+    model = _Silent(int(np.prod(target.label_shape)))
+    row = validate(model, val, ctx, target)
+    assert row["val_edition"] == "2024" and row["val_f20"] == 0.0 and np.isfinite(row["val_loss"])
+    assert row["val_le_deg"] is None and row["val_rde"] is None and row["val_distance_error_m"] is None
+    assert row["val_seld_score"] == pytest.approx(1.0) and "val_nonfinite" not in row
+    assert "no prediction was paired" in row["val_note"]
+    line = _epoch_line({**row, "epoch": 1, "train_loss": 0.5, "train_samples_per_s": 100.0})
+    assert "LE undefined deg" in line and "RDE undefined" in line and "SELD 1.000 (DCASE 2024)" in line
+    cfg = preset("tiny", arch="seldnet", target="seld-distance", device="cpu", best_by="val_seld_score")
+    state = RunState()
+    save_epoch(tmp_path, model, torch.optim.Adam(model.parameters()), cfg, ctx, state, {"epoch": 1, **row})
+    assert state.best_epoch == 1 and state.best == pytest.approx(1.0)
+    saved = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert saved["val_rde"] is None and "val_nonfinite" not in saved
+
+
+def _test_scene_wav(scene_data, path):
+    """The Stage 1 audio of the first test scene as a float WAV (the samples featurized)."""
+    import h5py
+    import soundfile as sf
+
+    for shard in sorted((scene_data.parent / "s1" / "shards").glob("*.h5")):
+        with h5py.File(shard, "r") as f:
+            tests = np.flatnonzero(f["split"].asstr()[()] == "test")
+            if tests.size:
+                sf.write(path, f["audio"][int(tests[0])].T, 16000, subtype="FLOAT")
+                return path
+    raise AssertionError("the scenes hold no test scene")
+
+
+@pytest.mark.parametrize("best_by, chosen", [("val_seld_score", 5), ("val_loss", 4)])
+def test_the_best_checkpoint_follows_the_recorded_criterion(tmp_path, best_by, chosen):
+    """Validation rows where the lowest loss (epoch 4) and the lowest SELD score (epochs 2
+    and 5, tied: the later wins, as the DCASE 2023 baseline's `<=`) differ; an epoch whose
+    score is undefined (null) never becomes the best. best.pt holds the chosen epoch's weights."""
+    from bast.model.runs.checkpoint import load_checkpoint
+    from bast.model.runs.runtime import Context
+    from bast.model.train import RunState, save_epoch
+
+    cfg = preset("tiny", arch="seldnet", target="seld", device="cpu", best_by=best_by)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+    ctx, state = Context(device=torch.device("cpu"), amp_dtype=None), RunState()
+    history = [(0.30, 0.80), (0.20, 0.70), (0.25, 0.75), (0.05, None), (0.40, 0.70), (0.35, 0.90)]
+    for epoch, (loss, score) in enumerate(history, 1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # the weights say which epoch they are
+        save_epoch(tmp_path, model, optimizer, cfg, ctx, state, {"epoch": epoch, "val_loss": loss,
+                                                                 "val_seld_score": score})
+    assert state.best_epoch == chosen and state.best == history[chosen - 1][0 if best_by == "val_loss" else 1]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["model"]["weight"].item() == chosen
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["best_epoch"] == chosen
+
+
+def test_best_by_is_resolved_per_target_and_refused_where_it_means_nothing(scene_data, small_features, tmp_path):
+    from bast.model.runs.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="best_by"):
+        preset("tiny", best_by="val_f20")
+    with pytest.raises(ConfigError, match="needs a SELD target"):
+        train(small_features, tmp_path / "clips", preset("tiny", epochs=1, device="cpu", best_by="val_seld_score"))
+    assert not (tmp_path / "clips").exists()
+    # a run from before best_by picked by the loss: its config reads so, and a resume keeps it
+    old = {k: v for k, v in preset("tiny", target="seld").to_dict().items() if k != "best_by"}
+    assert TrainConfig.from_dict(old).best_by == "val_loss"
+    cfg = preset("tiny", arch="seldnet", target="seld", epochs=1, batch_size=16, device="cpu", best_by="val_loss")
+    train(scene_data, tmp_path / "by-loss", cfg)
+    assert json.loads((tmp_path / "by-loss" / "config.json").read_text())["best_by"] == "val_loss"

@@ -199,14 +199,18 @@ def test_report_with_a_seld_run_beside_a_single_source_run(seld_run, run, tmp_pa
     test = json.loads((run / "eval" / "test.json").read_text())
     assert len(list((run / "eval" / "seld" / "pred").glob("*.csv"))) == test["n"] == 2
     rows = (out / "seld.csv").read_text().splitlines()
-    assert rows[0] == "run,model,backbone,parameters,epochs,scenes,f20,er20,le_deg,lr,seld_score" and len(rows) == 3
+    assert rows[0] == "run,model,backbone,parameters,epochs,scenes,f20,er20,le_deg,lr,seld_score,edition,rde" \
+        and len(rows) == 3
     mine = rows[1].split(",")
     assert mine[1] == "seldnet" and float(mine[6]) == pytest.approx(test["f20"])
     assert float(mine[10]) == pytest.approx(test["seld_score"])
     nothing = rows[2].split(",")
     assert nothing[0] == "predict nothing" and int(nothing[5]) == 2
     # scored, not assumed: F 0, ER 1 (every reference track deleted), LE 180, LR 0, SELD 1
-    assert [float(v) for v in nothing[6:]] == pytest.approx([0.0, 1.0, 180.0, 0.0, 1.0])
+    assert [float(v) for v in nothing[6:11]] == pytest.approx([0.0, 1.0, 180.0, 0.0, 1.0])
+    # both scored by DCASE 2023: the run's rows carry no predicted distance
+    assert mine[11] == nothing[11] == test["edition"] == "2023"
+    assert mine[12] == nothing[12] == ""  # DCASE 2023 scores no distance: no relative distance error
     classes = (out / "seld_classes.csv").read_text().splitlines()
     assert [c.split(",")[1] for c in classes[1:]] == sorted(KINDS)
     page = (out / "index.html").read_text()

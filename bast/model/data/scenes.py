@@ -5,7 +5,8 @@ kinds) and their 100 ms label rows (bast/pipeline/features/scenes.py). The loade
 scenes resident on the device (a 5 s scene is 320 KB in float16: 10,000 scenes are 3 GB)
 and cuts windows of `length` STFT frames from them as it batches; each window's target is
 the multi-ACCDOA tensor of the label frames whose centres it holds (bast/model/targets/adpit.py),
-made once when the scenes load. Nothing is stored twice.
+made once when the scenes load (with `distance`, each event's distance in metres beside its
+vector: the `seld-distance` target). Nothing is stored twice.
 
 - `SceneWindows(..., shuffle=True)`: training; windows every `hop` frames, a seeded
   shuffle each epoch; under DDP each rank holds a contiguous cut of the scenes (shards in a
@@ -96,7 +97,7 @@ class SceneWindows:
 
     def __init__(self, sel: Selection, length: int, n_classes: int, device, *, batch_size: int = 64,
                  hop: int = ALIGNED_HOP, shuffle: bool = False, seed: int = 0, rank: int = 0, world: int = 1,
-                 tracks: int = 3):
+                 tracks: int = 3, distance: bool = False):
         self.sel, self.length, self.n_classes = sel, int(length), int(n_classes)
         self.device, self.batch_size, self.shuffle, self.seed = torch.device(device), batch_size, shuffle, seed
         self.rank, self.world = rank, world
@@ -123,13 +124,13 @@ class SceneWindows:
                 for start in window_starts(scene.frames, self.length, self.hop):
                     rows = window_rows(scene.rows, int(start), self.length)
                     windows.append((len(self.scenes), int(start), int(window_label_frames(int(start), self.length)[0])))
-                    targets.append(encode(rows, self.label_frames, self.n_classes, n_tracks=tracks))
+                    targets.append(encode(rows, self.label_frames, self.n_classes, n_tracks=tracks, distance=distance))
                 self.scenes.append(scene)
             specs.append(torch.from_numpy(spec).to(self.device))
         self.spec = torch.cat(specs) if specs else torch.zeros((0, *sel.shape[:2], self.length), dtype=torch.float16)
         self.windows = torch.tensor(windows, dtype=torch.long).reshape(-1, 3)  # (scene, start frame, first label)
         self.targets = (torch.stack(targets) if targets else
-                        torch.zeros((0, self.label_frames, tracks, self.n_classes, 3))).to(self.device)
+                        torch.zeros((0, self.label_frames, tracks, self.n_classes, 3 + distance))).to(self.device)
         self.resident, self.share_bytes = True, self.spec.numel() * 2 + self.targets.numel() * 4
         # Every rank makes the same number of steps: scenes of one data set have one length, so
         # the same windows each, and the smallest share is n // world scenes.

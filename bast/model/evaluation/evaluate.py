@@ -132,8 +132,9 @@ def final_test(run_dir: Path, test_sel: Selection, cfg: TrainConfig, ctx: Contex
         from bast.model.evaluation.seld import seld_test
 
         data = SceneWindows(test_sel, cfg.window_frames, len(target.classes), ctx.device,
-                            batch_size=cfg.eval_batch_size)
-        return seld_test(model, data, ctx, target, run_dir / "eval", {"checkpoint": "best", "test_env": cfg.test_env})
+                            batch_size=cfg.eval_batch_size, distance=target.distance)
+        return seld_test(model, data, ctx, target, run_dir / "eval",
+                         {"checkpoint": "best", "best_by": cfg.best_by, "test_env": cfg.test_env})
     data = EvalData(test_sel, cfg.eval_batch_size, ctx.device, cfg.memory_budget_gb, target=target)
     metrics, table = score_clips(model, data, ctx, lambda table: _test_figures(table, cfg, run_dir, test_sel.root))
     (run_dir / "eval").mkdir(exist_ok=True)

@@ -189,7 +189,8 @@ def _evaluate_seld(run_dir: Path, out: Path, model, cfg, sel: Selection, ctx: Co
     if classes != tuple(target.classes):  # a row's class is an index into the list: another list mislabels rows
         raise DataError(f"{sel.root}: its scenes have the classes {', '.join(classes) or 'none'}, run {run_dir} was "
                         f"trained on {', '.join(target.classes)}; SELD evaluation needs scenes of the same classes")
-    data = SceneWindows(sel, cfg.window_frames, len(target.classes), ctx.device, batch_size=cfg.eval_batch_size)
+    data = SceneWindows(sel, cfg.window_frames, len(target.classes), ctx.device, batch_size=cfg.eval_batch_size,
+                        distance=target.distance)
     (out / "metrics.json").unlink(missing_ok=True)  # no metrics file vouches for CSVs half rewritten
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return seld_test(model, data, ctx, target, out, {**head, "created": created}, metrics_file="metrics.json")
@@ -232,7 +233,8 @@ def _add_to_index(run_dir: Path, name: str, metrics: dict, trained: dict) -> Non
     index = _read_index(run_dir)
     index["trained_spectrogram"] = trained
     sets = index.setdefault("sets", {})
-    headline = ("target", "f20", "er20", "le_deg", "lr", "seld_score") if on_scenes(metrics) else (
+    headline = ("target", "edition", "f20", "er20", "le_deg", "lr", "seld_score",
+                *(("rde",) if "rde" in metrics else ())) if on_scenes(metrics) else (
         "ad_deg", "median_ad_deg", "mse", "front_back_rate")
     sets[name] = {k: metrics.get(k) for k in ("features_dir", "split", "envs", "data_sha256", "n", *headline,
                                               "created")}

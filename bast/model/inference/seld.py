@@ -8,7 +8,8 @@ cut every 25 STFT frames plus one ending at the recording's end, exactly as eval
 scenes (bast/model/data/scenes.py), each is standardised on its own and goes through the
 model in float32, and the window outputs are stitched into 100 ms label frames and decoded
 as evaluation does (bast/model/evaluation/seld.py `stitch_windows`, `seld.decode`). There is no
-silence rule: the model says itself when nothing sounds (no row).
+silence rule: the model says itself when nothing sounds (no row). A run with distance
+(`seld-distance`) gives each row a sixth column, the distance in cm, as evaluation's CSVs.
 
 The features stay float32 here, where a featurized scene is stored in float16 (Stage 2's
 default): the same audio gives outputs that differ by float16 rounding of the log power
@@ -28,9 +29,8 @@ from bast.errors import DataError
 from bast.model.data.loaders import model_input
 from bast.model.runs.runtime import full_precision
 from bast.model.targets.adpit import decode
-from bast.model.evaluation.seld import stitch_windows
+from bast.model.evaluation.seld import as_dcase, stitch_windows
 from bast.pipeline.features.scenes import (ALIGNED_HOP, HOP, stft_label_frames, window_label_frames, window_starts)
-from bast.dcase.files import dcase_rows
 
 
 @dataclass
@@ -41,11 +41,12 @@ class SeldLocalization:
     fs_in: int
     duration_s: float
     classes: tuple
-    rows: np.ndarray  # (n, 5) DCASE rows, whole numbers: frame, class, track, azimuth, elevation
-    output: np.ndarray  # (label frames, tracks, classes, 3): the stitched multi-ACCDOA output
+    rows: np.ndarray  # (n, 5) DCASE rows, whole numbers: frame, class, track, azimuth, elevation[, distance cm]
+    output: np.ndarray  # (label frames, tracks, classes, 3 or 4): the stitched multi-ACCDOA output
     windows: int
     window_frames: int
     info: dict = field(default_factory=dict)
+    target: str = "seld"
 
     @property
     def label_frames(self) -> int:
@@ -53,7 +54,7 @@ class SeldLocalization:
 
     def summary(self) -> dict:
         counts = {str(c): int((self.rows[:, 1] == k).sum()) for k, c in enumerate(self.classes)}
-        return {"file": self.path, "sample_rate_in": self.fs_in, "duration_s": self.duration_s, "target": "seld",
+        return {"file": self.path, "sample_rate_in": self.fs_in, "duration_s": self.duration_s, "target": self.target,
                 "window_frames": self.window_frames, "window_ms": window_ms(self.window_frames),
                 "hop_ms": 1000.0 * ALIGNED_HOP * HOP / FS, "windows": self.windows,
                 "label_frames": self.label_frames, "label_hop_s": LABEL_HOP_S, "rows": int(len(self.rows)),
@@ -79,7 +80,7 @@ def recording_features(model: torch.nn.Module, audio: np.ndarray) -> tuple[np.nd
 @torch.no_grad()
 def window_outputs(model: torch.nn.Module, spec: np.ndarray, kinds, starts, length: int, target, device,
                    batch: int = 256) -> torch.Tensor:
-    """The model's shaped output (W, frames, tracks, classes, 3) of the windows of `length`
+    """The model's shaped output (W, frames, tracks, classes, 3 or 4) of the windows of `length`
     frames at `starts` of one recording's features, in float32."""
     model.eval()
     x_all = torch.from_numpy(np.ascontiguousarray(spec)).to(device)[None].unfold(-1, length, 1)[0]
@@ -115,5 +116,5 @@ def localize_recording(model: torch.nn.Module, path, target, window_frames: int,
     n_labels = int(stft_label_frames(frames)[-1]) + 1  # as evaluation counts a scene's (read_scene_shard)
     stitched = stitch_windows(outputs, [(0, f) for f in firsts], [n_labels])[0]
     return SeldLocalization(path=str(path), fs_in=fs_in, duration_s=audio.shape[1] / FS,
-                            classes=tuple(target.classes), rows=dcase_rows(decode(stitched)), output=stitched,
-                            windows=len(starts), window_frames=window_frames)
+                            classes=tuple(target.classes), rows=as_dcase(decode(stitched)).astype(np.int64),
+                            output=stitched, windows=len(starts), window_frames=window_frames, target=target.name)

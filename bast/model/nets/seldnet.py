@@ -15,6 +15,13 @@ time by 5 in its first block to reach its 100 ms label frames; here the first bl
 time adaptively (max) to the label frames the window spans (`n_label_frames`: 61 frames
 -> 5), so any window length works. Output: (B, label frames, T, C, 3) multi-ACCDOA.
 
+With `distance` (the `seld-distance` target), a fourth output per track and class, the
+distance in metres, as the DCASE 2024 baseline (partha2409/DCASE2024_seld_baseline,
+seldnet_model.py): its output layer grows to T x 4 x C, and the distance is left linear
+(that baseline's output is linear throughout; its tanh for the direction and ReLU for the
+distance are commented out, "no significant changes in the results"), where x, y, z keep
+this model's tanh; decoding sets a negative distance to 0, as the baseline's does.
+
 Parameters (tests/model/nets/test_seldnet.py checks them):
 
 | config                                                  | parameters |
@@ -56,6 +63,7 @@ class SELDnetConfig(NetConfig):
     fnn_layers: int = 1
     dropout: float = 0.05
     label_frames: int = 0  # output frames per window; 0: those the window spans (n_label_frames)
+    distance: bool = False  # a distance (metres) per track and class too (--target seld-distance)
 
     def __post_init__(self):
         resolve_features(self)
@@ -97,7 +105,7 @@ class ConvBlock(nn.Module):
 
 
 class SELDnet(nn.Module):
-    """(B, channels, n_freq, frames) -> (B, label frames, tracks, classes, 3)."""
+    """(B, channels, n_freq, frames) -> (B, label frames, tracks, classes, 3), or 4 with distance."""
 
     def __init__(self, cfg: SELDnetConfig | None = None):
         super().__init__()
@@ -115,7 +123,8 @@ class SELDnet(nn.Module):
         self.layer_norm_list = nn.ModuleList(nn.LayerNorm(cfg.rnn_size) for _ in range(cfg.attn_layers))
         widths = [cfg.rnn_size] + [cfg.fnn_size] * cfg.fnn_layers
         self.fnn_list = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
-        self.fnn_list.append(nn.Linear(widths[-1], cfg.tracks * 3 * cfg.classes))
+        self.axes = 3 + bool(cfg.distance)  # x, y, z[, distance]
+        self.fnn_list.append(nn.Linear(widths[-1], cfg.tracks * self.axes * cfg.classes))
 
     def forward(self, x: torch.Tensor, n_labels: int | None = None) -> torch.Tensor:
         b, _, _, frames = x.shape
@@ -133,6 +142,9 @@ class SELDnet(nn.Module):
             x = norm(x + attn(x, x, x, need_weights=False)[0])
         for fnn in self.fnn_list[:-1]:
             x = fnn(x)  # no activation between them, as in the baseline
-        x = torch.tanh(self.fnn_list[-1](x))
-        # the baseline's output order is (track, axis, class)
-        return x.unflatten(-1, (self.cfg.tracks, 3, self.cfg.classes)).transpose(-1, -2)
+        if self.axes == 3:
+            x = torch.tanh(self.fnn_list[-1](x))
+            # the baseline's output order is (track, axis, class)
+            return x.unflatten(-1, (self.cfg.tracks, 3, self.cfg.classes)).transpose(-1, -2)
+        x = self.fnn_list[-1](x).unflatten(-1, (self.cfg.tracks, self.axes, self.cfg.classes)).transpose(-1, -2)
+        return torch.cat((torch.tanh(x[..., :3]), x[..., 3:]), dim=-1)  # the distance linear (2024 baseline)

@@ -23,6 +23,9 @@ AMP_MODES = ("auto", "bf16", "none")
 # torch.compile's modes; reduce-overhead captures CUDA graphs (on a GPU; ignored on a CPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+# What picks the best checkpoint (best.pt): the lowest validation loss, or for SELD targets
+# the lowest validation SELD score (DCASE 2023); auto: the target's own choice.
+BEST_BY = ("auto", "val_loss", "val_seld_score")
 
 
 @dataclass
@@ -73,6 +76,10 @@ class TrainConfig:
     # Validate every val_every epochs (and after the last): validation picks the best
     # checkpoint, so an epoch without it cannot become the best one.
     val_every: int = 1
+    # The validation figure that picks best.pt (BEST_BY): auto resolves, when the run starts,
+    # to the target's (`Target.best_by`: val_loss; val_seld_score for the SELD targets, as
+    # DCASE picks by SELD score); config.json records what it resolved to.
+    best_by: str = "auto"
     # Scene data (--target seld): windows of window_frames STFT frames (61 = 500 ms = 5 label
     # frames, what the clip models read; longer for seldnet) cut from whole scenes every
     # window_hop frames for training (evaluation cuts them every 25 frames, two label
@@ -122,6 +129,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
+        if self.best_by not in BEST_BY:
+            raise ConfigError(f"best_by must be one of {', '.join(BEST_BY)}, not {self.best_by!r}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, not {self.compile_mode!r}")
         if not DEVICE_PATTERN.fullmatch(self.device):
@@ -157,6 +166,8 @@ class TrainConfig:
         # settings: "torch.bfloat16" / "None" for amp
         if d.get("amp") in _RESOLVED_AMP:
             d["amp"] = _RESOLVED_AMP[d["amp"]]
+        # runs from before best_by (their checkpoints hold a validation loss as the best)
+        d.setdefault("best_by", "val_loss")
         return cls(**d)
 
 

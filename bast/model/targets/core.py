@@ -20,7 +20,8 @@ The metrics of a table follow from its columns (bast/model/targets/metrics.py), 
 
 Built in: `azimuth` (the paper's 2-D unit vector and its losses; the default), `direction`
 (the 3-D unit vector on the sphere, the same losses), `category` (cross-entropy over the
-data set's classes) and the multitask `direction+category`, `azimuth+category`. A target
+data set's classes) and the multitask `direction+category`, `azimuth+category`; on scenes,
+`seld` (multi-ACCDOA) and `seld-distance` (with the source distance, DCASE 2024). A target
 with per-frame labels (tracks over time) declares a `label_shape` of several axes; nothing
 here assumes one label vector per sample beyond "the first axis is the sample".
 
@@ -67,6 +68,7 @@ class Target(nn.Module):
     uses_classes: ClassVar[bool] = False  # needs the data set's class list (TargetSettings.classes)
     scenes: ClassVar[bool] = False  # learned from windows of whole scenes (bast-cli scenes), not from clips;
     # the one clip-or-scene choice: torch-free code asks bast.model.targets.names.on_scenes
+    best_by: ClassVar[str] = "val_loss"  # the validation figure (lower is better) that picks best.pt
 
     def __init__(self, settings: TargetSettings):
         super().__init__()
@@ -355,6 +357,10 @@ class Seld(Target):
     name = "seld"
     uses_classes = True
     scenes = True
+    # as DCASE picks its best model: the DCASE 2023 baseline by the lowest validation SELD
+    # score (sharathadavanne/seld-dcase2023, train_seldnet.py: `val_seld_scr <= best_seld_scr`)
+    best_by = "val_seld_score"
+    distance: ClassVar[bool] = False  # a distance (metres) per track and class beside x, y, z
     label_columns = ()
     output_columns = ()
 
@@ -364,7 +370,7 @@ class Seld(Target):
         from bast.pipeline.features.scenes import window_labels
 
         if not settings.classes:
-            raise ConfigError("target 'seld' needs the data set's classes, and this data has none")
+            raise ConfigError(f"target {self.name!r} needs the data set's classes, and this data has none")
         self.classes = tuple(settings.classes)
         self.tracks = N_TRACKS
         self.window_frames = int(settings.window_frames)
@@ -374,7 +380,7 @@ class Seld(Target):
 
     @property
     def label_shape(self) -> tuple[int, ...]:  # type: ignore[override]
-        return (self.frames, self.tracks, len(self.classes), 3)
+        return (self.frames, self.tracks, len(self.classes), 3 + self.distance)
 
     @property
     def outputs(self) -> int:
@@ -383,22 +389,23 @@ class Seld(Target):
     def model_settings(self, fields: set) -> dict:
         """Flat-output models (mlp, cnn) get the whole window's vectors from their head;
         bast and ast one output token per label frame (M2M-AST); seldnet its classes and
-        tracks. Every model reads windows of `window_frames`."""
+        tracks, and whether it outputs distances. Every model reads windows of `window_frames`."""
         wanted = {"outputs": self.outputs, "out_tokens": self.frames, "n_time": self.window_frames,
-                  "classes": len(self.classes), "tracks": self.tracks, "label_frames": self.frames}
+                  "classes": len(self.classes), "tracks": self.tracks, "label_frames": self.frames,
+                  "distance": self.distance}
         if "classes" in fields:  # seldnet: its own output layout
             wanted.pop("outputs")
         return {k: v for k, v in wanted.items() if k in fields}
 
     def labels(self, columns: dict) -> np.ndarray:
-        raise ConfigError("the seld target's labels are cut from whole scenes by the scene loader "
+        raise ConfigError(f"the {self.name} target's labels are cut from whole scenes by the scene loader "
                           "(bast/model/data/scenes.py), not read from clip columns")
 
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         return labels
 
     def shaped(self, pred: torch.Tensor) -> torch.Tensor:
-        """The model's output as (B, frames, tracks, classes, 3)."""
+        """The model's output as (B, frames, tracks, classes, 3 or 4)."""
         return pred.reshape(pred.shape[0], *self.label_shape)
 
     def loss(self, pred, y):
@@ -408,6 +415,18 @@ class Seld(Target):
 
     def decode(self, pred, y) -> dict[str, np.ndarray]:
         raise ConfigError("seld outputs are stitched into whole scenes and decoded there (bast/model/evaluation/seld.py)")
+
+
+@register
+class SeldDistance(Seld):
+    """SELD with the source distance, as the DCASE 2024 task 3 baseline: per label frame,
+    track and class the multi-ACCDOA vector and the distance in metres (label frames x
+    tracks x classes x 4), ADPIT over both (bast/model/targets/adpit.py); decoding gives
+    each detected event's distance, the DCASE CSVs carry it (cm) and evaluation reports the
+    relative distance error (docs/seld.md)."""
+
+    name = "seld-distance"
+    distance = True
 
 
 def chance_accuracy(classes) -> float:

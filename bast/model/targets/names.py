@@ -11,7 +11,7 @@ below so that the answer holds before core.py is imported.
 from __future__ import annotations
 
 DEFAULT = "azimuth"  # a run's config.json without a "target": the paper's
-_SCENE_TARGETS: set[str] = {"seld"}
+_SCENE_TARGETS: set[str] = {"seld", "seld-distance"}
 
 
 # Why a figure of a test or an evaluation is undefined, written beside it as "<key>_note"
@@ -25,6 +25,12 @@ METRIC_NOTES = {
     # SELD (bast/dcase/metrics.py SELD_NOTES): test scenes without any event
     "er20": "undefined: the test scenes hold no events, and the error rate divides by their number",
     "seld_score": "undefined: the test scenes hold no events, and the error rate divides by their number",
+    # SELD with distance, scored by DCASE 2024 (bast/dcase/frames.py NO_PAIR_NOTE, the same words:
+    # not imported, so that this module stays light): the localization errors without pairs
+    "le_deg": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "rde": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "distance_error_m": "undefined: no prediction was paired with a reference event of its class in any frame",
+    "RDE": "undefined: no prediction was paired with a reference event of its class in any frame",
 }
 
 

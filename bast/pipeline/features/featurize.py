@@ -215,7 +215,7 @@ def featurize(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float = 
     options.output_dir(out_dir, "OUT", inputs=[("the Stage 1 folder", stage1_dir)], owned=OWNED)
     if scenefeatures.is_scenes(stage1_dir):  # whole scenes and their label tracks (docs/scenes.md)
         return scenefeatures.featurize_scenes(stage1_dir, out_dir, dtype=dtype, floor_db=floor_db, features=names,
-                                              client=client, overwrite=overwrite, on_start=on_start,
+                                              client=client, splits=splits, overwrite=overwrite, on_start=on_start,
                                               on_shard=on_shard)
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
     manifest = read_stage1(stage1_dir)

@@ -202,10 +202,12 @@ def read_scene_stage1(stage1_dir) -> dict:
 
 
 def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: float, features=("logpower",),
-                     client=None, overwrite: bool = False, on_start: Callable[[int, int], None] | None = None,
+                     client=None, splits: tuple[str, ...] | None = None, overwrite: bool = False,
+                     on_start: Callable[[int, int], None] | None = None,
                      on_shard: Callable[[ShardInfo, int], None] | None = None) -> StageSummary:
     """Stage 2 shards (spec, the other feature kinds of `features`, label tracks, the Stage 1 labels) of a scenes
-    output; resumable, like `featurize`."""
+    output; resumable, like `featurize`. `splits`: only the shards of these splits (SELD
+    training on the fly featurizes the validation and test scenes alone); None: every shard."""
     stage1_dir, out_dir = Path(stage1_dir).resolve(), Path(out_dir)
     manifest = read_scene_stage1(stage1_dir)
     p1 = manifest["params"]
@@ -225,13 +227,16 @@ def featurize_scenes(stage1_dir, out_dir, *, dtype: str = "float16", floor_db: f
     }
     names = featurekinds.normalize(features)
     samples = int(round(p1["duration_s"] * FS))
+    if splits is not None:  # recorded only when chosen: a full featurize keeps its parameters
+        params["splits"] = sorted(splits)
     if "phase" in names:  # as before feature kinds, so that such outputs stay what they were
         params["phase"] = "cos and sin of the angle of X_left * conj(X_right), float16, as for clips"
     if set(names) - {"logpower", "phase"}:
         params["features"] = {n: featurekinds.get(n).record(samples, dtype) for n in names}
     attrs = {"stage": "featurize", "fs": FS, "bast_version": __version__, "params": json.dumps(params, sort_keys=True)}
     tasks = [SceneFeatureTask(s["index"], str(stage1_dir / s["path"]), str(out_dir), dtype, floor_db, slots,
-                              tuple(sorted(attrs.items())), featurekinds.kinds(names)) for s in manifest["shards"]]
+                              tuple(sorted(attrs.items())), featurekinds.kinds(names)) for s in manifest["shards"]
+             if splits is None or s["split"] in splits]
     planned = {s["index"]: s["samples"] for s in manifest["shards"]}
     totals = manifest.get("totals", {})
     stage = Stage(

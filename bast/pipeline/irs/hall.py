@@ -110,13 +110,15 @@ class HallSpec:
             raise ConfigError(f"wall_factors needs {len(WALLS)} values ({', '.join(WALLS)})")
         return {w: pra.Material(min(alpha * f, 0.99), self.scattering) for w, f in zip(WALLS, self.wall_factors)}
 
-    def source_positions(self, azimuths_deg, elevations_deg=0.0) -> np.ndarray:
+    def source_positions(self, azimuths_deg, elevations_deg=0.0, distances_m=None) -> np.ndarray:
         """Room coordinates (A, 3) of sources at the directions (head frame, degrees) on the
-        sphere of radius `distance_m` around the listener."""
+        sphere of radius `distance_m` around the listener (or at `distances_m`, one per
+        direction: a bank built at several distances)."""
         ahead, left = self._head_axes()
         x, y, z = np.moveaxis(unit_vector(np.atleast_1d(azimuths_deg), elevations_deg), -1, 0)
-        return np.asarray(self.listener_m) + self.distance_m * (x[:, None] * ahead + y[:, None] * left
-                                                                + z[:, None] * np.array([0.0, 0.0, 1.0]))
+        radius = self.distance_m if distances_m is None else np.asarray(distances_m, dtype=float)[:, None]
+        return np.asarray(self.listener_m) + radius * (x[:, None] * ahead + y[:, None] * left
+                                                       + z[:, None] * np.array([0.0, 0.0, 1.0]))
 
     def fitted(self, elevations_deg, margin_m: float = SURFACE_MARGIN_M) -> HallSpec:
         """This room with the sources' sphere shrunk, when needed, so that sources at
@@ -154,8 +156,8 @@ def cache_dir() -> Path:
     return Path(root) / "brir"
 
 
-def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet, elevations_deg=None) -> str:
-    """Hash of everything the bank depends on: hall, directions, HRIR data, algorithm."""
+def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet, elevations_deg=None, distances_m=None) -> str:
+    """Hash of everything the bank depends on: hall, directions, distances, HRIR data, algorithm."""
     h = hashlib.sha256()
     fields = dataclasses.asdict(spec)
     if fields["wall_factors"] is None:  # so the default hall keeps the key it always had
@@ -167,20 +169,23 @@ def cache_key(spec: HallSpec, azimuths_deg, hrirs: IRSet, elevations_deg=None) -
     h.update(np.ascontiguousarray(hrirs.ir).tobytes())
     h.update(np.asarray(hrirs.azimuth_deg).tobytes() + np.asarray(hrirs.elevation_deg).tobytes())
     h.update(f"alg{ALGORITHM_VERSION}".encode())
+    if distances_m is not None:  # banks at the sphere's one radius keep their key
+        h.update(b"distances" + np.asarray(distances_m, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
 
 def hall_brirs(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), cache: bool = True,
-               elevations_deg=None) -> IRSet:
+               elevations_deg=None, distances_m=None) -> IRSet:
     """The hall's BRIRs at `azimuths_deg` (and `elevations_deg`: one, or one per
-    azimuth; default 0), from the cache when built before."""
-    path = cache_dir() / f"hall-{cache_key(spec, azimuths_deg, hrirs, elevations_deg)}.sofa"
+    azimuth; default 0), at `distances_m` when given (`build_hall`), from the cache when
+    built before."""
+    path = cache_dir() / f"hall-{cache_key(spec, azimuths_deg, hrirs, elevations_deg, distances_m)}.sofa"
     if cache and path.exists():
         try:
             return read_sofa(path)
         except ValueError:
             path.unlink()  # a damaged cache entry is rebuilt, not trusted
-    bank = build_hall(azimuths_deg, hrirs, spec, elevations_deg)
+    bank = build_hall(azimuths_deg, hrirs, spec, elevations_deg, distances_m)
     if cache:
         save_bank(path, bank, spec)
     return bank
@@ -199,7 +204,8 @@ def save_bank(path, bank: IRSet, spec: HallSpec) -> Path:
         bank,
         conventions="GeneralFIR",
         attrs=attrs,
-        source_positions=spec.source_positions(bank.azimuth_deg, bank.elevation_deg),
+        source_positions=spec.source_positions(bank.azimuth_deg, bank.elevation_deg,
+                                               bank.distance_m if np.ptp(bank.distance_m) > 1e-6 else None),
         listener_position=spec.listener_m,
         listener_view=spec.view,
         room={"corner_a": (0.0, 0.0, 0.0), "corner_b": spec.size_m},
@@ -342,9 +348,17 @@ def _tail(rng: np.random.Generator, spec: HallSpec, hrirs: IRSet, t60: np.ndarra
     return tail
 
 
-def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), elevations_deg=None) -> IRSet:
+def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), elevations_deg=None,
+               distances_m=None) -> IRSet:
     """Simulate the hall's BRIRs at `azimuths_deg` and `elevations_deg` (one, or one per
-    azimuth; default 0), on the sphere of radius `spec.distance_m`."""
+    azimuth; default 0), on the sphere of radius `spec.distance_m`.
+
+    With `distances_m` (G,): the bank at every direction at each of those distances,
+    distance-major (G x A entries, `distance_m` per entry). The room is calibrated once and
+    each direction has one late tail whatever the distance: diffuse-field theory's late
+    energy, independent of where the source stands; the early part (direct sound and
+    reflections until the mixing time) is the image-source model with the source at each
+    distance, so the direct-to-reverberant ratio falls with distance as in the room."""
     azimuths = np.atleast_1d(np.asarray(azimuths_deg, dtype=float))
     elevations = np.broadcast_to(np.asarray(0.0 if elevations_deg is None else elevations_deg, dtype=float),
                                  azimuths.shape).copy()
@@ -352,23 +366,25 @@ def build_hall(azimuths_deg, hrirs: IRSet, spec: HallSpec = HallSpec(), elevatio
     alpha, rir = calibrate_absorption(spec)
     t60, energy = late_decay(rir, spec)
     n = spec.n_samples
-    early = _early(spec, azimuths, elevations, alpha, hrirs, exact, n)
+    radii = [spec.distance_m] if distances_m is None else [float(d) for d in np.atleast_1d(distances_m)]
 
     t = np.arange(n) / FS
     ramp = np.clip((t - spec.mixing_time_s) / spec.crossfade_s, 0.0, 1.0)
     fade_in, fade_out = np.sin(0.5 * np.pi * ramp), np.cos(0.5 * np.pi * ramp)  # power-complementary
     rng = np.random.default_rng(spec.seed)
-    out = np.empty((len(azimuths), 2, n), dtype=np.float32)
-    for a in range(len(azimuths)):
-        tail = _tail(rng, spec, hrirs, t60, energy, n)
-        out[a] = early[a] * fade_out + tail * fade_in
+    tails = [_tail(rng, spec, hrirs, t60, energy, n) * fade_in for _ in azimuths]  # the draws of one radius
+    out = np.empty((len(radii) * len(azimuths), 2, n), dtype=np.float32)
+    for g, radius in enumerate(radii):
+        early = _early(dataclasses.replace(spec, distance_m=radius), azimuths, elevations, alpha, hrirs, exact, n)
+        for a in range(len(azimuths)):
+            out[g * len(azimuths) + a] = early[a] * fade_out + tails[a]
     attrs = {
         "HRIRSource": hrirs.attrs.get("Title") or hrirs.source,
         "BastAbsorption": f"{alpha:.5f}",
         "BastLateT60": json.dumps(dict(zip(map(str, acoustics.OCTAVES_HZ), np.round(t60, 4).tolist()))),
     }
     return IRSet(
-        ir=out, fs=FS, azimuth_deg=azimuths % 360.0, elevation_deg=elevations,
-        distance_m=np.full_like(azimuths, spec.distance_m), conventions="GeneralFIR",
+        ir=out, fs=FS, azimuth_deg=np.tile(azimuths % 360.0, len(radii)), elevation_deg=np.tile(elevations, len(radii)),
+        distance_m=np.repeat(np.asarray(radii, dtype=float), len(azimuths)), conventions="GeneralFIR",
         source="lecture hall (simulated)", attrs=attrs,
     )

@@ -103,6 +103,7 @@ class BankTask:
     tolerance_deg: float = 0.0
     elevations: tuple[float, ...] = ()  # one per azimuth; () = all at elevation 0
     interpolate: bool = False  # direct sound at the requested directions, interpolated (bast.pipeline.irs.interpolate)
+    distances: tuple[float, ...] = ()  # () = the spec's one radius; else the bank at each (hall.build_hall)
 
 
 def bank_hrirs(task: BankTask) -> tuple[IRSet, np.ndarray, np.ndarray | None]:
@@ -131,7 +132,7 @@ def build_bank(task: BankTask) -> IRSet:
     """One room's BRIRs through one head, at the directions of `bank_hrirs` (from the cache
     when built before; runs on a worker)."""
     hrirs, az, el = bank_hrirs(task)
-    bank = hall_brirs(az, hrirs, task.spec, elevations_deg=el)
+    bank = hall_brirs(az, hrirs, task.spec, elevations_deg=el, distances_m=task.distances or None)
     x, y, z = task.spec.size_m
     return dataclasses.replace(bank, source=f"simulated room {x:g} x {y:g} x {z:g} m, RT60 {task.spec.rt60_s:g} s, "
                                             f"head {Path(task.hrir).stem}")

@@ -293,7 +293,7 @@ def split_conditions(environments: tuple[str, ...], head_paths: dict[str, str], 
 
 def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.ndarray], tolerance_deg: float,
                  interpolate: bool, fit: Callable[[Condition, IRSet, str], IRSet],
-                 client=None) -> dict[str, tuple[Condition, IRSet, dict]]:
+                 client=None, distances: tuple[float, ...] = ()) -> dict[str, tuple[Condition, IRSet, dict]]:
     """IR key -> (condition, the IR set it renders with, how to save it: {"spec": HallSpec}
     for a simulated room): the one assembly of both Stage 1 stages (clips and scenes).
 
@@ -301,11 +301,12 @@ def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.nd
     `bank_directions(head_set)`, (D, 2) azimuth and elevation pairs: bast/pipeline/irs/rooms.py),
     built in parallel on `client` and cached; a measured BRIR file is read whole. `fit(
     condition, set, kind)` (kind "head", "bank" or "measured") makes each condition's set
-    the one its stage renders with, or refuses it."""
+    the one its stage renders with, or refuses it. With `distances` (scenes with --distance)
+    each simulated room's bank holds every direction at each of those distances."""
     head_sets = {label: read_sofa(path) for label, path in the_layout.head_paths.items()}
     conds = the_layout.conditions()
     simulated = [c for c in conds.values() if isinstance(the_layout.rooms.get(c.room), HallSpec)]
-    tasks = [_bank_task(the_layout, c, bank_directions(head_sets[c.head]), tolerance_deg, interpolate)
+    tasks = [_bank_task(the_layout, c, bank_directions(head_sets[c.head]), tolerance_deg, interpolate, distances)
              for c in simulated]
     built = dict(zip((c.key for c in simulated), build_banks(tasks, client)))
     out = {}
@@ -321,11 +322,12 @@ def assemble_irs(the_layout: Layout, *, bank_directions: Callable[[IRSet], np.nd
 
 
 def _bank_task(the_layout: Layout, cond: Condition, directions: np.ndarray, tolerance_deg: float,
-               interpolate: bool) -> BankTask:
+               interpolate: bool, distances: tuple[float, ...] = ()) -> BankTask:
     """The bank of a simulated room heard by the condition's head at `directions` (D, 2);
     on the horizontal plane no elevations, as banks were keyed before elevations existed."""
     return BankTask(the_layout.rooms[cond.room], the_layout.head_paths[cond.head], tuple(directions[:, 0].tolist()),
-                    tolerance_deg, tuple(directions[:, 1].tolist()) if np.any(directions[:, 1]) else (), interpolate)
+                    tolerance_deg, tuple(directions[:, 1].tolist()) if np.any(directions[:, 1]) else (), interpolate,
+                    tuple(float(d) for d in distances))
 
 
 def condition_irs(config: SpatializeConfig, client=None,

@@ -22,7 +22,10 @@ a degree behind or ahead of it, and the step between blocks is the source's spee
 (1 deg at 60 deg/s), not the grid spacing. Room IRs are the
 room's response for a source standing still at each direction; a moving source's Doppler
 shift and its changing reflection paths are approximated by the crossfade of still
-responses, as in block-wise room rendering generally.
+responses, as in block-wise room rendering generally. With --distance a room's bank holds
+each direction at a grid of distances, and a block is heard from the grid distance nearest
+the source's (Lookup "grid"); in anechoic scenes the distance is a delay line after this
+rendering (bast/pipeline/render/distance.py), which does give a Doppler shift.
 """
 
 from __future__ import annotations
@@ -56,10 +59,18 @@ class Trajectory:
     elevation_rate: float = 0.0
     el_min: float = -90.0
     el_max: float = 90.0
+    distance_m: float | None = None  # None: the IR set's own distance (scenes without --distance)
+    distance_rate: float = 0.0  # m/s: a moving source's distance changes linearly in time
 
     @property
     def moving(self) -> bool:
-        return self.azimuth_rate != 0.0 or self.elevation_rate != 0.0
+        return self.azimuth_rate != 0.0 or self.elevation_rate != 0.0 or self.distance_rate != 0.0
+
+    def distance_at(self, t_s) -> np.ndarray:
+        """The distance (m) at times `t_s` (s since the onset); needs `distance_m`."""
+        if self.distance_m is None:
+            raise ValueError("this trajectory has no distance of its own (the IR set's is heard)")
+        return self.distance_m + self.distance_rate * np.asarray(t_s, dtype=np.float64)
 
     def at(self, t_s) -> tuple[np.ndarray, np.ndarray]:
         """(azimuth in [0, 360), elevation) in degrees at times `t_s` (s since the onset)."""
@@ -90,16 +101,35 @@ class Lookup:
     block's centre. With one (bast.pipeline.irs.interpolate.Interpolator of the same head): HRIRs
     interpolated at points of the trajectory `PATH_STEP_DEG` apart (in azimuth and in
     elevation, whichever changes faster), each block taking the point nearest it in time; a
-    still source is heard at exactly its direction."""
+    still source is heard at exactly its direction.
 
-    def __init__(self, irs: IRSet, interpolator=None):
+    `distance` says how a trajectory's own distance (scenes with --distance) is heard:
+    None, the IR set's (scenes without it); "free", an anechoic head whose HRIRs stand for
+    their measured distance: the lookup is by direction alone and `mix` adds the
+    propagation (bast/pipeline/render/distance.py); "grid", a room bank built at a grid of
+    distances (`irs.distance_m` per entry): each block takes the grid distance nearest the
+    trajectory's (in log distance), then the direction nearest it among that distance's."""
+
+    def __init__(self, irs: IRSet, interpolator=None, distance: str | None = None):
+        if distance not in (None, "free", "grid") or (distance == "grid" and interpolator is not None):
+            raise ValueError(f"distance {distance!r}: None, 'free', or 'grid' (without an interpolator)")
         self.irs = irs
         self.interpolator = interpolator
+        self.distance = distance
         self.taps = irs.ir.shape[-1]
+        if distance == "grid":
+            rounded = np.round(np.asarray(irs.distance_m, dtype=np.float64), 6)  # as read back from SOFA positions
+            self.grid_m = np.unique(rounded)
+            self._members = [np.flatnonzero(rounded == g) for g in self.grid_m]
+            # directions only (no IR data copied): the nearest-direction search of each grid distance
+            self._rings = [IRSet(np.zeros((len(m), 2, 0), np.float32), irs.fs, irs.azimuth_deg[m],
+                                 irs.elevation_deg[m], irs.distance_m[m]) for m in self._members]
 
     def __call__(self, trajectory: Trajectory, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(index per time (B,), IR pairs (K, 2, L)): time b is heard through pairs[index[b]]."""
         t = np.asarray(t_s, dtype=np.float64)
+        if self.distance == "grid":
+            return self._on_grid(trajectory, t), self.irs.ir
         rate = max(abs(trajectory.azimuth_rate), abs(trajectory.elevation_rate))
         if self.interpolator is None:
             idx = (nearest_directions(self.irs, *trajectory.at(t)) if trajectory.moving
@@ -109,6 +139,24 @@ class Lookup:
         points, idx = np.unique(step, return_inverse=True)
         az, el = trajectory.at(points * PATH_STEP_DEG / rate if rate else np.zeros(1))
         return idx.reshape(t.shape), self.interpolator(az, el)
+
+    def _on_grid(self, trajectory: Trajectory, t: np.ndarray) -> np.ndarray:
+        """Index into the bank per time: the nearest grid distance, then the nearest direction there."""
+        times = t if trajectory.moving else np.zeros(1)
+        az, el = trajectory.at(times)
+        which = nearest_grid(self.grid_m, trajectory.distance_at(times))
+        idx = np.empty(times.shape, np.int64)
+        for k in np.unique(which):
+            sel = which == k
+            idx[sel] = self._members[k][nearest_directions(self._rings[k], az[sel], el[sel])]
+        return idx if trajectory.moving else np.full(t.shape, idx[0])
+
+
+def nearest_grid(grid_m: np.ndarray, distance_m) -> np.ndarray:
+    """Index of the grid distance nearest each distance, in log distance (the grid is
+    geometric: bast/pipeline/render/distance.py `distance_grid`)."""
+    r = np.atleast_1d(np.asarray(distance_m, dtype=np.float64))
+    return np.argmin(np.abs(np.log(r[:, None] / np.asarray(grid_m)[None, :])), axis=1)
 
 
 def _lookup(irs) -> Lookup:

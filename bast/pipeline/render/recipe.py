@@ -113,7 +113,7 @@ def read_recipe(stage1_dir) -> Recipe:
         raise DataError(f"{root}: params.json or manifest.json is not valid JSON ({exc})") from None
     if params.get("stage") != "spatialize":
         raise DataError(f"{root}: made by `{params.get('stage', '?')}`, not `spatialize`; training on the fly "
-                        "draws clips from a spatialize output (scenes are not supported)")
+                        "draws clips from a spatialize output (and scenes, for --target seld, from a `bast-cli scenes` output)")
     config = config_from_params(params)
     source = params.get("source") or {}
     if "recipe" not in source:

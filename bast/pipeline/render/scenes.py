@@ -35,8 +35,10 @@ from bast import __version__, options
 from bast.conventions import ENVIRONMENTS, FS, LABEL_HOP_S
 from bast.datasets.base import ClipRef, load_clip
 from bast.errors import ClipError, ConfigError, SofaError
+from bast.pipeline.render import distance as distance_mod
 from bast.pipeline.render import noise as noise_mod
 from bast.pipeline.render.clips import ClipPolicy, prepare
+from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.interpolate import Interpolator
 from bast.pipeline.irs.sources import unique_directions
 from bast.pipeline.render.moving import Lookup, render
@@ -58,6 +60,10 @@ SCENE_PLAN_BYTES = 4096  # a scene's id, events and label rows while the run is 
 MAX_EVENTS = 1000  # per scene
 EVENT_BYTES = 1024
 MAX_SPEED = 360.0  # deg/s
+# BRIRs one room's bank may hold with --distance (directions x grid distances): each is an
+# image-source simulation (about 2 ms) and 2 x its length in float32 (128 KB in the default
+# hall) in every worker.
+MAX_ROOM_BRIRS = 50_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class ScenesConfig:
     noise: str = "diffuse"
     room_ranges: RoomRanges = RoomRanges()
     interpolate: bool = False  # HRIRs interpolated at the sources' directions (else the nearest measured)
+    distance: tuple[float, float] | None = None  # m, drawn per event (None: the IR set's one distance)
 
     def __post_init__(self):
         if self.snr_db is not None:
@@ -102,6 +109,12 @@ class ScenesConfig:
             raise ConfigError(f"--speed {self.speed!r}: at most {MAX_SPEED:g} deg/s (one turn around the head a "
                               "second; DCASE's moving sources go 10-40 deg/s)")
         object.__setattr__(self, "speed", speed)
+        if self.distance is not None:
+            object.__setattr__(self, "distance", distance_mod.check_range(self.distance))
+            if self.brir:
+                raise ConfigError(f"--distance {self.distance[0]:g}:{self.distance[1]:g}: measured BRIRs (--brir) "
+                                  "have one source distance; --distance needs simulated rooms (the hall, --rooms) "
+                                  "or anechoic")
         pairs = np.asarray(self.directions, dtype=float).reshape(-1, 2)
         if not len(pairs) or not np.all(np.isfinite(pairs)) or np.any(np.abs(pairs[:, 1]) > 90.0):
             raise ConfigError("directions: give at least one, with finite azimuths and elevations in [-90, 90] deg")
@@ -133,6 +146,10 @@ class ScenesConfig:
                                 rt60_s=self.rt60_s, tolerance_deg=self.tolerance_deg, room_ranges=self.room_ranges,
                                 directions=self.directions, interpolate=self.interpolate)
 
+    def distance_grid(self) -> tuple[float, ...]:
+        """The distances rooms' banks are built at (bast/pipeline/render/distance.py); () without --distance."""
+        return () if self.distance is None else tuple(distance_mod.distance_grid(*self.distance).tolist())
+
 
 @dataclass(frozen=True)
 class SceneTask:
@@ -160,19 +177,35 @@ def scene_irs(config: ScenesConfig, client=None, the_layout=None) -> dict[str, t
     `interpolate` HRIRs interpolated from it). A measured BRIR file: its whole set (nearest;
     never interpolated). A simulated room: Stage 1's bank (bast/pipeline/irs/rooms.py: the
     source on a sphere around the head, each image source through the HRIR of its own 3-D
-    direction) at `bank_directions`. Every grid direction must be in every set (within
+    direction) at `bank_directions`, and with --distance at each distance of the grid
+    (`ScenesConfig.distance_grid`). Every grid direction must be in every set (within
     --ir-tolerance), or interpolable from the head."""
     grid = np.asarray(config.directions)
+    the_layout = the_layout or layout(config.spatialize_config())
+    distances = config.distance_grid()
+    longest = max((r.n_samples for r in the_layout.rooms.values() if isinstance(r, HallSpec)), default=0)
 
     def fit(cond: Condition, irs: IRSet, kind: str) -> IRSet:
         check_grid(irs, grid, config.tolerance_deg, cond.key, interpolated=config.interpolate and kind == "head")
         return irs
 
     def where(head_set: IRSet) -> np.ndarray:
-        return bank_directions(head_set, grid, config.moving > 0, config.interpolate)
+        directions = bank_directions(head_set, grid, config.moving > 0, config.interpolate)
+        if distances:  # a room's bank: every direction at every distance, float32, both ears
+            options.budget(len(directions) * len(distances), 2 * 4 * longest,
+                           f"--distance {config.distance[0]:g}:{config.distance[1]:g}",
+                           f"BRIRs per room ({len(directions)} directions x {len(distances)} distances)",
+                           most=MAX_ROOM_BRIRS)
+        return directions
 
-    return assemble_irs(the_layout or layout(config.spatialize_config()), bank_directions=where,
-                        tolerance_deg=config.tolerance_deg, interpolate=config.interpolate, fit=fit, client=client)
+    return assemble_irs(the_layout, bank_directions=where, tolerance_deg=config.tolerance_deg,
+                        interpolate=config.interpolate, fit=fit, client=client, distances=distances)
+
+
+def check_scene_layout(config: ScenesConfig, the_layout) -> None:
+    """With --distance, every room of the layout holds the range (distance.check_rooms)."""
+    if config.distance is not None:
+        distance_mod.check_rooms(config.distance, the_layout.rooms, np.asarray(config.directions)[:, 1])
 
 
 def bank_directions(head_set: IRSet, grid: np.ndarray, moving: bool, interpolate: bool) -> np.ndarray:
@@ -211,11 +244,12 @@ def _interpolator(path: str, mtime_ns: int) -> Interpolator:
     return Interpolator(_irset(path, mtime_ns))
 
 
-def load_lookup(path: str, interpolate: bool = False) -> Lookup:
+def load_lookup(path: str, interpolate: bool = False, distance: str | None = None) -> Lookup:
     """The IR lookup of an IR file under irs/ (with `interpolate`: HRIRs interpolated from
-    it), kept for the worker's lifetime."""
+    it; `distance`: how sources' own distances are heard, moving.Lookup), kept for the
+    worker's lifetime."""
     mtime = os.stat(path).st_mtime_ns
-    return Lookup(_irset(path, mtime), _interpolator(path, mtime) if interpolate else None)
+    return Lookup(_irset(path, mtime), _interpolator(path, mtime) if interpolate else None, distance)
 
 
 # --------------------------------------------------------------------------- one scene
@@ -253,15 +287,28 @@ def draw_scene(scene_id: str, config: ScenesConfig, pool: dict[str, list[str]],
     n_events = int(rng.integers(config.events[0], config.events[1] + 1))
     return draw_events(rng, pool, length_of, n_samples=config.n_samples, n_events=n_events,
                        max_overlap=config.max_overlap, grid=config.directions, moving=config.moving,
-                       speed=config.speed)
+                       speed=config.speed, distance=config.distance)
 
 
 def mix(events: list[Event], audio_of: Callable[[str], np.ndarray], irs: IRSet | Lookup, n_samples: int) -> np.ndarray:
     """(2, n_samples) float64: the events heard through `irs` (an IRSet: its nearest
-    measured directions; or a moving.Lookup) and summed; tails past the scene's end are cut."""
+    measured directions; or a moving.Lookup) and summed; tails past the scene's end are cut.
+    Through a Lookup of distance "free" (anechoic with --distance) an event with a distance
+    of its own gets its propagation (distance.propagate), heard from `lead` samples before
+    its onset."""
     out = np.zeros((2, n_samples))
+    free = isinstance(irs, Lookup) and irs.distance == "free"
     for e in events:
-        out[:, e.onset:] += render(audio_of(e.clip_id)[:e.length], e.trajectory, irs, n_out=n_samples - e.onset)
+        wet = render(audio_of(e.clip_id)[:e.length], e.trajectory, irs, n_out=n_samples - e.onset)
+        if not (free and e.trajectory.distance_m is not None):
+            out[:, e.onset:] += wet
+            continue
+        wet = wet[:, :e.length + irs.taps - 1]  # the rest is silence: not worth delaying
+        lead, wet = distance_mod.propagate(wet, e.trajectory, distance_mod.hrir_distance(irs.irs, e.trajectory),
+                                           e.length)
+        start = e.onset - lead
+        wet = wet[:, max(0, -start):n_samples - start]  # what falls before the scene or after it is cut
+        out[:, max(0, start):max(0, start) + wet.shape[-1]] += wet
     return out
 
 
@@ -326,11 +373,16 @@ class _EventSounds:
         return None if self.audio[clip_id] is None else len(self.audio[clip_id])
 
 
-def event_arrays(scene_ids: tuple[str, ...], scenes: dict[str, list[Event]]) -> dict[str, np.ndarray]:
+def event_arrays(scene_ids: tuple[str, ...], scenes: dict[str, list[Event]],
+                 distance: bool = False) -> dict[str, np.ndarray]:
     """The events of the scenes, in scene order, as the shard's event_* columns (ragged:
-    scene i's events are rows event_offsets[i] to event_offsets[i + 1])."""
+    scene i's events are rows event_offsets[i] to event_offsets[i + 1]); with `distance`
+    (scenes with --distance) their start distance (m) and its rate (m/s) too."""
     events = [e for sid in scene_ids for e in scenes[sid]]
-    return {
+    extra = {"event_distance_m": np.array([e.trajectory.distance_m for e in events], dtype=np.float32),
+             "event_distance_rate": np.array([e.trajectory.distance_rate for e in events], dtype=np.float32),
+             } if distance else {}
+    return {**extra,
         "event_clip_id": np.array([e.clip_id for e in events], dtype=object),
         "event_category": np.array([e.category for e in events], dtype=object),
         "event_onset_s": np.array([e.onset / FS for e in events], dtype=np.float64),
@@ -349,7 +401,8 @@ def render_condition(task: SceneTask, cond: Condition, ir_path: str, scenes: dic
     snr_db, labels and label_offsets columns."""
     config = task.config
     n, s = len(task.scene_ids), config.n_samples
-    lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic")
+    lookup = load_lookup(ir_path, config.interpolate and cond.env == "anechoic",
+                         None if config.distance is None else "free" if cond.env == "anechoic" else "grid")
     audio = np.empty((n, 2, s), dtype=np.float32)
     snr = np.full(n, noise_mod.NO_NOISE, dtype=np.float32)
     labels = []
@@ -379,7 +432,7 @@ def run_task(task: SceneTask) -> list[ShardInfo]:
         pool.setdefault(r.category, []).append(r.clip_id)
     scenes = {sid: draw_scene(sid, config, pool, sounds.length_of) for sid in task.scene_ids}
     category_index = {c: i for i, c in enumerate(task.categories)}
-    events = event_arrays(task.scene_ids, scenes)
+    events = event_arrays(task.scene_ids, scenes, config.distance is not None)
     n = len(task.scene_ids)
     infos = []
     for index, cond, ir_path in task.shards:
@@ -450,6 +503,8 @@ def stage_params(refs: list[ClipRef], config: ScenesConfig, condition_sets: dict
         del params["room_ranges"]
     if config.snr_db is None:
         del params["noise"]
+    if config.distance is None:  # so runs without it keep their parameters (and shards) as they were
+        del params["distance"]
     params.update(stage=STAGE, fs=FS, source=source, clips=len(refs), clips_sha256=clips,
                   label_hop_s=LABEL_HOP_S, ir_sha256={k: _digest(s) for k, (_, s, _) in condition_sets.items()},
                   bast_version=__version__)
@@ -467,6 +522,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
     # OUT a folder that is no input nor inside one (as for spatialize), before any work
     check_output(out_dir, refs, config.spatialize_config(), source or {})
     the_layout = layout(config.spatialize_config())
+    check_scene_layout(config, the_layout)
     condition_sets = scene_irs(config, client, the_layout)
     params = stage_params(refs, config, condition_sets, source or {})
     categories = category_list(refs)
@@ -484,7 +540,7 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
         return {"categories": list(categories), "scene_seconds": config.duration_s, "label_hop_s": LABEL_HOP_S,
                 "label_columns": list(LABEL_COLUMNS), "events": summary.clips, "inputs": len(refs),
                 "inputs_failed": len(summary.failures), "warnings": summary.warnings,
-                **conditions_record(the_layout, ir_paths, out_dir, config)}
+                **conditions_record(the_layout, ir_paths, out_dir, config), **distance_record(config)}
 
     stage = Stage(
         name=STAGE, params=params, plan=plan_tasks, run_task=run_task,
@@ -495,6 +551,15 @@ def render_scenes(refs: list[ClipRef], out_dir, config: ScenesConfig = ScenesCon
         totals=summarise_shards, manifest_extra=manifest_extra,  # scenes count as spatialize's clips
         key_prefix=f"bast-scenes-{params['clips_sha256'][:8]}")
     return run_stage(stage, out_dir, client=client, overwrite=overwrite, on_start=on_start, on_shard=on_shard)
+
+
+def distance_record(config: ScenesConfig) -> dict:
+    """What a manifest records of --distance: the range, the rooms' grid and its error."""
+    if config.distance is None:
+        return {}
+    return {"distance": {"range_m": list(config.distance), "room_grid_m": [round(d, 6) for d in config.distance_grid()],
+                         "room_grid_step_db": distance_mod.GRID_STEP_DB,
+                         "room_grid_max_relative_error": round(distance_mod.grid_error(), 4)}}
 
 
 def read_scenes(directory, reader: str = "reading scenes", verify: bool = True) -> dict:
