@@ -25,7 +25,6 @@ from bast import options
 # Fewer sounds than this leave the 10 % test and 25 % validation shares empty; more than
 # this is not a demo.
 MIN_SOUNDS, MAX_SOUNDS = 10, 100_000
-DEMO_FLY_EPOCHS = 16
 
 
 class Progress:
@@ -49,14 +48,6 @@ MODELS = {
     "bast": ("bast", {"features": ("logpower", "phase")}),  # the paper's model at CPU size, with the (clip-averaged) phase
     "mlp": ("mlp", {"features": ("logpower", "phase")}),  # Tang et al. 2022 with interaural phase
 }
-# The runs trained on the fly from Stage 1's recipe (docs/train.md "Training on the fly"), with
-# what they draw. BAST starves on the 196 training sounds (it overfits them from Stage 2):
-# with new procedural sounds every epoch it beats its Stage 2 run in fewer epochs
-# (docs/performance.md "What the data was worth"). Each epoch makes one new sound per
-# FRESH_USES samples (synthesis is what costs, not rendering); the mlp is faster from Stage 2
-# than any renderer on two cores, so it reads Stage 2.
-ON_THE_FLY = {"bast": {"fresh_sounds": True, "epochs": DEMO_FLY_EPOCHS}}
-FRESH_USES = 8
 
 
 @dataclass
@@ -73,9 +64,7 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
     and the mlp baseline, and build the report, all under `out`."""
     from bast.datasets.procedural import DefaultCorpus
     from bast.model.runs.config import preset
-    from bast.model.data.onthefly import default_epoch_samples
-    from bast.model.train import train, train_on_the_fly
-    from bast.pipeline.render.recipe import read_recipe
+    from bast.model.train import train
     from bast.pipeline.stage import cluster
     from bast.pipeline.features.featurize import featurize
     from bast.pipeline.render.spatialize import SpatializeConfig, spatialize
@@ -103,14 +92,8 @@ def run_demo(out, *, sounds: int = 290, seed: int = 0, workers: int | None = Non
         p.stage(f"3/4 train {name} ({k + 1}/{len(MODELS)})")
         if not (run_dir / "eval" / "test.json").exists():
             resume = (run_dir / "checkpoints" / "last.pt").exists()
-            hooks = dict(resume=resume, on_epoch=p.on_epoch, on_step=p.on_step)
-            if name in ON_THE_FLY:
-                samples = default_epoch_samples(read_recipe(stage1))
-                cfg = preset("tiny", arch=arch, seed=seed, **settings, **ON_THE_FLY[name],
-                             fresh_per_epoch=max(1, samples // FRESH_USES))
-                train_on_the_fly(stage1, run_dir, cfg, **hooks)
-            else:
-                train(stage2, run_dir, preset("tiny", arch=arch, seed=seed, **settings), **hooks)
+            train(stage2, run_dir, preset("tiny", arch=arch, seed=seed, **settings),
+                  resume=resume, on_epoch=p.on_epoch, on_step=p.on_step)
         runs[name] = json.loads((run_dir / "eval" / "test.json").read_text())
         broadband = [v["ad_deg"] for c, v in runs[name]["by_category"].items()
                      if c.endswith("_noise") and c != "bandpass_noise"]
