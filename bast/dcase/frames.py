@@ -29,8 +29,29 @@ from bast.errors import ConfigError, DataError
 EPS = np.finfo(np.float64).eps
 
 
+class ClassCounts:
+    """Counts that add up over recordings: per-class arrays (`_PER_CLASS`, zeros when not
+    given) and whole-set totals (`_TOTALS`); the base of each edition's counts dataclass."""
+
+    _PER_CLASS: tuple = ()
+    _TOTALS = ("substitutions", "deletions", "insertions", "recordings")
+
+    def __post_init__(self):
+        for name in self._PER_CLASS:
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(self.n_classes))
+
+    def __add__(self, other):
+        if other.n_classes != self.n_classes:
+            raise ConfigError(f"counts of {self.n_classes} and {other.n_classes} classes cannot be added")
+        out = type(self)(self.n_classes, **{n: getattr(self, n) + getattr(other, n) for n in self._PER_CLASS})
+        for name in self._TOTALS:
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+
 @dataclass
-class FrameCounts:
+class FrameCounts(ClassCounts):
     """Counts summed over frames and recordings, per class: true positives, false positives
     (extra predictions), spatial false positives (paired, but beyond a threshold), false
     negatives, reference events, the pairs' summed angle, distance, relative distance
@@ -59,18 +80,6 @@ class FrameCounts:
     _PER_CLASS = ("tp", "fp", "fp_spatial", "fn", "n_ref", "total_doa", "total_dist", "total_reldist",
                   "total_onscreen", "de_tp", "de_fp", "de_fn")
 
-    def __post_init__(self):
-        for name in self._PER_CLASS:
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.n_classes))
-
-    def __add__(self, other: FrameCounts) -> FrameCounts:
-        if other.n_classes != self.n_classes:
-            raise ConfigError(f"counts of {self.n_classes} and {other.n_classes} classes cannot be added")
-        out = FrameCounts(self.n_classes, **{n: getattr(self, n) + getattr(other, n) for n in self._PER_CLASS})
-        for name in ("substitutions", "deletions", "insertions", "recordings"):
-            setattr(out, name, getattr(self, name) + getattr(other, name))
-        return out
 
 
 @dataclass(frozen=True)

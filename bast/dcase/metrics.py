@@ -34,7 +34,7 @@ from bast.dcase.editions import (
     choose_edition,
     classes_of,
 )
-from bast.dcase.frames import FRAME_NOTES
+from bast.dcase.frames import FRAME_NOTES, ClassCounts
 from bast.errors import ConfigError, DataError, MissingError
 
 FRAMES_PER_SEGMENT = 10  # 1 s of 100 ms label frames
@@ -84,7 +84,7 @@ def _distance_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class SeldCounts:
+class SeldCounts(ClassCounts):
     """What the metrics are computed from, summed over segments and recordings: per class
     true and false positives, spatial false positives (right class, over the threshold),
     false negatives, reference tracks, the localization error sum and its counts; and
@@ -107,20 +107,6 @@ class SeldCounts:
 
     _PER_CLASS = ("tp", "fp", "fp_spatial", "fn", "n_ref", "total_de", "de_tp", "de_fp", "de_fn")
 
-    def __post_init__(self):
-        for name in self._PER_CLASS:
-            if getattr(self, name) is None:
-                setattr(self, name, np.zeros(self.n_classes))
-
-    def __add__(self, other: SeldCounts) -> SeldCounts:
-        if other.n_classes != self.n_classes:
-            raise ConfigError(f"counts of {self.n_classes} and {other.n_classes} classes cannot be added")
-        out = SeldCounts(self.n_classes, **{n: getattr(self, n) + getattr(other, n) for n in self._PER_CLASS})
-        out.substitutions = self.substitutions + other.substitutions
-        out.deletions = self.deletions + other.deletions
-        out.insertions = self.insertions + other.insertions
-        out.recordings = self.recordings + other.recordings
-        return out
 
 
 def reference_frames(ref_rows: np.ndarray, pred_rows: np.ndarray) -> int:

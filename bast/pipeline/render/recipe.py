@@ -27,6 +27,7 @@ from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.render.clips import ClipPolicy
 from bast.pipeline.render.conditions import Condition, SpatializeConfig, assign_splits, layout
+from bast.conventions import SPLITS
 
 
 @dataclass(frozen=True)
@@ -99,40 +100,57 @@ def clips_digest(refs: list[ClipRef]) -> str:
                                     for r in refs).encode()).hexdigest()
 
 
+def read_folder_json(root: Path, hint: str) -> tuple[dict, dict]:
+    """The params.json and manifest.json of a finished stage folder; `hint` says what reads it."""
+    for name in ("params.json", "manifest.json"):
+        if not (root / name).is_file():
+            raise MissingError(f"{root}: no {name}; {hint}")
+    try:
+        return json.loads((root / "params.json").read_text()), json.loads((root / "manifest.json").read_text())
+    except ValueError as exc:
+        raise DataError(f"{root}: params.json or manifest.json is not valid JSON ({exc})") from None
+
+
+def listed_sounds(root: Path, params: dict, config, stage: str, no_source: str, again: str):
+    """(source record, every sound, split -> sounds) of a stage folder, listed again as `stage`
+    listed them and split as it split them; refused when the list is not the one it
+    recorded (then the held-out sounds are unknown). `config`: its seed and split fractions."""
+    source = params.get("source") or {}
+    if "recipe" not in source:
+        raise DataError(f"{root}: its params.json does not record the sound source{no_source}")
+    refs = list_sounds(source)
+    if clips_digest(refs) != params.get("clips_sha256"):
+        raise DataError(f"{root}: its sounds can no longer be listed as {stage} listed them (the corpus or the "
+                        f"sound files changed), so the held-out sounds are unknown; {again}")
+    split_of = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
+    return source, refs, {s: tuple(r for r in refs if split_of[r.clip_id] == s) for s in SPLITS}
+
+
+def condition_ir_paths(root: Path, manifest: dict, conditions) -> dict:
+    """Condition key -> the IR file of the folder it rendered with (irs/<key>.sofa)."""
+    irs = manifest.get("totals", {}).get("irs") or manifest.get("irs") or {}
+    paths = {}
+    for cond in conditions:
+        path = root / irs.get(cond.key, f"irs/{cond.key}.sofa")
+        if not path.is_file():
+            raise MissingError(f"{path}: the IR bank of condition {cond.key} is missing from {root}")
+        paths[cond.key] = str(path)
+    return paths
+
+
 def read_recipe(stage1_dir) -> Recipe:
     """The recipe of a `spatialize` output folder (complete, or written by --plan-only)."""
     root = Path(stage1_dir)
-    for name in ("params.json", "manifest.json"):
-        if not (root / name).is_file():
-            raise MissingError(f"{root}: no {name}; training on the fly reads a finished `bast-cli spatialize` "
-                               "output folder (or one written with --plan-only)")
-    try:
-        params = json.loads((root / "params.json").read_text())
-        manifest = json.loads((root / "manifest.json").read_text())
-    except ValueError as exc:
-        raise DataError(f"{root}: params.json or manifest.json is not valid JSON ({exc})") from None
+    params, manifest = read_folder_json(root, "training on the fly reads a finished `bast-cli spatialize` output "
+                                              "folder (or one written with --plan-only)")
     if params.get("stage") != "spatialize":
         raise DataError(f"{root}: made by `{params.get('stage', '?')}`, not `spatialize`; training on the fly "
                         "draws clips from a spatialize output (and scenes, for --target seld, from a `bast-cli scenes` output)")
     config = config_from_params(params)
-    source = params.get("source") or {}
-    if "recipe" not in source:
-        raise DataError(f"{root}: its params.json does not record the sound source; re-run spatialize with "
-                        "this version of bast")
-    refs = list_sounds(source)
-    if clips_digest(refs) != params.get("clips_sha256"):
-        raise DataError(f"{root}: its sounds can no longer be listed as spatialize listed them (the corpus or the "
-                        "sound files changed), so the held-out sounds are unknown; spatialize them again")
-    split_of = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
-    sounds = {s: tuple(r for r in refs if split_of[r.clip_id] == s) for s in ("train", "val", "test")}
+    source, refs, sounds = listed_sounds(root, params, config, "spatialize",
+                                         "; re-run spatialize with this version of bast", "spatialize them again")
     the_layout = layout(config)
-    irs = manifest.get("totals", {}).get("irs") or manifest.get("irs") or {}
-    ir_paths = {}
-    for cond in the_layout.splits["train"]:
-        path = root / irs.get(cond.key, f"irs/{cond.key}.sofa")
-        if not path.is_file():
-            raise MissingError(f"{path}: the IR bank of condition {cond.key} is missing from {root}")
-        ir_paths[cond.key] = str(path)
+    ir_paths = condition_ir_paths(root, manifest, the_layout.splits["train"])
     categories = tuple(sorted(manifest.get("categories") or {r.category for r in refs}))
     return Recipe(root, config, source, tuple(refs), sounds, the_layout.splits["train"], ir_paths, dict(the_layout.rooms),
                   dict(the_layout.head_paths), categories, bool(manifest.get("plan_only")))

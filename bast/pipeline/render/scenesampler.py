@@ -22,7 +22,6 @@ scene of that id, sample for sample (tests/model/data/test_scenefly.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,11 +29,11 @@ import numpy as np
 
 from bast.conventions import FS
 from bast.datasets.base import ClipRef
-from bast.errors import DataError, MissingError
+from bast.errors import DataError
 from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.render.clips import ClipPolicy
-from bast.pipeline.render.conditions import Condition, assign_splits, layout
-from bast.pipeline.render.recipe import clips_digest, list_sounds
+from bast.pipeline.render.conditions import Condition, layout
+from bast.pipeline.render.recipe import condition_ir_paths, listed_sounds, read_folder_json
 from bast.pipeline.render.scenemodel import Event, scene_counts
 from bast.pipeline.render.scenes import (STAGE, SceneTask, ScenesConfig, category_list, draw_scene, load_event,
                                          render_condition, scene_rng)
@@ -74,43 +73,21 @@ def scenes_config_from_params(params: dict) -> ScenesConfig:
     return ScenesConfig(**kwargs)
 
 
-def _read_json(root: Path) -> tuple[dict, dict]:
-    for name in ("params.json", "manifest.json"):
-        if not (root / name).is_file():
-            raise MissingError(f"{root}: no {name}; training scenes on the fly reads a finished `bast-cli scenes` "
-                               "output folder")
-    try:
-        return json.loads((root / "params.json").read_text()), json.loads((root / "manifest.json").read_text())
-    except ValueError as exc:
-        raise DataError(f"{root}: params.json or manifest.json is not valid JSON ({exc})") from None
-
-
 def read_scene_recipe(scenes_dir) -> SceneRecipe:
     """The recipe of a finished `bast-cli scenes` output folder."""
     root = Path(scenes_dir)
-    params, manifest = _read_json(root)
+    params, manifest = read_folder_json(root, "training scenes on the fly reads a finished `bast-cli scenes` "
+                                              "output folder")
     if params.get("stage") != STAGE:
         raise DataError(f"{root}: made by `{params.get('stage', '?')}`, not `scenes`; SELD training on the fly "
                         "draws scenes from a `bast-cli scenes` output")
-    source = params.get("source") or {}
-    if "recipe" not in source:
-        raise DataError(f"{root}: its params.json does not record the sound source (scenes rendered through the "
-                        "Python API without `source=`); render them with `bast-cli scenes`")
     config = scenes_config_from_params(params)
-    refs = list_sounds(source)
-    if clips_digest(refs) != params.get("clips_sha256"):
-        raise DataError(f"{root}: its sounds can no longer be listed as `scenes` listed them (the corpus or the "
-                        "sound files changed), so the held-out sounds are unknown; render the scenes again")
-    split_of = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
-    sounds = {s: tuple(r for r in refs if split_of[r.clip_id] == s) for s in SPLITS}
+    source, refs, sounds = listed_sounds(
+        root, params, config, "`scenes`",
+        " (scenes rendered through the Python API without `source=`); render them with `bast-cli scenes`",
+        "render the scenes again")
     conditions = layout(config.spatialize_config()).splits["train"]
-    irs = manifest.get("totals", {}).get("irs") or {}
-    ir_paths = {}
-    for cond in conditions:
-        path = root / irs.get(cond.key, f"irs/{cond.key}.sofa")
-        if not path.is_file():
-            raise MissingError(f"{path}: the IR set of condition {cond.key} is missing from {root}")
-        ir_paths[cond.key] = str(path)
+    ir_paths = condition_ir_paths(root, manifest, conditions)
     counts = scene_counts(config.count, {s: len(sounds[s]) for s in SPLITS})
     return SceneRecipe(root, config, source, sounds, tuple(conditions), ir_paths, category_list(refs), counts)
 
