@@ -158,3 +158,51 @@ def small_run(root: Path) -> Path:
     featurize(root / "s1", root / "s2")
     train(root / "s2", root / "run", preset("tiny", epochs=1, batch_size=4, seed=3))
     return root
+
+
+class _Killed(Exception):
+    pass
+
+
+def killed_after_epoch_1_and_resumed(train_fn, data, root: Path, cfg):
+    """Train `cfg` on `data` whole into root/whole, and again into root/cut killed after
+    its first epoch (exactly one metrics row left) then resumed. Returns (whole, resumed):
+    the two runs' results; the caller compares their checkpoints and metrics."""
+    from bast.model.runs.checkpoint import read_metrics
+
+    whole = train_fn(data, root / "whole", cfg)
+
+    def kill_after_first(row):
+        if row["epoch"] == 1:
+            raise _Killed
+
+    try:
+        train_fn(data, root / "cut", cfg, on_epoch=kill_after_first)
+    except _Killed:
+        pass
+    else:
+        raise AssertionError("the run was not killed after its first epoch")
+    assert len(read_metrics(root / "cut")) == 1
+    return whole, train_fn(data, root / "cut", cfg, resume=True)
+
+
+def same_weights(run_a: Path, run_b: Path, checkpoint: str) -> bool:
+    """Whether two runs' checkpoints (best.pt, last.pt) hold bitwise equal model weights."""
+    import torch
+
+    a = torch.load(run_a / "checkpoints" / checkpoint, weights_only=False)["model"]
+    b = torch.load(run_b / "checkpoints" / checkpoint, weights_only=False)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def split_pool(refs, config, split: str) -> dict[str, list[str]]:
+    """Category -> the clip ids of `split` as Stage 1 splits `refs` (the pool a scene of
+    that split draws its events from)."""
+    from bast.pipeline.render.conditions import assign_splits
+
+    splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
+    pool = {}
+    for r in refs:
+        if splits[r.clip_id] == split:
+            pool.setdefault(r.category, []).append(r.clip_id)
+    return pool

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import killed_after_epoch_1_and_resumed, same_weights
 from typer.testing import CliRunner
 
 from bast.cli import app
@@ -219,22 +220,8 @@ def test_a_run_on_the_fly_is_validated_and_tested_on_the_stage2_sets(stage, tmp_
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(stage, tmp_path):
     cfg = preset("tiny", features=KINDS, epochs=2, epoch_samples=96, loader_workers=0, device="cpu",
                  batch_size=32, warmup_steps=2, seed=4)
-    whole = train_on_the_fly(stage / "s1", tmp_path / "whole", cfg)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first(row):
-        if row["epoch"] == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_on_the_fly(stage / "s1", tmp_path / "cut", cfg, on_epoch=kill_after_first)
-    assert len(read_metrics(tmp_path / "cut")) == 1
-    resumed = train_on_the_fly(stage / "s1", tmp_path / "cut", cfg, resume=True)
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "best.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "checkpoints" / "best.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed = killed_after_epoch_1_and_resumed(train_on_the_fly, stage / "s1", tmp_path, cfg)
+    assert same_weights(tmp_path / "whole", tmp_path / "cut", "best.pt")
     assert resumed["ad_deg"] == whole["ad_deg"]
     rows_a, rows_b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]

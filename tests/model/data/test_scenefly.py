@@ -25,7 +25,7 @@ from bast.model.runs.config import preset
 from bast.model.train import train_on_the_fly
 from bast.pipeline.render.scenesampler import (SceneRenderer, default_epoch_scenes, draw_scenes, folder_draw,
                                                read_scene_recipe)
-from helpers import SELD_KINDS, render_seld_scenes
+from helpers import SELD_KINDS, killed_after_epoch_1_and_resumed, render_seld_scenes, same_weights
 
 KINDS = ("logpower", "phase")
 
@@ -187,22 +187,8 @@ def test_seld_distance_trains_on_the_fly(scenes, tmp_path):
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(scenes, tmp_path):
     cfg = _tiny(epochs=2, seed=4)
-    whole = train_on_the_fly(scenes / "s1", tmp_path / "whole", cfg)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first(row):
-        if row["epoch"] == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_on_the_fly(scenes / "s1", tmp_path / "cut", cfg, on_epoch=kill_after_first)
-    assert len(read_metrics(tmp_path / "cut")) == 1
-    resumed = train_on_the_fly(scenes / "s1", tmp_path / "cut", cfg, resume=True)
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    whole, resumed = killed_after_epoch_1_and_resumed(train_on_the_fly, scenes / "s1", tmp_path, cfg)
+    assert same_weights(tmp_path / "whole", tmp_path / "cut", "last.pt")
     assert resumed["seld_score"] == whole["seld_score"] and resumed["f20"] == whole["f20"]
     rows_a, rows_b = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "cut")
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]

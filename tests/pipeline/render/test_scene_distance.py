@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import split_pool
 from scipy.signal import correlate, hilbert, resample_poly
 from typer.testing import CliRunner
 
@@ -131,7 +132,7 @@ def test_a_still_distance_is_the_changing_distance_delay_line_at_rate_zero(kemar
     a kernel per sample from a table (a changing one) give the same samples for the same
     distance (to 1e-5 of unit-variance noise: the table is within 1e-6 of the kernel)."""
     from bast.pipeline.irs.hall import fractional_delays
-    from bast.pipeline.render.distance import tabled_kernels, propagate
+    from bast.pipeline.render.distance import propagate, tabled_kernels
 
     delays = np.random.default_rng(1).uniform(16.0, 300.0, 20000)
     (s1, k1), (s2, k2) = fractional_delays(delays, 32), tabled_kernels(delays)
@@ -207,7 +208,7 @@ def test_room_scenes_at_distance_are_their_events_through_the_written_bank(tmp_p
     changing = 0
     for sh in _shards(tmp_path / "s1"):
         for i, sid in enumerate(sh["scene_id"]):
-            pool = _split_pool(refs, config, sh["split"][i])
+            pool = split_pool(refs, config, sh["split"][i])
             events = draw_scene(sid, config, pool, lambda c: len(load_event(by_id[c], config.policy, FS)[0]))
             sounds = {e.clip_id: load_event(by_id[e.clip_id], config.policy, FS)[0] for e in events}
             np.testing.assert_allclose(mix(events, sounds.__getitem__, bank, FS), sh["audio"][i], atol=1e-5)
@@ -235,15 +236,6 @@ def _shards(out: Path) -> list[dict]:
     return shards
 
 
-def _split_pool(refs, config, split):
-    from bast.pipeline.render.conditions import assign_splits
-
-    splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
-    pool = {}
-    for r in refs:
-        if splits[r.clip_id] == split:
-            pool.setdefault(r.category, []).append(r.clip_id)
-    return pool
 
 
 def test_grid_distances_are_a_db_apart_and_the_nearest_within_the_stated_error():

@@ -29,7 +29,7 @@ from bast.pipeline.features.scenes import cut_window, stft_label_frames
 from bast.pipeline.render.scenemodel import LABEL_SAMPLES, Event, draw_events, label_rows, scene_counts
 from bast.pipeline.render.scenes import ScenesConfig, mix, render_scenes
 from bast.sphere import great_circle_deg
-from helpers import cli_killed_at_shard
+from helpers import cli_killed_at_shard, split_pool
 
 FS = 16000
 
@@ -314,7 +314,7 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
         for i, sid in enumerate(sh["scene_id"]):
             ids = sh["event_clip_id"][sh["event_offsets"][i]:sh["event_offsets"][i + 1]]
             sounds = {c: load_event(by_id[c], config.policy, 2 * FS)[0] for c in ids}
-            events = draw_scene(sid, config, _split_pool(refs, config, sh["split"][i]),
+            events = draw_scene(sid, config, split_pool(refs, config, sh["split"][i]),
                                 lambda c: len(load_event(by_id[c], config.policy, 2 * FS)[0]))
             assert [e.clip_id for e in events] == list(ids)
             parts = [mix([e], sounds.__getitem__, irs, 2 * FS) for e in events]
@@ -323,15 +323,6 @@ def test_each_event_rendered_alone_sums_to_the_shard_scene(scene_run):
     assert checked >= 3
 
 
-def _split_pool(refs, config, split):
-    from bast.pipeline.render.conditions import assign_splits
-
-    splits = assign_splits(refs, config.seed, config.val_fraction, config.test_fraction)
-    pool = {}
-    for r in refs:
-        if splits[r.clip_id] == split:
-            pool.setdefault(r.category, []).append(r.clip_id)
-    return pool
 
 
 def test_scenes_are_split_by_sound(scene_run):
