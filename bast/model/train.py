@@ -279,6 +279,7 @@ def _check_drawn_data(stage1_dir, cfg: TrainConfig, scenes: bool) -> None:
                           "seld-distance)")
     clip_only = [name for name, used in (
         ("--fresh-sounds", cfg.fresh_sounds),
+        ("--fresh-per-epoch", cfg.fresh_per_epoch != 0),
         (f"--sample-directions {cfg.sample_directions}", cfg.sample_directions != "grid"),
         ("--render-device device", cfg.render_device == "device")) if used]
     if scenes and clip_only:

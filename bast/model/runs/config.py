@@ -15,7 +15,11 @@ from bast.model.data.devicefeatures import RENDER_PLACES  # training on the fly
 from bast.model.nets.bast import BASTConfig
 from bast.model.nets.registry import BACKBONE_PRESETS, BASELINE_PRESETS, MODELS, model_config
 from bast.model.targets.core import TARGETS, TASK_WEIGHTS
-from bast.pipeline.render.sampler import DIRECTION_MODES as SAMPLE_DIRECTIONS  # training on the fly
+from bast.pipeline.render.sampler import (  # training on the fly
+    DIRECTION_MODES as SAMPLE_DIRECTIONS,
+    MAX_FRESH_PER_EPOCH,
+    DrawSettings,
+)
 
 LOSSES = ("mse", "ad", "mix", "hybrid")  # hybrid: the paper's name for mix
 SCHEDULES = ("constant", "cosine")
@@ -148,6 +152,9 @@ class TrainConfig:
                               f"not {self.sample_directions!r}")
         if self.render_device not in RENDER_PLACES:
             raise ConfigError(f"render_device must be one of {', '.join(RENDER_PLACES)}, not {self.render_device!r}")
+        # the draw settings' own rules (e.g. --fresh-per-epoch without --fresh-sounds), before any work
+        DrawSettings(fresh_sounds=self.fresh_sounds, fresh_per_epoch=self.fresh_per_epoch,
+                     directions=self.sample_directions, gain_db=self.gain_db, onset_ms=self.onset_ms)
         for name, allowed, inside in _RANGES:
             value = getattr(self, name)
             if value is not None and not inside(value):
@@ -193,6 +200,8 @@ _RANGES: tuple[tuple[str, str, Callable], ...] = (
     ("memory_budget_gb", "a number >= 0 (GB)", lambda v: 0 <= v <= math.inf),
     ("max_minutes", "a number > 0 (minutes) or null", lambda v: 0 < v <= math.inf),
     ("epoch_samples", "a whole number in [0, 100000000] (0: Stage 1's training split)", lambda v: 0 <= v <= 10**8),
+    ("fresh_per_epoch", f"a whole number in [0, {MAX_FRESH_PER_EPOCH}] (0: a new sound for every sample)",
+     lambda v: 0 <= v <= MAX_FRESH_PER_EPOCH),
     ("gain_db", "in [0, 40] dB", lambda v: 0 <= v <= 40),
     ("onset_ms", "in [0, 250] ms", lambda v: 0 <= v <= 250),
     ("loader_workers", "a whole number in [0, 64]", lambda v: 0 <= v <= 64),

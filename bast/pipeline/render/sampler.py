@@ -71,6 +71,8 @@ class DrawSettings:
             raise ConfigError(f"gain_db must be in [0, 40] dB, not {self.gain_db!r}")
         if not 0 <= self.fresh_per_epoch <= MAX_FRESH_PER_EPOCH:
             raise ConfigError(f"--fresh-per-epoch must be in [0, {MAX_FRESH_PER_EPOCH}], not {self.fresh_per_epoch!r}")
+        if self.fresh_per_epoch and not self.fresh_sounds:  # it would be ignored without a word
+            raise ConfigError("--fresh-per-epoch says how many fresh sounds an epoch makes: add --fresh-sounds")
         if not 0 <= self.onset_ms <= 250:
             raise ConfigError(f"onset_ms must be in [0, 250] ms, not {self.onset_ms!r}")
 

@@ -151,6 +151,8 @@ def test_fresh_sounds_per_epoch_are_reused_by_slot_and_renewed_each_epoch(stage)
     np.testing.assert_array_equal(cached.render(draws[8:12])[0], SampleRenderer(recipe, s).render(draws[8:12])[0])
     with pytest.raises(ConfigError, match="--fresh-per-epoch"):
         DrawSettings(fresh_sounds=True, fresh_per_epoch=-1)
+    with pytest.raises(ConfigError, match="add --fresh-sounds"):
+        DrawSettings(fresh_per_epoch=8)
 
 
 def test_directions_off_the_grid(stage):
