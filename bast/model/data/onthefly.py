@@ -13,6 +13,7 @@ changes what it holds, so results do not depend on the number of workers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -95,8 +96,22 @@ def _as_is(item):
     return item
 
 
-def _init_worker(_):
-    torch.set_num_threads(1)  # a worker renders with numpy; the training process keeps the cores' threads
+def init_worker(_):
+    """A loader worker renders with numpy on one thread, at idle priority where the OS has
+    one (Linux SCHED_IDLE): the training process keeps all its torch threads and the worker
+    fills the cores' gaps between them (the optimizer's step, Python, the threads' waits).
+    At normal priority a worker on a 2-core CPU took one core from the step's two threads
+    whenever it ran, and the step waited for it (docs/performance.md). A worker whose
+    queue runs dry gets the cores all the same: the training process then waits for it
+    and leaves them free. Priority never changes what a batch holds."""
+    torch.set_num_threads(1)
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the lowest nice instead
+        try:
+            os.nice(19)
+        except OSError:
+            pass
 
 
 class OnTheFlyData:
@@ -127,7 +142,7 @@ class OnTheFlyData:
         self.batches = _Batches(recipe, settings, featurize, seed, prepared=self.place == "device")
         self.loader = torch.utils.data.DataLoader(
             self.batches, batch_size=None, sampler=self.keys, num_workers=workers, collate_fn=_as_is,
-            persistent_workers=workers > 0, worker_init_fn=_init_worker if workers else None,
+            persistent_workers=workers > 0, worker_init_fn=init_worker if workers else None,
             prefetch_factor=4 if workers else None)
 
     def __len__(self) -> int:

@@ -26,7 +26,7 @@ import torch
 
 from bast.errors import ConfigError, DataError
 from bast.model.data.loaders import model_input
-from bast.model.data.onthefly import MAX_EPOCH_SAMPLES, MAX_WORKERS, Featurizer
+from bast.model.data.onthefly import MAX_EPOCH_SAMPLES, MAX_WORKERS, Featurizer, init_worker
 from bast.model.targets.adpit import N_TRACKS, encode
 from bast.pipeline.features.scenes import window_label_frames, window_labels, window_rows, window_starts
 from bast.pipeline.features.stft import n_frames
@@ -119,10 +119,6 @@ def _as_is(item):
     return item
 
 
-def _init_worker(_):
-    torch.set_num_threads(1)  # a worker renders with numpy; the training process keeps the cores' threads
-
-
 class SceneFlyData:
     """Training batches (x, target, window ids) of scenes drawn anew every epoch; the
     interface of `SceneWindows` in training (len = steps per epoch, `epoch(e)`)."""
@@ -153,7 +149,7 @@ class SceneFlyData:
         self.chunks = _SceneChunks(recipe, featurize, self.cutter, seed)
         self.loader = torch.utils.data.DataLoader(
             self.chunks, batch_size=None, sampler=self.keys, num_workers=workers, collate_fn=_as_is,
-            persistent_workers=workers > 0, worker_init_fn=_init_worker if workers else None,
+            persistent_workers=workers > 0, worker_init_fn=init_worker if workers else None,
             prefetch_factor=2 if workers else None)
 
     def __len__(self) -> int:

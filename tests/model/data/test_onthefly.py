@@ -5,6 +5,8 @@ equals an uninterrupted one, and the options refuse what they cannot do."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 
 import h5py
 import numpy as np
@@ -16,7 +18,7 @@ from typer.testing import CliRunner
 from bast.cli import app
 from bast.datasets.sources import resolve_source
 from bast.errors import ConfigError, DataError
-from bast.model.data.onthefly import Featurizer, OnTheFlyData, default_epoch_samples
+from bast.model.data.onthefly import Featurizer, OnTheFlyData, default_epoch_samples, init_worker
 from bast.model.runs.checkpoint import read_metrics
 from bast.model.runs.config import preset
 from bast.model.targets.core import make_target
@@ -194,6 +196,25 @@ def test_the_loader_gives_the_same_batches_with_workers_and_ranks_disjoint(stage
     assert len(joined) == 96 and len(set(joined.tolist())) == 96  # disjoint, together the epoch
     with pytest.raises(ConfigError, match="epoch-samples"):
         OnTheFlyData(recipe, DrawSettings(), feat, 0, 16, "cpu", target=target)
+
+
+def _scheduler_after_init(queue):
+    init_worker(0)
+    queue.put((os.sched_getscheduler(0), torch.get_num_threads()))
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_loader_worker_renders_at_idle_priority_on_one_thread():
+    """So that it takes only the cores the training step leaves idle (docs/performance.md);
+    the batches it makes are the training process's own (the test above)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_scheduler_after_init, args=(queue,))
+    proc.start()
+    policy, threads = queue.get(timeout=60)
+    proc.join(timeout=60)
+    assert policy == os.SCHED_IDLE and threads == 1
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller keeps its own
 
 
 def test_a_run_on_the_fly_is_validated_and_tested_on_the_stage2_sets(stage, tmp_path):
