@@ -572,18 +572,21 @@ def _cell(value, spec: str, scale: float = 1.0) -> str:
 
 def _seld_classes(runs: list[Run], out: Path) -> str:
     """The scores per class of each SELD run's test (seld_classes.csv)."""
-    head = ["run", "class", "reference tracks", "F20 (%)", "LE (deg)", "LR (%)", "SELD", "TP", "FP", "FN"]
+    head = ["run", "class", "reference tracks", "F20 (%)", "LE (deg)", "LR (%)", "RDE", "SELD", "TP", "FP", "FN"]
     rows, csv_rows = [], []
     for r in runs:
+        edition = seldreport.edition_of(r.test)
         for c in r.test.get("classes", []):
-            csv_rows.append([r.label, c["class"], c["reference_tracks"], c["F"], c["LE"], c["LR"], c["SELD"], c["TP"],
-                             c["FP"], c["FN"]])
+            rde = c.get("RDE") if edition != "2023" else None
+            csv_rows.append([r.label, c["class"], c["reference_tracks"], c["F"], c["LE"], c["LR"], _defined(rde), c["SELD"],
+                             c["TP"], c["FP"], c["FN"]])
             rows.append([r.label, c["class"], str(c["reference_tracks"]), _cell(c["F"], ".1f", 100),
-                         _cell(c["LE"], ".1f"), _cell(c["LR"], ".1f", 100), _cell(c["SELD"], ".3f"), str(c["TP"]),
-                         str(c["FP"]), str(c["FN"])])
-    _write_csv(out / "seld_classes.csv", ["run", "class", "reference_tracks", "f20", "le_deg", "lr", "seld", "tp",
+                         _cell(c["LE"], ".1f"), _cell(c["LR"], ".1f", 100), _rde_cell(edition, rde),
+                         _cell(c["SELD"], ".3f"), str(c["TP"]), str(c["FP"]), str(c["FN"])])
+    _write_csv(out / "seld_classes.csv", ["run", "class", "reference_tracks", "f20", "le_deg", "lr", "rde", "seld", "tp",
                                           "fp", "fn"], csv_rows)
-    return _section("SELD per class", "F20, LE, LR and the class's SELD score (with the one ER of all "
+    return _section("SELD per class", "F20, LE, LR, RDE (DCASE 2024: the class's relative distance error; "
+                    "\"-\" in 2023, which scores no distance) and the class's SELD score (with the one ER of all "
                     "classes) on each run's test scenes; TP, FP (wrong place or extra track) and FN counted "
                     "over 1 s segments (DCASE 2023) or frames (2024; LE is then DOAE). Numbers: seld_classes.csv.", _table(head, rows))
 

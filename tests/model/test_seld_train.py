@@ -245,6 +245,18 @@ def test_a_distance_run_scores_distance_and_writes_it_in_every_dcase_csv(scene_d
     text = (tmp_path / "loc" / "scene.csv").read_text()
     assert text and all(len(line.split(",")) == 6 for line in text.splitlines())
     assert json.loads((tmp_path / "loc" / "scene.json").read_text())["target"] == "seld-distance"
+    # the report's per-class table carries each class's relative distance error
+    from bast.report.build import build_report
+
+    build_report([run], tmp_path / "report", rollout_samples=0)
+    lines = (tmp_path / "report" / "seld_classes.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    assert "rde" in head
+    got = {line.split(",")[1]: line.split(",")[head.index("rde")] for line in lines[1:]}
+    for c in saved["classes"]:
+        want = c["RDE"]
+        assert (got[c["class"]] == "" if want is None or not np.isfinite(want)
+                else float(got[c["class"]]) == pytest.approx(want))
 
 
 class _Silent(torch.nn.Module):

@@ -213,6 +213,7 @@ def test_report_with_a_seld_run_beside_a_single_source_run(seld_run, run, tmp_pa
     assert mine[12] == nothing[12] == ""  # DCASE 2023 scores no distance: no relative distance error
     classes = (out / "seld_classes.csv").read_text().splitlines()
     assert [c.split(",")[1] for c in classes[1:]] == sorted(KINDS)
+    assert classes[0].split(",")[6] == "rde" and all(c.split(",")[6] == "" for c in classes[1:])  # 2023: no distance
     page = (out / "index.html").read_text()
     for heading in ("SELD: detection", "SELD per class", "SELD runs on other data sets", "Runs</h2>"):
         assert heading in page, heading

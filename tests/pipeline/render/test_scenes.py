@@ -71,7 +71,7 @@ def test_white_noise_moving_from_left_through_front_to_right_follows_its_labels(
     assert rows[0, 3] == pytest.approx(87.0) and rows[-1, 3] == pytest.approx(273.0)  # frame centres
     assert np.all(rows[:, 5] == pytest.approx(1.4))
     hrir_itd = {}
-    errors, measured, expected = [], [], []
+    measured, expected = [], []
     win = FS // 20
     for start in range(0, n - win + 1, win):
         frame = (start + win // 2) // LABEL_SAMPLES
