@@ -277,11 +277,15 @@ def _check_drawn_data(stage1_dir, cfg: TrainConfig, scenes: bool) -> None:
     if scenes and not on_scenes(cfg.target):
         raise ConfigError(f"{stage1_dir} holds scenes (bast-cli scenes): train them with --target seld (or "
                           "seld-distance)")
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     clip_only = [name for name, used in (
         ("--fresh-sounds", cfg.fresh_sounds),
         ("--fresh-per-epoch", cfg.fresh_per_epoch != 0),
         (f"--sample-directions {cfg.sample_directions}", cfg.sample_directions != "grid"),
-        ("--render-device device", cfg.render_device == "device")) if used]
+        ("--render-device device", cfg.render_device == "device"),
+        # a scene's events keep their own level and take the onsets its recipe draws
+        (f"--set gain_db={cfg.gain_db:g}", cfg.gain_db != default["gain_db"]),
+        (f"--set onset_ms={cfg.onset_ms:g}", cfg.onset_ms != default["onset_ms"])) if used]
     if scenes and clip_only:
         raise ConfigError(f"{', '.join(clip_only)}: for clips on the fly; scenes on the fly draw their events from the "
                           "folder's training sounds at its grid directions, rendered in the loader workers")

@@ -204,7 +204,9 @@ def test_the_cli_trains_scenes_on_the_fly_and_refuses_what_it_cannot(scenes, tmp
     for args, message in (([], "train them with --target seld"),
                           (["--target", "seld", "--fresh-sounds"], "--fresh-sounds: for clips on the fly"),
                           (["--target", "seld", "--sample-directions", "circle"], "for clips on the fly"),
-                          (["--target", "seld", "--render-device", "device"], "rendered in the loader workers")):
+                          (["--target", "seld", "--render-device", "device"], "rendered in the loader workers"),
+                          (["--target", "seld", "--set", "gain_db=0"], "--set gain_db=0: for clips on the fly"),
+                          (["--target", "seld", "--set", "onset_ms=10"], "--set onset_ms=10: for clips")):
         bad = CliRunner().invoke(app, ["train", str(scenes / "s1"), "--on-the-fly", "--out", str(tmp_path / "bad"),
                                        *args])
         assert bad.exit_code != 0 and message in bad.output, bad.output
