@@ -81,7 +81,6 @@ class FrameCounts(ClassCounts):
                   "total_onscreen", "de_tp", "de_fp", "de_fn")
 
 
-
 @dataclass(frozen=True)
 class Rules:
     """How an edition scores a frame: `angles(ref, pred)` the (len ref, len pred) matrix of

@@ -108,7 +108,6 @@ class SeldCounts(ClassCounts):
     _PER_CLASS = ("tp", "fp", "fp_spatial", "fn", "n_ref", "total_de", "de_tp", "de_fp", "de_fn")
 
 
-
 def reference_frames(ref_rows: np.ndarray, pred_rows: np.ndarray) -> int:
     """The number of frames a recording is scored over when its length is not given.
 

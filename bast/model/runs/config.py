@@ -152,13 +152,14 @@ class TrainConfig:
                               f"not {self.sample_directions!r}")
         if self.render_device not in RENDER_PLACES:
             raise ConfigError(f"render_device must be one of {', '.join(RENDER_PLACES)}, not {self.render_device!r}")
-        # the draw settings' own rules (e.g. --fresh-per-epoch without --fresh-sounds), before any work
-        DrawSettings(fresh_sounds=self.fresh_sounds, fresh_per_epoch=self.fresh_per_epoch,
-                     directions=self.sample_directions, gain_db=self.gain_db, onset_ms=self.onset_ms)
         for name, allowed, inside in _RANGES:
             value = getattr(self, name)
             if value is not None and not inside(value):
                 raise ConfigError(f"{name} must be {allowed}, not {value!r}")
+        # after the ranges, which name every setting alike: the draw settings' rules across
+        # settings (--fresh-per-epoch without --fresh-sounds), before any work
+        DrawSettings(fresh_sounds=self.fresh_sounds, fresh_per_epoch=self.fresh_per_epoch,
+                     directions=self.sample_directions, gain_db=self.gain_db, onset_ms=self.onset_ms)
 
     def to_dict(self) -> dict:
         """Plain JSON types; `model` as a dict (what config.json and checkpoints hold)."""

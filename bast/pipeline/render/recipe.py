@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bast.conventions import SPLITS
 from bast.datasets.base import ClipRef
 from bast.errors import ConfigError, DataError, MissingError
 from bast.pipeline.irs.hall import HallSpec
 from bast.pipeline.irs.rooms import RoomRanges
 from bast.pipeline.render.clips import ClipPolicy
 from bast.pipeline.render.conditions import Condition, SpatializeConfig, assign_splits, layout
-from bast.conventions import SPLITS
 
 
 @dataclass(frozen=True)
